@@ -1,0 +1,97 @@
+"""Name -> component registries, filled by built-ins in code and by third-party packages through
+Python entry points. One mechanism for algorithms and metrics (DESIGN.md section 3)."""
+from __future__ import annotations
+
+import inspect
+import warnings
+from importlib.metadata import entry_points
+from typing import Any, Callable, Iterator
+
+
+class UnknownComponentError(KeyError):
+    """An unknown name; the message lists the registered ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0])
+
+
+class Registry:
+    """A registry of named callables.
+
+    `group` is the entry-point group that plugins use (for example `mlflow_unlearn.algorithms`).
+    Entry points are loaded lazily on the first lookup; a plugin that fails to import gives a
+    warning naming it, never a crash, so one broken package cannot take the others down.
+    """
+
+    def __init__(self, kind: str, group: str):
+        self.kind = kind
+        self.group = group
+        self._items: dict[str, Callable[..., Any]] = {}
+        self._plugins_loaded = False
+
+    def register(self, name: str | None = None):
+        """Decorator: `@ALGORITHMS.register("finetune")`."""
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.add(name or fn.__name__, fn)
+            return fn
+
+        return decorator
+
+    def add(self, name: str, fn: Callable[..., Any], *, replace: bool = False) -> None:
+        if not callable(fn):
+            raise TypeError(f"{self.kind} {name!r} must be callable, got {type(fn).__name__}")
+        if name in self._items and not replace and self._items[name] is not fn:
+            raise ValueError(f"{self.kind} {name!r} is already registered; pass replace=True to override")
+        self._items[name] = fn
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in entry_points(group=self.group):
+            if ep.name in self._items:
+                continue
+            try:
+                fn = ep.load()
+            except Exception as exc:  # a broken plugin must not break the registry
+                warnings.warn(
+                    f"could not load {self.kind} plugin {ep.name!r} ({ep.value}) from entry-point "
+                    f"group {self.group!r}: {type(exc).__name__}: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            try:
+                self.add(ep.name, fn)
+            except (TypeError, ValueError) as exc:
+                warnings.warn(f"ignoring {self.kind} plugin {ep.name!r}: {exc}", RuntimeWarning, stacklevel=2)
+
+    def names(self) -> list[str]:
+        self._load_plugins()
+        return sorted(self._items)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        self._load_plugins()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownComponentError(
+                f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        self._load_plugins()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def keyword_defaults(fn: Callable[..., Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keyword-only parameters of `fn` with their defaults (hyperparameters by convention)."""
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in skip:
+            out[p.name] = p.default
+    return out

@@ -1,0 +1,114 @@
+"""`mlflow-unlearn` command line: one subcommand per pipeline step (the MLproject entry points call
+these). Known input errors print one line naming the problem and exit with status 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _none_or(cast):
+    def parse(value: str):
+        if value is None or value.strip().lower() in ("", "none", "null"):
+            return None
+        return cast(value)
+
+    parse.__name__ = cast.__name__
+    return parse
+
+
+def _bool(value: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train an original model, record per-example confidences, log and register it")
+    p.add_argument("--dataset", default="digits", help="digits | cifar10 | cifar100 | imagefolder:<path> (default: digits)")
+    p.add_argument("--model", default="small_cnn", help="small_cnn | resnet18 | resnet50 | vgg16_bn")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate, cosine-decayed per step")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", type=_none_or(_bool), default=None, help="crop+flip; default: what suits the dataset")
+    p.add_argument("--subset", type=_none_or(int), default=None, help="keep a seeded subset of N train examples")
+    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("--root", type=_none_or(str), default=None, help="where cifar10/cifar100 live")
+    p.add_argument("--download", type=_bool, default=False)
+    p.add_argument("--width", type=_none_or(int), default=None, help="model width (channels of the first stage)")
+    p.add_argument("--registered-model-name", type=_none_or(str), default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--experiment", type=_none_or(str), default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+    def run(a):
+        from .steps import train_step
+
+        train_step(dataset=a.dataset, model=a.model, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+                   momentum=a.momentum, weight_decay=a.weight_decay, seed=a.seed, augment=a.augment, subset=a.subset,
+                   val_fraction=a.val_fraction, root=a.root, download=a.download, width=a.width,
+                   registered_model_name=a.registered_model_name, device=a.device, experiment=a.experiment,
+                   progress=not a.no_progress)
+
+    p.set_defaults(func=run)
+
+
+def _add_main(sub):
+    p = sub.add_parser("main", help="the whole pipeline on one dataset (the README's main job)")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--model", default="small_cnn")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--registered-model-name", type=_none_or(str), default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--experiment", type=_none_or(str), default=None)
+
+    def run(a):
+        from .steps import main_step
+
+        main_step(dataset=a.dataset, model=a.model, epochs=a.epochs, seed=a.seed,
+                  registered_model_name=a.registered_model_name, device=a.device, experiment=a.experiment)
+
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS = [_add_train, _add_main]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlflow-unlearn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ._registry import UnknownComponentError
+    from .tracking import MissingArtifactError, TrackingError
+
+    return (ValueError, UnknownComponentError, MissingArtifactError, TrackingError, FileNotFoundError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*Pickle or CloudPickle.*")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except _user_errors() as exc:
+        print(f"mlflow-unlearn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Per-example confidences recorded during training, and the memorisation proxies derived from them.
+
+The C-proxy of example i (DESIGN.md section 2) is the mean over training epochs of the softmax
+probability of its true class, taken from the training forward pass of i's minibatch: no extra
+pass. Low C-proxy = high memorisation. In the same pass we also record the max-class probability,
+the entropy of the prediction, and whether it was correct (the "learning events" proxy).
+
+`ConfidenceRecorder` is a small public API for teams that train with their own loop::
+
+    recorder = ConfidenceRecorder(n_samples=len(train_set))
+    for epoch in range(epochs):
+        for ids, x, y in loader:          # ids: each example's index in the train set
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            recorder.update(ids, logits, y)
+            ...
+        recorder.end_epoch()
+    scores = recorder.proxies()            # {"c_proxy": array[n_samples], ...}
+
+and `mlflow_unlearn.tracking.log_confidences(recorder)` logs the same artifacts the `train` step does.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+PROXY_NAMES = ("c_proxy", "max_conf", "entropy", "learning_events")
+
+
+class ConfidenceRecorder:
+    """Records, per epoch and per example id, true-class probability, max-class probability,
+    prediction entropy (nats) and correctness. Buffers live on the logits' device, so recording is a
+    few indexed writes per batch and never a host sync."""
+
+    def __init__(self, n_samples: int):
+        if n_samples <= 0:
+            raise ValueError(f"n_samples must be positive, got {n_samples}")
+        self.n_samples = int(n_samples)
+        self._epochs: list[dict[str, torch.Tensor]] = []
+        self._current: dict[str, torch.Tensor] | None = None
+
+    def _row(self, device) -> dict[str, torch.Tensor]:
+        if self._current is None:
+            nan = lambda: torch.full((self.n_samples,), float("nan"), device=device)
+            self._current = {"true_prob": nan(), "max_prob": nan(), "entropy": nan(), "correct": nan()}
+        return self._current
+
+    @torch.no_grad()
+    def update(self, ids, logits: torch.Tensor, labels) -> None:
+        """Record one minibatch: `ids` are the examples' ids (0..n_samples-1), `logits` [B, classes]
+        from the training forward pass, `labels` [B] the true classes."""
+        logits = logits.detach().float()
+        ids = torch.as_tensor(ids, device=logits.device, dtype=torch.long)
+        labels = torch.as_tensor(labels, device=logits.device, dtype=torch.long)
+        if ids.ndim != 1 or ids.shape[0] != logits.shape[0] or labels.shape != ids.shape:
+            raise ValueError(f"ids {tuple(ids.shape)}, logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree in batch size")
+        row = self._row(logits.device)
+        log_p = torch.log_softmax(logits, dim=1)
+        p = log_p.exp()
+        row["true_prob"][ids] = p.gather(1, labels[:, None]).squeeze(1)
+        max_p, pred = p.max(dim=1)
+        row["max_prob"][ids] = max_p
+        row["entropy"][ids] = -(p * log_p).sum(dim=1)
+        row["correct"][ids] = (pred == labels).float()
+
+    def end_epoch(self) -> None:
+        """Close the current epoch. Examples not seen this epoch stay NaN and are skipped by the means."""
+        if self._current is None:
+            raise RuntimeError("end_epoch() called before any update() in this epoch")
+        self._epochs.append({k: v.to("cpu") for k, v in self._current.items()})
+        self._current = None
+
+    @property
+    def n_epochs(self) -> int:
+        return len(self._epochs)
+
+    def _stack(self, key: str) -> np.ndarray:
+        if not self._epochs:
+            raise RuntimeError("no completed epoch recorded; call end_epoch() after each epoch")
+        return torch.stack([e[key] for e in self._epochs]).numpy()
+
+    def true_class_prob(self) -> np.ndarray:
+        """[epochs, n_samples] float32, indexed by example id."""
+        return self._stack("true_prob")
+
+    def history(self) -> dict[str, np.ndarray]:
+        return {k: self._stack(k) for k in ("true_prob", "max_prob", "entropy", "correct")}
+
+    def proxies(self) -> dict[str, np.ndarray]:
+        return proxies_from_history(self.history())
+
+
+def proxies_from_history(history: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Mean over epochs of each recorded quantity (NaN = not seen that epoch, ignored)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an example never seen -> NaN, on purpose
+        return {
+            "c_proxy": np.nanmean(history["true_prob"], axis=0),
+            "max_conf": np.nanmean(history["max_prob"], axis=0),
+            "entropy": np.nanmean(history["entropy"], axis=0),
+            "learning_events": np.nanmean(history["correct"], axis=0),
+        }
+
+
+def memorization_order(c_proxy: np.ndarray) -> np.ndarray:
+    """Ids from least to most memorised by C-proxy (high confidence first)."""
+    return np.argsort(-np.asarray(c_proxy), kind="stable")
+

@@ -1,0 +1,330 @@
+"""Datasets by name, held as uint8 tensors on the training device.
+
+Names: `digits` (scikit-learn's 8x8 digits, shipped, offline: the embedded default), `cifar10`,
+`cifar100` (torchvision; downloaded only when `download=True`), and `imagefolder:<path>` (a tree with
+`train/<class>/*` and `test/<class>/*`, or a .tar.gz of one, such as the CIFAR-10 JPEG copy).
+
+Every train example has a stable integer id: its index in the train split as this spec defines it
+(after the optional seeded subset and validation carve-out), so ids are always 0..n_train-1 and a
+position in `train` is the id. `source_index` keeps the index in the original dataset for audits.
+
+Images stay uint8 ([N, C, H, W], 1 byte per value: 150 MB for CIFAR-10) and are normalised per batch;
+augmentation (random crop with padding, horizontal flip) is done with tensor ops on whole batches,
+the airbench way, rather than a per-image Python DataLoader.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder:<path>")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset name, path or option that cannot be used; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Everything needed to load exactly the same data again (logged with every original model)."""
+
+    name: str = "digits"
+    root: str | None = None  # where cifar10/cifar100 live or are downloaded to
+    subset: int | None = None  # keep a seeded random subset of this many train examples
+    val_fraction: float = 0.0  # fraction of train carved out as a seeded validation split
+    seed: int = 0  # seed of the subset and validation split (not of training)
+    download: bool = False  # cifar10/cifar100: fetch when not under root (needs network)
+
+    def __post_init__(self):
+        validate_dataset_name(self.name)
+        if self.subset is not None and (not isinstance(self.subset, int) or self.subset <= 0):
+            raise DatasetError(f"subset must be a positive number of examples, got {self.subset!r}")
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise DatasetError(
+                f"val_fraction must be a fraction in [0, 1) (not a percentage), got {self.val_fraction!r}"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 [N, C, H, W]
+    y: torch.Tensor  # int64 [N]
+    ids: torch.Tensor  # int64 [N]; for train these are 0..N-1, for test/val their own indices
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device), self.ids.to(device))
+
+    def subset(self, positions) -> "Split":
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.y.device)
+        return Split(self.x[positions], self.y[positions], self.ids[positions])
+
+
+@dataclass
+class ImageData:
+    spec: DatasetSpec
+    train: Split
+    test: Split
+    val: Split | None
+    classes: list[str]
+    mean: torch.Tensor  # per channel, in [0, 1] units, from the train split
+    std: torch.Tensor
+    augment: bool  # whether crop+flip suits these images (CIFAR-like: yes; digits: no)
+    source_index: np.ndarray = field(repr=False, default=None)  # train id -> index in the source data
+    digest: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.x.device
+
+    def to(self, device) -> "ImageData":
+        return dataclasses.replace(
+            self,
+            train=self.train.to(device),
+            test=self.test.to(device),
+            val=None if self.val is None else self.val.to(device),
+            mean=self.mean.to(device),
+            std=self.std.to(device),
+        )
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] -> float32, zero mean and unit variance per channel."""
+        x = x_uint8.float().div_(255.0)
+        return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
+
+    def manifest(self) -> dict:
+        """The training-set manifest: what a forget set's ids refer to."""
+        return {
+            "dataset": self.spec.name,
+            "dataset_spec": self.spec.to_dict(),
+            "dataset_digest": self.digest,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "n_val": 0 if self.val is None else len(self.val),
+            "num_classes": self.num_classes,
+            "classes": list(self.classes),
+            "input_shape": list(self.input_shape),
+            "ids": self.train.ids.cpu().tolist(),
+            "labels": self.train.y.cpu().tolist(),
+            "source_index": [int(i) for i in self.source_index],
+        }
+
+
+def validate_dataset_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"dataset name must be a non-empty string, got {name!r}; valid: {', '.join(DATASET_NAMES)}")
+    if name in ("digits", "cifar10", "cifar100"):
+        return
+    if name.startswith("imagefolder:"):
+        if not name[len("imagefolder:"):]:
+            raise DatasetError(f"imagefolder needs a path: use 'imagefolder:/path/to/tree' (with train/ and test/ inside); valid names: {', '.join(DATASET_NAMES)}")
+        return
+    raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+
+
+def check_dataset(spec: DatasetSpec) -> None:
+    """Cheap checks that need the file system, done before any run is created."""
+    if spec.name.startswith("imagefolder:"):
+        _imagefolder_root(Path(spec.name[len("imagefolder:"):]))
+
+
+def load_dataset(spec: DatasetSpec | str, device: str | torch.device = "cpu") -> ImageData:
+    if isinstance(spec, str):
+        spec = DatasetSpec(name=spec)
+    if spec.name == "digits":
+        x_tr, y_tr, x_te, y_te, classes = _load_digits()
+        augment = False  # flipping a 2 or cropping an 8x8 digit changes what it is
+    elif spec.name in ("cifar10", "cifar100"):
+        x_tr, y_tr, x_te, y_te, classes = _load_torchvision_cifar(spec)
+        augment = True
+    else:
+        x_tr, y_tr, x_te, y_te, classes = _load_imagefolder(Path(spec.name[len("imagefolder:"):]))
+        augment = x_tr.shape[-1] >= 16
+    return _build(spec, x_tr, y_tr, x_te, y_te, classes, augment).to(device)
+
+
+def _build(spec, x_tr, y_tr, x_te, y_te, classes, augment) -> ImageData:
+    source_index = np.arange(len(y_tr))
+    rng = np.random.RandomState(spec.seed)
+    if spec.subset is not None:
+        if spec.subset > len(y_tr):
+            raise DatasetError(f"subset={spec.subset} is larger than the train split ({len(y_tr)} examples)")
+        source_index = np.sort(rng.choice(len(y_tr), size=spec.subset, replace=False))
+    val_index = None
+    if spec.val_fraction > 0:
+        n_val = int(round(spec.val_fraction * len(source_index)))
+        perm = rng.permutation(len(source_index))
+        val_index = np.sort(source_index[perm[:n_val]])
+        source_index = np.sort(source_index[perm[n_val:]])
+    x_train, y_train = x_tr[source_index], y_tr[source_index]
+    train = Split(torch.from_numpy(np.ascontiguousarray(x_train)), torch.from_numpy(y_train.astype(np.int64)),
+                  torch.arange(len(y_train), dtype=torch.long))
+    test = Split(torch.from_numpy(np.ascontiguousarray(x_te)), torch.from_numpy(y_te.astype(np.int64)),
+                 torch.arange(len(y_te), dtype=torch.long))
+    val = None
+    if val_index is not None:
+        val = Split(torch.from_numpy(np.ascontiguousarray(x_tr[val_index])),
+                    torch.from_numpy(y_tr[val_index].astype(np.int64)), torch.from_numpy(val_index.astype(np.int64)))
+    xf = train.x.float().div_(255.0)
+    mean = xf.mean(dim=(0, 2, 3))
+    std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    h = hashlib.sha256()
+    for arr in (x_train, y_train.astype(np.int64), x_te, y_te.astype(np.int64)):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return ImageData(spec=spec, train=train, test=test, val=val, classes=list(classes), mean=mean, std=std,
+                     augment=augment, source_index=source_index, digest=h.hexdigest())
+
+
+def _load_digits():
+    from sklearn.datasets import load_digits  # ships with scikit-learn, which MLflow depends on
+
+    bunch = load_digits()
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]  # 0..16 -> 0..255
+    y = bunch.target.astype(np.int64)
+    # A fixed 80/20 split (seed 0, independent of the spec's seed): the test set never moves.
+    perm = np.random.RandomState(0).permutation(len(y))
+    n_test = len(y) // 5
+    test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    return x[train_idx], y[train_idx], x[test_idx], y[test_idx], [str(c) for c in range(10)]
+
+
+def _load_torchvision_cifar(spec: DatasetSpec):
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if spec.name == "cifar10" else torchvision.datasets.CIFAR100
+    root = spec.root or os.environ.get("MLFLOW_UNLEARN_DATA", "./data")
+    try:
+        tr = cls(root, train=True, download=spec.download)
+        te = cls(root, train=False, download=spec.download)
+    except RuntimeError as exc:
+        raise DatasetError(
+            f"{spec.name} not found under root {root!r} ({exc}); pass download=True when online, "
+            f"set root to a folder that holds it, or use imagefolder:<path> for a local copy"
+        ) from None
+    to_nchw = lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.uint8).transpose(0, 3, 1, 2))
+    return to_nchw(tr.data), np.asarray(tr.targets), to_nchw(te.data), np.asarray(te.targets), list(tr.classes)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MLFLOW_UNLEARN_CACHE", Path.home() / ".cache" / "mlflow_unlearn"))
+
+
+def _imagefolder_root(path: Path) -> Path:
+    """The folder that holds train/ and test/; a .tar.gz is unpacked once into the cache."""
+    if not path.exists():
+        raise DatasetError(f"imagefolder path {str(path)!r} does not exist")
+    if path.is_file():
+        if not path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise DatasetError(f"imagefolder path {str(path)!r} is a file but not a .tar.gz archive of a tree")
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        out = _cache_dir() / f"extract-{key}"
+        if not (out / ".complete").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(path) as tf:
+                tf.extractall(out, filter="data")
+            (out / ".complete").touch()
+        path = out
+    for candidate in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    missing = [d for d in ("train", "test") if not (path / d).is_dir()]
+    raise DatasetError(
+        f"imagefolder path {str(path)!r} has no {' or '.join(d + '/' for d in missing)} folder; expected "
+        f"{path}/train/<class>/<image> and {path}/test/<class>/<image>"
+    )
+
+
+def _read_image_tree(folder: Path, classes: list[str]):
+    from PIL import Image
+
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for p in files:
+            with Image.open(p) as im:
+                xs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            ys.append(label)
+    if not xs:
+        raise DatasetError(f"no images under {folder}")
+    shapes = {a.shape for a in xs}
+    if len(shapes) > 1:
+        raise DatasetError(f"images under {folder} differ in size ({sorted(shapes)[:3]}...); resize them to one size first")
+    return np.stack(xs).transpose(0, 3, 1, 2).copy(), np.asarray(ys, dtype=np.int64)
+
+
+def _load_imagefolder(path: Path):
+    root = _imagefolder_root(path)
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetError(f"{root / 'train'} has no class folders")
+    test_classes = sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+    if test_classes != classes:
+        raise DatasetError(f"class folders differ between {root / 'train'} and {root / 'test'}: {classes} vs {test_classes}")
+    # Decoding 60k JPEGs takes tens of seconds: keep a decoded copy keyed by the tree's listing.
+    listing = hashlib.sha256()
+    for split in ("train", "test"):
+        for cls in classes:
+            d = root / split / cls
+            listing.update(f"{split}/{cls}:{len(os.listdir(d))}:{d.stat().st_mtime_ns}".encode())
+    cache = _cache_dir() / f"imagefolder-{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]}-{listing.hexdigest()[:12]}.npz"
+    if cache.exists():
+        z = np.load(cache)
+        return z["x_tr"], z["y_tr"], z["x_te"], z["y_te"], classes
+    x_tr, y_tr = _read_image_tree(root / "train", classes)
+    x_te, y_te = _read_image_tree(root / "test", classes)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, x_tr=x_tr, y_tr=y_tr, x_te=x_te, y_te=y_te)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home only costs the decode next time
+    return x_tr, y_tr, x_te, y_te, classes
+
+
+def augment_batch(x: torch.Tensor, *, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with `pad` pixels of zero padding and random horizontal flip, for a whole batch.
+
+    `x` is a normalised float batch [N, C, H, W], so zero padding is the mean colour. One gather
+    over precomputed index grids; no Python loop over images.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    if pad > 0:
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
+        rows = (dy[:, None] + torch.arange(h, device=dev)[None, :])[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=dev)[None, :])[:, None, None, :]
+        x = padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    if flip:
+        mask = torch.rand(n, device=dev, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+    return x

@@ -1,0 +1,147 @@
+"""Models by name. Class count, input channels and image size come from the dataset.
+
+- `small_cnn`: three conv blocks and a linear head; for tests and digits (8x8).
+- `resnet18`, `resnet50`: torchvision's residual blocks with the CIFAR stem used by the RUM paper
+  (3x3 stride-1 first conv, no max-pool), for images of 32x32 up to 64x64. `width` scales every
+  stage (64 is the standard network) so CPU benchmarks can use a narrower copy of the same shape.
+- `vgg16_bn`: torchvision's VGG-16 features with batch norm and a single linear head on the
+  globally pooled 512-d features (the usual CIFAR variant; the ImageNet head would add 120M weights).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+
+class ModelError(ValueError):
+    """An unknown model name or a model that cannot take the dataset's input; the message says which."""
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32):
+        super().__init__()
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+        self.features = nn.Sequential(
+            block(in_channels, width), block(width, 2 * width), nn.MaxPool2d(2),
+            block(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features (used by the entanglement score)."""
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet with the CIFAR stem: conv3x3 stride 1, no max-pool, four stages, global pool, linear."""
+
+    def __init__(self, block, layers, num_classes: int, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(block, width, layers[0], 1)
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], 2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], 2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8 * width * block.expansion, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, block, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(x))
+
+
+class VGG16BN(nn.Module):
+    def __init__(self, num_classes: int, in_channels: int = 3):
+        super().__init__()
+        from torchvision.models import vgg16_bn
+
+        features = vgg16_bn(weights=None).features
+        if in_channels != 3:
+            features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(x))
+
+
+def _small_cnn(num_classes, in_channels, image_size, width: int = 32):
+    return SmallCNN(num_classes, in_channels, width)
+
+
+def _resnet18(num_classes, in_channels, image_size, width: int = 64):
+    return CifarResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, width)
+
+
+def _resnet50(num_classes, in_channels, image_size, width: int = 64):
+    return CifarResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, width)
+
+
+def _vgg16_bn(num_classes, in_channels, image_size):
+    if image_size < 32:
+        raise ModelError(f"vgg16_bn halves the image 5 times and needs images of at least 32x32, got {image_size}x{image_size}; use small_cnn or resnet18")
+    return VGG16BN(num_classes, in_channels)
+
+
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": _small_cnn,
+    "resnet18": _resnet18,
+    "resnet50": _resnet50,
+    "vgg16_bn": _vgg16_bn,
+}
+
+
+def validate_model_name(name: str) -> None:
+    if name not in MODEL_BUILDERS:
+        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(MODEL_BUILDERS)}")
+
+
+def build_model(name: str, *, num_classes: int, input_shape, seed: int | None = None, **kwargs) -> nn.Module:
+    """Build model `name` for images of `input_shape` = (C, H, W). With `seed`, the initial weights
+    are reproducible without touching the caller's global RNG state."""
+    validate_model_name(name)
+    in_channels, height, width_px = input_shape
+    builder = MODEL_BUILDERS[name]
+    try:
+        if seed is None:
+            return builder(num_classes, in_channels, min(height, width_px), **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return builder(num_classes, in_channels, min(height, width_px), **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"bad option for model {name!r}: {exc}") from None

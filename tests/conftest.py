@@ -1,0 +1,110 @@
+"""Shared fixtures: a migrated SQLite tracking store copied per test (migrating a fresh one costs
+~4 s), a real `mlflow server` on 127.0.0.1, and small torch thread counts for 2-core machines."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Keep the user's decoded-dataset cache out of the tests.
+os.environ.setdefault("MLFLOW_UNLEARN_CACHE", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / "mlflow_unlearn_test_cache"))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    """A tracking database that has gone through MLflow's migrations once."""
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    _get_store(f"sqlite:///{db}")  # creates and migrates the schema
+    mlflow.set_tracking_uri(None)
+    return db
+
+
+@pytest.fixture
+def tracking(tmp_path, sqlite_template, monkeypatch):
+    """An empty SQLite tracking store in a fresh working directory; yields its URI."""
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    shutil.copy(sqlite_template, db)
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)  # MLflow caches it per process
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process serving {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def start_mlflow_server(workdir: Path, backend_uri: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(workdir / "mlflow-server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", backend_uri, "--artifacts-destination", str(workdir / "mlartifacts"), "--workers", "1"],
+        cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/health", proc=proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError((workdir / "mlflow-server.log").read_text()[-3000:])
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, sqlite_template):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend (shared by the session's tests)."""
+    workdir = tmp_path_factory.mktemp("server")
+    db = workdir / "mlflow.db"
+    shutil.copy(sqlite_template, db)
+    proc, url = start_mlflow_server(workdir, f"sqlite:///{db}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from mlflow_unlearn.data import load_dataset
+
+    return load_dataset("digits")

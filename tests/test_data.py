@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mlflow_unlearn.data import DatasetError, DatasetSpec, augment_batch, load_dataset
+
+
+def make_imagefolder(root, n_per_class=3, size=12, classes=("cat", "dog"), splits=("train", "test")):
+    rng = np.random.RandomState(0)
+    for split in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n_per_class):
+                Image.fromarray(rng.randint(0, 255, (size, size, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_digits_has_stable_ids_and_fixed_test_split(digits):
+    assert digits.input_shape == (1, 8, 8)
+    assert digits.num_classes == 10
+    assert torch.equal(digits.train.ids, torch.arange(len(digits.train)))
+    assert len(digits.train) + len(digits.test) == 1797
+    again = load_dataset(DatasetSpec("digits", seed=5))
+    assert torch.equal(again.test.x, digits.test.x)  # the test split does not depend on the seed
+    assert again.digest == digits.digest
+
+
+def test_subset_and_validation_split_are_seeded(digits):
+    a = load_dataset(DatasetSpec("digits", subset=300, val_fraction=0.1, seed=1))
+    b = load_dataset(DatasetSpec("digits", subset=300, val_fraction=0.1, seed=1))
+    c = load_dataset(DatasetSpec("digits", subset=300, val_fraction=0.1, seed=2))
+    assert len(a.train) == 270 and len(a.val) == 30
+    assert torch.equal(a.train.x, b.train.x) and a.digest == b.digest
+    assert a.digest != c.digest
+    assert torch.equal(a.train.ids, torch.arange(270))
+    assert set(a.source_index).isdisjoint(set(a.val.ids.tolist()))
+
+
+def test_imagefolder_tree_and_manifest(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_UNLEARN_CACHE", str(tmp_path / "cache"))
+    make_imagefolder(tmp_path / "tree")
+    data = load_dataset(f"imagefolder:{tmp_path / 'tree'}")
+    assert data.classes == ["cat", "dog"]
+    assert data.input_shape == (3, 12, 12) and len(data.train) == 6 and len(data.test) == 6
+    m = data.manifest()
+    assert m["ids"] == list(range(6)) and m["labels"] == [0, 0, 0, 1, 1, 1]
+    assert m["dataset_digest"] == data.digest
+    # second load comes from the decoded cache and is identical
+    assert load_dataset(f"imagefolder:{tmp_path / 'tree'}").digest == data.digest
+
+
+@pytest.mark.parametrize("name", ["mnist", "", "imagefolder:"])
+def test_unknown_dataset_lists_valid_names(name):
+    with pytest.raises(DatasetError) as e:
+        DatasetSpec(name=name)
+    assert "digits" in str(e.value)
+
+
+def test_imagefolder_without_test_folder_names_it(tmp_path):
+    make_imagefolder(tmp_path / "tree", splits=("train",))
+    with pytest.raises(DatasetError, match=r"test/"):
+        load_dataset(f"imagefolder:{tmp_path / 'tree'}")
+
+
+def test_imagefolder_missing_path(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(f"imagefolder:{tmp_path / 'nope'}")
+
+
+@pytest.mark.parametrize("kw,match", [({"val_fraction": 20}, "not a percentage"), ({"subset": 0}, "subset")])
+def test_bad_spec_values(kw, match):
+    with pytest.raises(DatasetError, match=match):
+        DatasetSpec("digits", **kw)
+
+
+def test_augmentation_is_a_seeded_crop_and_flip():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    a, b = augment_batch(x, pad=2, generator=g1), augment_batch(x, pad=2, generator=g2)
+    assert a.shape == x.shape and torch.equal(a, b)
+    # with no padding, the only change is a horizontal flip of whole images
+    c = augment_batch(x, pad=0, generator=torch.Generator().manual_seed(1))
+    for i in range(2):
+        assert torch.equal(c[i], x[i]) or torch.equal(c[i], x[i].flip(-1))
+    # a crop keeps an inner window of the image: some original pixel rows survive intact
+    shifted = augment_batch(x, pad=2, flip=False, generator=torch.Generator().manual_seed(3))
+    assert any(torch.equal(shifted[0, 0, r, 2:6], x[0, 0, rr, 2 + dx:6 + dx]) for r in range(8) for rr in range(8) for dx in (-2, -1, 0, 1, 2) if 0 <= 2 + dx and 6 + dx <= 8)

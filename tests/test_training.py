@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from mlflow_unlearn.data import DatasetSpec, load_dataset
+from mlflow_unlearn.models import build_model
+from mlflow_unlearn.progress import ListLogger
+from mlflow_unlearn.training import TrainConfig, TrainConfigError, train_model
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load_dataset(DatasetSpec("digits", subset=300))
+
+
+def run(data, seed):
+    model = build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=seed, width=8)
+    log = ListLogger()
+    hist = train_model(model, data, TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=seed, augment=True), log=log, progress=False)
+    return model, hist, log
+
+
+def test_training_is_reproducible_on_cpu_and_learns(small):
+    a, hist, log = run(small, 0)
+    b, _, _ = run(small, 0)
+    c, _, _ = run(small, 1)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(a.fc.weight, c.fc.weight)
+    assert hist[-1]["train/loss"] < hist[0]["train/loss"]
+    assert hist[-1]["train/acc"] > hist[0]["train/acc"]
+    assert [step for step, _ in log.records] == [0, 1, 2]
+    assert {"train/loss", "train/acc", "test/acc", "time/epoch_s"} <= set(log.records[0][1])
+
+
+def test_train_ids_restrict_training_to_those_examples(small):
+    seen = set()
+    model = build_model("small_cnn", num_classes=10, input_shape=small.input_shape, seed=0, width=8)
+    train_model(model, small, TrainConfig(epochs=1, batch_size=16), train_ids=torch.arange(0, 50), progress=False,
+                eval_test=False, on_batch=lambda ids, **_: seen.update(ids.tolist()))
+    assert seen == set(range(50))
+
+
+@pytest.mark.parametrize("kw,name", [({"epochs": 0}, "epochs"), ({"lr": -0.1}, "lr"), ({"lr": 0}, "lr"),
+                                     ({"batch_size": 0}, "batch_size"), ({"label_smoothing": 10}, "label_smoothing")])
+def test_bad_settings_name_the_value(kw, name):
+    with pytest.raises(TrainConfigError) as e:
+        TrainConfig(**kw)
+    assert name in str(e.value) and repr(list(kw.values())[0]) in str(e.value)
