@@ -20,6 +20,20 @@ def _none_or(cast):
     return parse
 
 
+def _int(value: str) -> int:
+    """An integer; MLproject passes float parameters as '15.0', which is accepted when whole."""
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if f != int(f):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
+    return int(f)
+
+
+_int.__name__ = "int"
+
+
 def _bool(value: str) -> bool:
     v = str(value).strip().lower()
     if v in ("1", "true", "yes", "on"):
@@ -33,18 +47,18 @@ def _add_train(sub):
     p = sub.add_parser("train", help="train an original model, record per-example confidences, log and register it")
     p.add_argument("--dataset", default="digits", help="digits | cifar10 | cifar100 | imagefolder:<path> (default: digits)")
     p.add_argument("--model", default="small_cnn", help="small_cnn | resnet18 | resnet50 | vgg16_bn")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=_int, default=15)
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate, cosine-decayed per step")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_int, default=64)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--augment", type=_none_or(_bool), default=None, help="crop+flip; default: what suits the dataset")
-    p.add_argument("--subset", type=_none_or(int), default=None, help="keep a seeded subset of N train examples")
+    p.add_argument("--subset", type=_none_or(_int), default=None, help="keep a seeded subset of N train examples")
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--root", type=_none_or(str), default=None, help="where cifar10/cifar100 live")
     p.add_argument("--download", type=_bool, default=False)
-    p.add_argument("--width", type=_none_or(int), default=None, help="model width (channels of the first stage)")
+    p.add_argument("--width", type=_none_or(_int), default=None, help="model width (channels of the first stage)")
     p.add_argument("--registered-model-name", type=_none_or(str), default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
@@ -66,8 +80,8 @@ def _add_main(sub):
     p = sub.add_parser("main", help="the whole pipeline on one dataset (the README's main job)")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--model", default="small_cnn")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=_int, default=15)
+    p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--registered-model-name", type=_none_or(str), default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
@@ -81,7 +95,73 @@ def _add_main(sub):
     p.set_defaults(func=run)
 
 
-SUBCOMMANDS = [_add_train, _add_main]
+def _add_forget_args(p):
+    p.add_argument("--model-uri", required=True, help="models:/<name>/<version> or models:/<name>@<alias> (the source)")
+    p.add_argument("--forget", required=True,
+                   help="a file of ids (.txt/.json/.npy/.csv), an MLflow artifact URI, or random:N | class:K | mix:N | tiers:low=N,mid=N,high=N")
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--experiment", type=_none_or(str), default=None)
+
+
+def _add_retrain(sub):
+    p = sub.add_parser("retrain", help="train from scratch on retain (the reference); cached per source, forget set and seed")
+    _add_forget_args(p)
+    p.add_argument("--epochs", type=_none_or(_int), default=None, help="default: the source's training epochs")
+    p.add_argument("--no-cache", action="store_true")
+
+    def run(a):
+        from .steps import retrain_step
+
+        retrain_step(a.model_uri, a.forget, seed=a.seed, epochs=a.epochs, device=a.device, experiment=a.experiment,
+                     use_cache=not a.no_cache)
+
+    p.set_defaults(func=run)
+
+
+def _add_unlearn(sub):
+    p = sub.add_parser("unlearn", help="unlearn a forget set with one algorithm; optionally register a new version")
+    _add_forget_args(p)
+    p.add_argument("--algorithm", required=True)
+    p.add_argument("--hyperparameters", default="", help="'lr=0.01,epochs=3' or a JSON object")
+    p.add_argument("--register", type=_bool, default=False)
+    p.add_argument("--evaluate", type=_bool, default=False, help="also evaluate against the (cached) retrained reference")
+
+    def run(a):
+        from .steps import unlearn_step
+
+        unlearn_step(a.model_uri, a.forget, a.algorithm, a.hyperparameters, seed=a.seed, register=a.register,
+                     evaluate_against_retrain=a.evaluate, device=a.device, experiment=a.experiment)
+
+    p.set_defaults(func=run)
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="every unlearning metric of an unlearned run against the retrained reference")
+    _add_forget_args(p)
+    p.add_argument("--run-id", required=True, help="the unlearn (or rum) run to evaluate")
+
+    def run(a):
+        from .steps import evaluate_step
+
+        evaluate_step(a.model_uri, a.forget, a.run_id, seed=a.seed, device=a.device, experiment=a.experiment)
+
+    p.set_defaults(func=run)
+
+
+def _add_algorithms(sub):
+    p = sub.add_parser("algorithms", help="list the registered algorithms and their hyperparameters")
+
+    def run(a):
+        from .algorithms import ALGORITHMS, hyperparameters
+
+        for name in ALGORITHMS.names():
+            print(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in hyperparameters(name).items()))
+
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS = [_add_train, _add_retrain, _add_unlearn, _add_evaluate, _add_algorithms, _add_main]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ._registry import UnknownComponentError
     from .tracking import MissingArtifactError, TrackingError
+    from mlflow.exceptions import MlflowException
 
-    return (ValueError, UnknownComponentError, MissingArtifactError, TrackingError, FileNotFoundError)
+    return (ValueError, UnknownComponentError, MissingArtifactError, TrackingError, FileNotFoundError, MlflowException)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,15 @@ MLproject entry points are thin wrappers around these. Inputs are validated befo
 so bad input never leaves a half-created run or registered model."""
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import torch
 
 from . import tracking
@@ -125,3 +128,286 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
                         device=device, experiment=experiment, progress=False)
     print(ui_hint())
     return {"original": result}
+
+
+# --------------------------------------------------------------------------------------------------
+# Forget requests: the context every unlearning step starts from
+
+
+@dataclass
+class ForgetContext:
+    """A source model version, its data on the device, a validated forget set and its tiers."""
+
+    source: tracking.SourceModel
+    data: Any  # ImageData
+    forget: Any  # ForgetSet
+    tiers: dict[str, np.ndarray]  # tier name -> forget ids, by C-proxy rank within the forget set
+    histogram: dict[str, int]  # forget examples per train-set memorisation bin
+    seed: int
+
+    @property
+    def source_tag(self) -> str:
+        return f"{self.source.name}/{self.source.version}"
+
+    def unlearn_data(self, retain_ids=None):
+        from .algorithms import UnlearnData
+
+        if retain_ids is None:
+            return UnlearnData.from_forget(self.data, self.forget.ids)
+        return UnlearnData(self.data, self.forget.ids, retain_ids)
+
+    def tags(self, role: str) -> dict[str, str]:
+        return {TAG + "role": role, TAG + "source_model": self.source_tag, TAG + "forget_digest": self.forget.digest,
+                TAG + "seed": str(self.seed)}
+
+    def tier_positions(self) -> dict[str, np.ndarray]:
+        """Tier -> positions within the (sorted) forget set, for per-tier metrics."""
+        return {k: np.searchsorted(self.forget.ids, v) for k, v in self.tiers.items()}
+
+
+def resolve_forget_source(forget) -> Any:
+    """Download an MLflow artifact URI to a local file; pass specs, paths and id lists through."""
+    from .forget_sets import ForgetSetError, is_spec
+
+    if isinstance(forget, (list, tuple, np.ndarray)) or is_spec(str(forget)):
+        return forget
+    text = str(forget)
+    if re.match(r"^(runs|models|mlflow-artifacts|s3|gs|wasbs|dbfs|file)://?", text) and not Path(text).exists():
+        try:
+            return mlflow.artifacts.download_artifacts(artifact_uri=text)
+        except Exception as exc:  # MLflow raises several types for unreadable URIs
+            raise ForgetSetError(f"cannot read the forget-set artifact {text!r}: {exc}") from None
+    return text
+
+
+def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "auto", tier_names=None) -> ForgetContext:
+    """Load a registered source version and validate a forget set against its training manifest."""
+    from .forget_sets import load_forget_set
+    from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
+
+    names = tuple(tier_names or DEFAULT_TIERS)
+    tracking.connect()
+    source = tracking.load_source(source_uri)
+    labels = np.asarray(source.manifest["labels"])
+    c_proxy = None if source.proxies is None else source.proxies["c_proxy"]
+    fs = load_forget_set(resolve_forget_source(forget), labels=labels, c_proxy=c_proxy,
+                         classes=source.manifest.get("classes"), tier_names=names, seed=seed)
+    data = source.load_data(resolve_device(device))
+    tiers = tiers_from_c_proxy(fs.ids, c_proxy, names=names) if len(fs) >= len(names) else {"all": fs.ids}
+    histogram = tier_histogram(fs.ids, c_proxy, names=names)
+    return ForgetContext(source=source, data=data, forget=fs, tiers=tiers, histogram=histogram, seed=seed)
+
+
+def log_forget_set(ctx: ForgetContext) -> None:
+    mlflow.log_dict({"ids": ctx.forget.ids.tolist(), "digest": ctx.forget.digest, "source": str(ctx.forget.source),
+                     "source_model": ctx.source_tag}, "forget_set/ids.json")
+    mlflow.log_dict({"tier_histogram": ctx.histogram, "tiers": {k: v.tolist() for k, v in ctx.tiers.items()}},
+                    "forget_set/tiers.json")
+    mlflow.log_params({"forget_source": str(ctx.forget.source)[:500], "n_forget": len(ctx.forget), "seed": ctx.seed})
+    mlflow.log_metrics({f"forget_set/hist/{k}": float(v) for k, v in ctx.histogram.items()})
+
+
+def load_run_model(run_id: str, map_location="cpu") -> torch.nn.Module:
+    return mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location=map_location)
+
+
+# --------------------------------------------------------------------------------------------------
+# Retrain (the reference), cached by source version, forget digest, seed and recipe
+
+
+@dataclass
+class StepResult:
+    run_id: str
+    model: torch.nn.Module
+    seconds: float
+    cached: bool = False
+    version: str | None = None  # registered version, when registered
+
+
+def _retrain_config(ctx: ForgetContext, epochs: int | None) -> TrainConfig:
+    cfg = dict(ctx.source.model_spec["train_config"])
+    cfg["seed"] = ctx.seed
+    if epochs is not None:
+        cfg["epochs"] = int(epochs)
+    return TrainConfig(**cfg)
+
+
+def find_cached_retrain(ctx: ForgetContext, recipe: str) -> str | None:
+    client = mlflow.MlflowClient()
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        exp_ids,
+        filter_string=(f"tags.`{TAG}role` = 'retrain' and tags.`{TAG}source_model` = '{ctx.source_tag}' and "
+                       f"tags.`{TAG}forget_digest` = '{ctx.forget.digest}' and tags.`{TAG}seed` = '{ctx.seed}' and "
+                       f"tags.`{TAG}recipe` = '{recipe}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = True, progress: bool = False) -> StepResult:
+    """Train the source's architecture from scratch on retain with the source's recipe: the exact
+    answer every unlearned model is measured against. A finished run with the same key is reused."""
+    import hashlib
+    import json as _json
+
+    config = _retrain_config(ctx, epochs)
+    recipe = hashlib.sha256(_json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    if use_cache and (run_id := find_cached_retrain(ctx, recipe)):
+        run = mlflow.MlflowClient().get_run(run_id)
+        model = load_run_model(run_id).to(ctx.data.device)
+        print(f"retrain: cache hit, run {run_id}")
+        return StepResult(run_id, model, float(run.data.metrics.get("time/retrain_s", float("nan"))), cached=True)
+    spec = ctx.source.model_spec
+    net = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]), seed=ctx.seed, **spec["kwargs"])
+    ud = ctx.unlearn_data()
+    with mlflow.start_run(run_name=f"retrain-{ctx.source_tag}", nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({**ctx.tags("retrain"), TAG + "algorithm": "retrain", TAG + "recipe": recipe})
+        log_forget_set(ctx)
+        mlflow.log_params({f"train.{k}": v for k, v in config.to_dict().items()})
+        t0 = time.perf_counter()
+        train_model(net, ctx.data, config, train_ids=ud.retain_ids, log=tracking.MlflowLogger(), progress=progress, eval_test=False)
+        seconds = time.perf_counter() - t0
+        mlflow.log_metric("time/retrain_s", seconds)
+        tracking.log_model(net, spec)
+    net.to(ctx.data.device)
+    return StepResult(run.info.run_id, net, seconds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Unlearn with one algorithm
+
+
+def register_unlearned(ctx: ForgetContext, run_id: str, model_uri: str, extra_tags: dict[str, str]) -> str:
+    mv = tracking.register(model_uri, ctx.source.name, {
+        **ctx.tags("unlearn"), TAG + "source_version": ctx.source.version, TAG + "run_id": run_id,
+        TAG + "n_forget": str(len(ctx.forget)), **extra_tags})
+    return str(mv.version)
+
+
+def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = None, *, register: bool = False,
+            run_name: str | None = None) -> StepResult:
+    """Apply one algorithm to the whole forget set; log the model (and register it when asked)."""
+    from .algorithms import run_algorithm, validate_hyperparameters
+
+    params = validate_hyperparameters(algorithm, hyperparameters or {})  # before any run exists
+    with mlflow.start_run(run_name=run_name or f"unlearn-{algorithm}", nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({**ctx.tags("unlearn"), TAG + "algorithm": algorithm})
+        log_forget_set(ctx)
+        mlflow.log_params({"algorithm": algorithm, **{f"hp.{k}": v for k, v in params.items()}})
+        t0 = time.perf_counter()
+        model = run_algorithm(algorithm, ctx.source.model.to(ctx.data.device), ctx.unlearn_data(), params, seed=ctx.seed,
+                              log=tracking.MlflowLogger())
+        seconds = time.perf_counter() - t0
+        mlflow.log_metric("time/unlearn_s", seconds)
+        info = tracking.log_model(model, ctx.source.model_spec)
+        model.to(ctx.data.device)
+        version = None
+        if register:
+            version = register_unlearned(ctx, run.info.run_id, info.model_uri, {TAG + "algorithm": algorithm,
+                                                                TAG + "plan": json.dumps({"algorithm": algorithm, "hyperparameters": params})})
+            mlflow.set_tag(TAG + "registered_version", f"{ctx.source.name}/{version}")
+    return StepResult(run.info.run_id, model, seconds, version=version)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluate
+
+
+def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: torch.nn.Module | None) -> dict[str, float]:
+    from .metrics import evaluate_unlearning, outputs_for
+
+    u = outputs_for(model, ctx.data, ctx.forget.ids)
+    r = outputs_for(reference, ctx.data, ctx.forget.ids) if reference is not None else None
+    return evaluate_unlearning(u, r, tiers=ctx.tier_positions(), seed=ctx.seed)
+
+
+def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *, model: torch.nn.Module | None = None,
+             label: str | None = None) -> dict[str, float]:
+    """Every metric of DESIGN.md section 4 for an unlearned run against the retrained reference,
+    logged to a run with role `evaluate` and copied onto the unlearned run, so runs compare in the UI."""
+    client = mlflow.MlflowClient()
+    u_run = client.get_run(unlearned_run_id)
+    model = model if model is not None else load_run_model(unlearned_run_id).to(ctx.data.device)
+    metrics = evaluation_metrics(ctx, model, reference.model)
+    unlearn_s = u_run.data.metrics.get("time/unlearn_s", float("nan"))
+    metrics["time/unlearn_s"] = unlearn_s
+    metrics["time/retrain_s"] = reference.seconds
+    metrics["time/fraction_of_retrain"] = unlearn_s / reference.seconds if reference.seconds else float("nan")
+    metrics["time/speedup_vs_retrain"] = reference.seconds / unlearn_s if unlearn_s else float("nan")
+    algorithm = u_run.data.tags.get(TAG + "algorithm", "?")
+    with mlflow.start_run(run_name=f"evaluate-{label or algorithm}", nested=mlflow.active_run() is not None):
+        mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "evaluated_run": unlearned_run_id,
+                         TAG + "reference_run": reference.run_id})
+        mlflow.log_metrics(metrics)
+    client.log_batch(unlearned_run_id, metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
+                                                for k, v in metrics.items() if np.isfinite(v) and k != "time/unlearn_s"])
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Step entry points (CLI and MLproject): one call, one context
+
+
+def parse_hyperparameters(text: str | dict | None) -> dict:
+    """'lr=0.01,epochs=3' or a JSON object -> dict (values stay strings; the algorithm validates them)."""
+    if text is None or isinstance(text, dict):
+        return dict(text or {})
+    text = text.strip()
+    if text in ("", "none", "{}"):
+        return {}
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"hyperparameters {text!r} are not valid JSON: {exc}") from None
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"hyperparameter {part!r} is not key=value (e.g. lr=0.01,epochs=3)")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def retrain_step(model_uri: str, forget, *, seed: int = 0, epochs: int | None = None, device: str | None = "auto",
+                 experiment: str | None = None, use_cache: bool = True) -> StepResult:
+    ctx = prepare(model_uri, forget, seed=seed, device=device)
+    tracking.use_experiment(experiment)
+    result = retrain(ctx, epochs=epochs, use_cache=use_cache, progress=True)
+    print(f"retrain run {result.run_id} ({'cached' if result.cached else f'{result.seconds:.1f} s'})")
+    return result
+
+
+def unlearn_step(model_uri: str, forget, algorithm: str, hyperparameters=None, *, seed: int = 0, register: bool = False,
+                 evaluate_against_retrain: bool = False, device: str | None = "auto", experiment: str | None = None) -> StepResult:
+    from .algorithms import validate_hyperparameters
+
+    params = validate_hyperparameters(algorithm, parse_hyperparameters(hyperparameters))
+    ctx = prepare(model_uri, forget, seed=seed, device=device)
+    tracking.use_experiment(experiment)
+    result = unlearn(ctx, algorithm, params, register=register)
+    line = f"unlearn {algorithm}: run {result.run_id}, {result.seconds:.1f} s"
+    if result.version:
+        line += f", registered models:/{ctx.source.name}/{result.version}"
+    print(line)
+    if evaluate_against_retrain:
+        print(format_metrics(evaluate(ctx, result.run_id, retrain(ctx), model=result.model)))
+    return result
+
+
+def evaluate_step(model_uri: str, forget, run_id: str, *, seed: int = 0, device: str | None = "auto",
+                  experiment: str | None = None) -> dict[str, float]:
+    ctx = prepare(model_uri, forget, seed=seed, device=device)
+    run = mlflow.MlflowClient().get_run(run_id)  # unknown run ids fail here, before anything is logged
+    if run.data.tags.get(TAG + "forget_digest") not in (None, ctx.forget.digest):
+        raise ValueError(f"run {run_id} unlearned a different forget set (digest {run.data.tags[TAG + 'forget_digest'][:12]}...) "
+                         f"than {str(forget)!r} ({ctx.forget.digest[:12]}...); pass the same forget set")
+    tracking.use_experiment(experiment)
+    metrics = evaluate(ctx, run_id, retrain(ctx))
+    print(format_metrics(metrics))
+    return metrics
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    keys = ["forget/acc", "retain/acc", "test/acc", "tow", "tow_mia", "tow_pe", "mia/efficacy", "mia/gap", "time/fraction_of_retrain"]
+    return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)

@@ -164,13 +164,6 @@ def log_manifest(manifest: dict) -> None:
     mlflow.log_dict(manifest, "manifest/train_manifest.json")
 
 
-def forget_digest(ids) -> str:
-    """sha256 of the sorted forget ids (DESIGN.md section 4), as comma-separated decimal text."""
-    import hashlib
-
-    return hashlib.sha256(",".join(str(int(i)) for i in sorted(int(i) for i in ids)).encode()).hexdigest()
-
-
 # --------------------------------------------------------------------------------------------------
 # Loading back
 

@@ -108,3 +108,30 @@ def digits():
     from mlflow_unlearn.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def source_model(tmp_path_factory, sqlite_template):
+    """A module-wide tracking store holding one registered original model trained on a digits
+    subset (small, but fitted to ~100% train accuracy). Yields (tracking_uri, model_uri)."""
+    import mlflow
+
+    from mlflow_unlearn.steps import train_step
+
+    workdir = tmp_path_factory.mktemp("source")
+    db = workdir / "mlflow.db"
+    shutil.copy(sqlite_template, db)
+    uri = f"sqlite:///{db}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+            mp.delenv(var, raising=False)
+        mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+        mlflow.set_tracking_uri(uri)
+        result = train_step(dataset="digits", model="small_cnn", width=16, subset=400, epochs=8, lr=0.05,
+                            batch_size=32, registered_model_name="digits-src", progress=False)
+        yield uri, result.model_uri
+        while mlflow.active_run():
+            mlflow.end_run()
+    mlflow.set_tracking_uri(None)

@@ -1,0 +1,116 @@
+"""retrain / unlearn / evaluate end to end on digits through the real MLflow API."""
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from mlflow_unlearn import steps
+from mlflow_unlearn._registry import UnknownComponentError
+from mlflow_unlearn.algorithms import HyperparameterError
+from mlflow_unlearn.forget_sets import ForgetSetError
+from mlflow_unlearn.tracking import MissingArtifactError
+
+FORGET = "mix:30"
+
+
+def runs_with_role(role):
+    return mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`mlflow_unlearn.role` = '{role}'",
+                              output_format="list")
+
+
+def test_retrain_unlearn_evaluate_with_cache_hit(source_model):
+    _, uri = source_model
+    first = steps.retrain_step(uri, FORGET)
+    assert not first.cached
+    again = steps.retrain_step(uri, FORGET)
+    assert again.cached and again.run_id == first.run_id  # no second training
+    assert len(runs_with_role("retrain")) == 1
+
+    result = steps.unlearn_step(uri, FORGET, "neggrad_plus", "epochs=3,lr=0.01", register=True)
+    mv = MlflowClient().get_model_version("digits-src", result.version)
+    assert str(mv.version) == "2"
+    assert mv.tags["mlflow_unlearn.source_model"] == "digits-src/1"
+    assert mv.tags["mlflow_unlearn.algorithm"] == "neggrad_plus"
+    assert len(mv.tags["mlflow_unlearn.forget_digest"]) == 64
+
+    metrics = steps.evaluate_step(uri, FORGET, result.run_id, )
+    for key in ["forget/acc", "retain/acc", "test/acc", "tow", "tow_mia", "tow_pe", "mia/efficacy", "mia/auc", "mia/gap",
+                "disagree/forget", "disagree/retain", "disagree/test", "tier/low/forget_acc", "tier/high/forget_acc",
+                "time/unlearn_s", "time/retrain_s", "time/speedup_vs_retrain"]:
+        assert key in metrics, key
+    assert 0 <= metrics["tow"] <= 1
+    assert len(runs_with_role("retrain")) == 1  # evaluate reused the cached reference
+    ev = runs_with_role("evaluate")
+    assert len(ev) == 1 and ev[0].data.metrics["tow"] == pytest.approx(metrics["tow"])
+    # metrics were copied onto the unlearned run, so the UI compares runs on the same keys
+    assert MlflowClient().get_run(result.run_id).data.metrics["tow"] == pytest.approx(metrics["tow"])
+
+
+def test_unlearning_lowers_forget_accuracy_and_the_reference_is_the_truth(source_model):
+    _, uri = source_model
+    ctx = steps.prepare(uri, "class:3")  # a whole class: the retrained reference cannot know it
+    reference = steps.retrain(ctx)
+    original = steps.evaluation_metrics(ctx, ctx.source.model, reference.model)
+    self_vs_self = steps.evaluation_metrics(ctx, reference.model, reference.model)
+    assert self_vs_self["tow"] == 1.0 and self_vs_self["tow_pe"] == 1.0
+    assert original["forget/acc"] > 0.9 and self_vs_self["forget/acc"] < 0.2
+    result = steps.unlearn(ctx, "random_label", {"epochs": 3, "lr": 0.1})
+    after = steps.evaluation_metrics(ctx, result.model, reference.model)
+    assert after["forget/acc"] < 0.5 < original["forget/acc"]
+    assert after["retain/acc"] > 0.9
+
+
+@pytest.mark.parametrize("forget,error,needle", [
+    ([1, 2, 5000], ForgetSetError, "5000"),
+    ([1, 1, 2], ForgetSetError, "repeats ids [1]"),
+    ([], ForgetSetError, "empty"),
+    (list(range(400)), ForgetSetError, "all 400"),
+    ("runs:/0123456789abcdef/forget.txt", ForgetSetError, "runs:/0123456789abcdef"),
+])
+def test_bad_forget_sets_create_nothing(source_model, forget, error, needle):
+    _, uri = source_model
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    with pytest.raises(error) as e:
+        steps.unlearn_step(uri, forget, "finetune", register=True)
+    assert needle in str(e.value)
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
+    assert {str(v.version) for v in MlflowClient().search_model_versions("name='digits-src'")} <= {"1", "2"}
+
+
+@pytest.mark.parametrize("algorithm,hp,error,needle", [
+    ("frobnicate", None, UnknownComponentError, "neggrad_plus"),
+    ("neggrad_plus", {"alpha": 1.5}, HyperparameterError, "1.5"),
+    ("finetune", {"lr": -0.1}, HyperparameterError, "-0.1"),
+    ("finetune", {"momentun": 0.9}, HyperparameterError, "momentum"),
+])
+def test_bad_algorithm_input_creates_nothing(source_model, algorithm, hp, error, needle):
+    _, uri = source_model
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    with pytest.raises(error) as e:
+        steps.unlearn_step(uri, FORGET, algorithm, hp, register=True)
+    assert needle in str(e.value)
+    assert len(mlflow.search_runs(search_all_experiments=True, output_format="list")) == before
+
+
+def test_version_without_confidences_is_named(source_model):
+    _, uri = source_model
+    client = MlflowClient()
+    mv = client.get_model_version("digits-src", "1")
+    # a version pointing at a run that lacks the confidence artifacts (logged by hand, as a team might)
+    with mlflow.start_run() as run:
+        mlflow.log_dict({"ids": []}, "unrelated.json")
+        mlflow.log_dict(mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/manifest/train_manifest.json"), "manifest/train_manifest.json")
+        mlflow.log_dict(mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/model_spec.json"), "model_spec.json")
+    bare = client.create_model_version("digits-bare", mv.source, run.info.run_id) if client.search_registered_models("name='digits-bare'") else None
+    if bare is None:
+        client.create_registered_model("digits-bare")
+        bare = client.create_model_version("digits-bare", mv.source, run.info.run_id)
+    with pytest.raises(MissingArtifactError, match="confidences"):
+        steps.prepare(f"models:/digits-bare/{bare.version}", "random:5")
+
+
+def test_hyperparameter_text_forms():
+    assert steps.parse_hyperparameters("lr=0.01, epochs=3") == {"lr": "0.01", "epochs": "3"}
+    assert steps.parse_hyperparameters('{"lr": 0.01}') == {"lr": 0.01}
+    with pytest.raises(ValueError, match="'lr'"):
+        steps.parse_hyperparameters("lr")
