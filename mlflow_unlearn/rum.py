@@ -1,0 +1,646 @@
+"""RUM, the Refined-Unlearning Meta-algorithm (DESIGN.md section 2): a forget set cut into tiers by
+memorisation, each tier unlearned by its own algorithm, in order, carrying the model from step to step.
+
+    from mlflow_unlearn.rum import Plan, run_rum, default_plan
+    plan = Plan.parse("low=finetune(epochs=2);mid=neggrad_plus;high=neggrad_plus(alpha=0.95)")
+    result = run_rum(model, data, {"low": low_ids, "mid": mid_ids, "high": high_ids}, plan, seed=0)
+    result.model, result.steps[0].seconds
+
+A plan is plain data, the same in every form:
+
+- a mapping (JSON or YAML, in a file or a string)::
+
+      {"retain_mode": "exclude_all", "name": "my-plan",
+       "steps": [{"tier": "low", "algorithm": "none", "hyperparameters": {}},
+                 {"tier": "mid", "algorithm": "finetune", "hyperparameters": {"lr": 0.01, "epochs": 3}}]}
+
+- the compact command-line form, steps separated by ``;``, hyperparameters in parentheses::
+
+      low=none;mid=finetune(lr=0.01,epochs=3);high=neggrad_plus(alpha=0.9)
+
+  A segment ``retain_mode=<mode>`` sets the retain mode (so no tier can be called ``retain_mode``
+  there); string values may be quoted with ``"..."`` or ``'...'``.
+
+Retain modes (the retain set an algorithm sees at each step):
+
+- ``exclude_all`` (the default): train minus the *whole* forget set at every step. Every tier will
+  be forgotten, so training on a later tier's examples while unlearning an earlier one would only
+  reinforce what the later step has to remove.
+- ``shrinking`` (the RUM paper's code): train minus the tiers unlearned so far, the current one
+  included; the later tiers stay in the retain set until their turn. Kept so the two can be compared.
+
+Completeness: every tier of the forget set must appear in the plan exactly once (map a tier to
+``none`` to leave it explicitly as it is). A tier silently left out would mean part of a deletion
+request was never unlearned, so a missing tier is an error, as is a tier with no examples.
+
+No mlflow here (DESIGN.md section 3): the edge reports progress through `RumCallbacks`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._registry import UnknownComponentError
+from .algorithms import HyperparameterError, UnlearnData, run_algorithm, validate_hyperparameters
+from .data import ImageData
+from .progress import MetricLogger
+
+RETAIN_MODES = ("exclude_all", "shrinking")
+DEFAULT_RETAIN_MODE = "exclude_all"
+ALL_TIER = "all"  # the single tier of a vanilla (one-algorithm) run
+DEFAULT_TIERS = ("low", "mid", "high")
+PLAN_SUFFIXES = (".json", ".yaml", ".yml")
+
+_PLAN_KEYS = ("name", "retain_mode", "steps")
+_STEP_KEYS = ("tier", "algorithm", "hyperparameters")
+
+
+class PlanError(ValueError):
+    """A plan that cannot run (or cannot be read); the message lists every problem found."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass
+class PlanStep:
+    """Unlearn tier `tier` with algorithm `algorithm` and these hyperparameters (missing ones take
+    the algorithm's defaults)."""
+
+    tier: str
+    algorithm: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tier": self.tier, "algorithm": self.algorithm,
+                "hyperparameters": {k: _plain(v) for k, v in self.hyperparameters.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "step") -> "PlanStep":
+        if not isinstance(d, Mapping):
+            raise PlanError(f"{where} must be a mapping with keys {', '.join(_STEP_KEYS)}, got {_short(d)}")
+        unknown = [k for k in d if k not in _STEP_KEYS]
+        if unknown:
+            raise PlanError(f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(_STEP_KEYS)}")
+        missing = [k for k in ("tier", "algorithm") if d.get(k) in (None, "")]
+        if missing:
+            raise PlanError(f"{where} needs {' and '.join(missing)}, got {_short(dict(d))}")
+        tier, algorithm = d["tier"], d["algorithm"]
+        if not isinstance(tier, str) or not isinstance(algorithm, str):
+            raise PlanError(f"{where}: tier and algorithm must be strings, got tier={tier!r}, algorithm={algorithm!r}")
+        params = d.get("hyperparameters") or {}
+        if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
+            raise PlanError(f"{where} (tier {tier!r}): hyperparameters must be a mapping of names to values, "
+                            f"got {_short(params)}")
+        return cls(tier, algorithm, dict(params))
+
+
+@dataclass
+class Plan:
+    """An ordered list of steps (tier, algorithm, hyperparameters) and the retain mode.
+
+    Plain data: `validate` checks it against the algorithms and a forget set's tiers; `run_rum`
+    executes it. Forms: `from_dict`/`to_dict`, `load`/`dump` (.json, .yaml, .yml), `parse` (a
+    path, a JSON/YAML string or the compact form) and `to_compact`.
+    """
+
+    steps: list[PlanStep]
+    retain_mode: str = DEFAULT_RETAIN_MODE
+    name: str | None = None
+
+    # forms ----------------------------------------------------------------------------------------
+    @property
+    def tiers(self) -> list[str]:
+        return [s.tier for s in self.steps]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.name is not None:
+            out["name"] = self.name
+        out["retain_mode"] = self.retain_mode
+        out["steps"] = [s.to_dict() for s in self.steps]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> "Plan":
+        """From the plain-data schema; a bare list is taken as the steps (retain mode: default)."""
+        if isinstance(d, (list, tuple)):
+            d = {"steps": list(d)}
+        if not isinstance(d, Mapping):
+            raise PlanError(f"a plan must be a mapping with keys {', '.join(_PLAN_KEYS)} (or a list of steps), "
+                            f"got {_short(d)}")
+        unknown = [k for k in d if k not in _PLAN_KEYS]
+        if unknown:
+            raise PlanError(f"plan has unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(_PLAN_KEYS)}")
+        steps = d.get("steps")
+        if not isinstance(steps, (list, tuple)):
+            raise PlanError(f"plan 'steps' must be a list of {{tier, algorithm, hyperparameters}}, got {_short(steps)}")
+        retain_mode = d.get("retain_mode") or DEFAULT_RETAIN_MODE
+        name = d.get("name")
+        if not isinstance(retain_mode, str):
+            raise PlanError(f"plan retain_mode must be a string, one of {', '.join(RETAIN_MODES)}; got {retain_mode!r}")
+        if name is not None and not isinstance(name, str):
+            name = str(name)
+        return cls([PlanStep.from_dict(s, f"plan step {i + 1}") for i, s in enumerate(steps)], retain_mode, name)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_compact(self) -> str:
+        """The one-line form `parse` reads back (a non-default retain mode comes first)."""
+        parts = [] if self.retain_mode == DEFAULT_RETAIN_MODE else [f"retain_mode={self.retain_mode}"]
+        for s in self.steps:
+            args = ",".join(f"{k}={_compact_value(v)}" for k, v in s.hyperparameters.items())
+            parts.append(f"{s.tier}={s.algorithm}" + (f"({args})" if args else ""))
+        return ";".join(parts)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        """Read a plan file: .json, .yaml or .yml."""
+        path = Path(path)
+        if path.suffix.lower() not in PLAN_SUFFIXES:
+            raise PlanError(f"plan file {str(path)!r} must end in {', '.join(PLAN_SUFFIXES)}")
+        if not path.is_file():
+            raise PlanError(f"plan file {str(path)!r} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix.lower() == ".json":
+                d = json.loads(text)
+            else:
+                import yaml
+
+                d = yaml.safe_load(text)
+        except ValueError as exc:  # json.JSONDecodeError
+            raise PlanError(f"plan file {str(path)!r} is not valid JSON: {exc}") from None
+        except Exception as exc:  # yaml.YAMLError
+            raise PlanError(f"plan file {str(path)!r} is not valid YAML: {exc}") from None
+        try:
+            return cls.from_dict(d)
+        except PlanError as exc:
+            raise PlanError(f"plan file {str(path)!r}: {exc}") from None
+
+    def dump(self, path: str | os.PathLike) -> Path:
+        """Write the plan as JSON or YAML, by the file's suffix; returns the path."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in PLAN_SUFFIXES:
+            raise PlanError(f"plan file {str(path)!r} must end in {', '.join(PLAN_SUFFIXES)}")
+        path.write_text(self.to_json() + "\n" if suffix == ".json" else self.to_yaml())
+        return path
+
+    @classmethod
+    def parse(cls, source: "Plan | str | os.PathLike | Mapping | Sequence") -> "Plan":
+        """A plan from a file path, a JSON or YAML string, the compact form, or plain data."""
+        if isinstance(source, Plan):
+            return source
+        if isinstance(source, (Mapping, list, tuple)):
+            return cls.from_dict(source)
+        if isinstance(source, os.PathLike):
+            return cls.load(source)
+        if not isinstance(source, str):
+            raise PlanError(f"cannot read a plan from {type(source).__name__}")
+        text = source.strip()
+        if not text:
+            raise PlanError("the plan is empty; " + _FORMS)
+        if "\n" not in text and (text.lower().endswith(PLAN_SUFFIXES) or os.path.isfile(text)):
+            return cls.load(text)
+        if text[0] not in "{[" and "\n" not in text and _COMPACT_START.match(text):
+            return _parse_compact(text)
+        import yaml  # JSON is YAML, so one parser reads both
+
+        try:
+            d = yaml.safe_load(text)
+        except Exception as exc:
+            raise PlanError(f"could not read the plan {_short(text)}: {exc}; {_FORMS}") from None
+        if not isinstance(d, (Mapping, list)):
+            raise PlanError(f"could not read the plan {_short(text)}; {_FORMS}")
+        return cls.from_dict(d)
+
+    # validation -----------------------------------------------------------------------------------
+    def validate(self, tiers: Iterable[str] | Mapping[str, Any] | None = None) -> "Plan":
+        """Check the plan in one place and return a copy with every step's hyperparameters complete
+        (defaults filled in, values converted to the defaults' types).
+
+        `tiers`: the forget set's tier names, or a mapping tier -> ids (then an empty tier is an
+        error too). Checked: a known retain mode, at least one step, no tier twice, known algorithms
+        and valid hyperparameters, and with `tiers`: no unknown tier and no tier left out. Every
+        problem found is listed in one `PlanError`.
+        """
+        problems: list[str] = []
+        if self.retain_mode not in RETAIN_MODES:
+            problems.append(f"unknown retain_mode {self.retain_mode!r}; valid: {', '.join(RETAIN_MODES)}")
+        if not self.steps:
+            problems.append("the plan has no steps")
+        names: list[str] | None = None
+        if tiers is not None:
+            names = [str(t) for t in tiers]
+        seen: set[str] = set()
+        resolved: list[PlanStep] = []
+        for i, step in enumerate(self.steps):
+            where = f"step {i + 1} (tier {step.tier!r})"
+            if step.tier in seen:
+                problems.append(f"{where}: tier {step.tier!r} appears more than once in the plan; give each tier one step")
+            seen.add(step.tier)
+            if names is not None and step.tier not in names:
+                problems.append(f"{where}: unknown tier {step.tier!r}; the forget set's tiers are: "
+                                f"{', '.join(names) or '(none)'}")
+            try:
+                params = validate_hyperparameters(step.algorithm, step.hyperparameters)
+            except UnknownComponentError as exc:
+                problems.append(f"{where}: {exc}")
+                params = dict(step.hyperparameters)
+            except (HyperparameterError, TypeError) as exc:
+                problems.append(f"{where}: {exc}")
+                params = dict(step.hyperparameters)
+            resolved.append(PlanStep(step.tier, step.algorithm, params))
+        if names is not None:
+            missing = [t for t in names if t not in seen]
+            if missing:
+                problems.append(f"tier(s) {', '.join(map(repr, missing))} of the forget set are not in the plan; every "
+                                f"tier must be mapped (use algorithm 'none' to leave one explicitly as it is)")
+        if isinstance(tiers, Mapping):
+            empty = [t for t, ids in tiers.items() if _count(ids) == 0]
+            if empty:
+                problems.append(f"tier(s) {', '.join(map(repr, empty))} have no examples; drop them from the tiers "
+                                f"or cut the forget set into fewer tiers")
+        if problems:
+            head = f"plan {self.name!r}" if self.name else "the plan"
+            raise PlanError(f"{head} is not valid:\n  - " + "\n  - ".join(problems))
+        return Plan(resolved, self.retain_mode, self.name)
+
+
+_FORMS = ("give a path to a .json/.yaml file, a JSON or YAML mapping {retain_mode, steps: [{tier, algorithm, "
+          "hyperparameters}]}, or the compact form 'low=none;mid=finetune(lr=0.01,epochs=3);high=neggrad_plus'")
+
+
+# --------------------------------------------------------------------------------------------------
+# The compact form
+
+_COMPACT_START = re.compile(r"^\s*[A-Za-z0-9_.\-]+\s*=\s*[A-Za-z_]")
+_SEGMENT = re.compile(r"^\s*(?P<tier>[A-Za-z0-9_.\-]+)\s*=\s*(?P<algo>[A-Za-z_][\w.\-]*)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
+_ARG = re.compile(r"^\s*(?P<key>[A-Za-z_]\w*)\s*=\s*(?P<value>.*?)\s*$", re.S)
+_BARE = re.compile(r"^[A-Za-z_][\w.\-+]*$")
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside quotes and parentheses."""
+    parts, buf, depth, quote = [], [], 0, None
+    for ch in text:
+        if quote:
+            buf.append(ch)
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append("".join(buf))
+            buf = []
+            continue
+        buf.append(ch)
+    if quote or depth:
+        raise PlanError(f"unbalanced {'quote' if quote else 'parentheses'} in the plan {_short(text)}")
+    parts.append("".join(buf))
+    return parts
+
+
+def _scalar(text: str) -> Any:
+    t = text.strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "\"'":
+        if t[0] == "'":
+            return t[1:-1]
+        try:
+            return json.loads(t)
+        except ValueError:
+            raise PlanError(f"could not read the quoted value {t}") from None
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+def _parse_compact(text: str) -> Plan:
+    steps, retain_mode = [], DEFAULT_RETAIN_MODE
+    for seg in _split_top(text, ";"):
+        if not seg.strip():
+            continue
+        m = _SEGMENT.match(seg)
+        if m is None:
+            raise PlanError(f"could not read plan segment {seg.strip()!r}: expected tier=algorithm or "
+                            f"tier=algorithm(name=value,...); {_FORMS}")
+        tier, algo, args = m["tier"], m["algo"], m["args"]
+        if tier == "retain_mode":
+            if args is not None:
+                raise PlanError(f"retain_mode takes a plain value ({', '.join(RETAIN_MODES)}), got {seg.strip()!r}")
+            retain_mode = algo
+            continue
+        params: dict[str, Any] = {}
+        if args is not None and args.strip():
+            for arg in _split_top(args, ","):
+                a = _ARG.match(arg)
+                if a is None:
+                    raise PlanError(f"tier {tier!r}: could not read hyperparameter {arg.strip()!r}; expected name=value")
+                if a["key"] in params:
+                    raise PlanError(f"tier {tier!r}: hyperparameter {a['key']!r} is given twice")
+                params[a["key"]] = _scalar(a["value"])
+        steps.append(PlanStep(tier, algo, params))
+    if not steps:
+        raise PlanError(f"the plan {_short(text)} has no steps; {_FORMS}")
+    return Plan(steps, retain_mode)
+
+
+def _compact_value(v: Any) -> str:
+    v = _plain(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str) and _BARE.match(v) and isinstance(_scalar(v), str):
+        return v
+    return json.dumps(v if isinstance(v, str) else str(v))
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python scalars (so JSON and YAML can write them)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _short(v: Any, n: int = 80) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _count(ids: Any) -> int:
+    if isinstance(ids, torch.Tensor):
+        return int(ids.numel())
+    if isinstance(ids, np.ndarray):
+        return int(ids.size)
+    return len(ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plans the system builds
+
+
+def default_plan(tier_names: Sequence[str] = DEFAULT_TIERS) -> Plan:
+    """The fallback plan used when no searched plan is registered. `tier_names` go from the lowest
+    to the highest memorisation (the order tiers are cut in), and the plan applies them in that order.
+
+    - lowest tier: `finetune` for 2 epochs. The RUM paper found that low-memorisation examples need
+      little or nothing (`none` or light fine-tuning did best there): the model predicts them from
+      what it learned from similar examples, and so does the retrained reference. A short retain-only
+      pass costs little and keeps every tier of a deletion request under an active step.
+    - middle tiers: `neggrad_plus` with its defaults (alpha 0.99, 5 epochs): the paper's most robust
+      algorithm across memorisation levels, pushing the forget loss up while holding retain accuracy.
+    - highest tier: `neggrad_plus` with alpha 0.95, a five times stronger forget term: the paper found
+      high-memorisation examples the hardest, where weak algorithms (fine-tuning, `none`) leave them
+      recognisable; the model was right on them only because it memorised them, so the reference
+      gets many of them wrong and the forget term has to move them further.
+    - a single tier (mixed memorisation): `neggrad_plus` with its defaults, the vanilla baseline.
+
+    The retain mode is the DESIGN default `exclude_all`. These are heuristics, not searched values:
+    a plan searched on the model's own data (the search step) should replace them.
+    """
+    names = [str(t) for t in tier_names]
+    if not names:
+        raise PlanError("default_plan needs at least one tier name")
+    if len(set(names)) != len(names):
+        raise PlanError(f"tier names must be distinct, got {names}")
+    if len(names) == 1:
+        return Plan([PlanStep(names[0], "neggrad_plus", {})], DEFAULT_RETAIN_MODE, "default")
+    steps = []
+    for i, tier in enumerate(names):
+        if i == 0:
+            steps.append(PlanStep(tier, "finetune", {"epochs": 2}))
+        elif i == len(names) - 1:
+            steps.append(PlanStep(tier, "neggrad_plus", {"alpha": 0.95}))
+        else:
+            steps.append(PlanStep(tier, "neggrad_plus", {}))
+    return Plan(steps, DEFAULT_RETAIN_MODE, "default")
+
+
+def single_algorithm_plan(algorithm: str, hyperparameters: Mapping[str, Any] | None = None,
+                          tier_names: Sequence[str] = (ALL_TIER,), *, retain_mode: str = DEFAULT_RETAIN_MODE) -> Plan:
+    """The same algorithm and hyperparameters on every tier, in the given order. With the default
+    single tier "all" (see `all_tier`) this is the vanilla baseline, run by the same executor as RUM;
+    with the memorisation tiers it is the paper's sequential variant of one algorithm."""
+    names = [str(t) for t in tier_names]
+    params = dict(hyperparameters or {})
+    name = algorithm if names == [ALL_TIER] else f"{algorithm}-per-tier"
+    return Plan([PlanStep(t, algorithm, dict(params)) for t in names], retain_mode, name)
+
+
+def all_tier(forget_ids) -> dict[str, Any]:
+    """The whole forget set as one tier named "all" (for `single_algorithm_plan`)."""
+    return {ALL_TIER: forget_ids}
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+
+
+class RumCallbacks(Protocol):
+    """What `run_rum` reports to, between steps. Either method may be left out.
+
+    `step_started` returns the logger the step's algorithm writes its per-epoch metrics to (or
+    None); `step_finished` gets the step's record and the model after the step (do not change it:
+    the next step starts from it). The MLflow edge opens a nested run per step here.
+    """
+
+    def step_started(self, index: int, step: PlanStep, n_forget: int, n_retain: int) -> MetricLogger | None: ...
+
+    def step_finished(self, index: int, step: PlanStep, record: "StepRecord", model: nn.Module) -> None: ...
+
+
+class NullCallbacks:
+    def step_started(self, index, step, n_forget, n_retain):
+        return None
+
+    def step_finished(self, index, step, record, model) -> None:
+        pass
+
+
+@dataclass
+class StepRecord:
+    """One executed step: which tier, algorithm, the complete hyperparameters, the seed, the ids it
+    forgot and retained (CPU tensors of train ids) and the algorithm's wall time in seconds."""
+
+    index: int
+    tier: str
+    algorithm: str
+    hyperparameters: dict[str, Any]
+    seed: int
+    forget_ids: torch.Tensor
+    retain_ids: torch.Tensor
+    seconds: float
+
+    @property
+    def n_forget(self) -> int:
+        return int(self.forget_ids.numel())
+
+    @property
+    def n_retain(self) -> int:
+        return int(self.retain_ids.numel())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A summary without the ids (counts instead), for logs and tags."""
+        return {"index": self.index, "tier": self.tier, "algorithm": self.algorithm,
+                "hyperparameters": {k: _plain(v) for k, v in self.hyperparameters.items()}, "seed": self.seed,
+                "n_forget": self.n_forget, "n_retain": self.n_retain, "seconds": self.seconds}
+
+
+@dataclass
+class RumResult:
+    """The unlearned model, one record per step (in plan order), the validated plan (complete
+    hyperparameters) and `seconds`: the sum of the steps' algorithm times (callbacks not counted)."""
+
+    model: nn.Module
+    steps: list[StepRecord]
+    seconds: float
+    plan: Plan
+
+    @property
+    def retain_mode(self) -> str:
+        return self.plan.retain_mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "seconds": self.seconds, "steps": [s.to_dict() for s in self.steps]}
+
+
+def _tier_ids(ids: Any, tier: str, n: int) -> torch.Tensor:
+    """Train ids of one tier as a 1-D CPU long tensor; wrong types, out-of-range and repeated ids
+    are errors naming the tier."""
+    if isinstance(ids, np.ndarray):
+        ids = torch.from_numpy(np.ascontiguousarray(ids))
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise PlanError(f"tier {tier!r}: ids must be integer train ids, got a {ids.dtype} tensor")
+        t = ids.detach().to("cpu", torch.long).flatten()
+    else:
+        values = list(ids)
+        bad = [v for v in values if isinstance(v, bool) or not hasattr(v, "__index__")]
+        if bad:
+            raise PlanError(f"tier {tier!r}: ids must be integer train ids, got {bad[:5]!r}")
+        t = torch.as_tensor([int(v) for v in values], dtype=torch.long)
+    out = (t < 0) | (t >= n)
+    if bool(out.any()):
+        raise PlanError(f"tier {tier!r}: ids out of range {t[out][:10].tolist()} (valid train ids are 0..{n - 1})")
+    uniq, counts = torch.unique(t, return_counts=True)
+    if len(uniq) != len(t):
+        raise PlanError(f"tier {tier!r} repeats ids {uniq[counts > 1][:10].tolist()}; give each id once")
+    return t
+
+
+def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: Plan | str | Mapping, *,
+            seed: int = 0, callbacks: RumCallbacks | None = None) -> RumResult:
+    """Unlearn every tier of `tiers` (name -> train ids) from a copy of `model`, following `plan`.
+
+    The plan is validated against the tiers before anything runs (see `Plan.validate`); the tiers
+    must be disjoint. Steps run in plan order; step k forgets its tier's ids with its algorithm
+    (through `run_algorithm`, seed `seed + k`) starting from the model step k-1 returned. The retain
+    set follows the plan's retain mode. The caller's model never changes.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(data, ImageData):
+        raise TypeError(f"data must be an ImageData (see mlflow_unlearn.data.load_dataset), got {type(data).__name__}")
+    if not isinstance(tiers, Mapping):
+        raise TypeError(f"tiers must be a mapping of tier name -> train ids, got {type(tiers).__name__}")
+    plan = Plan.parse(plan)
+    callbacks = callbacks if callbacks is not None else NullCallbacks()
+    n = len(data.train)
+    ids = {str(t): _tier_ids(v, str(t), n) for t, v in tiers.items()}
+    plan = plan.validate(ids)
+
+    owner = torch.full((n,), -1, dtype=torch.long)  # which tier each train id belongs to
+    names = list(ids)
+    for j, t in enumerate(names):
+        clash = ids[t][owner[ids[t]] >= 0]
+        if len(clash):
+            other = names[int(owner[clash[0]])]
+            raise PlanError(f"tiers {other!r} and {t!r} share ids {clash[:10].tolist()}; tiers must be disjoint")
+        owner[ids[t]] = j
+    forgotten_all = owner >= 0
+    if bool(forgotten_all.all()):
+        raise PlanError(f"the tiers cover all {n} train examples; nothing would be retained "
+                        f"(to start over, train a new model instead)")
+
+    started = getattr(callbacks, "step_started", None)
+    finished = getattr(callbacks, "step_finished", None)
+    current, records = model, []
+    excluded = torch.zeros(n, dtype=torch.bool)
+    for k, step in enumerate(plan.steps):
+        forget = ids[step.tier]
+        excluded[forget] = True
+        retain_mask = ~(forgotten_all if plan.retain_mode == "exclude_all" else excluded)
+        retain = torch.nonzero(retain_mask).flatten()
+        log = started(k, step, len(forget), len(retain)) if started is not None else None
+        unlearn = UnlearnData(data, forget, retain)
+        t0 = time.perf_counter()
+        try:
+            current = run_algorithm(step.algorithm, current, unlearn, step.hyperparameters, seed=seed + k, log=log)
+            if data.device.type == "cuda":
+                torch.cuda.synchronize(data.device)
+        except Exception as exc:
+            if hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"in RUM step {k + 1}/{len(plan.steps)}: tier {step.tier!r}, algorithm {step.algorithm!r}")
+            raise
+        seconds = time.perf_counter() - t0
+        record = StepRecord(k, step.tier, step.algorithm, dict(step.hyperparameters), seed + k,
+                            forget.clone(), retain, seconds)
+        records.append(record)
+        if finished is not None:
+            finished(k, step, record, current)
+    return RumResult(current, records, math.fsum(r.seconds for r in records), plan)
+
+
+__all__ = [
+    "ALL_TIER",
+    "DEFAULT_RETAIN_MODE",
+    "DEFAULT_TIERS",
+    "NullCallbacks",
+    "Plan",
+    "PlanError",
+    "PlanStep",
+    "RETAIN_MODES",
+    "RumCallbacks",
+    "RumResult",
+    "StepRecord",
+    "all_tier",
+    "default_plan",
+    "run_rum",
+    "single_algorithm_plan",
+]
