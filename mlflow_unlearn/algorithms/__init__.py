@@ -1,0 +1,52 @@
+"""Unlearning algorithms, looked up by name.
+
+    from mlflow_unlearn.algorithms import UnlearnData, run_algorithm, hyperparameters
+    data = UnlearnData.from_forget(image_data, forget_ids)      # retain = train minus forget
+    new_model = run_algorithm("neggrad_plus", model, data, {"lr": "0.01", "alpha": 0.95}, seed=0)
+
+Every algorithm is a function `fn(model, data, *, <hyperparameters with defaults>, seed=0, log=None)
+-> nn.Module`; its keyword-only parameters are its hyperparameters (`hyperparameters(name)` lists
+them with their defaults) and `validate_hyperparameters` checks types and ranges in one place, by
+parameter name: `lr` > 0; `epochs`, `batch_size` >= 1; `alpha` in [0, 1]; `*fraction` in (0, 1];
+`momentum` in [0, 1); `weight_decay`, `scale`, `beta`, `gamma`, `alpha_*`, `*_weight` >= 0;
+`temperature`, `damping` > 0; `*steps` >= 0; `*_samples` >= 1. Values are converted to the type of
+the default, so strings from a command line ("0.01", "5", "true") work.
+
+Built-ins (see `builtin.py` for each one's source and defaults): none, finetune, l1_sparse, neggrad,
+neggrad_plus, scrub, random_label, salun, influence, retrain. Third-party packages add algorithms
+through the entry-point group `mlflow_unlearn.algorithms` (see plugins/mlflow-unlearn-example).
+
+Per-epoch losses go to `log.log_metrics({"unlearn/...": value}, step=epoch)`. Progress bars are
+off unless the environment variable MLFLOW_UNLEARN_PROGRESS=1.
+"""
+from ._base import (
+    ALGORITHMS,
+    NOT_HYPERPARAMETERS,
+    PROGRESS_ENV,
+    HyperparameterError,
+    Loop,
+    UnlearnData,
+    hyperparameters,
+    progress_enabled,
+    run_algorithm,
+    seeded,
+    validate_hyperparameters,
+)
+from . import builtin  # noqa: F401  (registers the built-ins)
+from .builtin import forget_gradients, saliency_mask
+
+__all__ = [
+    "ALGORITHMS",
+    "HyperparameterError",
+    "Loop",
+    "NOT_HYPERPARAMETERS",
+    "PROGRESS_ENV",
+    "UnlearnData",
+    "forget_gradients",
+    "hyperparameters",
+    "progress_enabled",
+    "run_algorithm",
+    "saliency_mask",
+    "seeded",
+    "validate_hyperparameters",
+]

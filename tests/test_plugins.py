@@ -1,0 +1,126 @@
+"""Algorithm plugins through entry points: the example package in plugins/ installs, is found by name
+in a fresh interpreter and runs through run_algorithm; a broken plugin only warns."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from mlflow_unlearn import _registry
+from mlflow_unlearn._registry import Registry, UnknownComponentError
+from mlflow_unlearn.algorithms import ALGORITHMS
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = ROOT / "plugins" / "mlflow-unlearn-example"
+GROUP = "mlflow_unlearn.algorithms"
+NAME = "example_ascent_then_repair"
+
+
+def _installed() -> bool:
+    """Installed (editable) from this checkout's plugins/ folder, as a fresh interpreter sees it."""
+    code = textwrap.dedent(f"""
+        import importlib.metadata as md, importlib.util, pathlib, sys
+        eps = [ep for ep in md.entry_points(group={GROUP!r}) if ep.name == {NAME!r}]
+        spec = importlib.util.find_spec("mlflow_unlearn_example")
+        ok = bool(eps) and spec is not None and pathlib.Path(spec.origin).resolve().is_relative_to(
+            pathlib.Path({str(PLUGIN_DIR)!r}).resolve())
+        sys.exit(0 if ok else 1)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def example_plugin():
+    if not _installed():
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "-e",
+               str(PLUGIN_DIR)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+        assert _installed(), "pip installed the example plugin but a fresh interpreter does not find it"
+    return NAME
+
+
+def test_example_plugin_is_found_by_name_and_runs(example_plugin, tmp_path):
+    code = textwrap.dedent(f"""
+        import json, torch
+        from mlflow_unlearn.algorithms import ALGORITHMS, UnlearnData, hyperparameters, run_algorithm
+        from mlflow_unlearn.data import DatasetSpec, load_dataset
+        from mlflow_unlearn.models import build_model
+        from mlflow_unlearn.progress import ListLogger
+
+        torch.set_num_threads(1)  # tiny tensors; threads only spin on a busy machine
+        fn = ALGORITHMS.get({example_plugin!r})
+        data = load_dataset(DatasetSpec("digits", subset=120))
+        model = build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=0, width=4)
+        before = {{k: v.clone() for k, v in model.state_dict().items()}}
+        udata = UnlearnData.from_forget(data, list(range(12)))
+        log = ListLogger()
+        out = run_algorithm({example_plugin!r}, model, udata, {{"ascent_steps": "2", "repair_lr": "0.05"}},
+                            seed=0, log=log)
+        again = run_algorithm({example_plugin!r}, model, udata, {{"ascent_steps": "2", "repair_lr": "0.05"}}, seed=0)
+        try:
+            run_algorithm({example_plugin!r}, model, udata, {{"ascent_lr": -1}})
+            bad = None
+        except ValueError as exc:
+            bad = str(exc)
+        print(json.dumps({{
+            "module": fn.__module__,
+            "names": ALGORITHMS.names(),
+            "hyperparameters": hyperparameters({example_plugin!r}),
+            "cls": type(out).__name__,
+            "caller_unchanged": all(torch.equal(before[k], v) for k, v in model.state_dict().items()),
+            "changed": any(not torch.equal(before[k], v) for k, v in out.state_dict().items()),
+            "reproducible": all(torch.equal(v, again.state_dict()[k]) for k, v in out.state_dict().items()),
+            "logged": [k for _, m in log.records for k in m],
+            "bad": bad,
+        }}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["module"] == "mlflow_unlearn_example"
+    assert example_plugin in res["names"] and "neggrad_plus" in res["names"]
+    assert res["hyperparameters"] == {"ascent_steps": 5, "ascent_lr": 0.01, "repair_epochs": 1, "repair_lr": 0.01,
+                                      "batch_size": 128}
+    assert res["cls"] == "SmallCNN"
+    assert res["caller_unchanged"] and res["changed"] and res["reproducible"]
+    assert "unlearn/forget_loss" in res["logged"] and "unlearn/retain_loss" in res["logged"]
+    assert res["bad"] and example_plugin in res["bad"] and "ascent_lr=-1" in res["bad"]
+
+
+def _fake_entry_points(*eps):
+    def entry_points(*, group=None, **_):
+        return [ep for ep in eps if group is None or ep.group == group]
+    return entry_points
+
+
+def test_broken_plugin_warns_and_registry_still_works(monkeypatch):
+    broken = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz:fn", group=GROUP)
+    not_callable = importlib.metadata.EntryPoint(name="not_callable", value="math:pi", group=GROUP)
+    good = importlib.metadata.EntryPoint(name="good", value="copy:deepcopy", group=GROUP)
+    monkeypatch.setattr(_registry, "entry_points", _fake_entry_points(broken, not_callable, good))
+
+    reg = Registry("algorithm", GROUP)
+    reg.add("builtin", lambda model, data: model)
+    with pytest.warns(RuntimeWarning) as record:
+        names = reg.names()
+    messages = " ".join(str(w.message) for w in record)
+    assert "broken" in messages and "no_such_module_xyz" in messages and "not_callable" in messages
+    assert names == ["builtin", "good"]
+    with pytest.raises(UnknownComponentError, match="builtin, good"):
+        reg.get("broken")
+
+
+def test_broken_plugin_does_not_break_the_algorithm_registry(monkeypatch):
+    broken = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz:fn", group=GROUP)
+    monkeypatch.setattr(_registry, "entry_points", _fake_entry_points(broken))
+    monkeypatch.setattr(ALGORITHMS, "_plugins_loaded", False)
+    with pytest.warns(RuntimeWarning, match="broken"):
+        names = ALGORITHMS.names()
+    assert {"finetune", "salun", "retrain", "none"} <= set(names) and "broken" not in names
+    assert callable(ALGORITHMS.get("neggrad_plus"))
