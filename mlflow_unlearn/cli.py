@@ -76,25 +76,6 @@ def _add_train(sub):
     p.set_defaults(func=run)
 
 
-def _add_main(sub):
-    p = sub.add_parser("main", help="the whole pipeline on one dataset (the README's main job)")
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--model", default="small_cnn")
-    p.add_argument("--epochs", type=_int, default=15)
-    p.add_argument("--seed", type=_int, default=0)
-    p.add_argument("--registered-model-name", type=_none_or(str), default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--experiment", type=_none_or(str), default=None)
-
-    def run(a):
-        from .steps import main_step
-
-        main_step(dataset=a.dataset, model=a.model, epochs=a.epochs, seed=a.seed,
-                  registered_model_name=a.registered_model_name, device=a.device, experiment=a.experiment)
-
-    p.set_defaults(func=run)
-
-
 def _add_forget_args(p):
     p.add_argument("--model-uri", required=True, help="models:/<name>/<version> or models:/<name>@<alias> (the source)")
     p.add_argument("--forget", required=True,
@@ -161,7 +142,117 @@ def _add_algorithms(sub):
     p.set_defaults(func=run)
 
 
-SUBCOMMANDS = [_add_train, _add_retrain, _add_unlearn, _add_evaluate, _add_algorithms, _add_main]
+def _add_rum(sub):
+    p = sub.add_parser("rum", help="unlearn tier by tier with a plan; optionally register a new version")
+    _add_forget_args(p)
+    p.add_argument("--plan", default="auto",
+                   help="auto (the searched plan registered on the model, else default) | registered | default | "
+                        "a .json/.yaml file | 'low=none;mid=finetune(lr=0.01);high=neggrad_plus(alpha=0.95)'")
+    p.add_argument("--register", type=_bool, default=False)
+    p.add_argument("--evaluate", type=_bool, default=False, help="also evaluate against the (cached) retrained reference")
+
+    def run(a):
+        from .steps import rum_step
+
+        rum_step(a.model_uri, a.forget, a.plan, seed=a.seed, register=a.register, evaluate_against_retrain=a.evaluate,
+                 device=a.device, experiment=a.experiment)
+
+    p.set_defaults(func=run)
+
+
+def _add_search(sub):
+    p = sub.add_parser("search", help="Optuna search for the per-tier plan; attaches the best plan to the registered model")
+    _add_forget_args(p)
+    p.add_argument("--n-trials", type=_int, default=12, help="trials in the study (shared by all workers of a study)")
+    p.add_argument("--single-trials", type=_none_or(_int), default=None, help="trials of the one-algorithm baseline study (default: n-trials)")
+    p.add_argument("--objective", default="tow", help="tow | tow_mia | tow_pe | tow+time")
+    p.add_argument("--algorithms", default=None, help="comma-separated search space (default: all built-ins but influence)")
+    p.add_argument("--max-epochs", type=_int, default=5)
+    p.add_argument("--storage", type=_none_or(str), default=None, help="Optuna RDB URL (default: sqlite optuna.db beside mlflow.db)")
+    p.add_argument("--study-name", type=_none_or(str), default=None, help="join this study (several workers share one)")
+
+    def run(a):
+        from .search import search_step
+
+        algorithms = [x.strip() for x in a.algorithms.split(",")] if a.algorithms else None
+        search_step(a.model_uri, a.forget, n_trials=a.n_trials, objective=a.objective, algorithms=algorithms,
+                    max_epochs=a.max_epochs, storage=a.storage, study_name=a.study_name, seed=a.seed,
+                    single_trials=a.single_trials, device=a.device, experiment=a.experiment)
+
+    p.set_defaults(func=run)
+
+
+def _add_memorization(sub):
+    p = sub.add_parser("memorization", help="Feldman-Zhang memorisation estimate and its correlation with the proxies")
+    p.add_argument("--model-uri", required=True)
+    p.add_argument("--n-models", type=_int, default=16)
+    p.add_argument("--subset-fraction", type=float, default=0.7, help="fraction of train each model sees (not percent)")
+    p.add_argument("--epochs", type=_none_or(_int), default=None)
+    p.add_argument("--workers", type=_int, default=1, help="models trained in parallel processes")
+    p.add_argument("--workdir", type=_none_or(str), default=None, help="resume folder (default ./memorization/<model>-v<version>)")
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--experiment", type=_none_or(str), default=None)
+
+    def run(a):
+        from .steps import memorization_step
+
+        memorization_step(a.model_uri, n_models=a.n_models, subset_fraction=a.subset_fraction, epochs=a.epochs,
+                          n_workers=a.workers, workdir=a.workdir, seed=a.seed, device=a.device, experiment=a.experiment)
+
+    p.set_defaults(func=run)
+
+
+def _add_main(sub):
+    p = sub.add_parser("main", help="the whole pipeline: train, forget set, retrain, search, RUM, baselines, evaluate")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--model", default="small_cnn")
+    p.add_argument("--epochs", type=_int, default=15)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=_int, default=64)
+    p.add_argument("--width", type=_none_or(_int), default=None)
+    p.add_argument("--subset", type=_none_or(_int), default=None)
+    p.add_argument("--forget", default="mix:90")
+    p.add_argument("--n-trials", type=_int, default=8)
+    p.add_argument("--single-trials", type=_none_or(_int), default=None)
+    p.add_argument("--max-epochs", type=_int, default=3)
+    p.add_argument("--objective", default="tow")
+    p.add_argument("--baselines", default=",".join(("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")))
+    p.add_argument("--seed", type=_int, default=0)
+    p.add_argument("--registered-model-name", type=_none_or(str), default=None)
+    p.add_argument("--storage", type=_none_or(str), default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--experiment", type=_none_or(str), default=None)
+
+    def run(a):
+        from .pipeline import main_step
+
+        main_step(dataset=a.dataset, model=a.model, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, width=a.width,
+                  subset=a.subset, forget=a.forget, n_trials=a.n_trials, single_trials=a.single_trials,
+                  max_epochs=a.max_epochs, objective=a.objective,
+                  baselines=[b.strip() for b in a.baselines.split(",") if b.strip()], seed=a.seed,
+                  registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment)
+
+    p.set_defaults(func=run)
+
+
+SUBCOMMANDS = [_add_train, _add_retrain, _add_unlearn, _add_evaluate, _add_rum, _add_search, _add_memorization,
+               _add_algorithms, _add_main]
+
+
+def _add_attach(sub):
+    from .hook.cli import add_attach
+
+    add_attach(sub)
+
+
+def _add_hook(sub):
+    from .hook.cli import add_hook
+
+    add_hook(sub)
+
+
+SUBCOMMANDS += [_add_attach, _add_hook]  # the registry hook (mlflow_unlearn/hook/cli.py)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,7 @@ def train_step(
     net = build_model(model, num_classes=data.num_classes, input_shape=data.input_shape, seed=seed, **model_kwargs)
 
     tracking.use_experiment(experiment)
-    with mlflow.start_run(run_name=f"train-{model}-{spec.name.split(':')[0]}") as run:
+    with mlflow.start_run(run_name=f"train-{model}-{spec.name.split(':')[0]}", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({TAG + "role": "original", TAG + "dataset": spec.name, TAG + "model": model})
         mlflow.log_params({"dataset": spec.name, "model": model, "subset": subset, "val_fraction": val_fraction,
                            "train_device": str(dev), "n_train": len(data.train), "n_test": len(data.test), **model_kwargs,
@@ -119,15 +120,6 @@ def ui_hint() -> str:
     if uri.startswith(("http://", "https://")):
         return f"Open the runs in the MLflow UI: {uri}"
     return f"Open the runs in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
-
-
-def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int = 15, seed: int = 0,
-              registered_model_name: str | None = None, device: str | None = "auto", experiment: str | None = None) -> dict[str, Any]:
-    """The README's main job. Today: train and register the original model with its confidences."""
-    result = train_step(dataset=dataset, model=model, epochs=epochs, seed=seed, registered_model_name=registered_model_name,
-                        device=device, experiment=experiment, progress=False)
-    print(ui_hint())
-    return {"original": result}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,3 +403,170 @@ def evaluate_step(model_uri: str, forget, run_id: str, *, seed: int = 0, device:
 def format_metrics(metrics: dict[str, float]) -> str:
     keys = ["forget/acc", "retain/acc", "test/acc", "tow", "tow_mia", "tow_pe", "mia/efficacy", "mia/gap", "time/fraction_of_retrain"]
     return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+
+
+# --------------------------------------------------------------------------------------------------
+# RUM: one parent run (role rum), one nested run per tier
+
+PLAN_TAG = TAG + "plan"  # on a registered model: the searched plan (JSON) later requests reuse
+PLAN_RUN_TAG = TAG + "plan_run"  # the search run that produced it
+
+
+class _TierRuns:
+    """RumCallbacks that open a nested MLflow run per tier, with its own metrics and time."""
+
+    def __init__(self, ctx: ForgetContext):
+        self.ctx, self.open = ctx, None
+
+    def step_started(self, index, step, n_forget, n_retain):
+        self.open = mlflow.start_run(run_name=f"tier-{step.tier}-{step.algorithm}", nested=True)
+        mlflow.set_tags({**self.ctx.tags("unlearn"), TAG + "tier": step.tier, TAG + "algorithm": step.algorithm})
+        mlflow.log_params({"tier": step.tier, "algorithm": step.algorithm, "n_forget": n_forget, "n_retain": n_retain,
+                           **{f"hp.{k}": v for k, v in step.hyperparameters.items()}})
+        return tracking.MlflowLogger()
+
+    def step_finished(self, index, step, record, model):
+        from .training import accuracy
+
+        tier_split = self.ctx.data.train.subset(torch.as_tensor(record.forget_ids, device=self.ctx.data.device))
+        mlflow.log_metrics({"time/unlearn_s": record.seconds, f"tier/{step.tier}/forget_acc": accuracy(model, self.ctx.data, tier_split)})
+        mlflow.end_run()
+        self.open = None
+
+    def abort(self):
+        if self.open is not None:
+            mlflow.end_run(status="FAILED")
+            self.open = None
+
+
+def resolve_plan(ctx: ForgetContext, plan) -> Any:
+    """A plan by name (`default`, `registered`: the searched plan attached to the source's registered
+    model, `auto`: registered if there is one, else default), or a file / JSON / YAML / compact string."""
+    from .rum import Plan, default_plan
+
+    if isinstance(plan, Plan):
+        return plan
+    text = str(plan or "auto").strip()
+    if text in ("auto", "registered"):
+        registered = registered_plan(ctx.source.name)
+        if registered is not None:
+            return registered
+        if text == "registered":
+            raise ValueError(f"registered model {ctx.source.name!r} has no searched plan (tag {PLAN_TAG}); run "
+                             f"`mlflow-unlearn search --model-uri {ctx.source.uri} ...` first, or use --plan default")
+        text = "default"
+    if text == "default":
+        return default_plan(tuple(ctx.tiers))
+    return Plan.parse(text)
+
+
+def registered_plan(model_name: str):
+    from .rum import Plan
+
+    rm = mlflow.MlflowClient().get_registered_model(model_name)
+    text = (rm.tags or {}).get(PLAN_TAG)
+    return Plan.parse(text) if text else None
+
+
+def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | None = None,
+        extra_tags: dict[str, str] | None = None) -> StepResult:
+    """Unlearn tier by tier with `plan`; log the model and, when asked, register it as a new version."""
+    from .rum import run_rum
+
+    plan = resolve_plan(ctx, plan).validate(ctx.tiers)  # errors before any run exists
+    with mlflow.start_run(run_name=run_name or f"rum-{plan.name or 'plan'}", nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({**ctx.tags("rum"), TAG + "algorithm": "rum", TAG + "plan_name": plan.name or "", **(extra_tags or {})})
+        log_forget_set(ctx)
+        mlflow.log_dict(plan.to_dict(), "plan.json")
+        mlflow.log_params({"plan": plan.to_compact()[:500], "retain_mode": plan.retain_mode})
+        callbacks = _TierRuns(ctx)
+        try:
+            result = run_rum(ctx.source.model.to(ctx.data.device), ctx.data, ctx.tiers, plan, seed=ctx.seed, callbacks=callbacks)
+        except BaseException:
+            callbacks.abort()
+            raise
+        mlflow.log_metric("time/unlearn_s", result.seconds)
+        info = tracking.log_model(result.model, ctx.source.model_spec)
+        result.model.to(ctx.data.device)
+        version = None
+        if register:
+            version = register_unlearned(ctx, run.info.run_id, info.model_uri, {
+                TAG + "algorithm": "rum", TAG + "plan": json.dumps(plan.to_dict())[:4900], **(extra_tags or {})})
+            mlflow.set_tag(TAG + "registered_version", f"{ctx.source.name}/{version}")
+    return StepResult(run.info.run_id, result.model, result.seconds, version=version)
+
+
+def rum_step(model_uri: str, forget, plan="auto", *, seed: int = 0, register: bool = False, evaluate_against_retrain: bool = False,
+             device: str | None = "auto", experiment: str | None = None) -> StepResult:
+    ctx = prepare(model_uri, forget, seed=seed, device=device)
+    tracking.use_experiment(experiment)
+    result = rum(ctx, plan, register=register)
+    line = f"rum: run {result.run_id}, {result.seconds:.1f} s"
+    if result.version:
+        line += f", registered models:/{ctx.source.name}/{result.version}"
+    print(line)
+    if evaluate_against_retrain:
+        print(format_metrics(evaluate(ctx, result.run_id, retrain(ctx), model=result.model, label="rum")))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Memorisation (optional, expensive): Feldman-Zhang estimate and how well the free proxies track it
+
+
+def memorization_step(model_uri: str, *, n_models: int = 16, subset_fraction: float = 0.7, epochs: int | None = None,
+                      n_workers: int = 1, workdir: str | None = None, seed: int = 0, device: str | None = "auto",
+                      experiment: str | None = None) -> dict[str, float]:
+    """Train `n_models` models on random subsets (fraction `subset_fraction`) of the source's train set
+    with its recipe, estimate per-example memorisation, and log it with the Spearman correlation of
+    each proxy against it. With `workdir` an interrupted run resumes where it stopped (default: a
+    folder keyed by the source version under ./memorization)."""
+    from .memorization import estimate_memorization, proxy_correlations
+
+    tracking.connect()
+    source = tracking.load_source(model_uri)
+    data = source.load_data(resolve_device(device))
+    cfg = dict(source.model_spec["train_config"])
+    if epochs is not None:
+        cfg["epochs"] = int(epochs)
+    config = TrainConfig(**cfg)
+    workdir = workdir or str(Path("memorization") / f"{source.name}-v{source.version}")
+    tracking.use_experiment(experiment)
+    with mlflow.start_run(run_name=f"memorization-{source.name}/{source.version}", nested=mlflow.active_run() is not None):
+        mlflow.set_tags({TAG + "role": "memorization", TAG + "source_model": f"{source.name}/{source.version}"})
+        mlflow.log_params({"n_models": n_models, "subset_fraction": subset_fraction, "n_workers": n_workers,
+                           "epochs": config.epochs, "workdir": workdir})
+        est = estimate_memorization(data, model_name=source.model_spec["name"], model_kwargs=source.model_spec["kwargs"],
+                                    train_config=config, n_models=n_models, subset_fraction=subset_fraction, seed=seed,
+                                    workdir=workdir, n_workers=n_workers, progress=True, log=tracking.MlflowLogger())
+        corr = proxy_correlations(est.mem, source.proxies)
+        metrics = {**est.summary(), **{f"spearman/{k}": v for k, v in corr.items()}, "time/memorization_s": est.seconds}
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        with tempfile.TemporaryDirectory() as tmp:
+            np.savez(Path(tmp) / "memorization.npz", mem=est.mem, in_counts=est.in_counts, out_counts=est.out_counts)
+            mlflow.log_artifact(str(Path(tmp) / "memorization.npz"), "memorization")
+    print("Spearman correlation with the memorisation estimate: " + ", ".join(f"{k} {v:+.3f}" for k, v in corr.items()))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached references without training one (the registry hook evaluates against a retrain only when
+# one already exists)
+
+
+def retrain_recipe(ctx: ForgetContext, epochs: int | None = None) -> str:
+    """The recipe key `retrain` caches its runs under (same hash as in `retrain`)."""
+    import hashlib
+
+    config = _retrain_config(ctx, epochs)
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_reference(ctx: ForgetContext, epochs: int | None = None) -> StepResult | None:
+    """The cached retrained reference for this source, forget set, seed and recipe, or None (never trains)."""
+    run_id = find_cached_retrain(ctx, retrain_recipe(ctx, epochs))
+    if run_id is None:
+        return None
+    run = mlflow.MlflowClient().get_run(run_id)
+    model = load_run_model(run_id).to(ctx.data.device)
+    return StepResult(run_id, model, float(run.data.metrics.get("time/retrain_s", float("nan"))), cached=True)

@@ -85,7 +85,7 @@ def connect(uri: str | None = None, *, timeout_s: float = 5.0) -> MlflowClient:
 
 def use_experiment(name: str | None) -> None:
     """Select the experiment unless `mlflow run` already chose one for the active run."""
-    if os.environ.get("MLFLOW_RUN_ID") and name is None:
+    if (os.environ.get("MLFLOW_RUN_ID") or mlflow.active_run()) and name is None:
         return
     mlflow.set_experiment(name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
 
