@@ -6,6 +6,7 @@ the same reference -> a table, also logged as `summary.md` on the parent run.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Sequence
@@ -13,6 +14,7 @@ from typing import Sequence
 import mlflow
 
 from . import steps, tracking
+from .rum import ALL_TIER, Plan
 from .tracking import TAG
 
 DEFAULT_BASELINES = ("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")
@@ -67,6 +69,13 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         rows = []
         rum = steps.rum(ctx, found.best_plan, register=True, run_name="rum-searched")
         rows.append(("RUM (searched plan)", steps.evaluate(ctx, rum.run_id, reference, model=rum.model, label="rum")))
+        if found.best_single:
+            # The best single algorithm the search found, on the whole forget set: the per-tier gain in one table.
+            single_plan = Plan.from_dict(found.best_single["plan"])
+            whole = dataclasses.replace(ctx, tiers={ALL_TIER: ctx.forget.ids})
+            single = steps.rum(whole, single_plan, run_name="best-single-searched")
+            rows.append((f"{single_plan.steps[0].algorithm} (searched, single)",
+                         steps.evaluate(ctx, single.run_id, reference, model=single.model, label="best-single")))
         for algorithm in baselines:
             result = steps.unlearn(ctx, algorithm, {})
             rows.append((f"{algorithm} (vanilla)", steps.evaluate(ctx, result.run_id, reference, model=result.model)))

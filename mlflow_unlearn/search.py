@@ -152,7 +152,9 @@ def search(ctx: steps.ForgetContext, reference: steps.StepResult, *, n_trials: i
 
     def make_study(name):
         # a sampler per study: TPE's grouped search space belongs to one study
-        sampler = optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, group=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, group=True)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
         return optuna.create_study(study_name=name, storage=store, sampler=sampler, pruner=pruner, directions=directions,
                                    load_if_exists=True)

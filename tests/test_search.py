@@ -148,6 +148,7 @@ def test_main_pipeline_end_to_end(tracking):
     out = pipeline.main_step(subset=300, width=8, epochs=6, forget="mix:30", n_trials=3, single_trials=2, max_epochs=1,
                              baselines=("finetune", "neggrad_plus"), registered_model_name="main-digits")
     table = out["table"]
+    assert "(searched, single)" in table
     for row in ("RUM (searched plan)", "finetune (vanilla)", "neggrad_plus (vanilla)", "retrain (reference)"):
         assert row in table
     assert str(out["rum"].version) == "2"
