@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,15 +78,25 @@ def default_storage() -> str:
     return "sqlite:///optuna.db"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    try:
-        # heartbeats let another worker fail a trial whose process died, instead of leaving it RUNNING
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
-    except Exception as exc:  # sqlalchemy raises many types for a bad URL
-        raise SearchError(f"cannot open the Optuna storage {url!r}: {type(exc).__name__}: {exc}; use e.g. "
-                          f"sqlite:///optuna.db or postgresql://user@127.0.0.1:5432/db") from None
+def open_storage(url: str, *, attempts: int = 5) -> optuna.storages.BaseStorage:
+    """Open (and on first use create) an Optuna RDB storage. Two workers starting on a fresh
+    database race to create Optuna's schema and one gets an IntegrityError; it waits and opens the
+    schema the other one made."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            # heartbeats let another worker fail a trial whose process died, instead of leaving it RUNNING
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            if attempt == attempts - 1:
+                raise SearchError(f"cannot create the Optuna schema in {_redact(url)!r}: {exc}") from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as exc:  # sqlalchemy raises many types for a bad URL
+            raise SearchError(f"cannot open the Optuna storage {_redact(url)!r}: {type(exc).__name__}: {exc}; use e.g. "
+                              f"sqlite:///optuna.db or postgresql://user@127.0.0.1:5432/db") from None
 
 
 @dataclass
