@@ -533,25 +533,16 @@ def outputs_for(model: torch.nn.Module, data, forget_ids: Any, retain_ids: Any =
             for name, split in splits.items()}
 
 
-@torch.no_grad()
 def embeddings(model: torch.nn.Module, data, split, *, batch_size: int = 1024) -> np.ndarray:
     """Penultimate-layer embeddings [N, D] (float32, CPU) of a split, via the model's `embed`
     method, in eval mode (the mode is restored). Feed them to `entanglement_score`."""
-    from .training import use_amp
+    from .training import eval_outputs
 
     if not callable(getattr(model, "embed", None)):
         raise MetricInputError(f"model {type(model).__name__} has no embed() method for penultimate-layer features")
-    was_training = model.training
-    model.eval()
-    amp = use_amp(None, data.device)
-    out = []
-    try:
-        for i in range(0, len(split), batch_size):
-            with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
-                out.append(model.embed(data.normalize(split.x[i:i + batch_size])).float().flatten(1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+    if len(split) == 0:
+        return np.zeros((0, 0), np.float32)
+    return eval_outputs(model, data, split, lambda x: model.embed(x).flatten(1), batch_size=batch_size).cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------

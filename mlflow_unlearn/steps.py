@@ -3,6 +3,7 @@ MLproject entry points are thin wrappers around these. Inputs are validated befo
 so bad input never leaves a half-created run or registered model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
@@ -136,6 +137,7 @@ class ForgetContext:
     tiers: dict[str, np.ndarray]  # tier name -> forget ids, by C-proxy rank within the forget set
     histogram: dict[str, int]  # forget examples per train-set memorisation bin
     seed: int
+    cache: dict = dataclasses.field(default_factory=dict)  # values derived once per request
 
     @property
     def source_tag(self) -> str:
@@ -313,6 +315,18 @@ def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: to
     return evaluate_unlearning(u, r, tiers=ctx.tier_positions(), seed=ctx.seed)
 
 
+def entanglement(ctx: ForgetContext) -> float:
+    """Entanglement score of forget vs retain in the source model's penultimate layer (DESIGN.md
+    section 2: higher = harder to unlearn); a property of the request, computed once per context."""
+    from .metrics import embeddings, entanglement_score
+
+    if "entanglement" not in ctx.cache:
+        ud = ctx.unlearn_data()
+        model = ctx.source.model.to(ctx.data.device)
+        ctx.cache["entanglement"] = entanglement_score(embeddings(model, ctx.data, ud.forget), embeddings(model, ctx.data, ud.retain))
+    return ctx.cache["entanglement"]
+
+
 def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *, model: torch.nn.Module | None = None,
              label: str | None = None) -> dict[str, float]:
     """Every metric of DESIGN.md section 4 for an unlearned run against the retrained reference,
@@ -326,6 +340,7 @@ def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *
     metrics["time/retrain_s"] = reference.seconds
     metrics["time/fraction_of_retrain"] = unlearn_s / reference.seconds if reference.seconds else float("nan")
     metrics["time/speedup_vs_retrain"] = reference.seconds / unlearn_s if unlearn_s else float("nan")
+    metrics["entanglement"] = entanglement(ctx)
     algorithm = u_run.data.tags.get(TAG + "algorithm", "?")
     with mlflow.start_run(run_name=f"evaluate-{label or algorithm}", nested=mlflow.active_run() is not None):
         mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "evaluated_run": unlearned_run_id,

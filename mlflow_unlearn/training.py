@@ -158,9 +158,11 @@ def train_model(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: ImageData, split: Split, *, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:
-    """Eval-mode logits [N, classes] (float32) for a split, in large batches. The model's train/eval
-    mode is restored afterwards."""
+def eval_outputs(model: nn.Module, data: ImageData, split: Split, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 *, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:
+    """`forward(batch)` (default: the model itself) over a split in eval mode and large batches,
+    as float32 [N, ...]. The model's train/eval mode is restored afterwards."""
+    forward = forward or model
     was_training = model.training
     model.eval()
     amp = use_amp(amp, data.device)
@@ -168,12 +170,17 @@ def predict_logits(model: nn.Module, data: ImageData, split: Split, *, batch_siz
     try:
         for i in range(0, len(split), batch_size):
             with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=amp):
-                out.append(model(data.normalize(split.x[i:i + batch_size])).float())
+                out.append(forward(data.normalize(split.x[i:i + batch_size])).float())
     finally:
         model.train(was_training)
-    if not out:
+    return torch.cat(out) if out else torch.empty(0, device=data.device)
+
+
+def predict_logits(model: nn.Module, data: ImageData, split: Split, *, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:
+    """Eval-mode logits [N, classes] (float32) for a split."""
+    if len(split) == 0:
         return torch.empty(0, data.num_classes, device=data.device)
-    return torch.cat(out)
+    return eval_outputs(model, data, split, batch_size=batch_size, amp=amp)
 
 
 def accuracy(model: nn.Module, data: ImageData, split: Split) -> float:

@@ -36,7 +36,7 @@ def test_retrain_unlearn_evaluate_with_cache_hit(source_model):
     metrics = steps.evaluate_step(uri, FORGET, result.run_id, )
     for key in ["forget/acc", "retain/acc", "test/acc", "tow", "tow_mia", "tow_pe", "mia/efficacy", "mia/auc", "mia/gap",
                 "disagree/forget", "disagree/retain", "disagree/test", "tier/low/forget_acc", "tier/high/forget_acc",
-                "time/unlearn_s", "time/retrain_s", "time/speedup_vs_retrain"]:
+                "time/unlearn_s", "time/retrain_s", "time/speedup_vs_retrain", "entanglement"]:
         assert key in metrics, key
     assert 0 <= metrics["tow"] <= 1
     assert len(runs_with_role("retrain")) == 1  # evaluate reused the cached reference
