@@ -157,3 +157,28 @@ def test_main_pipeline_end_to_end(tracking):
     rum_metrics = dict(out["rows"])["RUM (searched plan)"]
     assert 0 < rum_metrics["tow"] <= 1
     assert runs("tags.`mlflow_unlearn.role` = 'pipeline'")[0].data.metrics["time/pipeline_s"] > 0
+
+
+def test_multi_objective_search_returns_a_pareto_plan(source_model, tmp_path):
+    _, uri = source_model
+    ctx = steps.prepare(uri, FORGET)
+    reference = steps.retrain(ctx)
+    found = search.search(ctx, reference, n_trials=3, objective="tow+time", algorithms=("none", "neggrad"), max_epochs=1,
+                          storage=f"sqlite:///{tmp_path}/mo.db", single_trials=0, attach=False)
+    study = optuna.load_study(study_name=found.study_name, storage=found.storage)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert found.best_value == max(t.values[0] for t in study.best_trials)
+
+
+def test_memorization_step_logs_estimate_and_correlations(source_model, tmp_path):
+    _, uri = source_model
+    metrics = steps.memorization_step(uri, n_models=3, epochs=2, workdir=str(tmp_path / "mem"))
+    assert metrics["memorization/n_models"] == 3
+    assert -1 <= metrics["spearman/c_proxy"] <= 1
+    run = runs("tags.`mlflow_unlearn.role` = 'memorization'")[0]
+    assert "spearman/c_proxy" in run.data.metrics
+    est = np.load(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/memorization/memorization.npz"))
+    assert est["mem"].shape == (400,)
+    # resumable: the same workdir trains nothing again
+    again = steps.memorization_step(uri, n_models=3, epochs=2, workdir=str(tmp_path / "mem"))
+    assert again["spearman/c_proxy"] == pytest.approx(metrics["spearman/c_proxy"])
