@@ -1,0 +1,203 @@
+"""Registry-hook latency and throughput, end to end on one machine (docs/hook.md, bench/README.md).
+
+    .venv/bin/python bench/bench_hook.py                       # 20 requests per phase, ~10 min on 2 cores
+    .venv/bin/python bench/bench_hook.py --requests 5 --quick  # smoke run
+
+A real `mlflow server` (SQLite, webhooks enabled) and `mlflow-unlearn hook serve` (process workers)
+run as subprocesses; a small_cnn is trained on digits and registered, its registered model gets the
+plan given by --plan, and every request forgets --forget ids (a different random set per version).
+Each request's forget set is logged beforehand (as `attach` does), so what is timed starts when the
+`mlflow_unlearn.forget_set` tag is set on a version:
+
+- latency: requests one at a time with 1 worker: tag set -> job started (`started_at` tag) and
+  -> new version registered (its creation timestamp); p50 and p95;
+- throughput: all requests set as one burst, with 1 and then 2 workers: results per minute from the
+  first tag to the last registration, with the same latencies (which now include queueing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def pct(values, q):
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=20, help="requests per phase (default 20)")
+    ap.add_argument("--workers", default="1,2", help="worker counts for the throughput phase")
+    ap.add_argument("--worker-type", default="process", choices=("process", "thread"))
+    ap.add_argument("--forget", type=int, default=30, help="ids per request (random, one set per version)")
+    ap.add_argument("--plan", default="low=none;mid=finetune(epochs=1);high=neggrad_plus(epochs=2)",
+                    help="plan registered on the model (compact form); 'default' for rum.default_plan")
+    ap.add_argument("--epochs", type=int, default=10, help="training epochs of the source model")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--subset", type=int, default=None, help="digits train subset (default: all 1437)")
+    ap.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "hook"))
+    ap.add_argument("--quick", action="store_true", help="skip the latency phase")
+    ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import shutil
+
+    import mlflow
+
+    from mlflow_unlearn.hook import ledger, local
+    from mlflow_unlearn.hook.attach import log_request, validate_request
+    from mlflow_unlearn.hook.webhooks import install_webhook
+    from mlflow_unlearn.rum import Plan
+    from mlflow_unlearn.steps import PLAN_TAG, train_step
+
+    workdir = Path(args.workdir).resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    secret = secrets.token_hex(16)
+    model = "digits-hook-bench"
+    server = hook = None
+    hook_port = local.free_port()
+    results = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "config": vars(args), "phases": {}}
+
+    def start_hook(workers: int, tag: str):
+        proc, url = local.start_hook_service(workdir, server_url, secret, port=hook_port, workers=workers,
+                                             worker_type=args.worker_type, queue=str(workdir / f"queue-{tag}.db"),
+                                             reconcile_interval_s=30, models=[model], log_name=f"hook-{tag}.log")
+        return proc, url
+
+    try:
+        print("starting mlflow server ...", flush=True)
+        server, server_url = local.start_mlflow_server(workdir, env={"MLFLOW_WEBHOOK_CACHE_TTL": "2"})
+        install_webhook(f"http://127.0.0.1:{hook_port}/webhook", secret, tracking_uri=server_url)
+        os.environ["MLFLOW_TRACKING_URI"] = server_url
+        mlflow.set_tracking_uri(server_url)
+        client = mlflow.MlflowClient(server_url)
+        print("training the source model ...", flush=True)
+        trained = train_step(dataset="digits", model="small_cnn", width=args.width, epochs=args.epochs, subset=args.subset,
+                             registered_model_name=model, progress=False)
+        if args.plan != "default":
+            client.set_registered_model_tag(model, PLAN_TAG, Plan.parse(args.plan).to_json(indent=None))
+        results["source"] = trained.model_uri
+
+        _, manifest, _ = validate_request(client, model, trained.version, [0])
+        n_train = len(manifest["labels"])
+        seq = [0]
+
+        def prepare_requests(n: int) -> list[tuple[str, str]]:
+            """Register n versions and log a forget set for each (not attached yet)."""
+            import numpy as np
+
+            out = []
+            for _ in range(n):
+                v = str(mlflow.register_model(f"runs:/{trained.run_id}/model", model).version)
+                seq[0] += 1
+                ids = np.sort(np.random.RandomState(seq[0]).choice(n_train, size=args.forget, replace=False))
+                _, _, fs = validate_request(client, model, v, ids)
+                _, uri = log_request(model, v, fs, manifest)
+                out.append((v, uri))
+            return out
+
+        def wait_done(versions, timeout=3600):
+            deadline = time.time() + timeout
+            pending = set(versions)
+            while pending and time.time() < deadline:
+                for v in list(pending):
+                    st = ledger.read_state(client, model, v)
+                    if st.is_current and st.status in ledger.TERMINAL:
+                        if st.status != "done":
+                            raise RuntimeError(f"{model}/{v}: {st.status}: {st.tags.get(ledger.ERROR_TAG)}")
+                        pending.discard(v)
+                time.sleep(0.2)
+            if pending:
+                raise TimeoutError(f"not answered: {sorted(pending)}")
+
+        def measure(reqs, t_set):
+            rows = []
+            for v, _ in reqs:
+                st = ledger.read_state(client, model, v)
+                res = client.get_model_version(model, st.tags[ledger.RESULT_VERSION_TAG])
+                rows.append({"version": v, "to_start_s": float(st.tags[ledger.STARTED_AT_TAG]) - t_set[v],
+                             "to_registered_s": res.creation_timestamp / 1000.0 - t_set[v],
+                             "registered_at": res.creation_timestamp / 1000.0})
+            return rows
+
+        def summary(rows, span=None):
+            out = {k: {"p50": pct([r[k] for r in rows], 0.5), "p95": pct([r[k] for r in rows], 0.95)}
+                   for k in ("to_start_s", "to_registered_s")}
+            out["n"] = len(rows)
+            if span:
+                out["span_s"] = span
+                out["throughput_per_min"] = 60.0 * len(rows) / span
+            return out
+
+        def warm_up():
+            (v, uri), = prepare_requests(1)
+            client.set_model_version_tag(model, v, ledger.FORGET_SET_TAG, uri)
+            wait_done([v])
+
+        if not args.quick:
+            print(f"latency phase: {args.requests} requests one at a time, 1 worker ...", flush=True)
+            hook, _ = start_hook(1, "latency")
+            warm_up()
+            reqs = prepare_requests(args.requests)
+            t_set = {}
+            for v, uri in reqs:
+                client.set_model_version_tag(model, v, ledger.FORGET_SET_TAG, uri)
+                t_set[v] = time.time()
+                wait_done([v])
+            results["phases"]["latency_1_worker"] = summary(measure(reqs, t_set))
+            local.stop(hook)
+            hook = None
+
+        for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
+            print(f"throughput phase: burst of {args.requests} requests, {workers} {args.worker_type} worker(s) ...", flush=True)
+            hook, _ = start_hook(workers, f"burst{workers}")
+            warm_up()
+            reqs = prepare_requests(args.requests)
+            t_set = {}
+            for v, uri in reqs:
+                client.set_model_version_tag(model, v, ledger.FORGET_SET_TAG, uri)
+                t_set[v] = time.time()
+            wait_done([v for v, _ in reqs])
+            rows = measure(reqs, t_set)
+            span = max(r["registered_at"] for r in rows) - min(t_set.values())
+            results["phases"][f"burst_{workers}_workers"] = summary(rows, span)
+            local.stop(hook)
+            hook = None
+        results["machine"]["load_avg_end"] = os.getloadavg()
+    finally:
+        local.stop(hook)
+        local.stop(server)
+
+    print()
+    print(f"Machine: {results['machine']['cpus']} CPUs, load average {results['machine']['load_avg_start'][0]:.1f} at start, "
+          f"{results['machine'].get('load_avg_end', [float('nan')])[0]:.1f} at end; {args.worker_type} workers; "
+          f"plan {args.plan!r}; {args.forget} ids per request; small_cnn width {args.width} on digits")
+    print()
+    print("| phase | n | tag -> start p50 (s) | p95 (s) | tag -> registered p50 (s) | p95 (s) | results/min |")
+    print("|---|---|---|---|---|---|---|")
+    for name, s in results["phases"].items():
+        tp = f"{s['throughput_per_min']:.1f}" if "throughput_per_min" in s else "-"
+        print(f"| {name} | {s['n']} | {s['to_start_s']['p50']:.2f} | {s['to_start_s']['p95']:.2f} | "
+              f"{s['to_registered_s']['p50']:.2f} | {s['to_registered_s']['p95']:.2f} | {tp} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The model-registry hook (DESIGN.md section 5): attaching a forget set to a registered model version
+(a tag) yields a new, audited, unlearned version of the same registered model, exactly once.
+
+    attach.py     validate a forget set against a version's training manifest, log it (role `request`),
+                  set the `mlflow_unlearn.forget_set` tag
+    signature.py  MLflow webhook HMAC signatures: verify (and sign, for tests and tools)
+    service.py    the FastAPI webhook receiver (`mlflow-unlearn hook serve`)
+    jobs.py       the job: huey tasks (SQLite or Redis queue), the registry as the ledger
+    reconcile.py  the periodic registry scan that catches lost events and tags set while down
+    evidence.py   the evidence report (JSON, markdown, HTML) logged with every result version
+    webhooks.py   create or update the webhook on an MLflow server (`mlflow-unlearn hook install`)
+    config.py     settings shared by the service, the workers and the CLI (flags or environment)
+
+Only edge code lives here: it imports mlflow freely, the core never imports it.
+"""
+from .ledger import (  # noqa: F401
+    FORGET_SET_TAG, STATUS_TAG, RESULT_VERSION_TAG, ERROR_TAG, JOB_REQUEST_TAG, JOB_DIGEST_TAG, STATUSES, TERMINAL,
+)
+
+
+def attach(*args, **kwargs):
+    """See `mlflow_unlearn.hook.attach.attach`."""
+    from .attach import attach as _attach
+
+    return _attach(*args, **kwargs)

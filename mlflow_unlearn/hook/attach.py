@@ -1,0 +1,180 @@
+"""Attach a forget set to a registered model version: the deletion request of DESIGN.md section 5.
+
+    from mlflow_unlearn.hook.attach import attach
+    attach("digits-small_cnn", 1, "forget.txt")       # or [3, 14, 15], "random:20", "runs:/<run>/ids.json"
+
+    mlflow-unlearn attach --model digits-small_cnn --version 1 --forget forget.txt
+
+The ids are validated against the version's training manifest before anything is written, then
+logged in a run with role `request` (artifact `forget_set/forget-<digest>.json`, plus an MLflow
+dataset input carrying the digest), and the version gets the tag
+`mlflow_unlearn.forget_set = runs:/<request run>/forget_set/forget-<digest>.json`; the hook service
+takes it from there. Attaching the same ids again while the first request is queued, running or
+done changes nothing (pass force=True to make a new request anyway).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.exceptions import MlflowException
+
+from .. import tracking
+from ..forget_sets import ForgetSet, load_forget_set
+from ..tracking import TAG, MissingArtifactError
+from . import ledger
+
+MANIFEST_PATH = "manifest/train_manifest.json"
+NO_MANIFEST_FIX = ("attach needs a version logged by `mlflow-unlearn train` (or one whose run has "
+                   "manifest/train_manifest.json, see mlflow_unlearn.tracking.log_manifest)")
+
+
+@dataclass
+class AttachResult:
+    model: str
+    version: str
+    uri: str  # the forget_set tag value
+    digest: str
+    n_forget: int
+    run_id: str | None  # the request run (None when nothing new was attached)
+    already_attached: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_manifest(client: MlflowClient, mv) -> tuple[dict, np.ndarray | None]:
+    """A version's training manifest and (when logged) its C-proxy, without loading the model."""
+    if not mv.run_id:
+        raise MissingArtifactError(f"models:/{mv.name}/{mv.version} has no source run, so no training manifest; {NO_MANIFEST_FIX}")
+    manifest = tracking._download_json(client, mv.run_id, MANIFEST_PATH, "training manifest", NO_MANIFEST_FIX)
+    c_proxy = None
+    try:
+        with np.load(client.download_artifacts(mv.run_id, "confidences/proxies.npz")) as z:
+            c_proxy = z["c_proxy"] if "c_proxy" in z.files else None
+    except (MlflowException, OSError):
+        pass
+    return manifest, c_proxy
+
+
+def validate_request(client: MlflowClient, model: str, version, forget, *, seed: int = 0):
+    """(model version, manifest, validated ForgetSet); raises before anything is written."""
+    from ..steps import resolve_forget_source
+
+    mv = tracking.resolve_version(client, f"models:/{model}/{version}")
+    manifest, c_proxy = load_manifest(client, mv)
+    if "labels" not in manifest:
+        raise MissingArtifactError(f"the training manifest of models:/{model}/{version} has no labels; {NO_MANIFEST_FIX}")
+    fs = load_forget_set(resolve_forget_source(forget), labels=np.asarray(manifest["labels"]), c_proxy=c_proxy,
+                         classes=manifest.get("classes"), seed=seed)
+    return mv, manifest, fs
+
+
+class ForgetSetSource(DatasetSource):
+    """Where a logged forget set lives (MLflow resolves no dataset source for `runs:/` URIs)."""
+
+    def __init__(self, uri: str, digest: str):
+        self.uri, self.digest = uri, digest
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "mlflow_unlearn_forget_set"
+
+    def load(self):
+        return mlflow.artifacts.download_artifacts(artifact_uri=self.uri)
+
+    @staticmethod
+    def _can_resolve(raw_source) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source):
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"uri": self.uri, "forget_digest": self.digest}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict) -> "ForgetSetSource":
+        return cls(source_dict["uri"], source_dict.get("forget_digest", ""))
+
+
+def log_request(model: str, version, fs: ForgetSet, manifest: dict, *, labels=None, experiment: str | None = None,
+                seed: int = 0) -> tuple[str, str]:
+    """Log the forget set in a run with role `request`; return (run id, artifact URI)."""
+    tracking.use_experiment(experiment)
+    name = f"forget-{fs.digest}.json"
+    labels = np.asarray(manifest.get("labels", [])) if labels is None else np.asarray(labels)
+    with mlflow.start_run(run_name=f"request-{model}-{version}", nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({TAG + "role": "request", TAG + "source_model": f"{model}/{version}", TAG + "forget_digest": fs.digest,
+                         TAG + "seed": str(seed)})
+        mlflow.log_params({"forget_source": str(fs.source)[:500], "n_forget": len(fs), "source_model": f"{model}/{version}"})
+        mlflow.log_dict({"ids": fs.ids.tolist(), "digest": fs.digest, "n": len(fs), "source": str(fs.source),
+                         "source_model": f"{model}/{version}", "dataset": manifest.get("dataset"),
+                         "dataset_digest": manifest.get("dataset_digest")}, f"forget_set/{name}")
+        try:
+            import pandas as pd
+
+            frame = pd.DataFrame({"id": fs.ids, **({"label": labels[fs.ids]} if len(labels) else {})})
+            source = ForgetSetSource(f"runs:/{run.info.run_id}/forget_set/{name}", fs.digest)
+            dataset = mlflow.data.from_pandas(frame, source=source, name=f"forget-set-{model}-{version}",
+                                              digest=fs.digest[:36])  # MLflow keeps 36 characters of a digest
+            mlflow.log_input(dataset, context="forget")
+        except Exception as exc:  # the artifact is the request; the dataset entry is a convenience
+            mlflow.set_tag(TAG + "dataset_input_error", str(exc)[:500])
+    return run.info.run_id, f"runs:/{run.info.run_id}/forget_set/{name}"
+
+
+def attach(model: str, version, forget, *, seed: int = 0, experiment: str | None = None, tracking_uri: str | None = None,
+           force: bool = False) -> AttachResult:
+    """Validate `forget` against models:/model/version, log it and tag the version (see module doc)."""
+    client = tracking.connect(tracking_uri)
+    mv, manifest, fs = validate_request(client, model, version, forget, seed=seed)
+    state = ledger.VersionState(mv.name, str(mv.version), dict(mv.tags or {}))
+    if (not force and state.request and ledger.digest_from_uri(state.request) == fs.digest
+            and state.status not in (ledger.FAILED, ledger.REJECTED)):
+        return AttachResult(mv.name, str(mv.version), state.request, fs.digest, len(fs), None, already_attached=True)
+    run_id, uri = log_request(mv.name, mv.version, fs, manifest, experiment=experiment, seed=seed)
+    ledger.set_tags(client, mv.name, mv.version, {ledger.REQUEST_RUN_TAG: run_id})
+    ledger.set_tags(client, mv.name, mv.version, {ledger.FORGET_SET_TAG: uri})  # last: this one triggers the hook
+    return AttachResult(mv.name, str(mv.version), uri, fs.digest, len(fs), run_id)
+
+
+def read_request(uri: str) -> tuple[np.ndarray, str]:
+    """Download the forget set a tag points to; return (raw ids, local path). Raises ForgetSetError."""
+    from ..forget_sets import ForgetSetError, is_spec, read_ids_file
+    from ..steps import resolve_forget_source
+
+    uri = (uri or "").strip()
+    if not uri:
+        raise ForgetSetError("the forget-set tag is empty")
+    if is_spec(uri):
+        raise ForgetSetError(f"the forget-set tag {uri!r} is a spec, not a forget-set artifact; run "
+                             f"`mlflow-unlearn attach --forget {uri}` so the ids are logged and auditable")
+    local = resolve_forget_source(uri)
+    if Path(str(local)).is_dir():
+        files = sorted(p for p in Path(local).rglob("*") if p.suffix.lower() in (".json", ".txt", ".csv", ".npy"))
+        if len(files) != 1:
+            raise ForgetSetError(f"the forget-set URI {uri!r} is a folder with {len(files)} id files; point it at one file")
+        local = str(files[0])
+    ids = read_ids_file(local)
+    if Path(str(local)).suffix.lower() == ".json":
+        obj = json.loads(Path(local).read_text())
+        if isinstance(obj, dict) and obj.get("digest") and obj["digest"] != _digest_or_none(ids):
+            raise ForgetSetError(f"the forget-set artifact {uri!r} records digest {obj['digest'][:12]}... but its ids "
+                                 f"hash to {str(_digest_or_none(ids))[:12]}...; it was changed after logging")
+    return np.asarray(ids), str(local)
+
+
+def _digest_or_none(ids) -> str | None:
+    from ..forget_sets import forget_digest
+
+    try:
+        return forget_digest(ids)
+    except (TypeError, ValueError):
+        return None

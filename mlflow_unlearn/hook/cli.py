@@ -1,0 +1,216 @@
+"""Subcommands `attach` and `hook {serve,install,worker,reconcile,status,demo}` (wired into
+mlflow_unlearn/cli.py). Every hook setting has an environment default (see config.py)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _int(value: str) -> int:
+    from ..cli import _int as cli_int
+
+    return cli_int(value)
+
+
+def _config_args(p, *, workers_default=None, reconcile_default=None):
+    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    p.add_argument("--queue", default=None,
+                   help="job queue: a SQLite file (default mlflow-unlearn-hook.db next to a SQLite tracking DB, else "
+                        "in the working directory) or redis://host:port/db; env MLFLOW_UNLEARN_HOOK_QUEUE")
+    p.add_argument("--workers", type=_int, default=workers_default,
+                   help="jobs run at once (huey consumer workers); env MLFLOW_UNLEARN_HOOK_WORKERS, default 1")
+    p.add_argument("--worker-type", choices=("thread", "process"), default=None, help="huey worker type (default thread)")
+    p.add_argument("--models", default=None, help="comma-separated registered model names to watch (default: all); "
+                                                  "env MLFLOW_UNLEARN_HOOK_MODELS")
+    p.add_argument("--experiment", default=None, help="experiment of the job runs (default mlflow-unlearn-hook)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument("--seed", type=_int, default=None)
+    p.add_argument("--reconcile-interval", type=float, default=reconcile_default,
+                   help="seconds between registry scans for requests without an answer (0: none)")
+    p.add_argument("--lock-ttl", type=_int, default=None, help="Redis queue: a dead worker's job lock expires after this (s)")
+
+
+def _config(a, **extra):
+    from .config import HookConfig
+
+    models = [m.strip() for m in a.models.split(",") if m.strip()] if getattr(a, "models", None) else None
+    return HookConfig.from_env(
+        tracking_uri=getattr(a, "tracking_uri", None), queue=getattr(a, "queue", None), workers=getattr(a, "workers", None),
+        worker_type=getattr(a, "worker_type", None), models=models, experiment=getattr(a, "experiment", None),
+        device=getattr(a, "device", None), seed=getattr(a, "seed", None),
+        reconcile_interval_s=getattr(a, "reconcile_interval", None), lock_ttl_s=getattr(a, "lock_ttl", None),
+        **extra)
+
+
+def wait_for(model: str, version, *, timeout_s: float = 600.0, poll_s: float = 0.5, tracking_uri: str | None = None,
+             request: str | None = None) -> dict:
+    """Poll the ledger until the request now attached (or `request`) is answered; return its state."""
+    from mlflow import MlflowClient
+
+    from .. import tracking
+    from . import ledger
+
+    tracking.connect(tracking_uri)
+    client = MlflowClient()
+    deadline = time.time() + timeout_s
+    while True:
+        state = ledger.read_state(client, model, version)
+        want = request or state.request
+        if state.handled_request == want and state.status in ledger.TERMINAL:
+            return state.to_dict()
+        if time.time() > deadline:
+            raise ValueError(f"{model}/{version}: no answer within {timeout_s:.0f} s (status {state.status!r}); "
+                               f"is `mlflow-unlearn hook serve` (or a worker) running against this registry?")
+        time.sleep(poll_s)
+
+
+def add_attach(sub):
+    p = sub.add_parser("attach", help="attach a forget set to a registered model version (the registry hook unlearns it)")
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--version", required=True, help="model version")
+    p.add_argument("--forget", required=True,
+                   help="a file of ids (.txt/.json/.npy/.csv), an MLflow artifact URI, or random:N | class:K | mix:N | tiers:...")
+    p.add_argument("--seed", type=_int, default=0, help="seed for random:/mix:/tiers: specs")
+    p.add_argument("--experiment", default=None, help="experiment of the request run")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--force", action="store_true", help="make a new request even if these ids are already attached")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for the answer and print it (needs the hook service running)")
+
+    def run(a):
+        from .attach import attach
+
+        res = attach(a.model, a.version, a.forget, seed=a.seed, experiment=a.experiment, tracking_uri=a.tracking_uri,
+                     force=a.force)
+        what = "already attached (same ids), nothing new" if res.already_attached else f"attached in request run {res.run_id}"
+        print(f"{res.model}/{res.version}: {res.n_forget} ids, digest {res.digest[:12]}..., {what}")
+        print(f"  mlflow_unlearn.forget_set = {res.uri}")
+        if a.wait > 0:
+            state = wait_for(res.model, res.version, timeout_s=a.wait, tracking_uri=a.tracking_uri)
+            print(json.dumps(state, indent=2))
+            if state.get("status") != "done":
+                raise ValueError(f"request {state.get('status')}: {state.get('error')}")
+
+    p.set_defaults(func=run)
+
+
+def add_hook(sub):
+    p = sub.add_parser("hook", help="the registry hook: webhook service, workers, reconciler, webhook install")
+    hs = p.add_subparsers(dest="hook_command", required=True)
+
+    s = hs.add_parser("serve", help="receive MLflow webhooks and run unlearning jobs (FastAPI + uvicorn + huey workers)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=_int, default=8765)
+    s.add_argument("--secret", default=None, help="webhook secret; env MLFLOW_UNLEARN_HOOK_SECRET")
+    s.add_argument("--tolerance", type=float, default=None, help="accepted webhook timestamp skew in seconds (default 300)")
+    s.add_argument("--log-level", default="info")
+    _config_args(s, reconcile_default=None)
+
+    def serve(a):
+        from .service import serve as _serve
+
+        cfg = _config(a, secret=a.secret, tolerance_s=a.tolerance)
+        _serve(cfg, host=a.host, port=a.port, log_level=a.log_level)
+
+    s.set_defaults(func=serve)
+
+    i = hs.add_parser("install", help="create or update the MLflow webhook that calls the hook service")
+    i.add_argument("--url", default=os.environ.get("MLFLOW_UNLEARN_HOOK_URL", "http://127.0.0.1:8765/webhook"),
+                   help="the service's /webhook URL as the MLflow server reaches it (env MLFLOW_UNLEARN_HOOK_URL)")
+    i.add_argument("--secret", default=os.environ.get("MLFLOW_UNLEARN_HOOK_SECRET"), help="env MLFLOW_UNLEARN_HOOK_SECRET")
+    i.add_argument("--name", default="mlflow-unlearn")
+    i.add_argument("--tracking-uri", default=None, help="the MLflow server (default $MLFLOW_TRACKING_URI)")
+    i.add_argument("--test", action="store_true", help="then send MLflow's test event and report the answer")
+
+    def install(a):
+        from .webhooks import install_webhook
+
+        out = install_webhook(a.url, a.secret, name=a.name, tracking_uri=a.tracking_uri, test=a.test)
+        print(json.dumps(out, indent=2))
+
+    i.set_defaults(func=install)
+
+    w = hs.add_parser("worker", help="run unlearning jobs from the shared queue (huey consumer) in the foreground")
+    _config_args(w, reconcile_default=0.0)
+
+    def worker(a):
+        from .service import run_worker
+
+        cfg = _config(a)
+        run_worker(cfg, reconcile=cfg.reconcile_interval_s > 0)
+
+    w.set_defaults(func=worker)
+
+    r = hs.add_parser("reconcile", help="scan the registry once and queue every request without an answer")
+    _config_args(r)
+
+    def reconcile(a):
+        from .. import tracking
+        from . import jobs
+        from .reconcile import Reconciler
+
+        cfg = _config(a)
+        jobs.configure(cfg)
+        tracking.connect(cfg.tracking_uri)
+        actions = Reconciler(cfg, queued_grace_s=0).scan()
+        for name, version, action in actions:
+            print(f"{name}/{version}: {action}")
+        print(f"{len(actions)} request(s) queued; {jobs.pending()} job(s) pending in the queue")
+
+    r.set_defaults(func=reconcile)
+
+    st = hs.add_parser("status", help="print the ledger tags of a model version (optionally wait for the answer)")
+    st.add_argument("--model", required=True)
+    st.add_argument("--version", required=True)
+    st.add_argument("--tracking-uri", default=None)
+    st.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+
+    def status(a):
+        from mlflow import MlflowClient
+
+        from .. import tracking
+        from . import ledger
+
+        if a.wait > 0:
+            state = wait_for(a.model, a.version, timeout_s=a.wait, tracking_uri=a.tracking_uri)
+        else:
+            tracking.connect(a.tracking_uri)
+            state = ledger.read_state(MlflowClient(), a.model, a.version).to_dict()
+        print(json.dumps(state, indent=2))
+
+    st.set_defaults(func=status)
+
+    d = hs.add_parser("demo", help="the whole loop locally: mlflow server + hook service, train, attach, wait, print the evidence")
+    d.add_argument("--workdir", default="hook-demo", help="folder for the server's database, artifacts and logs")
+    d.add_argument("--forget", default="mix:30")
+    d.add_argument("--epochs", type=_int, default=10)
+    d.add_argument("--subset", type=_none_int, default=600)
+    d.add_argument("--timeout", type=float, default=600.0)
+
+    def demo(a):
+        from .demo import run_demo
+
+        run_demo(workdir=a.workdir, forget=a.forget, epochs=a.epochs, subset=a.subset, timeout_s=a.timeout)
+
+    d.set_defaults(func=demo)
+
+
+def _none_int(value: str):
+    return None if str(value).strip().lower() in ("", "none", "0") else _int(value)
+
+
+def main(argv=None) -> int:  # `python -m mlflow_unlearn.hook.cli ...` for debugging
+    parser = argparse.ArgumentParser(prog="mlflow-unlearn")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_attach(sub)
+    add_hook(sub)
+    a = parser.parse_args(argv)
+    a.func(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

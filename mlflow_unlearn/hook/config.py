@@ -1,0 +1,91 @@
+"""Settings shared by `hook serve`, `hook worker`, `hook reconcile` and `hook install`. Every setting
+is a command-line flag with an environment-variable default, so a service, its workers and a cron job
+agree by sharing an environment.
+
+    MLFLOW_TRACKING_URI             the registry (default sqlite:///mlflow.db)
+    MLFLOW_UNLEARN_HOOK_SECRET      the webhook secret (HMAC key); required by `serve` and `install`
+    MLFLOW_UNLEARN_HOOK_QUEUE       the job queue: a SQLite file path (or sqlite:///path) or a
+                                    redis://host:port/db URL; default: mlflow-unlearn-hook.db next to
+                                    a SQLite tracking database, else in the working directory
+    MLFLOW_UNLEARN_HOOK_WORKERS     jobs run at once by `serve` (embedded consumer) or `worker` (default 1)
+    MLFLOW_UNLEARN_HOOK_MODELS      comma-separated registered model names to watch (default: all)
+    MLFLOW_UNLEARN_HOOK_EXPERIMENT  experiment of the job runs (default mlflow-unlearn-hook)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import tracking
+
+DEFAULT_EXPERIMENT = "mlflow-unlearn-hook"
+DEFAULT_QUEUE_FILE = "mlflow-unlearn-hook.db"
+DEFAULT_WEBHOOK_NAME = "mlflow-unlearn"
+EVENTS = ("model_version_tag.set", "model_version.created")
+
+
+def default_queue(tracking_uri: str | None = None) -> str:
+    uri = tracking_uri or tracking.tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return str(Path(uri[len("sqlite:///"):]).resolve().parent / DEFAULT_QUEUE_FILE)
+    return str(Path.cwd() / DEFAULT_QUEUE_FILE)
+
+
+def is_redis(queue: str) -> bool:
+    return str(queue).startswith(("redis://", "rediss://", "unix://"))
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+@dataclass
+class HookConfig:
+    tracking_uri: str | None = None
+    queue: str | None = None
+    secret: str | None = None
+    workers: int = 1
+    worker_type: str = "thread"  # huey: thread | process
+    models: list[str] = field(default_factory=list)  # empty: every registered model
+    experiment: str = DEFAULT_EXPERIMENT
+    seed: int = 0
+    device: str = "auto"
+    reconcile_interval_s: float = 30.0  # 0: no periodic scan
+    tolerance_s: float = 300.0  # accepted webhook timestamp skew
+    lock_ttl_s: int = 3600  # Redis only: the lock of a worker on a lost host expires after this
+
+    @classmethod
+    def from_env(cls, **overrides) -> "HookConfig":
+        models = [m.strip() for m in os.environ.get("MLFLOW_UNLEARN_HOOK_MODELS", "").split(",") if m.strip()]
+        cfg = cls(
+            tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None,
+            queue=os.environ.get("MLFLOW_UNLEARN_HOOK_QUEUE") or None,
+            secret=os.environ.get("MLFLOW_UNLEARN_HOOK_SECRET") or None,
+            workers=_env_int("MLFLOW_UNLEARN_HOOK_WORKERS", 1),
+            models=models,
+            experiment=os.environ.get("MLFLOW_UNLEARN_HOOK_EXPERIMENT") or DEFAULT_EXPERIMENT,
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg
+
+    def resolved_queue(self) -> str:
+        return self.queue or default_queue(self.tracking_uri)
+
+    def watches(self, model_name: str) -> bool:
+        return not self.models or model_name in self.models
+
+    def validate(self, *, need_secret: bool = False) -> "HookConfig":
+        if need_secret and not self.secret:
+            raise ValueError("no webhook secret: pass --secret or set MLFLOW_UNLEARN_HOOK_SECRET "
+                             "(the same value `mlflow-unlearn hook install` gives the MLflow webhook)")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be 0 or more, got {self.workers}")
+        if self.worker_type not in ("thread", "process"):
+            raise ValueError(f"--worker-type must be thread or process, got {self.worker_type!r}")
+        if self.reconcile_interval_s < 0:
+            raise ValueError(f"--reconcile-interval must be 0 (off) or more seconds, got {self.reconcile_interval_s}")
+        return self

@@ -1,0 +1,486 @@
+"""Unlearning jobs: huey tasks on a SQLite file (one machine) or Redis (many machines), with the
+registry as the ledger (see ledger.py), so any worker can resume any job.
+
+A job for (model name, version):
+
+1. reads the version's `mlflow_unlearn.forget_set` tag and downloads the forget set; an empty tag
+   or a request already answered (status done/failed/rejected for this tag value) ends it;
+2. takes huey's lock on the job key (name, version, forget digest); a lock held by a live worker
+   ends it (that worker runs the job); a lock whose owner process is gone is cleared and taken;
+3. looks for an existing result version (tags source_version + forget_digest): found, the request
+   is done with it (a duplicate attach, a replayed event, a crash after registering);
+4. sets status running, loads the source version, validates the ids against its training manifest
+   (a bad request ends as status rejected with the reason in mlflow_unlearn.error), and picks the
+   plan: the registered model's searched plan (tag mlflow_unlearn.plan) when it fits the forget
+   set's tiers, else `rum.default_plan`;
+5. unlearns with RUM (one MLflow run, role rum), evaluates the source and the unlearned model
+   without a retrain (forget/retain/test accuracy, MIA efficacy and AUC against test, their change,
+   disagreement with the source) plus ToW etc. when a cached retrained reference exists;
+6. logs the evidence report, registers the result version with all its tags in one call, keeps the
+   lowest version if a racing worker registered one too, and marks the request done.
+Any other exception ends as status failed with the error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from .. import tracking
+from ..tracking import TAG
+from . import ledger
+from .config import HookConfig, is_redis
+
+log = logging.getLogger("mlflow_unlearn.hook")
+
+TASK_NAME = "mlflow_unlearn.hook.run_job"
+HUEY_NAME = "mlflow-unlearn-hook"
+HEADLINE_TAG_KEYS = ("forget/acc", "retain/acc", "test/acc", "mia/efficacy", "mia/auc", "tow", "tow_mia")
+
+_STATE: dict = {"config": None, "huey": None, "task": None}
+
+
+def _rejections() -> tuple[type[BaseException], ...]:
+    from .._registry import UnknownComponentError
+    from ..algorithms import HyperparameterError
+    from ..data import DatasetError
+    from ..forget_sets import ForgetSetError
+    from ..memorization import MemorizationError
+    from ..rum import PlanError
+    from ..tracking import MissingArtifactError, ModelURIError
+
+    return (ForgetSetError, MissingArtifactError, ModelURIError, PlanError, DatasetError, MemorizationError,
+            HyperparameterError, UnknownComponentError)
+
+
+# --------------------------------------------------------------------------------------------------
+# The queue
+
+
+def make_huey(queue: str, *, name: str = HUEY_NAME):
+    """A huey instance on `queue`: a redis:// URL (RedisExpireHuey, so locks can carry a TTL) or a
+    SQLite file path (`sqlite:///path` accepted)."""
+    import huey
+
+    if is_redis(queue):
+        return huey.RedisExpireHuey(name, url=queue, results=False)
+    path = queue[len("sqlite:///"):] if queue.startswith("sqlite:///") else queue
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return huey.SqliteHuey(name, filename=path, results=False)
+
+
+def configure(config: HookConfig):
+    """Create the huey instance for `config`, register the job task on it, and make `config` the one
+    jobs in this process (and in forked worker processes) run with. Returns the huey instance."""
+    config.validate()
+    if config.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    h = make_huey(config.resolved_queue())
+    task = h.task(name=TASK_NAME, retries=0)(_job_task)
+
+    @h.on_startup()
+    def _worker_startup():  # in every worker (thread, or forked process)
+        import torch
+
+        if os.getpid() != _STATE.get("parent_pid"):
+            _die_with_parent()
+        # N jobs at once share the cores instead of each starting one thread per core
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, config.workers)))
+        tracking.connect(config.tracking_uri)
+
+    _STATE.update(config=config, huey=h, task=task, parent_pid=os.getpid())
+    return h
+
+
+def _die_with_parent() -> None:
+    """A forked worker process exits when its consumer dies (even by SIGKILL), so a restarted
+    consumer never races an orphan on the same job."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def current_config() -> HookConfig:
+    if _STATE["config"] is None:
+        raise RuntimeError("the hook is not configured: call mlflow_unlearn.hook.jobs.configure(HookConfig(...)) first")
+    return _STATE["config"]
+
+
+def current_huey():
+    current_config()
+    return _STATE["huey"]
+
+
+def enqueue(name: str, version) -> None:
+    current_config()
+    _STATE["task"](name, str(version))
+
+
+def pending() -> int:
+    return current_huey().pending_count()
+
+
+def lock_ttl() -> int | None:
+    cfg = current_config()
+    return int(cfg.lock_ttl_s) if is_redis(cfg.resolved_queue()) else None
+
+
+# Job locks: huey's TaskLock keys (`<queue name>.lock.<job key>`, taken with put_if_empty, released
+# with TaskLock.clear), holding the owner (host, pid) instead of huey's placeholder value, so a lock
+# whose process died (SIGKILL, power loss) is recognised and cleared; on Redis it also expires.
+
+HOST = socket.gethostname()
+
+
+class JobLocked(Exception):
+    """Another live worker holds the job lock."""
+
+
+def _lock(key: str):
+    return current_huey().lock_task(key, ttl=lock_ttl())
+
+
+def acquire_job_lock(key: str):
+    """Take the job lock (clearing it first if its owner is dead); raises JobLocked."""
+    h = current_huey()
+    lock = _lock(key)
+    owner = {"host": HOST, "pid": os.getpid(), "since": time.time()}
+    for _ in range(2):
+        if h.put_if_empty(lock._key, owner, lock_ttl()):
+            return lock
+        if not clear_if_stale(key):
+            break
+    raise JobLocked(key)
+
+
+def clear_if_stale(key: str) -> bool:
+    """Clear the job lock if it was taken by a process on this host that no longer exists."""
+    h = current_huey()
+    lock = _lock(key)
+    owner = h.get(lock._key, peek=True)
+    if not isinstance(owner, dict) or owner.get("host") != HOST:
+        return False  # a live lock elsewhere (Redis locks of dead hosts expire after lock_ttl_s)
+    try:
+        os.kill(int(owner["pid"]), 0)
+        return False
+    except ProcessLookupError:
+        lock.clear()
+        log.warning("cleared the lock of job %s: its worker (pid %s) is gone", key, owner["pid"])
+        return True
+    except (PermissionError, OSError, ValueError):
+        return False
+
+
+def lock_is_live(key: str) -> bool:
+    h = current_huey()
+    return h.is_locked(key) and not clear_if_stale(key)
+
+
+def queued_targets() -> set[tuple[str, str]]:
+    """(name, version) of the jobs waiting in the queue."""
+    out = set()
+    for task in current_huey().pending():
+        if getattr(task, "name", "") == TASK_NAME or TASK_NAME in str(type(task)):
+            args = tuple(task.args or ())
+            if len(args) == 2:
+                out.add((str(args[0]), str(args[1])))
+    return out
+
+
+def _job_task(name: str, version: str) -> str:
+    outcome = run_job(name, version)
+    log.info("job %s/%s: %s", name, version, outcome)
+    return outcome
+
+
+def make_consumer(huey, config: HookConfig):
+    """A huey consumer with `config.workers` workers of `config.worker_type` (None with 0 workers)."""
+    from huey.consumer import Consumer
+
+    if config.workers <= 0:
+        return None
+    return Consumer(huey, workers=config.workers, worker_type=config.worker_type, periodic=False,
+                    initial_delay=0.05, max_delay=1.0, backoff=1.15, check_worker_health=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Submitting a request (webhook, reconciler)
+
+
+def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowClient | None = None) -> str:
+    """Queue the request attached to name/version unless it is answered, queued or running already.
+    `force_enqueue` (the reconciler) also re-queues a queued or running one (its worker died, or the
+    queue lost it); a duplicate job is harmless: it stops at the lock or at the done status."""
+    cfg = current_config()
+    if not cfg.watches(name):
+        return "ignored (model not watched)"
+    client = client or MlflowClient()
+    try:
+        state = ledger.read_state(client, name, version)
+    except MlflowException as exc:
+        return f"ignored ({exc.error_code}: no such version)"
+    if not state.request:
+        return "ignored (no forget set attached)"
+    if state.is_current:
+        if state.status in ledger.TERMINAL:
+            return f"already {state.status}"
+        if state.status in (ledger.QUEUED, ledger.RUNNING) and not force_enqueue:
+            return f"already {state.status}"
+        enqueue(name, state.version)
+        return f"re-queued ({state.status or 'no status'})"
+    # A new request: status first, then the request it refers to (see ledger: a crash in between
+    # leaves a state the reconciler re-queues, never one that looks answered).
+    ledger.set_tags(client, name, state.version, {ledger.STATUS_TAG: ledger.QUEUED})
+    ledger.set_tags(client, name, state.version, {
+        ledger.JOB_REQUEST_TAG: state.request, ledger.QUEUED_AT_TAG: ledger.now(), ledger.RESULT_VERSION_TAG: None,
+        ledger.ERROR_TAG: None, ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request),
+        ledger.STARTED_AT_TAG: None, ledger.FINISHED_AT_TAG: None})
+    enqueue(name, state.version)
+    return "queued"
+
+
+# --------------------------------------------------------------------------------------------------
+# The job
+
+
+@dataclass
+class _Job:
+    client: MlflowClient
+    name: str
+    version: str
+    uri: str
+    t0: float
+
+    def still_current(self) -> bool:
+        try:
+            return ledger.read_state(self.client, self.name, self.version).request == self.uri
+        except MlflowException:
+            return False
+
+    def finish(self, status: str, *, result: str | None = None, error: str | None = None, digest: str | None = None) -> str:
+        """Write a final status, unless a newer request replaced this one meanwhile (its own job answers it)."""
+        if not self.still_current():
+            return f"{status} (superseded by a newer request; tags left to its job)"
+        tags = {ledger.JOB_DIGEST_TAG: digest, ledger.FINISHED_AT_TAG: ledger.now(),
+                ledger.RESULT_VERSION_TAG: result, ledger.ERROR_TAG: error}
+        if digest is None:
+            tags.pop(ledger.JOB_DIGEST_TAG)
+        ledger.set_tags(self.client, self.name, self.version, tags)
+        ledger.set_tags(self.client, self.name, self.version, {ledger.STATUS_TAG: status, ledger.JOB_REQUEST_TAG: self.uri})
+        return status + (f" -> version {result}" if result else "") + (f": {error}" if error else "")
+
+
+def run_job(name: str, version) -> str:
+    """Answer the request attached to name/version (see the module doc); returns what happened."""
+    from ..forget_sets import forget_digest
+
+    cfg = current_config()
+    tracking.connect(cfg.tracking_uri)
+    client = MlflowClient()
+    try:
+        state = ledger.read_state(client, name, version)
+    except MlflowException as exc:
+        return f"skipped: {exc.message}"
+    if not state.request:
+        return "skipped: no forget set attached"
+    if state.is_current and state.status in ledger.TERMINAL:
+        return f"skipped: already {state.status}"
+    job = _Job(client, state.name, state.version, state.request, time.perf_counter())
+    try:
+        from .attach import read_request
+
+        ids, local = read_request(job.uri)
+        digest = forget_digest(ids)
+    except _rejections() as exc:
+        return job.finish(ledger.REJECTED, error=_message(exc))
+    except (TypeError, ValueError) as exc:
+        return job.finish(ledger.REJECTED, error=f"the forget set {job.uri!r} does not hold integer ids: {_message(exc)}")
+    try:
+        lock = acquire_job_lock(ledger.job_key(job.name, job.version, digest))
+    except JobLocked:
+        return "skipped: another worker holds the job lock"
+    try:
+        return _run_locked(job, cfg, digest, local)
+    finally:
+        lock.clear()
+
+
+def _run_locked(job: _Job, cfg: HookConfig, digest: str, local: str) -> str:
+    state = ledger.read_state(job.client, job.name, job.version)
+    if state.request != job.uri:
+        return "skipped: a newer request replaced this one"
+    if state.is_current and state.status in ledger.TERMINAL:
+        return f"skipped: already {state.status}"
+    existing = ledger.find_results(job.client, job.name, job.version, digest)
+    if existing:
+        return job.finish(ledger.DONE, result=existing[0], digest=digest)
+    _end_orphan_runs(job, digest)
+    ledger.set_tags(job.client, job.name, job.version, {ledger.STATUS_TAG: ledger.RUNNING})
+    ledger.set_tags(job.client, job.name, job.version, {
+        ledger.JOB_REQUEST_TAG: job.uri, ledger.JOB_DIGEST_TAG: digest, ledger.STARTED_AT_TAG: ledger.now(),
+        ledger.ERROR_TAG: None, ledger.RESULT_VERSION_TAG: None, ledger.FINISHED_AT_TAG: None})
+    try:
+        return _unlearn_and_register(job, cfg, digest, local)
+    except _rejections() as exc:
+        return job.finish(ledger.REJECTED, error=_message(exc), digest=digest)
+    except Exception as exc:
+        log.error("job %s/%s failed:\n%s", job.name, job.version, traceback.format_exc())
+        return job.finish(ledger.FAILED, error=f"{type(exc).__name__}: {_message(exc)}", digest=digest)
+
+
+def _message(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text[:ledger.MAX_TAG_VALUE]
+
+
+def _end_orphan_runs(job: _Job, digest: str) -> None:
+    """Runs of an earlier attempt killed mid-job stay RUNNING forever; mark them KILLED."""
+    try:
+        exp = job.client.get_experiment_by_name(current_config().experiment)
+        if exp is None:
+            return
+        runs = job.client.search_runs([exp.experiment_id], filter_string=(  # the rum run and its tier runs
+            f"tags.`{TAG}source_model` = '{job.name}/{job.version}' and "
+            f"tags.`{TAG}forget_digest` = '{digest}' and attributes.status = 'RUNNING'"))
+        for run in runs:
+            job.client.set_terminated(run.info.run_id, "KILLED")
+    except MlflowException:
+        pass
+
+
+def choose_plan(ctx) -> tuple:
+    """(plan, where it came from): the registered model's searched plan when it fits the forget
+    set's tiers, else `rum.default_plan` for those tiers (documented in docs/hook.md)."""
+    from ..rum import PlanError, default_plan
+    from ..steps import PLAN_TAG, registered_plan
+
+    try:
+        plan = registered_plan(ctx.source.name)
+    except PlanError as exc:
+        return default_plan(tuple(ctx.tiers)).validate(ctx.tiers), f"default (the registered plan is unreadable: {exc})"
+    if plan is not None:
+        try:
+            return plan.validate(ctx.tiers), f"registered (tag {PLAN_TAG} of registered model {ctx.source.name})"
+        except PlanError as exc:
+            return (default_plan(tuple(ctx.tiers)).validate(ctx.tiers),
+                    f"default (the registered plan does not fit tiers {list(ctx.tiers)}: {exc})")
+    return default_plan(tuple(ctx.tiers)).validate(ctx.tiers), "default (no plan registered on the model)"
+
+
+def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -> str:
+    import json
+
+    import numpy as np
+
+    from .. import steps
+    from . import evidence
+
+    ctx = steps.prepare(f"models:/{job.name}/{job.version}", local, seed=cfg.seed, device=cfg.device)
+    if ctx.forget.digest != digest:  # cannot happen unless the artifact changed under us
+        raise RuntimeError(f"forget digest changed while the job ran ({digest[:12]} -> {ctx.forget.digest[:12]})")
+    plan, plan_source = choose_plan(ctx)
+    source_model = ctx.source.model.to(ctx.data.device)
+    before = steps.evaluation_metrics(ctx, source_model, None)
+
+    tracking.use_experiment(cfg.experiment)
+    request_tags = {ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE], TAG + "plan_source": plan_source[:500]}
+    result = steps.rum(ctx, plan, register=False, run_name=f"hook-{job.name}-v{job.version}-{digest[:8]}", extra_tags=request_tags)
+    run_id = result.run_id
+    ledger.set_tags(job.client, job.name, job.version, {ledger.JOB_RUN_TAG: run_id})
+
+    after = steps.evaluation_metrics(ctx, result.model, None)
+    against_source = {k: v for k, v in steps.evaluation_metrics(ctx, result.model, source_model).items()
+                      if k.startswith("disagree/")}
+    reference, reference_run = None, None
+    ref = steps.cached_reference(ctx)
+    if ref is not None:
+        reference = steps.evaluation_metrics(ctx, result.model, ref.model)
+        reference_run = ref.run_id
+    train_s = ctx.source.model_spec.get("train_seconds")
+    times = {"unlearn_s": result.seconds, "job_s": time.perf_counter() - job.t0, "original_train_s": train_s,
+             "fraction_of_original_training": (result.seconds / train_s) if train_s else None}
+    if ref is not None and np.isfinite(ref.seconds) and ref.seconds:
+        times["retrain_s"] = ref.seconds
+        times["fraction_of_retrain"] = result.seconds / ref.seconds
+
+    state = ledger.read_state(job.client, job.name, job.version)
+    report_args = dict(
+        request={"model": job.name, "version": job.version, "forget_set": job.uri,
+                 "request_run": state.tags.get(ledger.REQUEST_RUN_TAG), "queued_at": state.tags.get(ledger.QUEUED_AT_TAG),
+                 "started_at": state.tags.get(ledger.STARTED_AT_TAG)},
+        forget={"digest": digest, "count": len(ctx.forget), "tier_histogram": ctx.histogram,
+                "tiers": {k: int(len(v)) for k, v in ctx.tiers.items()}},
+        plan=plan.to_dict(), plan_source=plan_source, before=before, after=after, against_source=against_source,
+        reference=reference, reference_run=reference_run, times=times)
+    report = evidence.build_report(**report_args, result={"version": None, "run_id": run_id})
+    _log_report(job.client, run_id, report)
+    _log_job_metrics(job.client, run_id, before, after, against_source, reference, times)
+
+    # Register, exactly once per job key (see ledger.py).
+    existing = ledger.find_results(job.client, job.name, job.version, digest)
+    if existing:
+        job.client.set_tag(run_id, TAG + "superseded_by", f"{job.name}/{existing[0]}")
+        return job.finish(ledger.DONE, result=existing[0], digest=digest)
+    headline = {k: (reference or after).get(k) for k in HEADLINE_TAG_KEYS}
+    metrics_json = json.dumps({"after": _finite(after), "before": _finite(before),
+                               **({"against_reference": _finite(reference)} if reference else {})})
+    tags = {**ctx.tags("unlearn"), TAG + "algorithm": "rum", ledger.SOURCE_VERSION_TAG: job.version,
+            TAG + "run_id": run_id, TAG + "n_forget": str(len(ctx.forget)),
+            TAG + "plan": json.dumps(plan.to_dict())[:ledger.MAX_TAG_VALUE], TAG + "plan_source": plan_source[:500],
+            ledger.METRICS_TAG: metrics_json[:ledger.MAX_TAG_VALUE], ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE],
+            ledger.EVIDENCE_TAG: f"runs:/{run_id}/evidence/report.json",
+            **{f"{TAG}metric.{k}": f"{v:.4f}" for k, v in headline.items() if v is not None and np.isfinite(v)}}
+    logging.getLogger("mlflow.tracking._model_registry.fluent").setLevel(logging.ERROR)
+    mv = mlflow.register_model(f"runs:/{run_id}/model", job.name, tags=tags)  # one call: created with its tags
+    mine = str(mv.version)
+    winners = ledger.find_results(job.client, job.name, job.version, digest)
+    keep = winners[0] if winners else mine
+    if keep != mine:  # a racing worker registered first: keep its version, drop ours
+        job.client.delete_model_version(job.name, mine)
+        job.client.set_tag(run_id, TAG + "superseded_by", f"{job.name}/{keep}")
+        return job.finish(ledger.DONE, result=keep, digest=digest)
+    job.client.set_tag(run_id, TAG + "registered_version", f"{job.name}/{mine}")
+    report["result"]["version"] = mine
+    _log_report(job.client, run_id, report)
+    return job.finish(ledger.DONE, result=mine, digest=digest)
+
+
+def _finite(d: dict | None) -> dict:
+    import math
+
+    return {k: round(float(v), 6) for k, v in (d or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+def _log_report(client: MlflowClient, run_id: str, report: dict) -> None:
+    from . import evidence
+
+    client.log_dict(run_id, report, "evidence/report.json")
+    client.log_text(run_id, evidence.to_markdown(report), "evidence/report.md")
+    client.log_text(run_id, evidence.to_html(report), "evidence/report.html")
+
+
+def _log_job_metrics(client, run_id, before, after, against_source, reference, times) -> None:
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    metrics = {**after, **{f"before/{k}": v for k, v in before.items()},
+               **{f"change/{k}": after[k] - before[k] for k in after if k in before and not k.startswith("tier/")},
+               **{f"vs_source/{k}": v for k, v in against_source.items()},
+               **({k: v for k, v in reference.items()} if reference else {}),
+               **{f"time/{k}": v for k, v in times.items() if k != "unlearn_s"}}
+    clean = _finite(metrics)
+    items = [Metric(k, v, ts, 0) for k, v in clean.items()]
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i:i + 500])

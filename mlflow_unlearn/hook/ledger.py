@@ -1,0 +1,150 @@
+"""The registry is the ledger (DESIGN.md section 5): every fact a worker needs to start, resume or skip a
+job is a tag on a model version, so any worker on any machine can pick up any job.
+
+On the source version (the one a forget set is attached to):
+
+    mlflow_unlearn.forget_set      the request: URI of a forget-set artifact (set by `attach`, the UI, the REST API)
+    mlflow_unlearn.status          queued | running | done | failed | rejected
+    mlflow_unlearn.job_request     the forget_set value the status refers to (a new value = a new request)
+    mlflow_unlearn.job_digest      sha256 of the request's sorted ids (the job key is name, version, digest)
+    mlflow_unlearn.result_version  the unlearned version (status done)
+    mlflow_unlearn.error           why (status rejected or failed)
+    mlflow_unlearn.queued_at / started_at / finished_at   unix seconds
+    mlflow_unlearn.job_run         the MLflow run of the job (role rum)
+
+On the result version: role, source_model, source_version, forget_digest, n_forget, plan, plan_source,
+metrics (JSON), metric.<key> for the headline metrics, request (the forget_set URI), evidence (URI).
+
+Exactly one result per job key: a result is looked up (by source_version and forget_digest tags)
+before a job runs and again right before it registers; a version is created with all its tags in one
+call, so a crash never leaves an untagged result; and if two workers still race past both checks,
+both see both versions after registering and the higher version number deletes itself.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ..tracking import TAG
+
+FORGET_SET_TAG = TAG + "forget_set"
+STATUS_TAG = TAG + "status"
+JOB_REQUEST_TAG = TAG + "job_request"
+JOB_DIGEST_TAG = TAG + "job_digest"
+RESULT_VERSION_TAG = TAG + "result_version"
+ERROR_TAG = TAG + "error"
+QUEUED_AT_TAG = TAG + "queued_at"
+STARTED_AT_TAG = TAG + "started_at"
+FINISHED_AT_TAG = TAG + "finished_at"
+JOB_RUN_TAG = TAG + "job_run"
+REQUEST_RUN_TAG = TAG + "request_run"
+
+# on result versions (besides the step's own source_model / forget_digest / n_forget ...)
+SOURCE_VERSION_TAG = TAG + "source_version"
+FORGET_DIGEST_TAG = TAG + "forget_digest"
+REQUEST_TAG = TAG + "request"
+EVIDENCE_TAG = TAG + "evidence"
+METRICS_TAG = TAG + "metrics"
+
+QUEUED, RUNNING, DONE, FAILED, REJECTED = "queued", "running", "done", "failed", "rejected"
+STATUSES = (QUEUED, RUNNING, DONE, FAILED, REJECTED)
+TERMINAL = (DONE, FAILED, REJECTED)
+
+MAX_TAG_VALUE = 4900  # MLflow's model-version tag values hold 5000 characters
+
+_DIGEST_IN_URI = re.compile(r"forget-([0-9a-f]{64})\.json$")
+
+
+def job_key(name: str, version, digest: str) -> str:
+    return f"{name}/{version}/{digest}"
+
+
+def digest_from_uri(uri: str) -> str | None:
+    """`attach` names the artifact after its digest (`.../forget-<sha256>.json`), so the job key of a
+    request it made is known from the tag value alone; other URIs are read to find it."""
+    m = _DIGEST_IN_URI.search(uri or "")
+    return m.group(1) if m else None
+
+
+def now() -> str:
+    return f"{time.time():.3f}"
+
+
+@dataclass
+class VersionState:
+    name: str
+    version: str
+    tags: dict[str, str]
+
+    @property
+    def request(self) -> str:
+        return (self.tags.get(FORGET_SET_TAG) or "").strip()
+
+    @property
+    def status(self) -> str | None:
+        return self.tags.get(STATUS_TAG)
+
+    @property
+    def handled_request(self) -> str | None:
+        return self.tags.get(JOB_REQUEST_TAG)
+
+    @property
+    def is_current(self) -> bool:
+        """The status tags describe the request now attached (not an older one)."""
+        return bool(self.request) and self.handled_request == self.request
+
+    def to_dict(self) -> dict:
+        keys = (FORGET_SET_TAG, STATUS_TAG, RESULT_VERSION_TAG, ERROR_TAG, JOB_REQUEST_TAG, JOB_DIGEST_TAG,
+                QUEUED_AT_TAG, STARTED_AT_TAG, FINISHED_AT_TAG, JOB_RUN_TAG)
+        return {"name": self.name, "version": self.version,
+                **{k[len(TAG):]: self.tags[k] for k in keys if k in self.tags}}
+
+
+def read_state(client: MlflowClient, name: str, version) -> VersionState:
+    mv = client.get_model_version(name, str(version))
+    return VersionState(mv.name, str(mv.version), dict(mv.tags or {}))
+
+
+def set_tags(client: MlflowClient, name: str, version, tags: dict[str, str | None]) -> None:
+    """Set (value) or delete (None) several tags on a version; deleting an absent tag is fine."""
+    for key, value in tags.items():
+        if value is None:
+            try:
+                client.delete_model_version_tag(name, str(version), key)
+            except MlflowException:
+                pass
+        else:
+            client.set_model_version_tag(name, str(version), key, str(value)[:MAX_TAG_VALUE])
+
+
+def find_results(client: MlflowClient, name: str, version, digest: str) -> list[str]:
+    """Result versions of (name, version, digest), lowest version first."""
+    flt = (f"name = '{_q(name)}' and tags.`{SOURCE_VERSION_TAG}` = '{version}' and "
+           f"tags.`{FORGET_DIGEST_TAG}` = '{digest}'")
+    found = client.search_model_versions(flt)
+    return sorted({str(mv.version) for mv in found}, key=int)
+
+
+def attached_versions(client: MlflowClient, models: list[str] | None = None) -> list[VersionState]:
+    """Every version with a non-empty forget-set tag (optionally only of the given registered models)."""
+    flt = f"tags.`{FORGET_SET_TAG}` LIKE '%'"
+    out, token = [], None
+    while True:
+        page = client.search_model_versions(flt, max_results=1000, page_token=token)
+        for mv in page:
+            if models and mv.name not in models:
+                continue
+            state = VersionState(mv.name, str(mv.version), dict(mv.tags or {}))
+            if state.request:
+                out.append(state)
+        token = getattr(page, "token", None)
+        if not token:
+            return out
+
+
+def _q(text: str) -> str:
+    return str(text).replace("'", "\\'")

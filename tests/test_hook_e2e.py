@@ -1,0 +1,427 @@
+"""The registry hook against a real `mlflow server` (SQLite, webhooks enabled) on 127.0.0.1 and the real
+hook service (`mlflow-unlearn hook serve`, uvicorn, huey on SQLite) as a subprocess: no mocks.
+
+One module-wide setup: the server, the hook service (watching registered model MODEL only), the
+webhook installed right after the server starts (servers cache webhook lists for a while), and a
+tiny digits model registered as MODEL with a tiny plan, so each job takes a few seconds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, start_mlflow_server
+from mlflow_unlearn.hook import ledger, local
+from mlflow_unlearn.hook.signature import signed_headers
+
+MODEL = "hooktiny"
+QUIET = "hooktiny-quiet"  # not watched by the main service: used where no job may start by itself
+SECRET = "test-hook-secret"
+TINY_PLAN = "low=none;mid=finetune(epochs=1);high=neggrad_plus(epochs=1)"
+JOB_TIMEOUT = 240
+
+
+class Hook:
+    """`mlflow-unlearn hook serve` as a subprocess on a fixed port (restarts keep the webhook URL)."""
+
+    def __init__(self, workdir: Path, tracking_uri: str, *, models, workers=1, reconcile_s=3.0, queue=None, name="hook"):
+        self.workdir, self.tracking_uri, self.models = workdir, tracking_uri, models
+        self.workers, self.reconcile_s, self.name = workers, reconcile_s, name
+        self.queue = queue or str(workdir / f"{name}-queue.db")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> "Hook":
+        self.proc, _ = local.start_hook_service(self.workdir, self.tracking_uri, SECRET, port=self.port, workers=self.workers,
+                                                queue=self.queue, reconcile_interval_s=self.reconcile_s, models=self.models,
+                                                log_name=f"{self.name}.log")
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        local.stop(self.proc)
+
+    def post(self, body: bytes, headers: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + "/webhook", data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(self.url + "/health", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def log(self) -> str:
+        p = self.workdir / f"{self.name}.log"
+        return p.read_text()[-4000:] if p.exists() else ""
+
+
+@dataclass
+class Env:
+    workdir: Path
+    url: str
+    hook: Hook
+    run_id: str  # the training run: registering its model again makes more source versions
+    version: str  # the trained version
+
+    @property
+    def client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(self.url)
+
+    def new_version(self, name: str = MODEL) -> str:
+        import mlflow
+
+        return str(mlflow.register_model(f"runs:/{self.run_id}/model", name).version)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, sqlite_template):
+    import mlflow
+
+    from mlflow_unlearn.hook.webhooks import install_webhook
+    from mlflow_unlearn.rum import Plan
+    from mlflow_unlearn.steps import PLAN_TAG, train_step
+
+    workdir = tmp_path_factory.mktemp("hook")
+    shutil.copy(sqlite_template, workdir / "mlflow.db")
+    server, url = start_mlflow_server(workdir, f"sqlite:///{workdir / 'mlflow.db'}",
+                                      env=local.webhook_server_env(workdir, cache_ttl_s=2))
+    hook = Hook(workdir, url, models=[MODEL], workers=2).start()
+    install_webhook(hook.url + "/webhook", SECRET, tracking_uri=url)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(workdir)
+            mp.setenv("MLFLOW_TRACKING_URI", url)
+            for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+                mp.delenv(var, raising=False)
+            mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+            mlflow.set_tracking_uri(url)
+            trained = train_step(dataset="digits", model="small_cnn", width=8, subset=300, epochs=8, batch_size=32,
+                                 registered_model_name=MODEL, progress=False, device="cpu")
+            client = mlflow.MlflowClient(url)
+            plan = Plan.parse(TINY_PLAN).to_json(indent=None)
+            client.set_registered_model_tag(MODEL, PLAN_TAG, plan)
+            mlflow.register_model(f"runs:/{trained.run_id}/model", QUIET)
+            client.set_registered_model_tag(QUIET, PLAN_TAG, plan)
+            yield Env(workdir, url, hook, trained.run_id, trained.version)
+            while mlflow.active_run():
+                mlflow.end_run()
+    finally:
+        hook.stop()
+        local.stop(server)
+        mlflow.set_tracking_uri(None)
+
+
+def wait_answer(env: Env, version, *, name=MODEL, timeout=JOB_TIMEOUT, want=ledger.TERMINAL) -> ledger.VersionState:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = ledger.read_state(env.client, name, version)
+        if state.is_current and state.status in want:
+            return state
+        time.sleep(0.3)
+    raise AssertionError(f"{name}/{version} not answered in {timeout} s: {state.tags}\n--- hook log ---\n{env.hook.log()}")
+
+
+def results_of(env: Env, version, name=MODEL) -> list:
+    return env.client.search_model_versions(f"name = '{name}' and tags.`{ledger.SOURCE_VERSION_TAG}` = '{version}'")
+
+
+def log_ids_artifact(env: Env, ids, path="request/ids.json") -> str:
+    """A forget-set artifact logged the way another tool would (not by `attach`); returns its URI."""
+    client = env.client
+    exp = client.get_experiment_by_name("external-tool") or client.get_experiment(client.create_experiment("external-tool"))
+    run = client.create_run(exp.experiment_id)
+    if path.endswith(".json"):
+        client.log_dict(run.info.run_id, {"ids": list(ids)}, path)
+    else:
+        client.log_text(run.info.run_id, "\n".join(str(i) for i in ids), path)
+    client.set_terminated(run.info.run_id)
+    return f"runs:/{run.info.run_id}/{path}"
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_attach_yields_one_audited_version_and_duplicates_change_nothing(env):
+    import mlflow
+
+    from mlflow_unlearn.hook.attach import attach
+
+    v = env.new_version()
+    res = attach(MODEL, v, "random:24", tracking_uri=env.url)
+    assert res.uri.endswith(f"forget-{res.digest}.json") and not res.already_attached
+    request_run = env.client.get_run(res.run_id)
+    assert request_run.data.tags["mlflow_unlearn.role"] == "request"
+    assert request_run.data.tags["mlflow_unlearn.forget_digest"] == res.digest
+    assert [d.dataset.digest for d in request_run.inputs.dataset_inputs] == [res.digest[:36]]
+
+    state = wait_answer(env, v)
+    assert state.status == "done", state.tags
+    new = state.tags[ledger.RESULT_VERSION_TAG]
+    mv = env.client.get_model_version(MODEL, new)
+    tags = mv.tags
+    assert tags["mlflow_unlearn.source_version"] == v and tags["mlflow_unlearn.forget_digest"] == res.digest
+    assert tags["mlflow_unlearn.n_forget"] == "24" and tags["mlflow_unlearn.request"] == res.uri
+    assert json.loads(tags["mlflow_unlearn.plan"])["steps"][2]["algorithm"] == "neggrad_plus"
+    assert tags["mlflow_unlearn.plan_source"].startswith("registered")
+    metrics = json.loads(tags["mlflow_unlearn.metrics"])
+    for key in ("forget/acc", "retain/acc", "test/acc", "mia/efficacy", "mia/auc"):
+        assert 0.0 <= metrics["after"][key] <= 1.0 and key in metrics["before"]
+    assert "mlflow_unlearn.metric.forget/acc" in tags
+    for s in ("queued_at", "started_at", "finished_at"):
+        assert float(state.tags[f"mlflow_unlearn.{s}"]) > 0
+
+    report = json.loads(Path(mlflow.artifacts.download_artifacts(tags["mlflow_unlearn.evidence"], tracking_uri=env.url)).read_text())
+    assert report["result"]["version"] == new and report["forget"]["count"] == 24
+    assert sum(report["forget"]["tier_histogram"].values()) == 24
+    assert report["metrics"]["against_reference"] is None  # no cached retrain: no ToW
+    assert report["time"]["original_train_s"] > 0 and "mlflow" in report["software"]
+    run_id = tags["mlflow_unlearn.run_id"]
+    md = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/evidence/report.md", tracking_uri=env.url)).read_text()
+    assert res.digest in md and "mia/efficacy" in md
+    html = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/evidence/report.html", tracking_uri=env.url)).read_text()
+    assert "<table>" in html
+    job_run = env.client.get_run(run_id)
+    assert job_run.data.tags["mlflow_unlearn.role"] == "rum" and "change/forget/acc" in job_run.data.metrics
+
+    # The same ids attached again: nothing new.
+    again = attach(MODEL, v, "random:24", tracking_uri=env.url)
+    assert again.already_attached and again.run_id is None
+    # The same ids attached by another tool (a new tag value pointing to another artifact): done, same result.
+    ids = json.loads(Path(mlflow.artifacts.download_artifacts(res.uri, tracking_uri=env.url)).read_text())["ids"]
+    other_uri = log_ids_artifact(env, ids[::-1], "request/ids.txt")
+    env.client.set_model_version_tag(MODEL, v, ledger.FORGET_SET_TAG, other_uri)
+    state = wait_answer(env, v)
+    assert state.status == "done" and state.tags[ledger.RESULT_VERSION_TAG] == new
+    # One event delivered twice (same delivery id), then once more under a new delivery id.
+    body = json.dumps({"entity": "model_version_tag", "action": "set", "timestamp": "2026-01-01T00:00:00+00:00",
+                       "data": {"name": MODEL, "version": v, "key": ledger.FORGET_SET_TAG, "value": other_uri}}).encode()
+    headers = signed_headers(SECRET, body)
+    assert env.hook.post(body, headers)[0] == 202
+    status, answer = env.hook.post(body, headers)
+    assert (status, answer["status"]) == (200, "duplicate")
+    assert env.hook.post(body, signed_headers(SECRET, body))[0] == 202
+    time.sleep(2)
+    state = wait_answer(env, v)
+    assert state.tags[ledger.RESULT_VERSION_TAG] == new
+    assert [str(r.version) for r in results_of(env, v)] == [new]
+
+
+def test_version_created_with_the_tag_is_handled(env):
+    """`model_version.created` carrying a forget-set tag starts a job too."""
+    import mlflow
+
+    from mlflow_unlearn.hook.attach import log_request, validate_request
+
+    v0 = env.new_version()
+    _, manifest, fs = validate_request(env.client, MODEL, v0, [5, 6, 7, 8, 9, 10])
+    _, uri = log_request(MODEL, v0, fs, manifest)
+    mv = mlflow.register_model(f"runs:/{env.run_id}/model", MODEL, tags={ledger.FORGET_SET_TAG: uri})
+    state = wait_answer(env, mv.version)
+    assert state.status == "done", state.tags
+    assert len(results_of(env, mv.version)) == 1
+
+
+def test_unsigned_wrongly_signed_or_stale_calls_get_401_and_nothing_runs(env):
+    # A second service that watches QUIET, runs no workers and never scans: only a valid call can queue.
+    quiet = Hook(env.workdir, env.url, models=[QUIET], workers=0, reconcile_s=0, name="quiet").start()
+    try:
+        v = env.new_version(QUIET)
+        uri = log_ids_artifact(env, [1, 2, 3, 4])
+        env.client.set_model_version_tag(QUIET, v, ledger.FORGET_SET_TAG, uri)
+        body = json.dumps({"entity": "model_version_tag", "action": "set", "timestamp": "2026-01-01T00:00:00+00:00",
+                           "data": {"name": QUIET, "version": v, "key": ledger.FORGET_SET_TAG, "value": uri}}).encode()
+        good = signed_headers(SECRET, body)
+        unsigned = {k: val for k, val in good.items() if k != "X-MLflow-Signature"}
+        calls = {"unsigned": (body, unsigned), "wrong secret": (body, signed_headers("not-the-secret", body)),
+                 "stale": (body, signed_headers(SECRET, body, timestamp=int(time.time()) - 3600)),
+                 "tampered": (body.replace(b'"value"', b'"valuE"'), good)}
+        for what, (b, h) in calls.items():
+            status, answer = quiet.post(b, h)
+            assert status == 401, (what, status, answer)
+        time.sleep(1.0)
+        assert quiet.health()["pending"] == 0
+        assert ledger.read_state(env.client, QUIET, v).status is None  # nothing was queued
+        # The same call correctly signed is accepted and queued (so the 401s were the signature's doing).
+        assert quiet.post(body, good)[0] == 202
+        deadline = time.time() + 30
+        while quiet.health()["pending"] != 1 and time.time() < deadline:
+            time.sleep(0.2)
+        assert quiet.health()["pending"] == 1
+        assert ledger.read_state(env.client, QUIET, v).status == "queued"
+    finally:
+        quiet.stop()
+
+
+def test_bad_forget_sets_are_rejected_with_the_reason_and_no_new_version(env):
+    import mlflow
+
+    client = env.client
+    n_before = len(client.search_model_versions(f"name = '{MODEL}'"))
+    cases = {
+        "unknown ids": (log_ids_artifact(env, [1, 2, 99999]), "out of range"),
+        "empty": (log_ids_artifact(env, []), "empty"),
+        "unreadable URI": ("runs:/0123456789abcdef0123456789abcdef/forget_set/nothing.json", "cannot read"),
+    }
+    versions = {}
+    for what, (uri, _) in cases.items():
+        versions[what] = env.new_version()
+        client.set_model_version_tag(MODEL, versions[what], ledger.FORGET_SET_TAG, uri)
+    # A version without a training manifest: a model logged by plain mlflow.pytorch, no mlflow-unlearn train.
+    import torch
+
+    mlflow.set_experiment("plain")
+    with mlflow.start_run() as run:
+        mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", pip_requirements=["torch"], serialization_format="pickle")
+    versions["no manifest"] = str(mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL).version)
+    cases["no manifest"] = (log_ids_artifact(env, [1, 2, 3]), "training manifest")
+    client.set_model_version_tag(MODEL, versions["no manifest"], ledger.FORGET_SET_TAG, cases["no manifest"][0])
+    n_sources = n_before + len(versions)
+
+    for what, v in versions.items():
+        state = wait_answer(env, v)
+        assert state.status == "rejected", (what, state.tags)
+        assert cases[what][1] in state.tags[ledger.ERROR_TAG], (what, state.tags[ledger.ERROR_TAG])
+        assert ledger.RESULT_VERSION_TAG not in state.tags
+        assert results_of(env, v) == []
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == n_sources
+
+    # The CLI validates before writing anything: unknown ids exit 2 with the reason, no tag is set.
+    v = env.new_version()
+    bad = env.workdir / "bad-ids.txt"
+    bad.write_text("1 2 99999\n")
+    out = subprocess.run([sys.executable, "-m", "mlflow_unlearn.cli", "attach", "--model", MODEL, "--version", v,
+                          "--forget", str(bad), "--tracking-uri", env.url], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": env.url})
+    assert out.returncode == 2, out.stderr
+    assert "out of range" in out.stderr
+    assert ledger.FORGET_SET_TAG not in client.get_model_version(MODEL, v).tags
+
+
+def test_hook_killed_mid_job_completes_exactly_once_after_restart(env):
+    from mlflow_unlearn.hook.attach import attach
+
+    client = env.client
+    v = env.new_version()
+    attach(MODEL, v, "mix:30", tracking_uri=env.url)
+    deadline = time.time() + JOB_TIMEOUT
+    seen = None
+    while time.time() < deadline:
+        seen = ledger.read_state(client, MODEL, v).status
+        if seen in ("running",) + ledger.TERMINAL:
+            break
+        time.sleep(0.05)
+    assert seen == "running", f"status {seen!r} before the kill\n{env.hook.log()}"
+    env.hook.kill()
+    try:
+        # While the service is down: the job stays `running`, and a new tag gets no delivery.
+        assert ledger.read_state(client, MODEL, v).status == "running"
+        v2 = env.new_version()
+        attach(MODEL, v2, "random:12", tracking_uri=env.url)
+        time.sleep(1)
+    finally:
+        env.hook.start()  # same port, same queue: the reconciler finds both
+    for version in (v, v2):
+        state = wait_answer(env, version)
+        assert state.status == "done", state.tags
+        results = results_of(env, version)
+        assert [str(r.version) for r in results] == [state.tags[ledger.RESULT_VERSION_TAG]]
+    # the killed attempt's run is not left RUNNING forever
+    runs = client.search_runs([client.get_experiment_by_name("mlflow-unlearn-hook").experiment_id],
+                              filter_string=f"tags.`mlflow_unlearn.source_model` = '{MODEL}/{v}' and tags.`mlflow_unlearn.role` = 'rum'")
+    assert "RUNNING" not in {r.info.status for r in runs}
+
+
+def test_redis_queue_runs_a_job(env):
+    """The Redis path end to end: submit into a RedisExpireHuey queue and let huey execute it."""
+    from test_hook_unit import _redis_or_skip
+
+    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook.attach import attach
+    from mlflow_unlearn.hook.config import HookConfig
+
+    url = _redis_or_skip()
+    cfg = HookConfig(tracking_uri=env.url, queue=url, models=[QUIET], reconcile_interval_s=0, device="cpu")
+    h = jobs.configure(cfg)
+    try:
+        h.flush()
+        v = env.new_version(QUIET)
+        res = attach(QUIET, v, "random:9", tracking_uri=env.url)  # QUIET: the webhook service ignores it
+        assert jobs.submit(QUIET, v) == "queued"
+        assert jobs.submit(QUIET, v) == "already queued"
+        assert jobs.pending() == 1
+        task = h.dequeue()
+        h.execute(task)
+        state = ledger.read_state(env.client, QUIET, v)
+        assert state.status == "done", state.tags
+        assert state.tags[ledger.JOB_DIGEST_TAG] == res.digest
+        assert len(results_of(env, v, QUIET)) == 1
+        assert not h.is_locked(ledger.job_key(QUIET, v, res.digest))
+    finally:
+        h.storage.flush_all()
+
+
+def test_reconcile_cli_and_a_standalone_process_worker(env, capsys):
+    """`hook reconcile` queues a request no event announced; `hook worker` (another process, process
+    workers) picks it up from the shared queue: any worker can run any job."""
+    from mlflow_unlearn import cli
+    from mlflow_unlearn.hook.attach import attach
+
+    queue = env.workdir / "standalone-queue.db"
+    v = env.new_version(QUIET)
+    attach(QUIET, v, "random:8", tracking_uri=env.url)  # QUIET: the webhook service ignores it
+    assert cli.main(["hook", "reconcile", "--queue", str(queue), "--models", QUIET, "--tracking-uri", env.url]) == 0
+    out = capsys.readouterr().out
+    assert f"{QUIET}/{v}: queued" in out  # (and any other unanswered QUIET request, e.g. the 401 test's)
+    assert "job(s) pending in the queue" in out
+    log = open(env.workdir / "worker.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "mlflow_unlearn.cli", "hook", "worker", "--queue", str(queue),
+                               "--models", QUIET, "--workers", "1", "--worker-type", "process", "--tracking-uri", env.url],
+                              stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_TRACKING_URI": env.url})
+    try:
+        state = wait_answer(env, v, name=QUIET)
+        assert state.status == "done", state.tags
+        assert len(results_of(env, v, QUIET)) == 1
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+@pytest.mark.slow
+def test_burst_of_20_attach_requests_gives_20_result_versions(env):
+    from mlflow_unlearn.hook.attach import attach
+
+    versions = [env.new_version() for _ in range(20)]
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(lambda v: attach(MODEL, v, "random:10", seed=int(v), tracking_uri=env.url), versions))
+    results = {}
+    for v in versions:
+        state = wait_answer(env, v, timeout=900)
+        assert state.status == "done", state.tags
+        found = results_of(env, v)
+        assert len(found) == 1
+        results[v] = str(found[0].version)
+    assert len(set(results.values())) == 20

@@ -1,0 +1,198 @@
+"""Registry hook, the parts that need no server: webhook signatures, which events start a job, the
+ledger's naming, configuration defaults, the evidence report and the huey queue (SQLite and Redis)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from mlflow_unlearn.hook import evidence, ledger
+from mlflow_unlearn.hook.config import HookConfig, default_queue
+from mlflow_unlearn.hook.service import target_of
+from mlflow_unlearn.hook.signature import (DELIVERY_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, sign,
+                                           signed_headers, verify)
+
+SECRET = "s3cret"
+BODY = json.dumps({"entity": "model_version_tag", "action": "set", "timestamp": "2026-01-01T00:00:00+00:00",
+                   "data": {"name": "m", "version": "3", "key": ledger.FORGET_SET_TAG, "value": "runs:/r/x.json"}}).encode()
+
+
+def test_signature_matches_mlflow_delivery_code():
+    from mlflow.webhooks.delivery import _generate_hmac_signature
+
+    assert sign(SECRET, "d-1", "1700000000", BODY) == _generate_hmac_signature(SECRET, "d-1", "1700000000", BODY.decode())
+
+
+def test_verify_accepts_a_signed_delivery_and_returns_its_id():
+    headers = signed_headers(SECRET, BODY, delivery_id="abc")
+    assert verify(headers, BODY, SECRET) == "abc"
+    # header names are case-insensitive on the wire
+    assert verify({k.lower(): v for k, v in headers.items()}, BODY, SECRET) == "abc"
+
+
+@pytest.mark.parametrize("case", ["unsigned", "wrong_secret", "tampered_body", "stale", "future", "no_delivery_id", "bad_timestamp"])
+def test_verify_rejects(case):
+    headers = signed_headers(SECRET, BODY)
+    body = BODY
+    if case == "unsigned":
+        headers.pop(SIGNATURE_HEADER)
+    elif case == "wrong_secret":
+        headers = signed_headers("other", BODY)
+    elif case == "tampered_body":
+        body = BODY.replace(b'"3"', b'"4"')
+    elif case == "stale":
+        headers = signed_headers(SECRET, BODY, timestamp=int(time.time()) - 3600)
+    elif case == "future":
+        headers = signed_headers(SECRET, BODY, timestamp=int(time.time()) + 3600)
+    elif case == "no_delivery_id":
+        headers.pop(DELIVERY_ID_HEADER)
+    elif case == "bad_timestamp":
+        headers[TIMESTAMP_HEADER] = "yesterday"
+    with pytest.raises(SignatureError) as err:
+        verify(headers, body, SECRET, tolerance_s=300)
+    expected = {"unsigned": "unsigned", "wrong_secret": "wrong signature", "tampered_body": "wrong signature",
+                "stale": "stale", "future": "stale", "no_delivery_id": "missing", "bad_timestamp": "unix seconds"}[case]
+    assert expected in str(err.value)
+
+
+def test_verify_needs_a_configured_secret():
+    with pytest.raises(SignatureError, match="no webhook secret"):
+        verify(signed_headers(SECRET, BODY), BODY, "")
+
+
+def test_only_forget_set_events_target_a_job():
+    tag = {"entity": "model_version_tag", "action": "set", "data": {"name": "m", "version": 2, "key": ledger.FORGET_SET_TAG, "value": "x"}}
+    assert target_of(tag) == ("m", "2")
+    assert target_of({**tag, "data": {**tag["data"], "key": ledger.STATUS_TAG}}) is None  # our own status tags
+    created = {"entity": "model_version", "action": "created", "data": {"name": "m", "version": "5", "tags": {ledger.FORGET_SET_TAG: "u"}}}
+    assert target_of(created) == ("m", "5")
+    assert target_of({**created, "data": {"name": "m", "version": "5", "tags": {}}}) is None
+    assert target_of({"entity": "registered_model", "action": "created", "data": {"name": "m"}}) is None
+    from mlflow.entities.webhook import WebhookEvent
+    from mlflow.webhooks.types import get_example_payload_for_event
+
+    example = get_example_payload_for_event(WebhookEvent("model_version_tag", "set"))  # what `hook install --test` sends
+    assert target_of({"entity": "model_version_tag", "action": "set", "data": example}) is None
+
+
+def test_ledger_names_and_digest_in_uri():
+    d = "a" * 64
+    assert ledger.digest_from_uri(f"runs:/abc/forget_set/forget-{d}.json") == d
+    assert ledger.digest_from_uri("runs:/abc/ids.txt") is None
+    assert ledger.job_key("m", 3, d) == f"m/3/{d}"
+    state = ledger.VersionState("m", "3", {ledger.FORGET_SET_TAG: "u", ledger.JOB_REQUEST_TAG: "u", ledger.STATUS_TAG: "done"})
+    assert state.is_current and state.to_dict()["status"] == "done"
+    assert not ledger.VersionState("m", "3", {ledger.FORGET_SET_TAG: "v", ledger.JOB_REQUEST_TAG: "u"}).is_current
+
+
+def test_config_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_UNLEARN_HOOK_MODELS", "a, b")
+    monkeypatch.delenv("MLFLOW_UNLEARN_HOOK_QUEUE", raising=False)
+    cfg = HookConfig.from_env(workers=3)
+    assert cfg.resolved_queue() == str(tmp_path / "mlflow-unlearn-hook.db")  # next to the tracking DB
+    assert cfg.models == ["a", "b"] and cfg.watches("a") and not cfg.watches("c") and cfg.workers == 3
+    assert default_queue("http://127.0.0.1:5000").endswith("mlflow-unlearn-hook.db")
+    with pytest.raises(ValueError, match="secret"):
+        HookConfig().validate(need_secret=True)
+    with pytest.raises(ValueError, match="worker-type"):
+        HookConfig(worker_type="fiber").validate()
+
+
+def _report():
+    before = {"forget/acc": 1.0, "retain/acc": 1.0, "test/acc": 0.9, "mia/efficacy": 0.2, "mia/auc": 0.6, "tier/low/forget_acc": 1.0}
+    after = {"forget/acc": 0.7, "retain/acc": 0.98, "test/acc": 0.88, "mia/efficacy": 0.5, "mia/auc": 0.52, "tier/low/forget_acc": float("nan")}
+    return evidence.build_report(
+        request={"model": "m", "version": "1", "forget_set": "runs:/r/f.json", "request_run": "r"},
+        forget={"digest": "d" * 64, "count": 30, "tier_histogram": {"low": 10, "mid": 10, "high": 10}, "tiers": {"low": 10}},
+        plan={"retain_mode": "exclude_all", "steps": [{"tier": "low", "algorithm": "none", "hyperparameters": {}}]},
+        plan_source="default", before=before, after=after, against_source={"disagree/forget": 0.3}, reference=None,
+        reference_run=None, times={"unlearn_s": 1.5, "original_train_s": 10.0, "fraction_of_original_training": 0.15},
+        result={"version": "2", "run_id": "j"})
+
+
+def test_evidence_report_has_every_part_and_renders():
+    report = _report()
+    assert report["schema"] == evidence.SCHEMA
+    assert report["metrics"]["change"]["forget/acc"] == pytest.approx(-0.3)
+    assert report["metrics"]["after"]["tier/low/forget_acc"] is None  # NaN is not valid JSON
+    json.dumps(report, allow_nan=False)
+    for key in ("python", "mlflow", "torch", "huey"):
+        assert key in report["software"]
+    md, page = evidence.to_markdown(report), evidence.to_html(report)
+    for text in (md, page):
+        for needle in ("version 1 -&gt; version 2" if text is page else "version 1 -> version 2", "d" * 64, "forget/acc",
+                       "mia/efficacy", "exclude_all", "original_train_s", "mlflow", "no cached retrain"):
+            assert needle in text, needle
+    assert page.startswith("<!doctype html>")
+
+
+def test_sqlite_queue_locks_and_delivery_dedup(tmp_path):
+    from huey.exceptions import TaskLockedException
+
+    from mlflow_unlearn.hook.jobs import make_huey
+
+    h = make_huey(str(tmp_path / "q.db"))
+    assert h.put_if_empty("delivery.1", 1.0) and not h.put_if_empty("delivery.1", 2.0)
+    with h.lock_task("m/1/d"):
+        assert h.is_locked("m/1/d")
+        with pytest.raises(TaskLockedException):
+            with h.lock_task("m/1/d"):
+                pass
+    assert not h.is_locked("m/1/d")
+
+
+def test_job_lock_names_its_owner_and_a_dead_owners_lock_is_cleared(tmp_path):
+    import subprocess
+    import sys
+
+    from mlflow_unlearn.hook import jobs
+
+    h = jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    lock = jobs.acquire_job_lock("m/1/d")
+    assert h.is_locked("m/1/d") and jobs.lock_is_live("m/1/d")  # held by this (live) process
+    with pytest.raises(jobs.JobLocked):
+        jobs.acquire_job_lock("m/1/d")
+    lock.clear()
+    # a lock taken by a process that was then killed (here: one that exited) is stale
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    h.put_if_empty(jobs._lock("m/2/d")._key, {"host": jobs.HOST, "pid": dead.pid, "since": 0.0})
+    assert h.is_locked("m/2/d") and not jobs.lock_is_live("m/2/d")
+    assert not h.is_locked("m/2/d")
+    jobs.acquire_job_lock("m/2/d").clear()
+    # the queue knows what is waiting
+    jobs.enqueue("m", 7)
+    assert jobs.queued_targets() == {("m", "7")} and jobs.pending() == 1
+
+
+def _redis_or_skip(url="redis://127.0.0.1:6379/15"):
+    try:
+        import redis
+    except ImportError:
+        pytest.skip("the redis Python package is not installed (pip install redis)")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+    except Exception as exc:
+        pytest.skip(f"no Redis answers at {url}: {exc}")
+    return url
+
+
+def test_redis_queue_lock_ttl_and_delivery_dedup():
+    from huey.exceptions import TaskLockedException
+
+    from mlflow_unlearn.hook.jobs import make_huey
+
+    url = _redis_or_skip()
+    h = make_huey(url, name=f"mlflow-unlearn-test-{time.time_ns()}")
+    try:
+        assert h.put_if_empty("delivery.1", 1.0, 5) and not h.put_if_empty("delivery.1", 2.0, 5)
+        lock = h.lock_task("m/1/d", ttl=1)
+        lock.acquire()
+        with pytest.raises(TaskLockedException):
+            h.lock_task("m/1/d", ttl=1).acquire()
+        time.sleep(1.5)  # a dead worker's lock expires: another worker can resume the job
+        assert not h.is_locked("m/1/d")
+    finally:
+        h.storage.flush_all()
