@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+
+from mlflow_unlearn.hook.local import free_port, wait_http  # noqa: F401  (shared with `hook demo`)
 
 # Tiny test models run fastest on one thread (and a busy 2-core machine makes two threads far slower).
 torch.set_num_threads(1)
@@ -42,34 +41,22 @@ def tracking(tmp_path, sqlite_template, monkeypatch):
     shutil.copy(sqlite_template, db)
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{db}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
-        monkeypatch.delenv(var, raising=False)
-    mlflow.set_tracking_uri(uri)
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)  # MLflow caches it per process
+    use_tracking(monkeypatch, uri)
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def use_tracking(mp: pytest.MonkeyPatch, uri: str) -> None:
+    """Point this process's MLflow at `uri`, with no run or experiment left over from another test."""
+    import mlflow
 
-
-def wait_http(url: str, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process serving {url} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        mp.delenv(var, raising=False)
+    mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)  # MLflow caches it per process
+    mlflow.set_tracking_uri(uri)
 
 
 def start_mlflow_server(workdir: Path, backend_uri: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
@@ -125,11 +112,7 @@ def source_model(tmp_path_factory, sqlite_template):
     uri = f"sqlite:///{db}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
-            mp.delenv(var, raising=False)
-        mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-        mlflow.set_tracking_uri(uri)
+        use_tracking(mp, uri)
         result = train_step(dataset="digits", model="small_cnn", width=16, subset=400, epochs=8, lr=0.05,
                             batch_size=32, registered_model_name="digits-src", progress=False)
         yield uri, result.model_uri

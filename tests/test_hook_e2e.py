@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, start_mlflow_server
+from conftest import free_port, start_mlflow_server, use_tracking
 from mlflow_unlearn.hook import ledger, local
 from mlflow_unlearn.hook.signature import signed_headers
 
@@ -111,11 +111,7 @@ def env(tmp_path_factory, sqlite_template):
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.chdir(workdir)
-            mp.setenv("MLFLOW_TRACKING_URI", url)
-            for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
-                mp.delenv(var, raising=False)
-            mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-            mlflow.set_tracking_uri(url)
+            use_tracking(mp, url)
             trained = train_step(dataset="digits", model="small_cnn", width=8, subset=300, epochs=8, batch_size=32,
                                  registered_model_name=MODEL, progress=False, device="cpu")
             client = mlflow.MlflowClient(url)
