@@ -13,7 +13,8 @@ import torch
 
 from mlflow_unlearn.hook.local import free_port, wait_http  # noqa: F401  (shared with `hook demo`)
 
-# Tiny test models run fastest on one thread (and a busy 2-core machine makes two threads far slower).
+# Tiny test models run fastest on one thread (a busy 2-core machine makes two threads 10-30x slower), and
+# the memorisation estimator's parallel workers use one thread, so serial and parallel results match bit for bit.
 torch.set_num_threads(1)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Keep the user's decoded-dataset cache out of the tests.

@@ -50,16 +50,6 @@ FORGETTING = {
 RETAIN_KEPT = ("finetune", "l1_sparse")  # retain accuracy within 0.05 of the original
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tensors this small gain nothing from intra-op threads, and on a busy 2-core machine the
-    threads' spinning made the tiny training 30x slower; restored for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def problem():
     data = load_dataset(DatasetSpec("digits", subset=400))

@@ -183,16 +183,6 @@ SMALL_MODEL = dict(model_name="small_cnn", model_kwargs={"width": 8}, train_conf
 FAST_MODEL = dict(SMALL_MODEL, train_config=dataclasses.replace(MEM_CFG, epochs=4))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models train ~10x faster on one thread than on two busy cores, and the parallel workers
-    use one thread, so serial and parallel results are comparable bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def small():
     return load_dataset(DatasetSpec("digits", subset=300))

@@ -63,12 +63,15 @@ def start_mlflow_server(workdir: str | Path, *, port: int | None = None, env: di
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = workdir / "mlflow-server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination", str(workdir / "mlartifacts"),
-         "--workers", "1"],
-        cwd=workdir, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-        env={**os.environ, **webhook_server_env(workdir), **(env or {})})
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination", str(workdir / "mlartifacts"),
+           "--workers", "1"]
+    return _serve(cmd, workdir, port, log, {**os.environ, **webhook_server_env(workdir), **(env or {})})
+
+
+def _serve(cmd: list[str], workdir: Path, port: int, log: Path, env: dict) -> tuple[subprocess.Popen, str]:
+    """Start a server process logging to `log` and wait until its /health answers (killed if it never does)."""
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", timeout_s=180, proc=proc, log=log)
@@ -92,14 +95,7 @@ def start_hook_service(workdir: str | Path, tracking_uri: str, secret: str, *, p
            "--log-level", "warning", *(["--models", ",".join(models)] if models else []), *(extra_args or [])]
     env = {**os.environ, "MLFLOW_UNLEARN_HOOK_SECRET": secret, "MLFLOW_TRACKING_URI": tracking_uri,
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", timeout_s=180, proc=proc, log=log)
-    except Exception:
-        proc.kill()
-        raise
-    return proc, url
+    return _serve(cmd, workdir, port, log, env)
 
 
 def stop(proc: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
