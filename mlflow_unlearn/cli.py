@@ -55,7 +55,8 @@ def _add_train(sub):
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--augment", type=_none_or(_bool), default=None, help="crop+flip; default: what suits the dataset")
     p.add_argument("--subset", type=_none_or(_int), default=None, help="keep a seeded subset of N train examples")
-    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of train held out as a validation split (selection uses it instead of test; default 0.1)")
     p.add_argument("--root", type=_none_or(str), default=None, help="where cifar10/cifar100 live")
     p.add_argument("--download", type=_bool, default=False)
     p.add_argument("--width", type=_none_or(_int), default=None, help="model width (channels of the first stage)")
@@ -163,11 +164,13 @@ def _add_rum(sub):
 def _add_search(sub):
     p = sub.add_parser("search", help="Optuna search for the per-tier plan; attaches the best plan to the registered model")
     _add_forget_args(p)
-    p.add_argument("--n-trials", type=_int, default=12, help="trials in the study (shared by all workers of a study)")
-    p.add_argument("--single-trials", type=_none_or(_int), default=None, help="trials of the one-algorithm baseline study (default: n-trials)")
+    p.add_argument("--n-trials", type=_int, default=20, help="trials in the study (shared by all workers of a study); at "
+                   "least 1 + 2 x the algorithms other than none (their defaults are the first trials)")
+    p.add_argument("--calibration-sets", type=_int, default=2, help="calibration forget sets like the request, each "
+                   "with its own reference; the search is scored on them, never on the request")
     p.add_argument("--objective", default="tow", help="tow | tow_mia | tow_pe | tow+time")
     p.add_argument("--algorithms", default=None, help="comma-separated search space (default: all built-ins but influence)")
-    p.add_argument("--max-epochs", type=_int, default=5)
+    p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--storage", type=_none_or(str), default=None, help="Optuna RDB URL (default: sqlite optuna.db beside mlflow.db)")
     p.add_argument("--study-name", type=_none_or(str), default=None, help="join this study (several workers share one)")
 
@@ -177,7 +180,7 @@ def _add_search(sub):
         algorithms = [x.strip() for x in a.algorithms.split(",")] if a.algorithms else None
         search_step(a.model_uri, a.forget, n_trials=a.n_trials, objective=a.objective, algorithms=algorithms,
                     max_epochs=a.max_epochs, storage=a.storage, study_name=a.study_name, seed=a.seed,
-                    single_trials=a.single_trials, device=a.device, experiment=a.experiment)
+                    calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment)
 
     p.set_defaults(func=run)
 
@@ -212,9 +215,11 @@ def _add_main(sub):
     p.add_argument("--batch-size", type=_int, default=64)
     p.add_argument("--width", type=_none_or(_int), default=None)
     p.add_argument("--subset", type=_none_or(_int), default=None)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation split used for selection")
     p.add_argument("--forget", default="mix:90")
-    p.add_argument("--n-trials", type=_int, default=8)
-    p.add_argument("--single-trials", type=_none_or(_int), default=None)
+    p.add_argument("--n-trials", type=_int, default=16, help="trial budget of the RUM search and of each tuned baseline")
+    p.add_argument("--calibration-sets", type=_int, default=2)
+    p.add_argument("--unlearn-seeds", type=_int, default=3, help="unlearning seeds per reported method (mean, 95%% interval)")
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--objective", default="tow")
     p.add_argument("--baselines", default=",".join(("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")))
@@ -228,8 +233,9 @@ def _add_main(sub):
         from .pipeline import main_step
 
         main_step(dataset=a.dataset, model=a.model, epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, width=a.width,
-                  subset=a.subset, forget=a.forget, n_trials=a.n_trials, single_trials=a.single_trials,
-                  max_epochs=a.max_epochs, objective=a.objective,
+                  subset=a.subset, val_fraction=a.val_fraction, forget=a.forget, n_trials=a.n_trials,
+                  calibration_sets=a.calibration_sets, unlearn_seeds=a.unlearn_seeds, max_epochs=a.max_epochs,
+                  objective=a.objective,
                   baselines=[b.strip() for b in a.baselines.split(",") if b.strip()], seed=a.seed,
                   registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment)
 

@@ -304,6 +304,72 @@ def tiered_forget_set(
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
+def calibration_forget_sets(c_proxy, forget_ids, k: int, *, names: Sequence[str] = DEFAULT_TIERS,
+                            seed: int = 0) -> list[np.ndarray]:
+    """`k` calibration forget sets with the same memorisation composition as `forget_ids`, disjoint
+    from it and from each other (DESIGN.md section 2: select on calibration, report on held-out).
+
+    Every forget example gets one stand-in per calibration set: the unused train example nearest to
+    it in the train-set memorisation rank (by -C-proxy, `seed` breaking exact ties), within the same
+    train-set bin (the rank cut into ``len(names)`` equal groups). So each calibration set has the
+    forget set's size, its bin histogram and, up to the neighbouring ranks, its C-proxy profile;
+    its tiers (cut from its own ranking) match the forget set's tiers. A `mix` forget set gets the
+    neighbouring ranks of each of its three windows, a `random` one a set spread like it.
+
+    Raises MemorizationError naming the sizes when a bin cannot hold the forget set's examples plus
+    `k` stand-ins for each (the fix: fewer calibration sets, or a smaller forget set).
+    Returns `k` sorted int64 id arrays.
+    """
+    names = validate_tier_names(names)
+    c = _c_proxy_array(c_proxy)
+    n_train = len(c)
+    ids = _as_ids(forget_ids, "forget_ids")
+    _check_ids_in_range(ids, n_train)
+    if len(np.unique(ids)) != len(ids):
+        raise MemorizationError("forget_ids contain duplicates; a forget set lists each example once")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise MemorizationError(f"the number of calibration sets must be a whole number >= 1, got {k!r}")
+    order = _train_rank_order(c, seed)  # rank position -> id, least memorised first
+    rank = np.empty(n_train, dtype=np.int64)
+    rank[order] = np.arange(n_train)
+    bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(n_train), len(names))])
+    bin_of_rank = np.searchsorted(bounds, np.arange(n_train), side="right") - 1
+    forget_ranks = np.sort(rank[ids])
+    for b, name in enumerate(names):
+        size = int(bounds[b + 1] - bounds[b])
+        taken = int(np.sum(bin_of_rank[forget_ranks] == b))
+        if taken * (k + 1) > size:
+            fits = size // max(taken, 1) - 1  # calibration sets this bin can hold
+            fix = (f"use --calibration-sets {fits} or a smaller forget set" if fits >= 1 else
+                   f"use a smaller forget set (at most {size // 2} of its examples in this bin, for one calibration set)")
+            raise MemorizationError(
+                f"cannot draw {k} calibration forget set(s) of {len(ids)} examples with the same memorisation "
+                f"composition: train-set bin {name!r} holds {size} examples, the forget set takes {taken} of them "
+                f"and {k} calibration set(s) need {taken * k} more (train set of {n_train}, {len(names)} bins); "
+                f"{fix}")
+    used = np.zeros(n_train, dtype=bool)
+    used[forget_ranks] = True
+    sets = []
+    for _ in range(int(k)):
+        chosen = []
+        for r in forget_ranks:
+            lo_bound, hi_bound = bounds[bin_of_rank[r]], bounds[bin_of_rank[r] + 1] - 1
+            for d in range(1, n_train):  # nearest unused rank, alternating below/above
+                below, above = r - d, r + d
+                if below < lo_bound and above > hi_bound:
+                    raise MemorizationError(f"no unused train example left near rank {r}")  # excluded by the count check
+                if below >= lo_bound and not used[below]:
+                    pick = below
+                    break
+                if above <= hi_bound and not used[above]:
+                    pick = above
+                    break
+            used[pick] = True
+            chosen.append(order[pick])
+        sets.append(np.sort(np.asarray(chosen, dtype=np.int64)))
+    return sets
+
+
 # ---------------------------------------------------------------------------------------------
 # Feldman-Zhang estimator
 # ---------------------------------------------------------------------------------------------

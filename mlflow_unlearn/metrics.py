@@ -512,11 +512,13 @@ def _ids(name: str, ids: Any, n_train: int) -> np.ndarray:
 
 
 def outputs_for(model: torch.nn.Module, data, forget_ids: Any, retain_ids: Any = None, *,
-                batch_size: int = 1024) -> dict[str, SplitOutputs]:
+                batch_size: int = 1024, heldout=None) -> dict[str, SplitOutputs]:
     """Eval-mode outputs of `model` on forget, retain and test.
 
     `forget_ids` and `retain_ids` are train ids (= positions in `data.train`); `retain_ids=None`
-    means train minus forget. Uses `training.predict_logits`; the model's mode is restored.
+    means train minus forget. `heldout`: a split that stands in for `test` (the validation split
+    while selecting, so the reported test split is never used to choose anything; DESIGN.md
+    section 2). Uses `training.predict_logits`; the model's mode is restored.
     """
     from .training import predict_logits
 
@@ -528,7 +530,8 @@ def outputs_for(model: torch.nn.Module, data, forget_ids: Any, retain_ids: Any =
         retain = np.flatnonzero(keep)
     else:
         retain = _ids("retain_ids", retain_ids, n_train)
-    splits = {"forget": data.train.subset(forget), "retain": data.train.subset(retain), "test": data.test}
+    splits = {"forget": data.train.subset(forget), "retain": data.train.subset(retain),
+              "test": data.test if heldout is None else heldout}
     return {name: SplitOutputs(predict_logits(model, data, split, batch_size=batch_size), split.y)
             for name, split in splits.items()}
 

@@ -1,95 +1,195 @@
-"""`main`: the whole pipeline on one dataset, as the README's main job.
+"""`main`: the whole pipeline on one dataset, as the README's main job, with selection kept apart
+from reporting (DESIGN.md section 2).
 
-train + register -> mix forget set -> retrained reference -> Optuna search for a per-tier plan ->
-RUM with the best plan (registered as a new version) -> vanilla baselines -> evaluate all against
-the same reference -> a table, also logged as `summary.md` on the parent run.
+train (with a validation split) + register -> the request (`mix:90` by default) -> K calibration
+forget sets like it, each with its own reference -> select on them: the RUM plan search and, with
+the same trial budget and space rules, a search per baseline algorithm -> report on the request,
+which no selection touched: RUM, every baseline at its defaults and tuned, `none`, each run with
+several unlearning seeds (mean and 95% interval) against the request's own reference, next to the
+retrain-vs-retrain noise floor -> the RUM model registered as a new version; a table, also logged as
+`summary.md` on the parent run.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Sequence
 
 import mlflow
+import numpy as np
 
 from . import steps, tracking
-from .rum import ALL_TIER, Plan
+from .rum import Plan, single_algorithm_plan
 from .tracking import TAG
 
 DEFAULT_BASELINES = ("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")
+# (column, metric key, lower is better)
 TABLE_KEYS = (("ToW", "tow"), ("ToW-MIA", "tow_mia"), ("MIA gap", "mia/gap"), ("ToW-PE", "tow_pe"),
-              ("forget acc", "forget/acc"), ("test acc", "test/acc"), ("seconds", "time/unlearn_s"),
-              ("x retrain time", "time/fraction_of_retrain"))
+              ("forget acc", "forget/acc"), ("test acc", "test/acc"), ("x retrain time", "time/fraction_of_retrain"))
+SUMMARY_KEYS = ("tow", "tow_mia", "mia/gap", "tow_pe", "forget/acc", "retain/acc", "test/acc", "mia/efficacy",
+                "time/unlearn_s", "time/fraction_of_retrain")
 
 
-def format_table(rows: list[tuple[str, dict]], reference_seconds: float) -> str:
+def _cell(mean: float, lo: float, hi: float) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{mean:.4f}"
+    return f"{mean:.4f} [{lo:.3f}, {hi:.3f}]"
+
+
+def format_table(reports, floor: dict[str, float], reference_seconds: float) -> str:
+    """Markdown: one row per method (mean [95% interval] over unlearning seeds), the noise floor,
+    and a note on rows whose predictions never differ from the original's."""
     head = "| method | " + " | ".join(h for h, _ in TABLE_KEYS) + " |"
     lines = [head, "|" + "---|" * (len(TABLE_KEYS) + 1)]
-    for name, m in rows:
-        cells = []
-        for _, key in TABLE_KEYS:
-            v = m.get(key, float("nan"))
-            cells.append("-" if v is None or (isinstance(v, float) and math.isnan(v)) else (f"{v:.2f}" if key.startswith("time/unlearn") else f"{v:.4f}"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"| retrain (reference) | 1.0000 | 1.0000 | 0.0000 | 1.0000 | - | - | {reference_seconds:.2f} | 1.0000 |")
+    for r in reports:
+        label = r.name + (" (unchanged)" if r.unchanged else "")
+        lines.append(f"| {label} | " + " | ".join(_cell(*r.summary(k)) for _, k in TABLE_KEYS) + " |")
+    lines.append(f"| retrain vs retrain (noise floor) | {floor['floor/tow']:.4f} | {floor['floor/tow_mia']:.4f} | "
+                 f"{floor['floor/mia_gap']:.4f} | {floor['floor/tow_pe']:.4f} | - | - | 1.0 ({reference_seconds:.1f} s) |")
     return "\n".join(lines)
 
 
+def verdict(reports) -> str:
+    """Does the searched plan beat doing nothing on the held-out request? A paired test over seeds."""
+    from .metrics import paired_test
+
+    by = {r.name: r for r in reports}
+    rum, none = by.get("RUM (searched plan)"), by.get("none (no unlearning)")
+    if rum is None or none is None:
+        return ""
+    a, b = rum.values("tow"), none.values("tow")
+    diff = float(np.mean(a) - np.mean(b))
+    if len(a) >= 2 and np.ptp(np.asarray(a) - np.asarray(b)) > 0:
+        t = paired_test(a, b)
+        detail = f"mean difference {diff:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}], p = {t['p']:.3f}"
+    else:
+        detail = f"mean difference {diff:+.4f}"
+    if diff <= 0:
+        return (f"The searched RUM plan does NOT beat doing nothing on the held-out request (ToW {detail}); "
+                f"the registered plan would not help requests like this one.")
+    return f"The searched RUM plan beats doing nothing on the held-out request (ToW {detail})."
+
+
 def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int = 15, lr: float = 0.05, batch_size: int = 64,
-              width: int | None = None, subset: int | None = None, forget: str = "mix:90", n_trials: int = 8,
-              single_trials: int | None = None, max_epochs: int = 3, objective: str = "tow",
-              baselines: Sequence[str] = DEFAULT_BASELINES, seed: int = 0, registered_model_name: str | None = None,
+              width: int | None = None, subset: int | None = None, val_fraction: float = 0.1, forget: str = "mix:90",
+              n_trials: int = 16, calibration_sets: int = 2, max_epochs: int = 3, objective: str = "tow",
+              baselines: Sequence[str] = DEFAULT_BASELINES, algorithms: Sequence[str] | None = None,
+              unlearn_seeds: int = 3, seed: int = 0, registered_model_name: str | None = None,
               storage: str | None = None, device: str | None = "auto", experiment: str | None = None) -> dict:
+    """Run the pipeline; `n_trials` is the budget of the RUM search and of each baseline's search
+    alike. `algorithms`: the RUM search space (default `none` plus the baselines)."""
     from .algorithms import ALGORITHMS
-    from .search import SearchError, search
+    from .search import SearchError, prepare_calibration, rum_default_trials, search, search_algorithm
+    from .tuning import Reference, report_plan
 
     # Validate what would otherwise fail minutes in.
-    unknown = [b for b in baselines if b not in ALGORITHMS]
+    baselines = list(baselines)
+    algorithms = list(algorithms) if algorithms is not None else ["none", *baselines]
+    unknown = [b for b in [*baselines, *algorithms] if b not in ALGORITHMS]
     if unknown:
-        raise ValueError(f"unknown baseline algorithm(s) {unknown}; registered: {', '.join(ALGORITHMS.names())}")
-    if n_trials <= 0:
-        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials}")
+        raise ValueError(f"unknown algorithm(s) {unknown}; registered: {', '.join(ALGORITHMS.names())}")
+    if not isinstance(n_trials, int) or n_trials <= 0:
+        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
+    needed = len(rum_default_trials(("low", "mid", "high"), algorithms))
+    if n_trials < needed:
+        raise SearchError(f"n_trials={n_trials} is smaller than the {needed} known-good starting points of the RUM "
+                          f"search (every algorithm at its defaults, whole-set and per tier, and `none`); use "
+                          f"--n-trials >= {needed} or fewer --baselines")
+    if not isinstance(unlearn_seeds, int) or unlearn_seeds < 1:
+        raise ValueError(f"unlearn_seeds must be a whole number >= 1, got {unlearn_seeds!r}")
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be a fraction in (0, 1): selection needs a validation split; got {val_fraction!r}")
     t_start = time.perf_counter()
     tracking.connect()
     tracking.use_experiment(experiment)
     with mlflow.start_run(run_name="main", nested=False) as parent:
         mlflow.set_tag(TAG + "role", "pipeline")
+        mlflow.log_params({"forget": forget, "n_trials": n_trials, "calibration_sets": calibration_sets,
+                           "max_epochs": max_epochs, "objective": objective, "unlearn_seeds": unlearn_seeds,
+                           "baselines": ",".join(baselines), "search_algorithms": ",".join(algorithms)})
         original = steps.train_step(dataset=dataset, model=model, epochs=epochs, lr=lr, batch_size=batch_size, width=width,
-                                    subset=subset, seed=seed, registered_model_name=registered_model_name, device=device,
-                                    progress=False)
+                                    subset=subset, val_fraction=val_fraction, seed=seed,
+                                    registered_model_name=registered_model_name, device=device, progress=False)
         ctx = steps.prepare(original.model_uri, forget, seed=seed, device=device)
         print(f"forget set {forget}: {len(ctx.forget)} examples, tiers {ctx.histogram}")
-        reference = steps.retrain(ctx)
-        print(f"retrained reference: {reference.seconds:.1f} s")
-        found = search(ctx, reference, n_trials=n_trials, single_trials=single_trials, max_epochs=max_epochs,
-                       objective=objective, storage=storage)
-        print(f"searched plan: {found.best_plan.to_compact()}  ({objective} {found.best_value:.4f})")
 
-        rows = []
-        rum = steps.rum(ctx, found.best_plan, register=True, run_name="rum-searched")
-        rows.append(("RUM (searched plan)", steps.evaluate(ctx, rum.run_id, reference, model=rum.model, label="rum")))
-        if found.best_single:
-            # The best single algorithm the search found, on the whole forget set: the per-tier gain in one table.
-            single_plan = Plan.from_dict(found.best_single["plan"])
-            whole = dataclasses.replace(ctx, tiers={ALL_TIER: ctx.forget.ids})
-            single = steps.rum(whole, single_plan, run_name="best-single-searched")
-            rows.append((f"{single_plan.steps[0].algorithm} (searched, single)",
-                         steps.evaluate(ctx, single.run_id, reference, model=single.model, label="best-single")))
+        # Selection: calibration sets only (their references, the validation split).
+        calibration = prepare_calibration(ctx, calibration_sets)
+        print(f"calibration: {calibration_sets} forget set(s) like the request, disjoint from it; references retrained")
+        found = search(ctx, calibration, n_trials=n_trials, max_epochs=max_epochs, objective=objective,
+                       algorithms=algorithms, storage=storage)
+        print(f"searched plan: {found.best_plan.to_compact()}  (calibration {objective} {found.best_value:.4f}: a "
+              f"selection score, not a result)")
+        tuned = {}
         for algorithm in baselines:
-            result = steps.unlearn(ctx, algorithm, {})
-            rows.append((f"{algorithm} (vanilla)", steps.evaluate(ctx, result.run_id, reference, model=result.model)))
-        source_metrics = steps.evaluation_metrics(ctx, ctx.source.model, reference.model)
-        source_metrics.update({"time/unlearn_s": 0.0, "time/fraction_of_retrain": 0.0})
-        rows.append(("original (no unlearning)", source_metrics))
-        table = format_table(rows, reference.seconds)
-        mlflow.log_text(table + "\n", "summary.md")
+            tuned[algorithm] = search_algorithm(ctx, calibration, algorithm, n_trials=n_trials, max_epochs=max_epochs,
+                                                objective=objective, storage=storage)
+            print(f"tuned {algorithm}: {tuned[algorithm].best_plan.to_compact()}  (calibration {tuned[algorithm].best_value:.4f})")
+
+        # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.
+        reference = steps.retrain(ctx)
+        floor = steps.noise_floor(ctx, reference)
+        mlflow.log_metrics({**floor, "time/retrain_s": reference.seconds})
+        held_out = Reference.build(reference.model, ctx.data, ctx.forget.ids, ctx.tiers, seconds=reference.seconds)
+        seeds = [seed + i for i in range(unlearn_seeds)]
+        methods = [("RUM (searched plan)", found.best_plan, "rum"),
+                   ("none (no unlearning)", single_algorithm_plan("none"), "none")]
+        for algorithm in baselines:
+            methods.append((f"{algorithm} (defaults)", single_algorithm_plan(algorithm), algorithm))
+            methods.append((f"{algorithm} (tuned)", tuned[algorithm].best_plan, algorithm))
+        source = ctx.source.model.to(ctx.data.device)
+        reports = []
+        for label, plan, algorithm in methods:
+            report = report_plan(label, source, ctx.data, held_out, plan, seeds=seeds, eval_seed=ctx.seed)
+            reports.append(report)
+            _log_method(ctx, report, algorithm, reference.run_id)
+            tow, lo, hi = report.summary("tow")
+            print(f"  {label:<28} ToW {_cell(tow, lo, hi)}{'  (unchanged: predictions equal the original)' if report.unchanged else ''}")
+
+        rum = steps.rum(ctx, found.best_plan, register=True, run_name="rum-searched")
+        mlflow.MlflowClient().log_batch(rum.run_id, metrics=[
+            mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
+            for k, v in steps.evaluation_metrics(ctx, rum.model, reference.model).items() if np.isfinite(v)])
+        table = format_table(reports, floor, reference.seconds)
+        conclusion = verdict(reports)
+        header = (f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seeds {seeds}; original train acc "
+                  f"{original.history[-1]['train/acc']:.4f}. Selection on {calibration_sets} calibration forget set(s) "
+                  f"({', '.join(d[:12] for d in calibration.digests)}) with the validation split; reported on the request "
+                  f"({ctx.forget.digest[:12]}) and the test split. Budget: {n_trials} trials for RUM and for each tuned "
+                  f"baseline. Cells: mean [95% interval] over unlearning seeds.")
+        summary = "\n".join([header, "", table, "", conclusion])
+        mlflow.log_text(summary + "\n", "summary.md")
         mlflow.log_metric("time/pipeline_s", time.perf_counter() - t_start)
     print()
-    print(f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seed {seed}; original train acc "
-          f"{original.history[-1]['train/acc']:.4f}")
-    print(table)
+    print(summary)
     print(f"\nRUM model registered as models:/{ctx.source.name}/{rum.version} (source version {ctx.source.version}); "
           f"pipeline run {parent.info.run_id}, {time.perf_counter() - t_start:.0f} s")
     print(steps.ui_hint())
-    return {"original": original, "rum": rum, "rows": rows, "search": found, "table": table}
+    return {"original": original, "rum": rum, "reports": reports, "search": found, "tuned": tuned, "table": table,
+            "floor": floor, "verdict": conclusion, "calibration": calibration, "ctx": ctx}
+
+
+def _log_method(ctx, report, algorithm: str, reference_run: str) -> None:
+    """One run per method: its plan and algorithm as params, per-seed metrics as steps, and the
+    mean and 95% interval of each headline metric."""
+    with mlflow.start_run(run_name=report.name, nested=True):
+        mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "reference_run": reference_run,
+                         TAG + "unchanged": str(report.unchanged).lower()})
+        params = {"algorithm": algorithm, "plan": report.plan.to_compact()[:500] or "-",
+                  "unlearn_seeds": ",".join(map(str, report.seeds))}
+        if len(report.plan.steps) == 1:
+            params.update({f"hp.{k}": v for k, v in report.plan.steps[0].hyperparameters.items()})
+        mlflow.log_params(params)
+        mlflow.log_dict(report.plan.to_dict(), "plan.json")
+        for step, row in enumerate(report.per_seed):
+            mlflow.log_metrics({f"seed/{k}": v for k, v in row.items() if k in SUMMARY_KEYS and np.isfinite(v)}, step=step)
+        out = {}
+        for key in SUMMARY_KEYS:
+            mean, lo, hi = report.summary(key)
+            if math.isfinite(mean):
+                out[key] = mean
+            if math.isfinite(lo) and math.isfinite(hi):
+                out[f"ci95_low/{key}"], out[f"ci95_high/{key}"] = lo, hi
+        mlflow.log_metrics(out)

@@ -569,9 +569,11 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
     """Unlearn every tier of `tiers` (name -> train ids) from a copy of `model`, following `plan`.
 
     The plan is validated against the tiers before anything runs (see `Plan.validate`); the tiers
-    must be disjoint. Steps run in plan order; step k forgets its tier's ids with its algorithm
-    (through `run_algorithm`, seed `seed + k`) starting from the model step k-1 returned. The retain
-    set follows the plan's retain mode. The caller's model never changes.
+    must be disjoint. A plan whose only step is on tier "all" unlearns the union of the tiers in
+    one step, so a whole-set plan runs against any tiering of the same request. Steps run in plan
+    order; step k forgets its tier's ids with its algorithm (through `run_algorithm`, seed
+    `seed + k`) starting from the model step k-1 returned. The retain set follows the plan's retain
+    mode. The caller's model never changes.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -583,6 +585,10 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
     callbacks = callbacks if callbacks is not None else NullCallbacks()
     n = len(data.train)
     ids = {str(t): _tier_ids(v, str(t), n) for t, v in tiers.items()}
+    if plan.tiers == [ALL_TIER] and ALL_TIER not in ids:
+        # A one-algorithm plan on tier "all" (a whole-set candidate of the search, a vanilla run)
+        # applies to the whole forget set, however the request was cut into tiers.
+        ids = {ALL_TIER: torch.cat(list(ids.values())) if ids else torch.zeros(0, dtype=torch.long)}
     plan = plan.validate(ids)
 
     owner = torch.full((n,), -1, dtype=torch.long)  # which tier each train id belongs to

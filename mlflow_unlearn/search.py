@@ -1,29 +1,23 @@
-"""The `search` step: Optuna chooses, per memorisation tier, the algorithm and its hyperparameters.
+"""The `search` step: Optuna chooses the plan (per memorisation tier or whole-set) on calibration
+forget sets, never on the request it will be reported on. The MLflow edge of `mlflow_unlearn.tuning`.
 
-One trial = one RUM plan, run on a calibration forget set and scored against the cached retrained
-reference. Each trial is a nested MLflow run (role `trial`) with its params and metrics. The study
-lives in an Optuna RDB storage (default: `optuna.db` beside the SQLite tracking database), so several
-processes or machines can run `mlflow-unlearn search` with the same `--study-name` and share it.
+Protocol (DESIGN.md section 2): `--calibration-sets K` (default 2) calibration forget sets are drawn
+with the same tier composition as the request (neighbouring memorisation ranks, disjoint from the
+request and from each other), each gets its own retrained reference (cached like every retrain),
+and a candidate's score is the mean over them, with the validation split (the train step's
+`--val-fraction`) standing in for the test split. The request's own reference and the test split
+are not touched; their digests are logged on the search run so anyone can check.
 
-Search space (per tier, conditional on the algorithm; ranges are wide enough to contain the RUM/SalUn
-papers' settings and narrow enough for a small budget):
-- `none`: nothing to choose (the paper found it best for low memorisation).
-- `finetune`, `l1_sparse`, `random_label`, `salun`: lr log-uniform in [1e-3, 1e-1] (papers: 0.01-0.1),
-  epochs in [1, max_epochs]; `l1_sparse` alpha_l1 log-uniform [1e-5, 1e-3] (paper: 5e-4);
-  `salun` mask_fraction in [0.1, 0.9] (paper: 0.5).
-- `neggrad`: lr log-uniform in [1e-5, 1e-2] (ascent diverges fast; papers: 1e-4).
-- `neggrad_plus`: lr in [1e-3, 1e-1], alpha in [0.8, 0.999] (paper: 0.99; lower forgets harder).
-- `scrub`: lr log-uniform in [1e-4, 1e-2] (paper: 5e-3), max_steps in [1, 4].
-Epochs stop at `max_epochs` (default 5): on the embedded data a retrain takes ~10 epochs, and an
-unlearning step that costs as much as a retrain has lost its point.
-
-Objectives: `tow` (default), `tow_mia`, `tow_pe`, or `tow+time` (multi-objective: maximise ToW,
-minimise unlearning seconds; Pareto front, no pruning). Pruning (single objective): after each tier
-the trial reports the ToW of the model so far; Optuna's median pruner stops hopeless trials.
+One trial = one candidate plan, a nested MLflow run (role `trial`). A pruned trial ends FINISHED
+with the tag `mlflow_unlearn.pruned`; a diverged one FAILED with `mlflow_unlearn.diverged`. The
+study lives in an Optuna RDB storage (default: `optuna.db` beside the SQLite tracking database), so
+several processes or machines can run `mlflow-unlearn search` with the same `--study-name`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import socket
 import time
 import warnings
@@ -36,38 +30,25 @@ import numpy as np
 import optuna
 
 from . import steps, tracking
-from .rum import ALL_TIER, Plan, PlanStep, run_rum
+from .rum import Plan
 from .tracking import TAG
+from .tuning import (  # noqa: F401  (re-exported: the search vocabulary lives in the core)
+    DEFAULT_ALGORITHMS,
+    OBJECTIVES,
+    CalibrationScorer,
+    Reference,
+    SearchError,
+    algorithm_candidates,
+    algorithm_default_trials,
+    best_plan,
+    make_study,
+    optimize,
+    rum_candidates,
+    rum_default_trials,
+    trial_counts,
+)
 
-OBJECTIVES = ("tow", "tow_mia", "tow_pe", "tow+time")
-DEFAULT_ALGORITHMS = ("none", "finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")
-
-
-class SearchError(ValueError):
-    """A search setting that cannot work; the message names it and the fix."""
-
-
-def suggest_hyperparameters(trial: optuna.Trial, prefix: str, algorithm: str, max_epochs: int) -> dict[str, Any]:
-    """The conditional space of one algorithm (see the module docstring for the reasons)."""
-    p = lambda name: f"{prefix}{algorithm}.{name}"
-    if algorithm == "none":
-        return {}
-    if algorithm == "neggrad":
-        return {"lr": trial.suggest_float(p("lr"), 1e-5, 1e-2, log=True), "epochs": trial.suggest_int(p("epochs"), 1, max_epochs)}
-    if algorithm == "scrub":
-        return {"lr": trial.suggest_float(p("lr"), 1e-4, 1e-2, log=True), "epochs": trial.suggest_int(p("epochs"), 1, max_epochs),
-                "max_steps": trial.suggest_int(p("max_steps"), 1, 4)}
-    hp = {"lr": trial.suggest_float(p("lr"), 1e-3, 1e-1, log=True), "epochs": trial.suggest_int(p("epochs"), 1, max_epochs)}
-    if algorithm == "neggrad_plus":
-        hp["alpha"] = trial.suggest_float(p("alpha"), 0.8, 0.999)
-    elif algorithm == "l1_sparse":
-        hp["alpha_l1"] = trial.suggest_float(p("alpha_l1"), 1e-5, 1e-3, log=True)
-    elif algorithm == "salun":
-        hp["mask_fraction"] = trial.suggest_float(p("mask_fraction"), 0.1, 0.9)
-    elif algorithm not in ("finetune", "random_label"):
-        # Plugins and algorithms without a declared space are searched with their defaults.
-        return {}
-    return hp
+CALIBRATION_TAG = TAG + "calibration_digests"
 
 
 def default_storage() -> str:
@@ -99,185 +80,227 @@ def open_storage(url: str, *, attempts: int = 5) -> optuna.storages.BaseStorage:
                               f"sqlite:///optuna.db or postgresql://user@127.0.0.1:5432/db") from None
 
 
+def _redact(url: str) -> str:
+    """Do not log passwords of storage URLs."""
+    return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibration forget sets and their references
+
+
+@dataclass
+class Calibration:
+    """K calibration forget sets of one request: their contexts, cached retrain runs and core
+    references (held-out term: the validation split)."""
+
+    contexts: list
+    runs: list  # steps.StepResult per set
+    references: list[Reference]
+
+    @property
+    def digests(self) -> list[str]:
+        return [c.forget.digest for c in self.contexts]
+
+
+def calibration_context(ctx: steps.ForgetContext, ids, source: str) -> steps.ForgetContext:
+    """A context for another forget set of the same source, cut into tiers like `ctx`."""
+    from .forget_sets import ForgetSet
+    from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
+
+    c_proxy = ctx.source.proxies["c_proxy"]
+    names = tuple(ctx.tiers) if list(ctx.tiers) != ["all"] else DEFAULT_TIERS
+    fs = ForgetSet(np.asarray(ids, dtype=np.int64), source=source)
+    tiers = tiers_from_c_proxy(fs.ids, c_proxy, names=names) if len(fs) >= len(names) else {"all": fs.ids}
+    return dataclasses.replace(ctx, forget=fs, tiers=tiers, histogram=tier_histogram(fs.ids, c_proxy, names=names),
+                               cache={})
+
+
+def prepare_calibration(ctx: steps.ForgetContext, k: int = 2) -> Calibration:
+    """Draw `k` calibration forget sets for the request in `ctx` and retrain (or reuse) a reference
+    for each. Fails before any training when the source has no validation split or the sets cannot
+    be drawn."""
+    from .memorization import MemorizationError, calibration_forget_sets
+
+    if ctx.data.val is None or len(ctx.data.val) == 0:
+        raise SearchError(f"{ctx.source.uri} was trained without a validation split, and selection must not look at "
+                          f"the test split it is reported on; train the source with --val-fraction 0.1 (or more)")
+    if ctx.source.proxies is None:
+        raise SearchError(f"{ctx.source.uri} has no C-proxy (confidences/ artifact) to draw calibration sets from")
+    names = tuple(ctx.tiers) if list(ctx.tiers) != ["all"] else ("all",)
+    try:
+        sets = calibration_forget_sets(ctx.source.proxies["c_proxy"], ctx.forget.ids, k, names=names, seed=ctx.seed)
+    except MemorizationError as exc:
+        raise SearchError(str(exc)) from None
+    contexts = [calibration_context(ctx, ids, f"calibration {j + 1}/{k} for {ctx.forget.digest[:12]}")
+                for j, ids in enumerate(sets)]
+    runs, refs = [], []
+    for j, c in enumerate(contexts):
+        run = steps.retrain(c)
+        runs.append(run)
+        refs.append(Reference.build(run.model, c.data, c.forget.ids, c.tiers, seconds=run.seconds,
+                                    heldout=c.data.val, name=f"calibration-{j + 1}"))
+    return Calibration(contexts, runs, refs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Trials as nested MLflow runs
+
+
+class _TrialRuns:
+    """A TrialObserver that logs each trial as a nested run under the active search run."""
+
+    def __init__(self, ctx: steps.ForgetContext, study_name: str, space: str):
+        self.ctx, self.study_name, self.space = ctx, study_name, space
+
+    def trial_started(self, trial, plan: Plan) -> None:
+        mlflow.start_run(run_name=f"trial-{self.space}-{trial.number}", nested=True)
+        algorithm = plan.steps[0].algorithm if len(plan.steps) == 1 else "rum"
+        mlflow.set_tags({**self.ctx.tags("trial"), TAG + "study": self.study_name, TAG + "trial": str(trial.number),
+                         TAG + "search_space": self.space, TAG + "algorithm": algorithm,
+                         TAG + "worker": f"{socket.gethostname()}:{os.getpid()}"})
+        mlflow.log_params({"plan": plan.to_compact()[:500], "algorithm": algorithm,
+                           **{k: v for k, v in trial.params.items()}})
+
+    def trial_finished(self, trial, plan: Plan, metrics: dict, state: str, reason: str = "") -> None:
+        # one compact line per trial instead of Optuna's own log (silenced in _search_run)
+        value = f"tow {metrics['tow']:.4f}" if "tow" in metrics else reason[:60]
+        print(f"  {self.space} trial {trial.number:>3}: {state:<8} {value:<40} {plan.to_compact()[:100]}", flush=True)
+        if state == "complete":
+            mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+            mlflow.log_dict(plan.to_dict(), "plan.json")
+            mlflow.end_run()
+            return
+        mlflow.set_tag(TAG + state, reason[:500] or "true")
+        # pruned is a normal outcome of a search, not a crash: the run ends FINISHED
+        mlflow.end_run(status="FINISHED" if state == "pruned" else "FAILED")
+
+
+# --------------------------------------------------------------------------------------------------
+# The searches
+
+
 @dataclass
 class SearchResult:
     study_name: str
     storage: str
     best_plan: Plan
-    best_value: float
-    best_single: dict | None  # the best one-algorithm plan on the whole forget set
+    best_value: float  # mean objective over the calibration sets (never a reported result)
     run_id: str
     n_trials: int
+    calibration_digests: list[str]
 
 
-class _TrialTiers:
-    """RUM callbacks for a trial: after each tier, report the ToW so far and maybe prune."""
-
-    def __init__(self, ctx, reference, trial, objective, prune: bool):
-        self.ctx, self.reference, self.trial, self.objective, self.prune = ctx, reference, trial, objective, prune
-
-    def step_started(self, index, step, n_forget, n_retain):
-        return None
-
-    def step_finished(self, index, step, record, model):
-        if not self.prune:
-            return
-        value = steps.evaluation_metrics(self.ctx, model, self.reference.model)[self.objective]
-        self.trial.report(value, index)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"ToW {value:.4f} after tier {step.tier!r}")
-
-
-def _objective_values(metrics: dict, seconds: float, objective: str):
-    if objective == "tow+time":
-        return metrics["tow"], seconds
-    return metrics[objective]
-
-
-def search(ctx: steps.ForgetContext, reference: steps.StepResult, *, n_trials: int = 12, objective: str = "tow",
-           algorithms: Sequence[str] = DEFAULT_ALGORITHMS, max_epochs: int = 5, storage: str | None = None,
-           study_name: str | None = None, retain_mode: str = "exclude_all", single_trials: int | None = None,
-           attach: bool = True, timeout_s: float | None = None) -> SearchResult:
-    """Run (or join) the Optuna study; log every trial as a nested run; attach the best plan to the
-    registered model so later requests and the registry hook reuse it."""
+def _check_algorithms(algorithms: Sequence[str]) -> None:
     from .algorithms import ALGORITHMS
 
-    if not isinstance(n_trials, int) or n_trials <= 0:
-        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
-    if objective not in OBJECTIVES:
-        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown or not algorithms:
         raise SearchError(f"unknown algorithm(s) {unknown} in the search space; registered: {', '.join(ALGORITHMS.names())}")
-    if max_epochs < 1:
-        raise SearchError(f"max_epochs must be at least 1, got {max_epochs}")
+
+
+def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candidates, enqueue, *, n_trials: int,
+                objective: str, max_epochs: int, storage: str | None, study_name: str | None,
+                timeout_s: float | None, extra_params: dict) -> tuple[Plan, float, str, str]:
+    # Every setting is checked before a run exists, so bad input leaves nothing behind.
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
+        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
+    if objective not in OBJECTIVES:
+        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if not isinstance(max_epochs, int) or max_epochs < 1:
+        raise SearchError(f"max_epochs must be a whole number >= 1, got {max_epochs!r}")
+    if n_trials < len(enqueue):
+        raise SearchError(f"n_trials={n_trials} is smaller than the {len(enqueue)} known-good starting points (every "
+                          f"algorithm at its defaults, whole-set and per tier, and `none`); use --n-trials "
+                          f">= {len(enqueue)} or fewer --algorithms")
     storage = storage or default_storage()
     store = open_storage(storage)
-    tiers = list(ctx.tiers)
     shared = study_name is not None
-    study_name = study_name or f"rum-{ctx.source.name}-v{ctx.source.version}-{ctx.forget.digest[:8]}-{objective}"
-    multi = objective == "tow+time"
+    study_name = study_name or (f"{space}-{ctx.source.name}-v{ctx.source.version}-{ctx.forget.digest[:8]}-"
+                                f"{'-'.join(d[:6] for d in calibration.digests)}-{objective}")
     # Workers joining a named study must not replay each other's random start-up trials.
     sampler_seed = ctx.seed if not shared else ctx.seed * 1_000_003 + os.getpid()
-    directions = ["maximize", "minimize"] if multi else ["maximize"]
-
-    def make_study(name):
-        # a sampler per study: TPE's grouped search space belongs to one study
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, group=True)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-        return optuna.create_study(study_name=name, storage=store, sampler=sampler, pruner=pruner, directions=directions,
-                                   load_if_exists=True)
-
-    def run_trials(study, plan_for, n, space: str):
-        def objective_fn(trial: optuna.Trial):
-            plan = plan_for(trial)
-            trial.set_user_attr("plan", plan.to_dict())
-            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-            with mlflow.start_run(run_name=f"trial-{space}-{trial.number}", nested=True):
-                mlflow.set_tags({**ctx.tags("trial"), TAG + "study": study.study_name, TAG + "trial": str(trial.number),
-                                 TAG + "search_space": space, TAG + "algorithm": plan.steps[0].algorithm if space == "single" else "rum"})
-                mlflow.log_params({"plan": plan.to_compact()[:500], **{k: v for k, v in trial.params.items()}})
-                tier_map = ctx.tiers if space == "per_tier" else {ALL_TIER: ctx.forget.ids}
-                try:
-                    result = run_rum(ctx.source.model, ctx.data, tier_map, plan, seed=ctx.seed,
-                                     callbacks=_TrialTiers(ctx, reference, trial, "tow" if multi else objective, prune=not multi))
-                except optuna.TrialPruned:
-                    mlflow.set_tag(TAG + "pruned", "true")
-                    raise
-                metrics = steps.evaluation_metrics(ctx, result.model, reference.model)
-                metrics["time/unlearn_s"] = result.seconds
-                metrics["time/fraction_of_retrain"] = result.seconds / reference.seconds if reference.seconds else float("nan")
-                mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-                mlflow.log_dict(plan.to_dict(), "plan.json")
-            return _objective_values(metrics, result.seconds, objective)
-
-        # The budget is the study's, not this worker's: with several workers, they share n trials.
-        budget = optuna.study.MaxTrialsCallback(n, states=None)
-        study.optimize(objective_fn, n_trials=n, timeout=timeout_s, callbacks=[budget], catch=(FloatingPointError,))
-
-    def per_tier_plan(trial):
-        plan_steps = []
-        for tier in tiers:
-            algorithm = trial.suggest_categorical(f"{tier}.algorithm", list(algorithms))
-            plan_steps.append(PlanStep(tier, algorithm, suggest_hyperparameters(trial, f"{tier}.", algorithm, max_epochs)))
-        return Plan(plan_steps, retain_mode=retain_mode, name=f"searched-{study_name}")
-
-    def single_plan(trial):
-        choices = [a for a in algorithms if a != "none"] or list(algorithms)
-        algorithm = trial.suggest_categorical("algorithm", choices)
-        return Plan([PlanStep(ALL_TIER, algorithm, suggest_hyperparameters(trial, "", algorithm, max_epochs))],
-                    retain_mode=retain_mode, name=f"single-{algorithm}")
-
-    with mlflow.start_run(run_name=f"search-{ctx.source_tag}", nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({**ctx.tags("search"), TAG + "study": study_name, TAG + "objective": objective})
+    with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({**ctx.tags("search"), TAG + "study": study_name, TAG + "objective": objective,
+                         TAG + "search_space": space, CALIBRATION_TAG: ",".join(calibration.digests)})
         steps.log_forget_set(ctx)
-        mlflow.log_params({"n_trials": n_trials, "objective": objective, "algorithms": ",".join(algorithms),
-                           "max_epochs": max_epochs, "storage": _redact(storage), "study_name": study_name,
-                           "reference_run": reference.run_id})
-        study = make_study(study_name)
-        run_trials(study, per_tier_plan, n_trials, "per_tier")
-        best_trial = _best(study, multi)
-        if best_trial is None:
-            raise SearchError(f"study {study_name!r} has no completed trial (all pruned or failed); raise n_trials")
-        best_plan = Plan.from_dict(best_trial.user_attrs["plan"])
-        best_value = best_trial.values[0]
-        mlflow.log_dict(best_plan.to_dict(), "best_plan.json")
-        mlflow.log_metrics({"best/" + (objective if not multi else "tow"): best_value,
-                            "n_trials_complete": sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials),
-                            "n_trials_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)})
-
-        # The best single algorithm on the whole forget set, with the same budget and reference:
-        # the gain of per-tier plans is then visible in this one run.
-        best_single = None
-        n_single = n_trials if single_trials is None else single_trials
-        if n_single > 0:
-            single = make_study(study_name + "-single")
-            run_trials(single, single_plan, n_single, "single")
-            bs = _best(single, multi)
-            if bs is not None:
-                best_single = {"plan": bs.user_attrs["plan"], "value": bs.values[0]}
-                mlflow.log_dict(best_single, "best_single.json")
-                mlflow.log_metrics({"best_single/" + (objective if not multi else "tow"): bs.values[0],
-                                    "gain_vs_single": best_value - bs.values[0]})
-        if attach:
-            client = mlflow.MlflowClient()
-            client.set_registered_model_tag(ctx.source.name, steps.PLAN_TAG, best_plan.to_json())
-            client.set_registered_model_tag(ctx.source.name, steps.PLAN_RUN_TAG, run.info.run_id)
-    return SearchResult(study_name, storage, best_plan, best_value, best_single, run.info.run_id, n_trials)
+        mlflow.log_dict({"calibration_sets": [{"digest": c.forget.digest, "ids": c.forget.ids.tolist(),
+                                               "reference_run": r.run_id, "tiers": {k: v.tolist() for k, v in c.tiers.items()}}
+                                              for c, r in zip(calibration.contexts, calibration.runs)],
+                         "heldout": "validation split"}, "calibration.json")
+        mlflow.log_params({"n_trials": n_trials, "objective": objective, "max_epochs": max_epochs,
+                           "storage": _redact(storage), "study_name": study_name,
+                           "calibration_sets": len(calibration.contexts), **extra_params})
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = make_study(study_name, store, seed=sampler_seed, objective=objective)
+        scorer = CalibrationScorer(ctx.source.model.to(ctx.data.device), ctx.data, calibration.references, seed=ctx.seed)
+        optimize(study, candidates, scorer, n_trials=n_trials, objective=objective, enqueue=enqueue,
+                 observer=_TrialRuns(ctx, study_name, space), timeout_s=timeout_s)
+        plan, value = best_plan(study)
+        mlflow.log_dict(plan.to_dict(), "best_plan.json")
+        key = "tow" if objective == "tow+time" else objective
+        mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study)})
+    return plan, value, run.info.run_id, study_name
 
 
-def _best(study: optuna.Study, multi: bool):
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        return None
-    if multi:  # the Pareto point with the best ToW
-        return max(study.best_trials, key=lambda t: t.values[0])
-    return study.best_trial
+def search(ctx: steps.ForgetContext, calibration: Calibration, *, n_trials: int = 20, objective: str = "tow",
+           algorithms: Sequence[str] = DEFAULT_ALGORITHMS, max_epochs: int = 3, storage: str | None = None,
+           study_name: str | None = None, retain_mode: str = "exclude_all", attach: bool = True,
+           timeout_s: float | None = None) -> SearchResult:
+    """Search RUM plans on the calibration sets; attach the best to the registered model so later
+    requests (and the registry hook) reuse it."""
+    _check_algorithms(algorithms)
+    tiers = list(ctx.tiers)
+    enqueue = rum_default_trials(tiers, algorithms)  # optimize() refuses fewer trials than these
+    plan, value, run_id, name = _search_run(
+        ctx, calibration, f"search-{ctx.source_tag}", "rum", rum_candidates(tiers, algorithms, max_epochs=max_epochs,
+                                                                            retain_mode=retain_mode),
+        enqueue, n_trials=n_trials, objective=objective, max_epochs=max_epochs, storage=storage, study_name=study_name,
+        timeout_s=timeout_s, extra_params={"algorithms": ",".join(algorithms)})
+    if attach:
+        client = mlflow.MlflowClient()
+        client.set_registered_model_tag(ctx.source.name, steps.PLAN_TAG, plan.to_json(indent=None))
+        client.set_registered_model_tag(ctx.source.name, steps.PLAN_RUN_TAG, run_id)
+    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests)
 
 
-def _redact(url: str) -> str:
-    """Do not log passwords of storage URLs."""
-    import re
+def search_algorithm(ctx: steps.ForgetContext, calibration: Calibration, algorithm: str, *, n_trials: int = 20,
+                     objective: str = "tow", max_epochs: int = 3, storage: str | None = None,
+                     timeout_s: float | None = None) -> SearchResult:
+    """Tune one algorithm on the whole forget set with the same calibration sets, budget and space
+    rules as the RUM search (its defaults are the first trial): the tuned baseline."""
+    _check_algorithms([algorithm])
+    plan, value, run_id, name = _search_run(
+        ctx, calibration, f"search-{algorithm}", f"tuned-{algorithm}", algorithm_candidates(algorithm, max_epochs=max_epochs),
+        algorithm_default_trials(algorithm), n_trials=n_trials, objective=objective, max_epochs=max_epochs,
+        storage=storage, study_name=None, timeout_s=timeout_s, extra_params={"algorithm": algorithm})
+    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests)
 
-    return re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", url)
 
-
-def search_step(model_uri: str, forget, *, n_trials: int = 12, objective: str = "tow", algorithms: Sequence[str] | None = None,
-                max_epochs: int = 5, storage: str | None = None, study_name: str | None = None, seed: int = 0,
-                single_trials: int | None = None, device: str | None = "auto", experiment: str | None = None) -> SearchResult:
+def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = "tow", algorithms: Sequence[str] | None = None,
+                max_epochs: int = 3, storage: str | None = None, study_name: str | None = None, seed: int = 0,
+                calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None) -> SearchResult:
+    algorithms = tuple(algorithms or DEFAULT_ALGORITHMS)
     if not isinstance(n_trials, int) or n_trials <= 0:  # before loading anything
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
+    if objective not in OBJECTIVES:
+        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if not isinstance(calibration_sets, int) or calibration_sets < 1:
+        raise SearchError(f"calibration_sets must be a whole number >= 1, got {calibration_sets!r}")
+    _check_algorithms(algorithms)
     if storage:
         open_storage(storage)
     ctx = steps.prepare(model_uri, forget, seed=seed, device=device)
+    needed = len(rum_default_trials(list(ctx.tiers), algorithms))
+    if n_trials < needed:
+        raise SearchError(f"n_trials={n_trials} is smaller than the {needed} known-good starting points (every "
+                          f"algorithm at its defaults, whole-set and per tier, and `none`); use --n-trials >= {needed} "
+                          f"or fewer --algorithms")
     tracking.use_experiment(experiment)
-    reference = steps.retrain(ctx)
-    result = search(ctx, reference, n_trials=n_trials, objective=objective, algorithms=tuple(algorithms or DEFAULT_ALGORITHMS),
-                    max_epochs=max_epochs, storage=storage, study_name=study_name, single_trials=single_trials)
-    print(f"best plan ({objective} {result.best_value:.4f}): {result.best_plan.to_compact()}")
-    if result.best_single:
-        print(f"best single algorithm: {Plan.from_dict(result.best_single['plan']).to_compact()} ({result.best_single['value']:.4f})")
+    calibration = prepare_calibration(ctx, calibration_sets)
+    result = search(ctx, calibration, n_trials=n_trials, objective=objective, algorithms=algorithms,
+                    max_epochs=max_epochs, storage=storage, study_name=study_name)
+    print(f"best plan (mean calibration {objective} {result.best_value:.4f} over {calibration_sets} set(s); a selection "
+          f"score, not a result): {result.best_plan.to_compact()}")
     print(f"attached to registered model {ctx.source.name!r} as tag {steps.PLAN_TAG}")
     return result

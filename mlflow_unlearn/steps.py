@@ -63,7 +63,7 @@ def train_step(
     seed: int = 0,
     augment: bool | None = None,
     subset: int | None = None,
-    val_fraction: float = 0.0,
+    val_fraction: float = 0.1,
     root: str | None = None,
     download: bool = False,
     width: int | None = None,
@@ -218,44 +218,55 @@ class StepResult:
     version: str | None = None  # registered version, when registered
 
 
-def _retrain_config(ctx: ForgetContext, epochs: int | None) -> TrainConfig:
+def _retrain_config(ctx: ForgetContext, epochs: int | None, seed: int | None = None) -> TrainConfig:
     cfg = dict(ctx.source.model_spec["train_config"])
-    cfg["seed"] = ctx.seed
+    cfg["seed"] = ctx.seed if seed is None else int(seed)
     if epochs is not None:
         cfg["epochs"] = int(epochs)
     return TrainConfig(**cfg)
 
 
-def find_cached_retrain(ctx: ForgetContext, recipe: str) -> str | None:
+def find_cached_retrain(ctx: ForgetContext, recipe: str, seed: int | None = None) -> str | None:
     client = mlflow.MlflowClient()
     exp_ids = [e.experiment_id for e in client.search_experiments()]
+    seed = ctx.seed if seed is None else int(seed)
     runs = client.search_runs(
         exp_ids,
         filter_string=(f"tags.`{TAG}role` = 'retrain' and tags.`{TAG}source_model` = '{ctx.source_tag}' and "
-                       f"tags.`{TAG}forget_digest` = '{ctx.forget.digest}' and tags.`{TAG}seed` = '{ctx.seed}' and "
+                       f"tags.`{TAG}forget_digest` = '{ctx.forget.digest}' and tags.`{TAG}seed` = '{seed}' and "
                        f"tags.`{TAG}recipe` = '{recipe}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
 
-def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = True, progress: bool = False) -> StepResult:
-    """Train the source's architecture from scratch on retain with the source's recipe: the exact
-    answer every unlearned model is measured against. A finished run with the same key is reused."""
-    import hashlib
-    import json as _json
+def build_source_architecture(ctx: ForgetContext, seed: int) -> torch.nn.Module:
+    """A freshly initialised model of the source's architecture (what a retrain starts from)."""
+    spec = ctx.source.model_spec
+    return build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]), seed=seed,
+                       **spec["kwargs"])
 
-    config = _retrain_config(ctx, epochs)
-    recipe = hashlib.sha256(_json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-    if use_cache and (run_id := find_cached_retrain(ctx, recipe)):
+
+def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = True, progress: bool = False,
+            seed: int | None = None) -> StepResult:
+    """Train the source's architecture from scratch on retain with the source's recipe: the exact
+    answer every unlearned model is measured against. A finished run with the same key (source,
+    forget digest, seed, recipe) is reused. `seed` (default: the context's) seeds the init and the
+    data order; a second seed gives the retrain-vs-retrain noise floor."""
+    seed = ctx.seed if seed is None else int(seed)
+    config = _retrain_config(ctx, epochs, seed)
+    recipe = retrain_recipe(ctx, epochs)
+    if use_cache and (run_id := find_cached_retrain(ctx, recipe, seed)):
         run = mlflow.MlflowClient().get_run(run_id)
         model = load_run_model(run_id).to(ctx.data.device)
         print(f"retrain: cache hit, run {run_id}")
         return StepResult(run_id, model, float(run.data.metrics.get("time/retrain_s", float("nan"))), cached=True)
     spec = ctx.source.model_spec
-    net = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]), seed=ctx.seed, **spec["kwargs"])
+    net = build_source_architecture(ctx, seed)
     ud = ctx.unlearn_data()
-    with mlflow.start_run(run_name=f"retrain-{ctx.source_tag}", nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({**ctx.tags("retrain"), TAG + "algorithm": "retrain", TAG + "recipe": recipe})
+    with mlflow.start_run(run_name=f"retrain-{ctx.source_tag}" + ("" if seed == ctx.seed else f"-seed{seed}"),
+                          nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({**ctx.tags("retrain"), TAG + "algorithm": "retrain", TAG + "recipe": recipe,
+                         TAG + "seed": str(seed)})
         log_forget_set(ctx)
         mlflow.log_params({f"train.{k}": v for k, v in config.to_dict().items()})
         t0 = time.perf_counter()
@@ -327,14 +338,46 @@ def entanglement(ctx: ForgetContext) -> float:
     return ctx.cache["entanglement"]
 
 
+def noise_floor(ctx: ForgetContext, reference: StepResult) -> dict[str, float]:
+    """Retrain vs retrain: a second reference (seed + 1, cached like every retrain) scored against
+    `reference`, so a reader sees what "as close as retraining" means for ToW, ToW-PE and the MIA
+    gap (`floor/*` keys). Computed once per context and reference."""
+    from .tuning import noise_floor as floor_of
+
+    key = ("floor", reference.run_id)
+    if key not in ctx.cache:
+        second = retrain(ctx, seed=ctx.seed + 1)
+        first_outputs = outputs_of(ctx, reference.model)
+        second_outputs = outputs_of(ctx, second.model)
+        ctx.cache[key] = {**floor_of(_as_reference(ctx, second, second_outputs), _as_reference(ctx, reference, first_outputs),
+                                     ctx.data, seed=ctx.seed), "floor/retrain_seed": float(ctx.seed + 1)}
+        ctx.cache[("floor_run", reference.run_id)] = second.run_id
+    return ctx.cache[key]
+
+
+def outputs_of(ctx: ForgetContext, model: torch.nn.Module) -> dict:
+    from .metrics import outputs_for
+
+    return outputs_for(model, ctx.data, ctx.forget.ids)
+
+
+def _as_reference(ctx: ForgetContext, result: StepResult, outputs: dict):
+    from .tuning import Reference
+
+    return Reference(np.asarray(ctx.forget.ids), dict(ctx.tiers), result.model, outputs, result.seconds)
+
+
 def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *, model: torch.nn.Module | None = None,
-             label: str | None = None) -> dict[str, float]:
+             label: str | None = None, floor: bool = True) -> dict[str, float]:
     """Every metric of DESIGN.md section 4 for an unlearned run against the retrained reference,
-    logged to a run with role `evaluate` and copied onto the unlearned run, so runs compare in the UI."""
+    plus the retrain-vs-retrain noise floor (`floor/*`, unless `floor=False`), logged to a run with
+    role `evaluate` and copied onto the unlearned run, so runs compare in the UI."""
     client = mlflow.MlflowClient()
     u_run = client.get_run(unlearned_run_id)
     model = model if model is not None else load_run_model(unlearned_run_id).to(ctx.data.device)
     metrics = evaluation_metrics(ctx, model, reference.model)
+    if floor:
+        metrics.update(noise_floor(ctx, reference))
     unlearn_s = u_run.data.metrics.get("time/unlearn_s", float("nan"))
     metrics["time/unlearn_s"] = unlearn_s
     metrics["time/retrain_s"] = reference.seconds
@@ -570,11 +613,12 @@ def memorization_step(model_uri: str, *, n_models: int = 16, subset_fraction: fl
 
 
 def retrain_recipe(ctx: ForgetContext, epochs: int | None = None) -> str:
-    """The recipe key `retrain` caches its runs under (same hash as in `retrain`)."""
+    """The recipe key `retrain` caches its runs under: the source's training config with the seed
+    left out (the seed is a key of its own)."""
     import hashlib
 
-    config = _retrain_config(ctx, epochs)
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    config = {k: v for k, v in _retrain_config(ctx, epochs).to_dict().items() if k != "seed"}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def cached_reference(ctx: ForgetContext, epochs: int | None = None) -> StepResult | None:

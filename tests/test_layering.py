@@ -7,7 +7,8 @@ from pathlib import Path
 import mlflow_unlearn
 
 PKG = Path(mlflow_unlearn.__file__).parent
-CORE = ["data", "models", "training", "confidences", "progress", "_registry", "memorization", "algorithms", "rum", "metrics", "forget_sets"]
+CORE = ["data", "models", "training", "confidences", "progress", "_registry", "memorization", "algorithms", "rum", "metrics",
+        "forget_sets", "tuning"]
 
 
 def core_files():

@@ -9,6 +9,7 @@ from mlflow_unlearn.data import DatasetSpec, Split, load_dataset
 from mlflow_unlearn.memorization import (
     DEFAULT_TIERS,
     MemorizationError,
+    MemorizationError,
     assign_tiers,
     combine_memorization,
     estimate_memorization,
@@ -280,3 +281,51 @@ def test_proxy_correlations_sign_and_nans():
     assert abs(corr["noise"]) < 0.3 and np.isnan(corr["const"])
     with pytest.raises(MemorizationError, match="'bad'"):
         proxy_correlations(mem, {"bad": np.ones(3)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration forget sets
+
+
+def _c_proxy(n=600, seed=0):
+    return np.random.default_rng(seed).random(n)
+
+
+def test_calibration_sets_mirror_the_request_and_are_disjoint():
+    from mlflow_unlearn.memorization import calibration_forget_sets
+
+    c = _c_proxy()
+    forget = mix_forget_set(c, 60)
+    sets = calibration_forget_sets(c, forget, 2)
+    assert [len(s) for s in sets] == [60, 60]
+    assert not set(sets[0]) & set(sets[1]) and not (set(sets[0]) | set(sets[1])) & set(forget)
+    for s in sets:
+        assert tier_histogram(s, c) == tier_histogram(forget, c)  # the same composition by train-set bin
+        # tier by tier, the stand-ins sit next to the request's examples in C-proxy
+        for name, ids in tiers_from_c_proxy(s, c).items():
+            target = tiers_from_c_proxy(forget, c)[name]
+            assert abs(c[ids].mean() - c[target].mean()) < 0.1
+
+
+def test_calibration_sets_are_deterministic_and_work_for_random_requests():
+    from mlflow_unlearn.memorization import calibration_forget_sets
+
+    c = _c_proxy()
+    forget = np.sort(np.random.default_rng(1).choice(600, 45, replace=False))
+    a, b = calibration_forget_sets(c, forget, 3), calibration_forget_sets(c, forget, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(tier_histogram(x, c) == tier_histogram(forget, c) for x in a)
+
+
+def test_calibration_request_too_large_names_sizes_and_fix():
+    from mlflow_unlearn.memorization import calibration_forget_sets
+
+    c = _c_proxy()
+    with pytest.raises(MemorizationError) as e:
+        calibration_forget_sets(c, mix_forget_set(c, 240), 2)  # 80 per bin of 200: 3 x 80 > 200
+    msg = str(e.value)
+    assert "200" in msg and "80" in msg and "--calibration-sets 1" in msg
+    with pytest.raises(MemorizationError, match="smaller forget set"):
+        calibration_forget_sets(c, mix_forget_set(c, 360), 1)  # 120 per bin: not even one set fits
+    with pytest.raises(MemorizationError, match="calibration sets"):
+        calibration_forget_sets(c, mix_forget_set(c, 30), 0)

@@ -1,0 +1,471 @@
+"""Choosing plans and hyperparameters without peeking: the MLflow-free core of the search.
+
+DESIGN.md section 2, "Selection is not reporting": anything chosen by looking at scores is chosen
+on *calibration* forget sets (same tier composition as the request, disjoint from it and from each
+other, each with its own retrained reference), and the accuracy term that stands for unseen data
+comes from the validation split held out of training, never from the test split that is reported.
+
+    refs = [Reference.build(model_c, data, ids_c, tiers_c, heldout=data.val) for ...]   # one per set
+    scorer = CalibrationScorer(source_model, data, refs, seed=0)
+    study = make_study("rum", storage, seed=0)
+    optimize(study, rum_candidates(tiers, algorithms, max_epochs=3), scorer, n_trials=20,
+             enqueue=rum_default_trials(tiers, algorithms))
+    best = best_plan(study)
+
+Candidates (what a trial can be):
+- `rum_candidates`: a whole-set plan (one algorithm on the whole forget set, tier "all") or a
+  per-tier plan (an algorithm per tier, `none` allowed); each step either at the algorithm's
+  defaults or with searched hyperparameters. Its first trials (`rum_default_trials`, enqueued) are
+  the known-good points: `none` everywhere, every algorithm at its defaults on the whole set, every
+  algorithm at its defaults tier by tier. With `n_trials` at least that many, the returned plan is
+  never worse on calibration than any default or than doing nothing.
+- `algorithm_candidates`: one algorithm on the whole set, defaults first: the tuned baseline that
+  gets the same trial budget and space rules as RUM.
+
+Hyperparameter spaces (`SPACES`; ranges contain the papers' settings): epochs at most
+`max_epochs` (a step that costs a retrain has lost its point), plus the effective batch size bound
+for the ascent-based methods, so small tiers get enough optimiser steps. An algorithm without a
+declared space (a plugin) is tried at its defaults.
+
+A trial whose model diverges (non-finite weights or outputs) is recorded as failed (`Diverged`)
+and the study goes on. Pruning (single objective): after each calibration set the trial reports the
+mean so far; Optuna's median pruner stops hopeless trials.
+
+No mlflow here: the edge (`mlflow_unlearn.search`) watches trials through a `TrialObserver`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import optuna
+import torch
+from torch import nn
+
+from .metrics import MetricInputError, evaluate_unlearning, outputs_for
+from .rum import ALL_TIER, Plan, PlanStep, run_rum
+from .training import TrainConfig, train_model
+
+OBJECTIVES = ("tow", "tow_mia", "tow_pe", "tow+time")
+DEFAULT_ALGORITHMS = ("none", "finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")
+DEFAULTS_KEY = "defaults"  # the categorical that says "this step runs at the algorithm's defaults"
+WHOLE = "whole"  # Optuna parameter prefix of whole-set candidates (tier names may include "all")
+
+
+class SearchError(ValueError):
+    """A search setting that cannot work; the message names it and the fix."""
+
+
+class Diverged(RuntimeError):
+    """A candidate produced non-finite weights or outputs: the trial fails, the study goes on."""
+
+
+# --------------------------------------------------------------------------------------------------
+# References: a forget set, the model retrained without it, and its outputs
+
+
+def train_reference(build: Callable[[int], nn.Module], config: TrainConfig, data, forget_ids, *,
+                    seed: int) -> tuple[nn.Module, float]:
+    """Retrain from scratch on train minus `forget_ids` with the source's recipe (`build(seed)` a
+    fresh model, `config` with its seed replaced): the exact answer. Returns (model, seconds)."""
+    forget = np.asarray(forget_ids, dtype=np.int64)
+    keep = np.ones(len(data.train), dtype=bool)
+    keep[forget] = False
+    if not keep.any():
+        raise SearchError("the forget set covers the whole train set; there is nothing to retrain on")
+    net = build(seed).to(data.device)
+    cfg = TrainConfig(**{**config.to_dict(), "seed": int(seed)})
+    t0 = time.perf_counter()
+    train_model(net, data, cfg, train_ids=torch.from_numpy(np.flatnonzero(keep)).to(data.device), progress=False,
+                eval_test=False)
+    if data.device.type == "cuda":
+        torch.cuda.synchronize(data.device)
+    return net, time.perf_counter() - t0
+
+
+@dataclass
+class Reference:
+    """A forget set cut into tiers and the model retrained without it, with the reference's outputs
+    on forget, retain and the held-out split (`heldout`: the validation split during selection,
+    `None` = the test split when reporting)."""
+
+    forget_ids: np.ndarray
+    tiers: dict[str, np.ndarray]
+    model: nn.Module
+    outputs: dict
+    seconds: float
+    heldout: Any = None
+    name: str = ""
+
+    @classmethod
+    def build(cls, model: nn.Module, data, forget_ids, tiers: Mapping[str, Any], *, seconds: float = float("nan"),
+              heldout=None, name: str = "") -> "Reference":
+        ids = np.sort(np.asarray(forget_ids, dtype=np.int64))
+        outputs = outputs_for(model, data, ids, heldout=heldout)
+        return cls(ids, {k: np.asarray(v, dtype=np.int64) for k, v in tiers.items()}, model, outputs, seconds,
+                   heldout, name)
+
+    def tier_positions(self) -> dict[str, np.ndarray]:
+        return {t: np.searchsorted(self.forget_ids, ids) for t, ids in self.tiers.items()}
+
+    def outputs_of(self, model: nn.Module, data) -> dict:
+        return outputs_for(model, data, self.forget_ids, heldout=self.heldout)
+
+    def evaluate(self, model: nn.Module, data, *, seed: int = 0, metrics: Sequence[str] | None = None) -> dict[str, float]:
+        """Every metric of `model` against this reference (see `metrics.evaluate_unlearning`)."""
+        return evaluate_unlearning(self.outputs_of(model, data), self.outputs, tiers=self.tier_positions(), seed=seed,
+                                   metrics=metrics)
+
+
+def noise_floor(second: Reference, first: Reference, data, *, seed: int = 0) -> dict[str, float]:
+    """What "as close as retraining" means: a second retrain (another seed, same forget set) scored
+    against the first. Keys `floor/tow`, `floor/tow_pe`, `floor/tow_mia`, `floor/mia_gap`."""
+    if not np.array_equal(second.forget_ids, first.forget_ids):
+        raise SearchError("the noise floor needs two references of the same forget set")
+    m = evaluate_unlearning(second.outputs, first.outputs, seed=seed)
+    return {"floor/tow": m["tow"], "floor/tow_pe": m["tow_pe"], "floor/tow_mia": m["tow_mia"],
+            "floor/mia_gap": m["mia/gap"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# Hyperparameter spaces
+
+# name -> (kind, low, high, log); kind "float" | "int" | "choice" (low = the choices)
+Space = Mapping[str, tuple]
+
+SPACES: dict[str, Space] = {
+    "none": {},
+    # papers: FT lr 0.01-0.1; retain-driven, so epochs are the cost
+    "finetune": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False)},
+    "l1_sparse": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False),
+                  "alpha_l1": ("float", 1e-5, 1e-2, True)},
+    # ascent diverges fast: lr low, and the batch bound searched so a 10-example tier gets steps
+    "neggrad": {"lr": ("float", 1e-5, 1e-2, True), "epochs": ("int", 1, None, False),
+                "batch_size": ("choice", (8, 16, 32, 64, 128), None, False)},
+    "neggrad_plus": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False),
+                     "alpha": ("float", 0.8, 0.999, False)},
+    "scrub": {"lr": ("float", 1e-4, 3e-2, True), "epochs": ("int", 1, None, False),
+              "max_steps": ("int", 1, 4, False), "batch_size": ("choice", (8, 16, 32, 64, 128), None, False)},
+    "random_label": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False)},
+    "salun": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False),
+              "mask_fraction": ("float", 0.1, 0.9, False)},
+}
+
+
+def suggest_step(trial: optuna.Trial, prefix: str, algorithm: str, max_epochs: int) -> dict[str, Any]:
+    """Hyperparameters of one plan step: `{}` (the algorithm's defaults) when the trial's
+    `<prefix><algorithm>.defaults` is True, else values from the algorithm's space."""
+    from .algorithms import hyperparameters
+
+    space = SPACES.get(algorithm, {})
+    if not space:
+        return {}
+    if trial.suggest_categorical(f"{prefix}{algorithm}.{DEFAULTS_KEY}", [True, False]):
+        return {}
+    known = hyperparameters(algorithm)
+    out: dict[str, Any] = {}
+    for name, (kind, low, high, log) in space.items():
+        if name not in known:  # a space entry the algorithm no longer takes
+            continue
+        key = f"{prefix}{algorithm}.{name}"
+        if kind == "float":
+            out[name] = trial.suggest_float(key, low, high, log=log)
+        elif kind == "int":
+            out[name] = trial.suggest_int(key, low, max_epochs if high is None else high, log=log)
+        else:
+            out[name] = trial.suggest_categorical(key, list(low))
+    return out
+
+
+def rum_candidates(tiers: Sequence[str], algorithms: Sequence[str], *, max_epochs: int,
+                   retain_mode: str = "exclude_all") -> Callable[[optuna.Trial], Plan]:
+    """The RUM search space: a whole-set plan or a per-tier plan (see the module docstring)."""
+    tiers, algorithms = list(tiers), list(algorithms)
+    whole = [a for a in algorithms if a != "none"]
+
+    def candidate(trial: optuna.Trial) -> Plan:
+        shape = trial.suggest_categorical("shape", ["per_tier", "whole"] if whole else ["per_tier"])
+        if shape == "whole":
+            algorithm = trial.suggest_categorical(f"{WHOLE}.algorithm", whole)
+            return Plan([PlanStep(ALL_TIER, algorithm, suggest_step(trial, f"{WHOLE}.", algorithm, max_epochs))],
+                        retain_mode=retain_mode, name=f"whole-{algorithm}")
+        steps = []
+        for tier in tiers:
+            algorithm = trial.suggest_categorical(f"{tier}.algorithm", algorithms)
+            steps.append(PlanStep(tier, algorithm, suggest_step(trial, f"{tier}.", algorithm, max_epochs)))
+        return Plan(steps, retain_mode=retain_mode, name="per-tier")
+
+    return candidate
+
+
+def rum_default_trials(tiers: Sequence[str], algorithms: Sequence[str]) -> list[dict[str, Any]]:
+    """The known-good first trials of a RUM search, as Optuna params to enqueue: `none` on every
+    tier, then every algorithm at its defaults on the whole set, then every algorithm at its
+    defaults on each tier in turn."""
+    out = []
+    if "none" in algorithms:
+        out.append({"shape": "per_tier", **{f"{t}.algorithm": "none" for t in tiers}})
+    for a in algorithms:
+        if a != "none":
+            out.append({"shape": "whole", f"{WHOLE}.algorithm": a, **_defaults_flag(f"{WHOLE}.", a)})
+    for a in algorithms:
+        if a != "none":
+            params = {"shape": "per_tier"}
+            for t in tiers:
+                params.update({f"{t}.algorithm": a, **_defaults_flag(f"{t}.", a)})
+            out.append(params)
+    return out
+
+
+def algorithm_candidates(algorithm: str, *, max_epochs: int,
+                         retain_mode: str = "exclude_all") -> Callable[[optuna.Trial], Plan]:
+    """One algorithm on the whole forget set, its hyperparameters searched: a tuned baseline."""
+
+    def candidate(trial: optuna.Trial) -> Plan:
+        return Plan([PlanStep(ALL_TIER, algorithm, suggest_step(trial, "", algorithm, max_epochs))],
+                    retain_mode=retain_mode, name=f"tuned-{algorithm}")
+
+    return candidate
+
+
+def algorithm_default_trials(algorithm: str) -> list[dict[str, Any]]:
+    return [_defaults_flag("", algorithm)] if SPACES.get(algorithm) else [{}]
+
+
+def _defaults_flag(prefix: str, algorithm: str) -> dict[str, Any]:
+    return {f"{prefix}{algorithm}.{DEFAULTS_KEY}": True} if SPACES.get(algorithm) else {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring a candidate on the calibration sets
+
+
+class TrialObserver(Protocol):
+    """What the search reports per trial (the MLflow edge opens a nested run per trial). Any
+    method may be left out."""
+
+    def trial_started(self, trial: optuna.Trial, plan: Plan) -> None: ...
+
+    def trial_finished(self, trial: optuna.Trial, plan: Plan, metrics: dict[str, float], state: str,
+                       reason: str = "") -> None: ...
+
+
+def _notify(observer, name: str, *args, **kwargs) -> None:
+    fn = getattr(observer, name, None) if observer is not None else None
+    if fn is not None:
+        fn(*args, **kwargs)
+
+
+def _finite_model(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+@dataclass
+class CalibrationScorer:
+    """Scores a plan: run it from `model` on every calibration reference's forget set (seed `seed`),
+    evaluate against that reference (held-out term from the validation split), average over sets.
+    `metrics`: extra registered metric names computed with the built-ins."""
+
+    model: nn.Module
+    data: Any
+    references: Sequence[Reference]
+    seed: int = 0
+    metrics: Sequence[str] | None = None
+
+    def __post_init__(self):
+        if not self.references:
+            raise SearchError("the search needs at least one calibration reference")
+
+    def run(self, plan: Plan, *, report: Callable[[int, dict], None] | None = None) -> dict[str, float]:
+        """Mean metrics over the calibration sets, plus `time/unlearn_s` (mean seconds per set).
+        `report(j, mean_so_far)` is called after each set (pruning); Diverged on non-finite output."""
+        per_set: list[dict[str, float]] = []
+        seconds = []
+        for j, ref in enumerate(self.references):
+            try:
+                result = run_rum(self.model, self.data, ref.tiers, plan, seed=self.seed)
+                if not _finite_model(result.model):
+                    raise Diverged(f"non-finite weights after {plan.to_compact()} on calibration set {j + 1}")
+                m = ref.evaluate(result.model, self.data, seed=self.seed, metrics=self.metrics)
+            except (MetricInputError, FloatingPointError) as exc:
+                raise Diverged(f"{type(exc).__name__}: {exc}") from None
+            per_set.append(m)
+            seconds.append(result.seconds)
+            if report is not None:
+                report(j, _mean(per_set))
+        out = _mean(per_set)
+        out["time/unlearn_s"] = float(np.mean(seconds))
+        for j, m in enumerate(per_set):
+            out[f"calibration/{j}/tow"] = m.get("tow", float("nan"))
+        return out
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = [k for k in rows[0] if all(k in r for r in rows)]
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
+
+
+# --------------------------------------------------------------------------------------------------
+# Studies
+
+
+def make_study(name: str | None, storage, *, seed: int = 0, objective: str = "tow",
+               load_if_exists: bool = True) -> optuna.Study:
+    """A study with a seeded multivariate TPE sampler and the median pruner (`tow+time`: two
+    directions, no pruning). `storage`: an Optuna storage object or URL, or None (in memory)."""
+    if objective not in OBJECTIVES:
+        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    directions = ["maximize", "minimize"] if objective == "tow+time" else ["maximize"]
+    with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=directions,
+                               load_if_exists=load_if_exists)
+
+
+def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], scorer: CalibrationScorer, *,
+             n_trials: int, objective: str = "tow", enqueue: Sequence[Mapping[str, Any]] = (),
+             observer: TrialObserver | None = None, timeout_s: float | None = None) -> None:
+    """Run the study until it holds `n_trials` trials (shared by every worker of a named study):
+    the `enqueue`d known-good points first (skipped when a worker already enqueued them), then the
+    sampler's. Each trial's plan is stored in its user attribute `plan`."""
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
+        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
+    if objective not in OBJECTIVES:
+        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if len(enqueue) > n_trials:
+        raise SearchError(f"n_trials={n_trials} is smaller than the {len(enqueue)} known-good starting points "
+                          f"(every algorithm at its defaults, whole-set and per tier, and `none`); use "
+                          f"n_trials >= {len(enqueue)} or search fewer algorithms")
+    multi = objective == "tow+time"
+    for params in enqueue:
+        study.enqueue_trial(dict(params), skip_if_exists=True)
+
+    def objective_fn(trial: optuna.Trial):
+        plan = candidates(trial)
+        trial.set_user_attr("plan", plan.to_dict())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # who ran it, in a shared study
+        _notify(observer, "trial_started", trial, plan)
+
+        def report(j, mean_so_far):
+            if multi:
+                return
+            trial.report(mean_so_far[objective], j)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"{objective} {mean_so_far[objective]:.4f} after calibration set {j + 1}")
+
+        try:
+            metrics = scorer.run(plan, report=report)
+        except optuna.TrialPruned as exc:
+            _notify(observer, "trial_finished", trial, plan, {}, "pruned", str(exc))
+            raise
+        except Diverged as exc:
+            trial.set_user_attr("diverged", str(exc)[:500])
+            _notify(observer, "trial_finished", trial, plan, {}, "diverged", str(exc))
+            raise
+        except BaseException as exc:  # an error in a plan or an interrupt: close what the observer opened
+            _notify(observer, "trial_finished", trial, plan, {}, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        _notify(observer, "trial_finished", trial, plan, metrics, "complete")
+        if multi:
+            return metrics["tow"], metrics["time/unlearn_s"]
+        return metrics[objective]
+
+    budget = optuna.study.MaxTrialsCallback(n_trials, states=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Optuna warns on enqueued values outside a range
+        study.optimize(objective_fn, n_trials=n_trials, timeout=timeout_s, callbacks=[budget], catch=(Diverged,))
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best complete trial (two objectives: the Pareto point with the best ToW), or None."""
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return None
+    if len(study.directions) > 1:
+        return max(study.best_trials, key=lambda t: t.values[0])
+    return study.best_trial
+
+
+def best_plan(study: optuna.Study) -> tuple[Plan, float]:
+    t = best_trial(study)
+    if t is None:
+        raise SearchError(f"study {study.study_name!r} has no completed trial (all pruned or diverged); raise n_trials")
+    return Plan.from_dict(t.user_attrs["plan"]), t.values[0]
+
+
+def trial_counts(study: optuna.Study) -> dict[str, float]:
+    states = [t.state for t in study.trials]
+    S = optuna.trial.TrialState
+    return {"n_trials_complete": float(states.count(S.COMPLETE)), "n_trials_pruned": float(states.count(S.PRUNED)),
+            "n_trials_failed": float(states.count(S.FAIL))}
+
+
+def mean_ci_row(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of a 95% Student-t interval; a single value has no interval (NaN bounds)."""
+    from .metrics import mean_ci
+
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return float("nan"), float("nan"), float("nan")
+    if len(vals) == 1:
+        return vals[0], float("nan"), float("nan")
+    return mean_ci(vals)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reporting on a held-out request
+
+
+@dataclass
+class MethodReport:
+    """A plan run on a held-out request with several unlearning seeds, each scored against the
+    request's reference. `unchanged`: every seed's predictions on forget, retain and test equal the
+    original model's (the method did nothing visible, whatever its metrics say)."""
+
+    name: str
+    plan: Plan
+    per_seed: list[dict[str, float]]
+    seeds: list[int]
+    unchanged: bool
+    models: list[nn.Module]
+
+    def values(self, key: str) -> list[float]:
+        return [m.get(key, float("nan")) for m in self.per_seed]
+
+    def summary(self, key: str) -> tuple[float, float, float]:
+        return mean_ci_row(self.values(key))
+
+
+def _predictions(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {split: o.pred for split, o in outputs.items()}
+
+
+def report_plan(name: str, model: nn.Module, data, reference: Reference, plan: Plan, *, seeds: Sequence[int],
+                eval_seed: int = 0, metrics: Sequence[str] | None = None, keep_models: bool = False) -> MethodReport:
+    """Run `plan` from `model` on the reference's forget set once per unlearning seed and score each
+    result against the reference (MIA member sample: `eval_seed`, the same for every method)."""
+    if not seeds:
+        raise SearchError("report_plan needs at least one unlearning seed")
+    original = _predictions(reference.outputs_of(model, data))
+    rows, kept, unchanged = [], [], True
+    for s in seeds:
+        result = run_rum(model, data, reference.tiers, plan, seed=int(s))
+        outputs = reference.outputs_of(result.model, data)
+        unchanged = unchanged and all(np.array_equal(p, original[k]) for k, p in _predictions(outputs).items())
+        m = evaluate_unlearning(outputs, reference.outputs, tiers=reference.tier_positions(), seed=eval_seed,
+                                metrics=metrics)
+        m["time/unlearn_s"] = result.seconds
+        if reference.seconds and math.isfinite(reference.seconds):
+            m["time/fraction_of_retrain"] = result.seconds / reference.seconds
+        rows.append(m)
+        if keep_models:
+            kept.append(result.model)
+    return MethodReport(name, plan, rows, [int(s) for s in seeds], unchanged, kept)

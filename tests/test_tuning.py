@@ -1,0 +1,105 @@
+"""The MLflow-free selection core: candidates, known-good first trials, calibration scoring,
+divergence, the noise floor and held-out reporting (digits, tiny models)."""
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from mlflow_unlearn import tuning
+from mlflow_unlearn.algorithms import ALGORITHMS
+from mlflow_unlearn.confidences import ConfidenceRecorder
+from mlflow_unlearn.data import DatasetSpec, load_dataset
+from mlflow_unlearn.memorization import calibration_forget_sets, mix_forget_set, tiers_from_c_proxy
+from mlflow_unlearn.models import build_model
+from mlflow_unlearn.rum import Plan, single_algorithm_plan
+from mlflow_unlearn.training import TrainConfig, train_model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = load_dataset(DatasetSpec("digits", subset=300, val_fraction=0.1))
+    config = TrainConfig(epochs=5, lr=0.05, batch_size=32)
+    build = lambda seed: build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=seed, width=8)
+    model = build(0)
+    rec = ConfidenceRecorder(len(data.train))
+    train_model(model, data, config, recorder=rec, progress=False, eval_test=False)
+    c = rec.proxies()["c_proxy"]
+    forget = mix_forget_set(c, 30)
+    (cal_ids,) = calibration_forget_sets(c, forget, 1)
+    ref_model, seconds = tuning.train_reference(build, config, data, cal_ids, seed=0)
+    calibration = tuning.Reference.build(ref_model, data, cal_ids, tiers_from_c_proxy(cal_ids, c), seconds=seconds,
+                                         heldout=data.val)
+    return data, build, config, model, c, forget, calibration
+
+
+def test_default_trials_come_first_and_cover_every_algorithm():
+    trials = tuning.rum_default_trials(["low", "mid", "high"], ["none", "finetune", "salun"])
+    assert trials[0] == {"shape": "per_tier", "low.algorithm": "none", "mid.algorithm": "none", "high.algorithm": "none"}
+    assert [t.get("whole.algorithm") for t in trials[1:3]] == ["finetune", "salun"]
+    assert all(t["whole.finetune.defaults"] for t in trials[1:2])
+    assert trials[3]["low.algorithm"] == trials[3]["high.algorithm"] == "finetune" and trials[3]["mid.finetune.defaults"]
+    assert len(trials) == 5
+
+
+def test_candidates_build_valid_plans_from_enqueued_params():
+    study = optuna.create_study()
+    cands = tuning.rum_candidates(["low", "mid", "high"], ["none", "finetune", "neggrad"], max_epochs=2)
+    for params in tuning.rum_default_trials(["low", "mid", "high"], ["none", "finetune", "neggrad"]):
+        study.enqueue_trial(params)
+    plans = [cands(study.ask()) for _ in range(6)]
+    assert plans[0].to_compact() == "low=none;mid=none;high=none"
+    assert plans[1].to_compact() == "all=finetune" and plans[2].to_compact() == "all=neggrad"
+    assert plans[3].to_compact() == "low=finetune;mid=finetune;high=finetune"  # defaults: no hyperparameters
+    for plan in plans:
+        plan.validate()
+
+
+def test_scorer_uses_the_validation_split_and_detects_divergence(setup):
+    data, build, config, model, c, forget, calibration = setup
+    assert len(calibration.outputs["test"]) == len(data.val)  # the held-out term is validation, not test
+    scorer = tuning.CalibrationScorer(model, data, [calibration], seed=0)
+    m = scorer.run(single_algorithm_plan("none"))
+    assert 0 < m["tow"] <= 1 and m["calibration/0/tow"] == m["tow"]
+
+    def nan_out(model, data, *, seed=0, log=None):
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return model
+
+    ALGORITHMS.add("test_nan", nan_out)
+    try:
+        with pytest.raises(tuning.Diverged):
+            scorer.run(single_algorithm_plan("test_nan"))
+    finally:
+        ALGORITHMS._items.pop("test_nan", None)
+
+
+def test_noise_floor_of_two_retrains(setup):
+    data, build, config, model, c, forget, calibration = setup
+    second_model, _ = tuning.train_reference(build, config, data, calibration.forget_ids, seed=1)
+    second = tuning.Reference.build(second_model, data, calibration.forget_ids, calibration.tiers, heldout=data.val)
+    floor = tuning.noise_floor(second, calibration, data)
+    assert set(floor) == {"floor/tow", "floor/tow_pe", "floor/tow_mia", "floor/mia_gap"}
+    assert 0 < floor["floor/tow"] <= 1 and floor["floor/tow_pe"] < 1  # two retrains never agree on everything
+    assert tuning.noise_floor(calibration, calibration, data)["floor/tow"] == 1.0
+
+
+def test_report_plan_over_seeds_flags_methods_that_change_nothing(setup):
+    data, build, config, model, c, forget, _ = setup
+    ref_model, seconds = tuning.train_reference(build, config, data, forget, seed=0)
+    held_out = tuning.Reference.build(ref_model, data, forget, tiers_from_c_proxy(forget, c), seconds=seconds)
+    nothing = tuning.report_plan("none", model, data, held_out, single_algorithm_plan("none"), seeds=[0, 1])
+    assert nothing.unchanged and len(nothing.per_seed) == 2
+    moved = tuning.report_plan("rl", model, data, held_out, single_algorithm_plan("random_label", {"epochs": 2}), seeds=[0, 1])
+    assert not moved.unchanged
+    mean, lo, hi = moved.summary("tow")
+    assert lo <= mean <= hi and moved.per_seed[0]["tow"] != moved.per_seed[1]["tow"]  # seeds differ
+
+
+def test_optimize_refuses_a_budget_below_the_known_good_points(setup):
+    data, build, config, model, c, forget, calibration = setup
+    enqueue = tuning.rum_default_trials(["low", "mid", "high"], ["none", "finetune"])
+    with pytest.raises(tuning.SearchError, match=">= 3"):
+        tuning.optimize(optuna.create_study(direction="maximize"), tuning.rum_candidates(["low", "mid", "high"],
+                        ["none", "finetune"], max_epochs=1), tuning.CalibrationScorer(model, data, [calibration]),
+                        n_trials=2, enqueue=enqueue)
