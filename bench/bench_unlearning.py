@@ -8,9 +8,12 @@ paper's question (does a searched per-tier plan beat the best single algorithm?)
 
 Core only (no MLflow runs): data -> original training with the C-proxy recorder -> "mix" forget set
 -> retrained reference -> algorithms / RUM plans -> metrics, all through the package's functions.
-The search mirrors `mlflow_unlearn.search` (same space via `suggest_hyperparameters`, same sampler
-and pruner) on a *calibration* forget set with its own reference, so the plans it finds are
-evaluated on a forget set they were not tuned on. Results are printed as they come (flushed) and
+The search is the package's own core (`mlflow_unlearn.tuning`, what `mlflow-unlearn search` runs):
+candidates are scored on *calibration* forget sets (drawn like the evaluated one, disjoint, each
+with its own reference) with the validation split standing in for test, so the plans it finds are
+evaluated on a forget set and a test split they were not tuned on. Every baseline is tuned with the
+same trial budget on the same calibration sets, and both its defaults and its tuned setting are
+reported, next to `none` and the retrain-vs-retrain noise floor. Results are printed as they come (flushed) and
 written as markdown tables under --out-dir (default docs/; nothing is written with --smoke unless
 --out-dir is given).
 
@@ -40,17 +43,17 @@ sys.path.insert(0, str(REPO))
 from mlflow_unlearn.algorithms import ALGORITHMS, UnlearnData, run_algorithm  # noqa: E402
 from mlflow_unlearn.confidences import ConfidenceRecorder  # noqa: E402
 from mlflow_unlearn.data import DatasetSpec, load_dataset  # noqa: E402
-from mlflow_unlearn.memorization import mix_forget_set, tiers_from_c_proxy  # noqa: E402
+from mlflow_unlearn.memorization import calibration_forget_sets, mix_forget_set, tiers_from_c_proxy  # noqa: E402
 from mlflow_unlearn.metrics import evaluate_unlearning, mean_ci, outputs_for, paired_test  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
 from mlflow_unlearn.rum import ALL_TIER, Plan, PlanStep, all_tier, run_rum, single_algorithm_plan  # noqa: E402
 from mlflow_unlearn.training import TrainConfig, accuracy, train_model  # noqa: E402
+from mlflow_unlearn import tuning  # noqa: E402  (the search core, the same one `mlflow-unlearn search` runs)
 
 DEFAULT_DATA = str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 TIERS = ("low", "mid", "high")
-COMPARED = ("neggrad_plus", "finetune", "l1_sparse", "salun", "scrub")  # vanilla vs per-tier
-# The search space of mlflow_unlearn.search (DEFAULT_ALGORITHMS), without importing it up front.
-SEARCHED = ("none", "finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")
+COMPARED = ("finetune", "neggrad_plus", "salun", "scrub")  # baselines: defaults and tuned; RUM searches none + these
+SEARCHED = tuning.DEFAULT_ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -64,18 +67,20 @@ class Scale:
     lr: float
     augment: bool  # crop+flip for the original, every retrain and the unlearning algorithms
     forget: int  # size of the mix forget set (and of the calibration forget set)
-    trials: int  # Optuna trials per search space (per-tier plan, single algorithm)
+    trials: int  # Optuna trials per study (RUM and each tuned baseline alike)
     max_epochs: int  # search space: epochs per step at most
     seeds: tuple[int, ...]
+    val_fraction: float = 0.1  # held out of training; the search's stand-in for the test split
+    calibration_sets: int = 2
 
 
-# CPU scale (modes algorithms and rum): the original fits its training set (train accuracy 1.0)
-# and mode rum (3 seeds, each with its own original, 3 retrains, 2 searches and 5 algorithms x 2
-# variants at their default epochs) stays near 12 minutes on 2 shared CPU cores. With crop+flip no
-# CPU-sized run got there (resnet18 width 8 on 800 images, 40 epochs of batch 32: 0.78), so the CPU
-# scale trains on the plain images; see bench/README.md.
-CPU = Scale(subset=600, test_subset=500, model="resnet18", width=4, epochs=20, batch_size=32, lr=0.1,
-            augment=False, forget=60, trials=10, max_epochs=2, seeds=(0, 1, 2))
+# CPU scale (modes algorithms, rum and regime), DESIGN.md section 7: the memorisation regime on a
+# CPU, "shrink the data, not the fit": 3,000 CIFAR-10 images (2,700 train after the validation
+# split), resnet18 width 32, crop+flip, batch 64, lr 0.05 cosine, 40 epochs. `--mode regime` checks
+# that it is reached (eval-mode train accuracy >= 0.97, test >= 0.55, the reference's forget accuracy
+# >= 0.8 on the least and <= 0.35 on the most memorised tier) before the hours of `--mode rum`.
+CPU = Scale(subset=3000, test_subset=2000, model="resnet18", width=32, epochs=40, batch_size=64, lr=0.05,
+            augment=True, forget=300, trials=10, max_epochs=2, seeds=(0, 1, 2))
 # The paper's setting (ResNet-18, CIFAR-10, 30 epochs, crop+flip, mix forget set of 3,000).
 PAPER = Scale(subset=None, test_subset=None, model="resnet18", width=64, epochs=30, batch_size=256, lr=0.1,
               augment=True, forget=3000, trials=4, max_epochs=2, seeds=(0,))
@@ -124,12 +129,14 @@ def new_model(data, scale: Scale, seed: int) -> torch.nn.Module:
 def load(args, scale: Scale, seed: int, device: torch.device):
     """The train subset (seeded) and a seeded test subset, resident on `device`."""
     t0 = time.perf_counter()
-    data = load_dataset(DatasetSpec(name=f"imagefolder:{args.data}", subset=scale.subset, seed=seed), device="cpu")
+    data = load_dataset(DatasetSpec(name=f"imagefolder:{args.data}", subset=scale.subset, seed=seed,
+                                    val_fraction=scale.val_fraction), device="cpu")
     if scale.test_subset is not None and scale.test_subset < len(data.test):
         keep = np.sort(np.random.RandomState(10_000 + seed).choice(len(data.test), scale.test_subset, replace=False))
         data = dataclasses.replace(data, test=data.test.subset(keep))
     data = dataclasses.replace(data, augment=scale.augment).to(device)  # the algorithms follow data.augment
-    say(f"data: {len(data.train)} train / {len(data.test)} test images, loaded in {time.perf_counter() - t0:.1f} s")
+    say(f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} validation / "
+        f"{len(data.test)} test images, loaded in {time.perf_counter() - t0:.1f} s")
     return data
 
 
@@ -179,46 +186,52 @@ class Target:
     retrain_s: float
     eval_batch: int
     tier_acc: dict | None = None  # the reference's accuracy on each tier of the forget set
+    heldout: object = None  # the split standing in for test (validation while selecting; None = test)
 
     def tier_positions(self) -> dict[str, np.ndarray]:
         return {t: np.searchsorted(self.forget_ids, ids) for t, ids in self.tiers.items()}
 
     def evaluate(self, model, data, seed: int) -> dict[str, float]:
-        u = outputs_for(model, data, self.forget_ids, batch_size=self.eval_batch)
+        u = outputs_for(model, data, self.forget_ids, batch_size=self.eval_batch, heldout=self.heldout)
         return evaluate_unlearning(u, self.reference_outputs, tiers=self.tier_positions(), seed=seed)
 
+    def as_reference(self) -> tuning.Reference:
+        return tuning.Reference(self.forget_ids, self.tiers, self.reference, self.reference_outputs, self.retrain_s,
+                                self.heldout, self.name)
 
-def make_target(name: str, data, original: Original, forget_ids, scale: Scale, seed: int) -> Target:
+
+def make_target(name: str, data, original: Original, forget_ids, scale: Scale, seed: int, *, heldout=None,
+                init_seed: int | None = None) -> Target:
     forget_ids = np.sort(np.asarray(forget_ids, dtype=np.int64))
     keep = np.ones(len(data.train), dtype=bool)
     keep[forget_ids] = False
-    reference = new_model(data, scale, seed + 1000)  # its own init: a retrain is a fresh run
+    init_seed = seed + 1000 if init_seed is None else init_seed  # its own init: a retrain is a fresh run
+    reference = new_model(data, scale, init_seed)
     sync(data.device)
     t0 = time.perf_counter()
-    train_model(reference, data, train_config(scale, seed + 1000), train_ids=torch.from_numpy(np.flatnonzero(keep)),
+    train_model(reference, data, train_config(scale, init_seed), train_ids=torch.from_numpy(np.flatnonzero(keep)),
                 progress=False, eval_test=False)
     sync(data.device)
     retrain_s = time.perf_counter() - t0
     eval_batch = 4096 if data.device.type == "cuda" else 1024
     target = Target(name, forget_ids, tiers_from_c_proxy(forget_ids, original.c_proxy, TIERS), reference,
-                    outputs_for(reference, data, forget_ids, batch_size=eval_batch), retrain_s, eval_batch)
+                    outputs_for(reference, data, forget_ids, batch_size=eval_batch, heldout=heldout), retrain_s,
+                    eval_batch, heldout=heldout)
     r = evaluate_unlearning(target.reference_outputs, None, tiers=target.tier_positions(), seed=seed)
     target.tier_acc = {t: r[f"tier/{t}/forget_acc"] for t in TIERS}
     say(f"{name} forget set: {len(forget_ids)} ids ({', '.join(f'{t} {len(v)}' for t, v in target.tiers.items())}); "
         f"retrain {retrain_s:.1f} s: forget acc {r['forget/acc']:.3f} (per tier "
         f"{'/'.join(f'{a:.2f}' for a in target.tier_acc.values())}), retain acc {r['retain/acc']:.3f}, "
-        f"test acc {r['test/acc']:.3f}, MIA efficacy {r['mia/efficacy']:.3f}")
+        f"{'test' if heldout is None else 'validation'} acc {r['test/acc']:.3f}, MIA efficacy {r['mia/efficacy']:.3f}")
     return target
 
 
-def forget_sets(original: Original, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def forget_sets(original: Original, n: int, seed: int, k: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
     """The paper's mix forget set (n/3 from the least, the middle and the most memorised ranks by
-    C-proxy) and a calibration mix set of the same size from the remaining ids (the neighbouring
-    ranks: the same memorisation profile, no shared example)."""
+    C-proxy) and `k` calibration sets like it (`calibration_forget_sets`: neighbouring ranks, same
+    train-set bins, disjoint from it and from each other)."""
     forget = mix_forget_set(original.c_proxy, n, names=TIERS, seed=seed)
-    rest = np.setdiff1d(np.arange(len(original.c_proxy)), forget)
-    calibration = rest[mix_forget_set(original.c_proxy[rest], n, names=TIERS, seed=seed)]
-    return forget, np.sort(calibration)
+    return forget, calibration_forget_sets(original.c_proxy, forget, k, names=TIERS, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,39 +256,6 @@ def show(r: dict) -> None:
         f"{r['test/acc']:.3f}  {r['time/unlearn_s']:.1f} s ({r['time/fraction_of_retrain']:.3f} of retrain)")
 
 
-def compare_variants(original, data, target: Target, algorithms, seed: int, budget: "Budget | None" = None,
-                     reserve_s: float = 0.0, epochs: int = 30) -> list[dict]:
-    """Vanilla (`single_algorithm_plan(alg)` on tier "all") vs the same algorithm and defaults per
-    memorisation tier (`single_algorithm_plan(alg, {}, TIERS)`), for each algorithm.
-
-    With a budget, a run is skipped (and says so) when its projected time and `reserve_s` do not
-    fit in what is left: a vanilla run is projected at 12 epochs of retrain (the defaults are at most
-    10 epochs of the retain set, neggrad_plus's two batches a step included), a per-tier run at three
-    times the vanilla run it follows (each tier passes over the retain set with the same defaults)."""
-    rows = []
-    for alg in algorithms:
-        variants = [("vanilla", single_algorithm_plan(alg), all_tier(target.forget_ids)),
-                    ("per-tier", single_algorithm_plan(alg, {}, tier_names=TIERS), target.tiers)]
-        projected = target.retrain_s * 12 / epochs
-        for variant, plan, tiers in variants:
-            label = f"{alg} ({variant})"
-            if budget is not None and not budget.allows(projected, reserve_s):
-                say(f"  {label:<34} skipped: projected {projected:.0f} s, {budget.left():.0f} s left, "
-                    f"{reserve_s:.0f} s of it kept for the search")
-                break
-            model, seconds = timed_plan(original, data, tiers, plan, seed)
-            projected = len(TIERS) * seconds
-            r = row(label, target.evaluate(model, data, seed), seconds, target.retrain_s)
-            r.update(algorithm=alg, variant=variant)
-            show(r)
-            rows.append(r)
-    return rows
-
-
-# ------------------------------------------------------------------------------------------------
-# Search: a core-only mirror of mlflow_unlearn.search (same space, sampler and pruner, no MLflow)
-
-
 class Budget:
     """Wall-clock seconds for the rest of a run (None: unlimited)."""
 
@@ -289,69 +269,44 @@ class Budget:
         return projected_s + reserve_s <= self.left()
 
 
-class _PruneAfterTier:
-    """After each tier, report the calibration ToW so far; Optuna's median pruner may stop the trial."""
-
-    def __init__(self, target, data, trial, seed):
-        self.target, self.data, self.trial, self.seed = target, data, trial, seed
-
-    def step_finished(self, index, step, record, model):
-        import optuna
-
-        value = self.target.evaluate(model, self.data, self.seed)["tow"]
-        self.trial.report(value, index)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned()
+# ------------------------------------------------------------------------------------------------
+# Search: the package's core (mlflow_unlearn.tuning), on the calibration sets
 
 
-def search_plans(original, data, calibration: Target, scale: Scale, seed: int, *, objective: str = "tow",
+class _PrintTrials:
+    def __init__(self, space: str):
+        self.space = space
+
+    def trial_finished(self, trial, plan, metrics, state, reason=""):
+        value = f"calibration tow {metrics['tow']:.4f}" if "tow" in metrics else reason[:50]
+        say(f"    {self.space} trial {trial.number}: {state} {value}  {plan.to_compact()}")
+
+
+def search_plans(original, data, calibration: list, scale: Scale, seed: int, algorithms, *,
                  timeout_s: float | None = None) -> dict[str, Plan]:
-    """Best per-tier plan and best single algorithm (on tier "all") on the calibration forget set:
-    `scale.trials` Optuna trials each, objective `objective` (ToW by default, as the search step)."""
+    """The RUM plan and one tuned setting per baseline algorithm, each from a study of
+    `scale.trials` trials (at least the RUM study's known-good points) on the calibration sets."""
     import optuna
 
-    from mlflow_unlearn.search import suggest_hyperparameters  # imports mlflow (the edge), only for the space
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    def per_tier(trial):
-        return Plan([PlanStep(t, a, suggest_hyperparameters(trial, f"{t}.", a, scale.max_epochs))
-                     for t in TIERS for a in [trial.suggest_categorical(f"{t}.algorithm", list(SEARCHED))]],
-                    name="searched")
-
-    def single(trial):
-        a = trial.suggest_categorical("algorithm", [x for x in SEARCHED if x != "none"])
-        return Plan([PlanStep(ALL_TIER, a, suggest_hyperparameters(trial, "", a, scale.max_epochs))], name=f"single-{a}")
-
+    scorer = tuning.CalibrationScorer(original.model, data, [t.as_reference() for t in calibration], seed=seed)
+    searched = ["none", *[a for a in algorithms if a != "none"]]  # the RUM space: none plus the compared algorithms
+    enqueue = tuning.rum_default_trials(TIERS, searched)
+    n_trials = max(scale.trials, len(enqueue))  # the same budget for RUM and for every tuned baseline
+    spaces = [("rum", tuning.rum_candidates(TIERS, searched, max_epochs=scale.max_epochs), enqueue)]
+    spaces += [(a, tuning.algorithm_candidates(a, max_epochs=scale.max_epochs), tuning.algorithm_default_trials(a))
+               for a in algorithms]
     best = {}
-    for space, plan_for, tiers in (("per-tier", per_tier, calibration.tiers),
-                                   ("single", single, all_tier(calibration.forget_ids))):
-        def fn(trial):
-            plan = plan_for(trial)
-            trial.set_user_attr("plan", plan.to_dict())
-            callbacks = _PruneAfterTier(calibration, data, trial, seed) if space == "per-tier" else None
-            t0 = time.perf_counter()
-            try:
-                result = run_rum(original.model, data, tiers, plan, seed=seed, callbacks=callbacks)
-            except optuna.TrialPruned:
-                say(f"    {space} trial {trial.number}: pruned after {time.perf_counter() - t0:.1f} s  {plan.to_compact()}")
-                raise
-            value = calibration.evaluate(result.model, data, seed)[objective]
-            say(f"    {space} trial {trial.number}: {objective} {value:.4f}  {result.seconds:.1f} s  {plan.to_compact()}")
-            return value
-
-        with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-        study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-        study.optimize(fn, n_trials=scale.trials, timeout=None if timeout_s is None else timeout_s / 2)
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if not complete:
+    for space, candidates, first in spaces:
+        study = tuning.make_study(None, None, seed=seed)
+        tuning.optimize(study, candidates, scorer, n_trials=n_trials, enqueue=first, observer=_PrintTrials(space),
+                        timeout_s=None if timeout_s is None else timeout_s / len(spaces))
+        try:
+            best[space], value = tuning.best_plan(study)
+        except tuning.SearchError:
             say(f"  search {space}: no completed trial")
             continue
-        best[space] = Plan.from_dict(study.best_trial.user_attrs["plan"])
-        say(f"  search {space}: best calibration {objective} {study.best_value:.4f} after {len(study.trials)} trials: "
+        say(f"  search {space}: best calibration ToW {value:.4f} (selection only) after {len(study.trials)} trials: "
             f"{best[space].to_compact()}")
     return best
 
@@ -450,41 +405,43 @@ def mode_algorithms(args, scale: Scale, device) -> None:
 
 
 def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None) -> dict:
-    """One seed: its own subset, original, forget and calibration sets, references and searches."""
+    """One seed: its own subset, original, forget and calibration sets, references and searches.
+    Selection first (calibration sets, validation split), then reporting on the evaluated set."""
     say(f"\n=== seed {seed} ===")
     data = load(args, scale, seed, device)
     original = train_original(data, scale, seed)
-    forget, calibration_ids = forget_sets(original, scale.forget, seed)
-    target = make_target("evaluated", data, original, forget, scale, seed)
-    rows = [row("original (no unlearning)", target.evaluate(original.model, data, seed), 0.0, target.retrain_s)]
-    show(rows[0])
-    # Keep time for the search: its calibration retrain (about one retrain) and its trials.
-    search_reserve = 0.0 if budget is None else 1.2 * target.retrain_s + args.search_s * 1.5
-    if budget is not None:
-        # The defaults of the compared algorithms add up to about 47 epochs of the retain set
-        # (neggrad_plus's forget batches and scrub's teacher passes included) and 3x that per tier.
-        comparison = target.retrain_s * 4 * 47 / scale.epochs
-        say(f"budget: {budget.left():.0f} s left; projected at this speed: vanilla + per-tier runs {comparison:.0f} s, "
-            f"search {search_reserve:.0f} s (kept); per-tier runs that do not fit are skipped")
-    rows += compare_variants(original, data, target, args.algorithms, seed, budget, search_reserve, scale.epochs)
+    forget, calibration_ids = forget_sets(original, scale.forget, seed, scale.calibration_sets)
     plans = {}
-    if scale.trials > 0 and (budget is None or budget.allows(1.1 * target.retrain_s)):
-        calibration = make_target("calibration", data, original, calibration_ids, scale, seed)
+    if scale.trials > 0:
+        calibration = [make_target(f"calibration {j + 1}", data, original, ids, scale, seed, heldout=data.val)
+                       for j, ids in enumerate(calibration_ids)]
         timeout = None if budget is None else max(min(args.search_s, budget.left() - 0.5 * args.search_s), 1.0)
-        plans = search_plans(original, data, calibration, scale, seed, timeout_s=timeout)
-        for space, label in (("per-tier", "RUM, searched per-tier plan"), ("single", "best single algorithm (searched)")):
-            if space not in plans:
-                continue
-            tiers = target.tiers if space == "per-tier" else all_tier(target.forget_ids)
-            model, seconds = timed_plan(original, data, tiers, plans[space], seed)
-            r = row(label, target.evaluate(model, data, seed), seconds, target.retrain_s)
-            r.update(plan=plans[space].to_compact())
-            show(r)
-            rows.append(r)
-    elif scale.trials > 0:
-        say(f"  search skipped: {budget.left():.0f} s left")
+        plans = search_plans(original, data, calibration, scale, seed, args.algorithms, timeout_s=timeout)
+    target = make_target("evaluated", data, original, forget, scale, seed)
+    second = make_target("evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000)
+    floor = tuning.noise_floor(second.as_reference(), target.as_reference(), data, seed=seed)
+    say(f"noise floor (retrain vs retrain): ToW {floor['floor/tow']:.4f}, ToW-PE {floor['floor/tow_pe']:.4f}, "
+        f"MIA gap {floor['floor/mia_gap']:.4f}")
+    reference = target.as_reference()
+    methods = [("RUM, searched plan", plans.get("rum")), ("none (no unlearning)", single_algorithm_plan("none"))]
+    for a in args.algorithms:
+        methods += [(f"{a} (defaults)", single_algorithm_plan(a)), (f"{a} (tuned)", plans.get(a))]
+    rows = []
+    for label, plan in methods:
+        if plan is None:
+            continue
+        projected = target.retrain_s * 12 / scale.epochs  # at most ~10 epochs of retain at the defaults
+        if budget is not None and not budget.allows(projected):
+            say(f"  {label:<34} skipped: projected {projected:.0f} s, {budget.left():.0f} s left")
+            continue
+        report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed)
+        m = report.per_seed[0]
+        r = row(label, m, m["time/unlearn_s"], target.retrain_s)
+        r.update(plan=plan.to_compact(), unchanged=report.unchanged)
+        show(r)
+        rows.append(r)
     return {"seed": seed, "data": data, "original": original, "retrain_s": target.retrain_s, "rows": rows,
-            "tier_acc": target.tier_acc,
+            "tier_acc": target.tier_acc, "floor": floor,
             "plans": {k: v.to_compact() for k, v in plans.items()}}
 
 
@@ -504,12 +461,22 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
         return fmt(mean, digits) if len(vals) < 2 else f"{fmt(mean, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
     header = ["method", "n", "ToW", "MIA gap", "ToW-MIA", "ToW-PE", "forget acc", "time / retrain"]
-    body = [[m, str(sum(r is not None for r in per[m])), ci(m, "tow"), ci(m, "mia/gap", 3), ci(m, "tow_mia"),
+    def label(m):  # a method whose predictions never differed from the original's is marked
+        rows = [r for r in per[m] if r is not None]
+        return m + (" (unchanged)" if rows and all(r.get("unchanged") for r in rows) else "")
+
+    floors = [res["floor"] for res in results]
+    body = [[label(m), str(sum(r is not None for r in per[m])), ci(m, "tow"), ci(m, "mia/gap", 3), ci(m, "tow_mia"),
              ci(m, "tow_pe"), ci(m, "forget/acc", 3), ci(m, "time/fraction_of_retrain", 3)] for m in methods]
+    floor_cell = lambda key, d=4: (fmt(mean_ci([f[key] for f in floors])[0], d) if len(floors) < 2 else
+                                   "{} [{}, {}]".format(*(fmt(v, d) for v in mean_ci([f[key] for f in floors]))))
+    body.append(["retrain vs retrain (noise floor)", str(len(floors)), floor_cell("floor/tow"),
+                 floor_cell("floor/mia_gap", 3), floor_cell("floor/tow_mia"), floor_cell("floor/tow_pe"), "-", "1"])
 
     tests = []
-    pairs = [("RUM, searched per-tier plan", "best single algorithm (searched)")]
-    pairs += [(f"{a} (per-tier)", f"{a} (vanilla)") for a in args.algorithms]
+    pairs = [("RUM, searched plan", "none (no unlearning)")]
+    pairs += [("RUM, searched plan", f"{a} (tuned)") for a in args.algorithms]
+    pairs += [(f"{a} (tuned)", f"{a} (defaults)") for a in args.algorithms]
     for a, b in pairs:
         both = [(ra, rb) for ra, rb in zip(per.get(a, []), per.get(b, [])) if ra is not None and rb is not None]
         if not both:
@@ -518,23 +485,24 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
             t = paired_test([ra[key] for ra, _ in both], [rb[key] for _, rb in both])
             tests.append([f"{a} - {b}", key, str(len(both)), f"{fmt(t['mean_diff'])} [{fmt(t['ci_low'])}, "
                           f"{fmt(t['ci_high'])}]", fmt(t["t"], 2), fmt(t["p"], 3), better])
-    plans = [f"- seed {res['seed']}: per-tier `{res['plans'].get('per-tier', '-')}`; single "
-             f"`{res['plans'].get('single', '-')}`" for res in results]
+    plans = [f"- seed {res['seed']}: " + "; ".join(f"{k} `{v}`" for k, v in res["plans"].items()) for res in results]
     retrain = ", ".join(f"{res['retrain_s']:.1f}" for res in results)
     tier_acc = "; ".join("/".join(fmt(a, 2) for a in res["tier_acc"].values()) for res in results)
     return "\n".join([
         f"# {title}", "", f"`{command_line()}`", "",
         *scale_lines(args, scale, results[0]["data"], [res["original"] for res in results], device),
         f"- seeds {', '.join(str(res['seed']) for res in results)}: each seed has its own train subset, original "
-        f"model, forget set, calibration forget set, references and searches; retrain seconds per seed: {retrain}; "
+        f"model, forget set, calibration forget sets, references and searches; retrain seconds per seed: {retrain}; "
         f"the reference's forget accuracy per tier low/mid/high, per seed: {tier_acc}",
-        f"- search: Optuna TPE (multivariate, seeded) with the median pruner, objective ToW on a calibration mix "
-        f"forget set of the same size (disjoint, neighbouring memorisation ranks, its own retrain); "
-        f"{scale.trials} trials for the per-tier plan and {scale.trials} for the single algorithm on the whole "
-        f"forget set; the space of `mlflow_unlearn.search.suggest_hyperparameters` with max_epochs "
-        f"{scale.max_epochs}; the plans found are then run on the evaluated forget set",
-        "- vanilla = `single_algorithm_plan(alg)` on the whole forget set; per-tier = "
-        "`single_algorithm_plan(alg, {}, tier_names=('low', 'mid', 'high'))`; both with the algorithm's defaults",
+        f"- selection: `mlflow_unlearn.tuning` (Optuna TPE, seeded, median pruner), objective mean ToW over "
+        f"{scale.calibration_sets} calibration mix forget sets like the evaluated one (disjoint, neighbouring "
+        f"memorisation ranks, each with its own retrain), the validation split ({scale.val_fraction:g} of the subset) "
+        f"standing in for test; the RUM study (space: none + {', '.join(args.algorithms)}; whole-set and per-tier "
+        f"plans; its defaults first) and one study per tuned baseline get the same number of trials "
+        f"(at least {scale.trials}), max_epochs {scale.max_epochs}",
+        "- reporting: every method on the evaluated forget set and the test split, which no selection touched; "
+        "defaults = the algorithm's registered defaults on the whole forget set; (unchanged) = predictions equal "
+        "the original's on every split; the noise floor is a second retrain (another seed) against the reference",
         "- cells: mean [95% Student-t interval] over seeds; time / retrain = unlearning wall seconds / retrain seconds",
         "", table(header, body), "",
         "Paired tests over seeds (difference a - b; ToW: higher is better, MIA gap: lower is better):", "",
@@ -550,6 +518,23 @@ def mode_rum(args, scale: Scale, device) -> None:
     text += f"\ntotal {time.perf_counter() - t0:.0f} s\n"
     say("\n" + text)
     write(args, "bench_rum.md", text)
+
+
+def mode_regime(args, scale: Scale, device) -> None:
+    """Is the CPU scale in the memorisation regime? One original and the reference of its mix set."""
+    seed = scale.seeds[0]
+    data = load(args, scale, seed, device)
+    original = train_original(data, scale, seed)
+    forget, _ = forget_sets(original, scale.forget, seed, 1)
+    target = make_target("evaluated", data, original, forget, scale, seed)
+    checks = {"train acc >= 0.97": original.train_acc >= 0.97, "test acc >= 0.55": original.test_acc >= 0.55,
+              "reference low-tier forget acc >= 0.8": target.tier_acc["low"] >= 0.8,
+              "reference high-tier forget acc <= 0.35": target.tier_acc["high"] <= 0.35}
+    say(f"regime: train acc {original.train_acc:.4f}, test acc {original.test_acc:.4f}, original {original.seconds:.0f} s, "
+        f"retrain {target.retrain_s:.0f} s; reference forget acc per tier "
+        + ", ".join(f"{t} {a:.3f}" for t, a in target.tier_acc.items()))
+    for name, ok in checks.items():
+        say(f"  {'ok  ' if ok else 'FAIL'} {name}")
 
 
 def mode_paper(args, scale: Scale, device) -> None:
@@ -570,7 +555,7 @@ def mode_paper(args, scale: Scale, device) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("algorithms", "rum", "paper"), required=True)
+    p.add_argument("--mode", choices=("algorithms", "rum", "paper", "regime"), required=True)
     p.add_argument("--smoke", action="store_true", help="a tiny CPU-sized run of the same code path (for CI)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--data", default=DEFAULT_DATA, help="the CIFAR-10 JPEG copy (.tar.gz or extracted tree)")
@@ -587,7 +572,8 @@ def main(argv=None) -> int:
     p.add_argument("--forget", type=int, help="size of the mix forget set")
     p.add_argument("--trials", type=int, help="Optuna trials per search space (0: no search)")
     p.add_argument("--max-epochs", type=int, help="search space: epochs per step at most")
-    p.add_argument("--algorithms", nargs="+", default=list(COMPARED), help="vanilla vs per-tier comparison")
+    p.add_argument("--algorithms", nargs="+", default=None, help="baselines, each at its defaults and tuned; the RUM "
+                   f"search space is none plus these (default: {' '.join(COMPARED)}; smoke: neggrad_plus)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default 1: fastest on the shared 2-core machines)")
     p.add_argument("--budget-s", type=float, help="paper mode: seconds per seed; runs that would not fit are "
                    "skipped and say so (default 540 on CUDA, unlimited otherwise; 0: unlimited)")
@@ -615,12 +601,14 @@ def main(argv=None) -> int:
         args.budget_s = 540.0
     if args.budget_s is not None and args.budget_s <= 0:
         args.budget_s = None  # --budget-s 0: no budget
+    if args.algorithms is None:
+        args.algorithms = ["neggrad_plus"] if args.smoke else list(COMPARED)
     unknown = [a for a in args.algorithms if a not in ALGORITHMS]
     if unknown:
         p.error(f"unknown algorithm(s) {unknown}; registered: {', '.join(ALGORITHMS.names())}")
     say(f"mode {args.mode}{' (smoke)' if args.smoke else ''}; {machine(device)}; {scale}")
     t0 = time.perf_counter()
-    {"algorithms": mode_algorithms, "rum": mode_rum, "paper": mode_paper}[args.mode](args, scale, device)
+    {"algorithms": mode_algorithms, "rum": mode_rum, "paper": mode_paper, "regime": mode_regime}[args.mode](args, scale, device)
     say(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
 
