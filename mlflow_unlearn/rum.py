@@ -239,9 +239,12 @@ class Plan:
 
         `tiers`: the forget set's tier names, or a mapping tier -> ids (then an empty tier is an
         error too). Checked: a known retain mode, at least one step, no tier twice, known algorithms
-        and valid hyperparameters, and with `tiers`: no unknown tier and no tier left out. Every
-        problem found is listed in one `PlanError`.
+        and valid hyperparameters, and with `tiers`: no unknown tier and no tier left out. A plan
+        whose only step is on tier "all" fits any tiers (it unlearns their union; see `run_rum`).
+        Every problem found is listed in one `PlanError`.
         """
+        if tiers is not None:
+            tiers = whole_set_tiers(self, tiers)
         problems: list[str] = []
         if self.retain_mode not in RETAIN_MODES:
             problems.append(f"unknown retain_mode {self.retain_mode!r}; valid: {', '.join(RETAIN_MODES)}")
@@ -401,6 +404,21 @@ def _plain(v: Any) -> Any:
 def _short(v: Any, n: int = 80) -> str:
     s = repr(v)
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def whole_set_tiers(plan: "Plan", tiers):
+    """The tiers `plan` runs on: `tiers` itself, except for a plan whose only step is on tier "all"
+    (a whole-set candidate of the search, a vanilla run), which applies to the union of the tiers
+    however the request was cut. Names in, names out; a mapping of ids in, one merged tier out."""
+    if plan.tiers != [ALL_TIER]:
+        return tiers
+    if isinstance(tiers, Mapping):
+        if ALL_TIER in tiers:
+            return tiers
+        parts = [_tier_ids(v, str(t), 2 ** 62) if not isinstance(v, torch.Tensor) else v.flatten().to("cpu", torch.long)
+                 for t, v in tiers.items()]
+        return {ALL_TIER: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)}
+    return [ALL_TIER]
 
 
 def _count(ids: Any) -> int:
@@ -585,10 +603,7 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
     callbacks = callbacks if callbacks is not None else NullCallbacks()
     n = len(data.train)
     ids = {str(t): _tier_ids(v, str(t), n) for t, v in tiers.items()}
-    if plan.tiers == [ALL_TIER] and ALL_TIER not in ids:
-        # A one-algorithm plan on tier "all" (a whole-set candidate of the search, a vanilla run)
-        # applies to the whole forget set, however the request was cut into tiers.
-        ids = {ALL_TIER: torch.cat(list(ids.values())) if ids else torch.zeros(0, dtype=torch.long)}
+    ids = whole_set_tiers(plan, ids)
     plan = plan.validate(ids)
 
     owner = torch.full((n,), -1, dtype=torch.long)  # which tier each train id belongs to

@@ -190,6 +190,19 @@ def test_vanilla_is_rum_over_the_single_tier_all(data, model, recorder):
     assert same_weights(snapshot(via_rum), snapshot(direct))
 
 
+def test_a_whole_set_plan_runs_on_any_tiering_of_the_request(data, model, tiers, recorder):
+    """The search's whole-set candidates are one-step plans on tier "all"; they must run (and
+    validate) against a request cut into low/mid/high, unlearning the union in one step."""
+    algo, calls = recorder
+    plan = single_algorithm_plan(algo)
+    assert plan.validate(list(tiers)).tiers == [ALL_TIER]
+    run_rum(model, data, tiers, plan, seed=1)
+    union = sorted(i for ids in tiers.values() for i in ids)
+    assert len(calls) == 1 and sorted(calls[0]["forget"]) == union
+    with pytest.raises(PlanError, match="not in the plan"):
+        Plan.parse(f"low={algo}").validate(list(tiers))  # a partial per-tier plan is still an error
+
+
 # --------------------------------------------------------------------------------------------------
 # Forms
 
