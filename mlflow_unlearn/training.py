@@ -2,6 +2,10 @@
 
 The same loop trains the original model (recording per-example confidences for free), the
 retrained reference (on the retain ids only) and the fine-tuning style unlearning algorithms.
+
+`sgd` uses Nesterov momentum whenever momentum > 0 (`nesterov=momentum > 0`); the RUM/SalUn
+papers' code used plain (heavy-ball) momentum SGD. Every optimiser in the package (training, the
+retrained reference, the unlearning algorithms' `Loop`) goes through it or the same setting.
 """
 from __future__ import annotations
 

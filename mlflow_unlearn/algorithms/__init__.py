@@ -1,8 +1,16 @@
 """Unlearning algorithms, looked up by name.
 
-    from mlflow_unlearn.algorithms import UnlearnData, run_algorithm, hyperparameters
+    from mlflow_unlearn.algorithms import TrainRecipe, UnlearnData, run_algorithm, hyperparameters
     data = UnlearnData.from_forget(image_data, forget_ids)      # retain = train minus forget
     new_model = run_algorithm("neggrad_plus", model, data, {"lr": "0.01", "alpha": 0.95}, seed=0)
+
+    # how the source was trained, so that `retrain` replays it exactly (optional)
+    recipe = TrainRecipe(lambda seed: build_model("small_cnn", num_classes=10, input_shape=shape, seed=seed),
+                         train_config)
+    data = UnlearnData.from_forget(image_data, forget_ids, recipe=recipe)
+
+`UnlearnData.augment` (default False) switches crop + flip augmentation of unlearning batches on;
+the dataset's own `augment` setting does not.
 
 Every algorithm is a function `fn(model, data, *, <hyperparameters with defaults>, seed=0, log=None)
 -> nn.Module`; its keyword-only parameters are its hyperparameters (`hyperparameters(name)` lists
@@ -16,8 +24,13 @@ Built-ins (see `builtin.py` for each one's source and defaults): none, finetune,
 neggrad_plus, scrub, random_label, salun, influence, retrain. Third-party packages add algorithms
 through the entry-point group `mlflow_unlearn.algorithms` (see plugins/mlflow-unlearn-example).
 
-Per-epoch losses go to `log.log_metrics({"unlearn/...": value}, step=epoch)`. Progress bars are
-off unless the environment variable MLFLOW_UNLEARN_PROGRESS=1.
+The iterative built-ins share one batch-size rule (`effective_batch_size`, `MIN_RETAIN_BATCHES`,
+`MIN_FORGET_BATCHES`; see `builtin.py`): `batch_size` is an upper bound, lowered so that an epoch
+has enough optimiser steps on small sets; plugins can use the same helper.
+
+Per-epoch losses go to `log.log_metrics({"unlearn/...": value}, step=epoch)`; the built-ins also
+log `unlearn/batch_size` and `unlearn/steps` at step 0. Progress bars are off unless the
+environment variable MLFLOW_UNLEARN_PROGRESS=1.
 """
 from ._base import (
     ALGORITHMS,
@@ -25,6 +38,7 @@ from ._base import (
     PROGRESS_ENV,
     HyperparameterError,
     Loop,
+    TrainRecipe,
     UnlearnData,
     hyperparameters,
     progress_enabled,
@@ -33,15 +47,19 @@ from ._base import (
     validate_hyperparameters,
 )
 from . import builtin  # noqa: F401  (registers the built-ins)
-from .builtin import forget_gradients, saliency_mask
+from .builtin import MIN_FORGET_BATCHES, MIN_RETAIN_BATCHES, effective_batch_size, forget_gradients, saliency_mask
 
 __all__ = [
     "ALGORITHMS",
     "HyperparameterError",
     "Loop",
+    "MIN_FORGET_BATCHES",
+    "MIN_RETAIN_BATCHES",
     "NOT_HYPERPARAMETERS",
     "PROGRESS_ENV",
+    "TrainRecipe",
     "UnlearnData",
+    "effective_batch_size",
     "forget_gradients",
     "hyperparameters",
     "progress_enabled",

@@ -20,7 +20,7 @@ from torch import nn
 from .._registry import Registry, keyword_defaults
 from ..data import ImageData, Split, augment_batch
 from ..progress import MetricLogger, NullLogger, ProgressBar
-from ..training import cosine_schedule, make_generator, sgd, use_amp
+from ..training import TrainConfig, cosine_schedule, make_generator, sgd, use_amp
 
 ALGORITHMS = Registry("algorithm", "mlflow_unlearn.algorithms")
 
@@ -39,6 +39,23 @@ class HyperparameterError(ValueError):
 # Data
 
 
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How the source model was made: `build(seed)` returns a freshly initialised model of the
+    source's architecture (same module types and shapes, new weights drawn from `seed`), and
+    `config` is the `TrainConfig` the source was trained with. The `retrain` algorithm replays it
+    on the retain set with the seed replaced, exactly as the retrained reference does."""
+
+    build: Callable[[int], nn.Module]
+    config: TrainConfig
+
+    def __post_init__(self):
+        if not callable(self.build):
+            raise TypeError(f"TrainRecipe.build must be a callable seed -> nn.Module, got {type(self.build).__name__}")
+        if not isinstance(self.config, TrainConfig):
+            raise TypeError(f"TrainRecipe.config must be a TrainConfig, got {type(self.config).__name__}")
+
+
 @dataclass
 class UnlearnData:
     """What an unlearning algorithm works on: the dataset and two disjoint sets of train ids.
@@ -49,13 +66,23 @@ class UnlearnData:
 
     Duplicate ids are an error at this level (a forget *request* may repeat an id; whoever turns
     requests into a forget set de-duplicates first, so that a digest of the set is well defined).
+
+    `recipe` (optional): how the source model was trained (`TrainRecipe`); `retrain` uses it.
+    `augment`: whether unlearning batches are augmented (crop + flip). Off by default, whatever the
+    dataset's own `augment` says: RUM's per-tier unlearning commands (`main_rum.py`,
+    `main_rum_proxy.py` in github.com/kairanzhao/RUM) pass `--no_aug`.
     """
 
     data: ImageData
     forget_ids: torch.Tensor
     retain_ids: torch.Tensor
+    recipe: TrainRecipe | None = None
+    augment: bool = False
 
     def __post_init__(self):
+        if self.recipe is not None and not isinstance(self.recipe, TrainRecipe):
+            raise TypeError(f"recipe must be a TrainRecipe or None, got {type(self.recipe).__name__}")
+        self.augment = bool(self.augment)
         n = len(self.data.train)
         self.forget_ids = _as_ids(self.forget_ids, "forget_ids", n, self.data.device)
         self.retain_ids = _as_ids(self.retain_ids, "retain_ids", n, self.data.device)
@@ -69,7 +96,8 @@ class UnlearnData:
             raise ValueError(f"ids {ids} are in both the forget and the retain set; the two must be disjoint")
 
     @classmethod
-    def from_forget(cls, data: ImageData, forget_ids) -> "UnlearnData":
+    def from_forget(cls, data: ImageData, forget_ids, *, recipe: TrainRecipe | None = None,
+                    augment: bool = False) -> "UnlearnData":
         """Forget `forget_ids` (positions in `data.train`); retain = every other train example."""
         n = len(data.train)
         forget = _as_ids(forget_ids, "forget_ids", n, data.device)
@@ -80,7 +108,7 @@ class UnlearnData:
                              f"(to start over, train a new model instead)")
         keep = torch.ones(n, dtype=torch.bool, device=data.device)
         keep[forget] = False
-        return cls(data, forget, torch.nonzero(keep).flatten())
+        return cls(data, forget, torch.nonzero(keep).flatten(), recipe=recipe, augment=augment)
 
     @property
     def forget(self) -> Split:
@@ -334,6 +362,10 @@ class Loop:
     """One SGD optimiser with a per-step cosine schedule over `total_steps`, a seeded generator for
     shuffling, labels and augmentation, bf16 autocast on CUDA, per-epoch metrics and a progress bar.
 
+    The optimiser is `mlflow_unlearn.training.sgd`: Nesterov momentum whenever momentum > 0 (the
+    papers' code used plain momentum SGD). Batches are augmented only when `data.augment`
+    (`UnlearnData.augment`, off by default), not when the dataset's own `augment` is on.
+
     The algorithms in this package and plugins can use it; it is a convenience, not a requirement.
     """
 
@@ -344,7 +376,7 @@ class Loop:
         self.device = data.device
         self.gen = make_generator(seed, self.device)
         self.amp = use_amp(None, self.device)
-        self.augment = bool(data.data.augment)
+        self.augment = bool(data.augment)
         if params is None:
             self.opt = sgd(model, lr, momentum, weight_decay)
         else:

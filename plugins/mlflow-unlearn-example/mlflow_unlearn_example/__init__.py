@@ -6,20 +6,27 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from mlflow_unlearn.algorithms import Loop, UnlearnData
+from mlflow_unlearn.algorithms import MIN_FORGET_BATCHES, MIN_RETAIN_BATCHES, Loop, UnlearnData, effective_batch_size
 from mlflow_unlearn.progress import MetricLogger
 
 
-def ascent_then_repair(model: nn.Module, data: UnlearnData, *, ascent_steps: int = 5, ascent_lr: float = 0.01,
+def ascent_then_repair(model: nn.Module, data: UnlearnData, *, ascent_steps: int = 8, ascent_lr: float = 0.05,
                        repair_epochs: int = 1, repair_lr: float = 0.01, batch_size: int = 128, seed: int = 0,
                        log: MetricLogger | None = None) -> nn.Module:
     """`ascent_steps` steps of gradient ascent on forget batches (pushing the forget loss up), then
-    `repair_epochs` epochs of cross-entropy on the retain set to repair what the ascent broke."""
+    `repair_epochs` epochs of cross-entropy on the retain set to repair what the ascent broke.
+    `batch_size` is an upper bound, lowered by the built-ins' rule (`effective_batch_size`: at least
+    `MIN_FORGET_BATCHES` forget batches and `MIN_RETAIN_BATCHES` retain batches per pass), so a small
+    request still gets real steps. Defaults measured on digits mix:90 (small CNN fitted to train): 5 of
+    90 forget predictions change (the retrained reference changes 10), retain accuracy stays 1.0;
+    ascent lr 0.01 changed none, 0.1 cost test accuracy (0.972)."""
     forget, retain = data.forget, data.retain
+    forget_batch = effective_batch_size(len(forget), batch_size, MIN_FORGET_BATCHES)
+    batch_size = effective_batch_size(len(retain), batch_size, MIN_RETAIN_BATCHES)
     if ascent_steps > 0:
         ascent = Loop(model, data, lr=ascent_lr, total_steps=ascent_steps, seed=seed, log=log, desc="ascent")
         ascent.start_epoch(0, 1, ascent_steps)
-        batches = ascent.cycle(len(forget), batch_size)
+        batches = ascent.cycle(len(forget), forget_batch)
         for _ in range(ascent_steps):
             pos = next(batches)
             ce = F.cross_entropy(ascent.forward(ascent.inputs(forget, pos)), forget.y[pos])
