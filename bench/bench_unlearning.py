@@ -40,7 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mlflow_unlearn.algorithms import ALGORITHMS, UnlearnData, run_algorithm  # noqa: E402
+from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe  # noqa: E402
 from mlflow_unlearn.confidences import ConfidenceRecorder  # noqa: E402
 from mlflow_unlearn.data import DatasetSpec, load_dataset  # noqa: E402
 from mlflow_unlearn.memorization import calibration_forget_sets, mix_forget_set, tiers_from_c_proxy  # noqa: E402
@@ -65,7 +65,7 @@ class Scale:
     epochs: int
     batch_size: int
     lr: float
-    augment: bool  # crop+flip for the original, every retrain and the unlearning algorithms
+    augment: bool  # crop+flip for the original and every retrain (unlearning: off, as the papers' --no_aug)
     forget: int  # size of the mix forget set (and of the calibration forget set)
     trials: int  # Optuna trials per study (RUM and each tuned baseline alike)
     max_epochs: int  # search space: epochs per step at most
@@ -134,7 +134,7 @@ def load(args, scale: Scale, seed: int, device: torch.device):
     if scale.test_subset is not None and scale.test_subset < len(data.test):
         keep = np.sort(np.random.RandomState(10_000 + seed).choice(len(data.test), scale.test_subset, replace=False))
         data = dataclasses.replace(data, test=data.test.subset(keep))
-    data = dataclasses.replace(data, augment=scale.augment).to(device)  # the algorithms follow data.augment
+    data = dataclasses.replace(data, augment=scale.augment).to(device)  # training and retrains follow data.augment
     say(f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} validation / "
         f"{len(data.test)} test images, loaded in {time.perf_counter() - t0:.1f} s")
     return data
@@ -147,6 +147,11 @@ class Original:
     train_acc: float  # eval mode, plain images
     test_acc: float
     seconds: float
+
+
+def recipe(data, scale: Scale, seed: int) -> TrainRecipe:
+    """How every model here is trained: what the `retrain` algorithm replays."""
+    return TrainRecipe(build=lambda s: new_model(data, scale, s), config=train_config(scale, seed))
 
 
 def train_config(scale: Scale, seed: int) -> TrainConfig:
@@ -289,7 +294,8 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    scorer = tuning.CalibrationScorer(original.model, data, [t.as_reference() for t in calibration], seed=seed)
+    scorer = tuning.CalibrationScorer(original.model, data, [t.as_reference() for t in calibration], seed=seed,
+                                      recipe=recipe(data, scale, seed))
     searched = ["none", *[a for a in algorithms if a != "none"]]  # the RUM space: none plus the compared algorithms
     enqueue = tuning.rum_default_trials(TIERS, searched)
     n_trials = max(scale.trials, len(enqueue))  # the same budget for RUM and for every tuned baseline
@@ -335,7 +341,8 @@ def scale_lines(args, scale: Scale, data, originals: list[Original], device) -> 
         f"({'all' if scale.subset is None else 'seeded subset'}), {len(data.test)} test images",
         f"- model: {scale.model} (CIFAR stem) width {scale.width} (64 = standard), SGD lr {scale.lr} cosine, "
         f"batch {scale.batch_size}, {scale.epochs} epochs ({steps} steps), "
-        f"{'crop+flip' if scale.augment else 'no augmentation'} (original, retrains and unlearning alike)",
+        f"{'crop+flip' if scale.augment else 'no augmentation'} (original and retrains; unlearning without, as the "
+        f"papers' --no_aug)",
         f"- original model: train accuracy {accs} (eval mode, plain images), test accuracy {tests}",
         f"- forget set: 'mix' of {scale.forget} ids ({scale.forget // 3} per memorisation tier by C-proxy)",
     ]
@@ -364,18 +371,12 @@ def mode_algorithms(args, scale: Scale, device) -> None:
     original = train_original(data, scale, seed)
     forget, _ = forget_sets(original, scale.forget, seed)
     target = make_target("evaluated", data, original, forget, scale, seed)
-    unlearn = UnlearnData.from_forget(data, torch.from_numpy(forget))
     rows = []
-    for name in ALGORITHMS.names():
-        if name == "retrain":  # the reference itself: retrain-equivalent by definition
-            r = row("retrain (the reference)", target.evaluate(target.reference, data, seed), target.retrain_s,
-                    target.retrain_s)
-        else:
-            sync(device)
-            t0 = time.perf_counter()
-            model = run_algorithm(name, original.model, unlearn, {}, seed=seed)
-            sync(device)
-            r = row(name, target.evaluate(model, data, seed), time.perf_counter() - t0, target.retrain_s)
+    for name in ALGORITHMS.names():  # `retrain` replays the recipe with another seed: retrain vs retrain
+        report = tuning.report_plan(name, original.model, data, target.as_reference(), single_algorithm_plan(name),
+                                    seeds=[seed], eval_seed=seed, recipe=recipe(data, scale, seed))
+        m = report.per_seed[0]
+        r = row(name + (" (unchanged)" if report.unchanged else ""), m, m["time/unlearn_s"], target.retrain_s)
         show(r)
         rows.append(r)
     header = ["algorithm", "forget acc", "retain acc", "test acc", "ToW", "MIA efficacy", "MIA gap", "ToW-MIA",
@@ -434,7 +435,8 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
         if budget is not None and not budget.allows(projected):
             say(f"  {label:<34} skipped: projected {projected:.0f} s, {budget.left():.0f} s left")
             continue
-        report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed)
+        report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
+                                    recipe=recipe(data, scale, seed))
         m = report.per_seed[0]
         r = row(label, m, m["time/unlearn_s"], target.retrain_s)
         r.update(plan=plan.to_compact(), unchanged=report.unchanged)

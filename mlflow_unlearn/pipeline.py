@@ -142,7 +142,8 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         source = ctx.source.model.to(ctx.data.device)
         reports = []
         for label, plan, algorithm in methods:
-            report = report_plan(label, source, ctx.data, held_out, plan, seeds=seeds, eval_seed=ctx.seed)
+            report = report_plan(label, source, ctx.data, held_out, plan, seeds=seeds, eval_seed=ctx.seed,
+                                 recipe=ctx.recipe())
             reports.append(report)
             _log_method(ctx, report, algorithm, reference.run_id)
             tow, lo, hi = report.summary("tow")

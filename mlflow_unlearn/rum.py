@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from ._registry import UnknownComponentError
-from .algorithms import HyperparameterError, UnlearnData, run_algorithm, validate_hyperparameters
+from .algorithms import HyperparameterError, TrainRecipe, UnlearnData, run_algorithm, validate_hyperparameters
 from .data import ImageData
 from .progress import MetricLogger
 
@@ -583,7 +583,8 @@ def _tier_ids(ids: Any, tier: str, n: int) -> torch.Tensor:
 
 
 def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: Plan | str | Mapping, *,
-            seed: int = 0, callbacks: RumCallbacks | None = None) -> RumResult:
+            seed: int = 0, callbacks: RumCallbacks | None = None, recipe: TrainRecipe | None = None,
+            augment: bool = False) -> RumResult:
     """Unlearn every tier of `tiers` (name -> train ids) from a copy of `model`, following `plan`.
 
     The plan is validated against the tiers before anything runs (see `Plan.validate`); the tiers
@@ -592,6 +593,9 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
     order; step k forgets its tier's ids with its algorithm (through `run_algorithm`, seed
     `seed + k`) starting from the model step k-1 returned. The retain set follows the plan's retain
     mode. The caller's model never changes.
+
+    `recipe` (how the source model was trained, a `mlflow_unlearn.algorithms.TrainRecipe`) and
+    `augment` (augment unlearning batches; off by default) go into every step's `UnlearnData`.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -629,7 +633,7 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
         retain_mask = ~(forgotten_all if plan.retain_mode == "exclude_all" else excluded)
         retain = torch.nonzero(retain_mask).flatten()
         log = started(k, step, len(forget), len(retain)) if started is not None else None
-        unlearn = UnlearnData(data, forget, retain)
+        unlearn = UnlearnData(data, forget, retain, recipe=recipe, augment=augment)
         t0 = time.perf_counter()
         try:
             current = run_algorithm(step.algorithm, current, unlearn, step.hyperparameters, seed=seed + k, log=log)

@@ -233,7 +233,8 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                            "calibration_sets": len(calibration.contexts), **extra_params})
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = make_study(study_name, store, seed=sampler_seed, objective=objective)
-        scorer = CalibrationScorer(ctx.source.model.to(ctx.data.device), ctx.data, calibration.references, seed=ctx.seed)
+        scorer = CalibrationScorer(ctx.source.model.to(ctx.data.device), ctx.data, calibration.references, seed=ctx.seed,
+                                   recipe=ctx.recipe())
         optimize(study, candidates, scorer, n_trials=n_trials, objective=objective, enqueue=enqueue,
                  observer=_TrialRuns(ctx, study_name, space), timeout_s=timeout_s)
         plan, value = best_plan(study)

@@ -147,8 +147,16 @@ class ForgetContext:
         from .algorithms import UnlearnData
 
         if retain_ids is None:
-            return UnlearnData.from_forget(self.data, self.forget.ids)
-        return UnlearnData(self.data, self.forget.ids, retain_ids)
+            return UnlearnData.from_forget(self.data, self.forget.ids, recipe=self.recipe())
+        return UnlearnData(self.data, self.forget.ids, retain_ids, recipe=self.recipe())
+
+    def recipe(self):
+        """How the source was made (its architecture, fresh weights per seed, and its TrainConfig):
+        what the `retrain` algorithm replays, the same recipe as the retrained reference."""
+        from .algorithms import TrainRecipe
+
+        return TrainRecipe(build=lambda seed: build_source_architecture(self, seed).to(self.data.device),
+                           config=TrainConfig(**self.source.model_spec["train_config"]))
 
     def tags(self, role: str) -> dict[str, str]:
         return {TAG + "role": role, TAG + "source_model": self.source_tag, TAG + "forget_digest": self.forget.digest,
@@ -539,7 +547,8 @@ def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | Non
         mlflow.log_params({"plan": plan.to_compact()[:500], "retain_mode": plan.retain_mode})
         callbacks = _TierRuns(ctx)
         try:
-            result = run_rum(ctx.source.model.to(ctx.data.device), ctx.data, ctx.tiers, plan, seed=ctx.seed, callbacks=callbacks)
+            result = run_rum(ctx.source.model.to(ctx.data.device), ctx.data, ctx.tiers, plan, seed=ctx.seed, callbacks=callbacks,
+                             recipe=ctx.recipe())
         except BaseException:
             callbacks.abort()
             raise

@@ -277,6 +277,7 @@ class CalibrationScorer:
     references: Sequence[Reference]
     seed: int = 0
     metrics: Sequence[str] | None = None
+    recipe: Any = None  # algorithms.TrainRecipe: how the source was trained (the `retrain` algorithm replays it)
 
     def __post_init__(self):
         if not self.references:
@@ -289,7 +290,7 @@ class CalibrationScorer:
         seconds = []
         for j, ref in enumerate(self.references):
             try:
-                result = run_rum(self.model, self.data, ref.tiers, plan, seed=self.seed)
+                result = run_rum(self.model, self.data, ref.tiers, plan, seed=self.seed, recipe=self.recipe)
                 if not _finite_model(result.model):
                     raise Diverged(f"non-finite weights after {plan.to_compact()} on calibration set {j + 1}")
                 m = ref.evaluate(result.model, self.data, seed=self.seed, metrics=self.metrics)
@@ -449,7 +450,8 @@ def _predictions(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def report_plan(name: str, model: nn.Module, data, reference: Reference, plan: Plan, *, seeds: Sequence[int],
-                eval_seed: int = 0, metrics: Sequence[str] | None = None, keep_models: bool = False) -> MethodReport:
+                eval_seed: int = 0, metrics: Sequence[str] | None = None, keep_models: bool = False,
+                recipe=None) -> MethodReport:
     """Run `plan` from `model` on the reference's forget set once per unlearning seed and score each
     result against the reference (MIA member sample: `eval_seed`, the same for every method)."""
     if not seeds:
@@ -457,7 +459,7 @@ def report_plan(name: str, model: nn.Module, data, reference: Reference, plan: P
     original = _predictions(reference.outputs_of(model, data))
     rows, kept, unchanged = [], [], True
     for s in seeds:
-        result = run_rum(model, data, reference.tiers, plan, seed=int(s))
+        result = run_rum(model, data, reference.tiers, plan, seed=int(s), recipe=recipe)
         outputs = reference.outputs_of(result.model, data)
         unchanged = unchanged and all(np.array_equal(p, original[k]) for k, p in _predictions(outputs).items())
         m = evaluate_unlearning(outputs, reference.outputs, tiers=reference.tier_positions(), seed=eval_seed,

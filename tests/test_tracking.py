@@ -38,8 +38,9 @@ def test_train_log_register_load_round_trip(tracking):
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
-    assert src.manifest["ids"] == list(range(200)) and src.manifest["n_train"] == 200
-    assert src.true_class_prob.shape == (2, 200) and src.true_class_prob.dtype == np.float16
+    # 200 digits minus the default 10% validation split (held out for selection, DESIGN.md section 2)
+    assert src.manifest["ids"] == list(range(180)) and src.manifest["n_train"] == 180
+    assert src.true_class_prob.shape == (2, 180) and src.true_class_prob.dtype == np.float16
     assert set(src.proxies) == {"c_proxy", "max_conf", "entropy", "learning_events"}
     np.testing.assert_allclose(src.proxies["c_proxy"], src.true_class_prob.astype(np.float32).mean(0), atol=2e-3)
     assert src.tags["mlflow_unlearn.role"] == "original"
@@ -108,7 +109,7 @@ def test_remote_tracking_server_works_the_same(tracking, mlflow_server, monkeypa
     src = tracking_load(result.model_uri)
     for k, v in result.model.state_dict().items():
         assert torch.equal(v.cpu(), src.model.state_dict()[k])
-    assert src.true_class_prob.shape == (2, 200)
+    assert src.true_class_prob.shape == (2, 180)
 
 
 def run_cli(args, cwd, env):
@@ -133,4 +134,5 @@ def test_mlflow_run_train_entry_point(tracking, tmp_path):
     mv = MlflowClient().get_model_version("from-mlproject", "1")
     assert mv.tags["mlflow_unlearn.role"] == "original"
     src = tracking_load("models:/from-mlproject/1")
-    assert src.manifest["n_train"] == 150
+    assert src.manifest["n_train"] == 135  # 150 minus the default 10% validation split
+    assert src.dataset_spec.val_fraction == 0.1
