@@ -30,7 +30,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from mlflow_unlearn.data import DatasetSpec, load_dataset  # noqa: E402
 from mlflow_unlearn.memorization import calibration_forget_sets, mix_forget_set, tiers_from_c_proxy  # noqa: E402
 from mlflow_unlearn.metrics import evaluate_unlearning, mean_ci, outputs_for, paired_test  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
-from mlflow_unlearn.rum import ALL_TIER, Plan, PlanStep, all_tier, run_rum, single_algorithm_plan  # noqa: E402
+from mlflow_unlearn.rum import Plan, single_algorithm_plan  # noqa: E402
 from mlflow_unlearn.training import TrainConfig, accuracy, train_model  # noqa: E402
 from mlflow_unlearn import tuning  # noqa: E402  (the search core, the same one `mlflow-unlearn search` runs)
 
@@ -241,12 +240,6 @@ def forget_sets(original: Original, n: int, seed: int, k: int = 2) -> tuple[np.n
 
 # ------------------------------------------------------------------------------------------------
 # Running algorithms and plans
-
-
-def timed_plan(original: Original, data, tiers, plan: Plan, seed: int):
-    """(model, seconds) of a RUM plan (a vanilla run is the one-step plan on tier "all")."""
-    result = run_rum(original.model, data, tiers, plan, seed=seed)
-    return result.model, result.seconds
 
 
 def row(label: str, metrics: dict, seconds: float, retrain_s: float) -> dict:

@@ -19,7 +19,7 @@ import mlflow
 import numpy as np
 
 from . import steps, tracking
-from .rum import Plan, single_algorithm_plan
+from .rum import single_algorithm_plan
 from .tracking import TAG
 
 DEFAULT_BASELINES = ("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")

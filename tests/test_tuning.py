@@ -1,6 +1,5 @@
 """The MLflow-free selection core: candidates, known-good first trials, calibration scoring,
 divergence, the noise floor and held-out reporting (digits, tiny models)."""
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -11,7 +10,7 @@ from mlflow_unlearn.confidences import ConfidenceRecorder
 from mlflow_unlearn.data import DatasetSpec, load_dataset
 from mlflow_unlearn.memorization import calibration_forget_sets, mix_forget_set, tiers_from_c_proxy
 from mlflow_unlearn.models import build_model
-from mlflow_unlearn.rum import Plan, single_algorithm_plan
+from mlflow_unlearn.rum import single_algorithm_plan
 from mlflow_unlearn.training import TrainConfig, train_model
 
 
