@@ -379,7 +379,11 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
             return metrics["tow"], metrics["time/unlearn_s"]
         return metrics[objective]
 
-    budget = optuna.study.MaxTrialsCallback(n_trials, states=None)
+    # The budget counts trials that ran or run, not enqueued ones still WAITING: two workers that join a
+    # fresh study together can both enqueue the starting points (skip_if_exists is not atomic), and
+    # counting those duplicates would stop both workers after one trial each.
+    S = optuna.trial.TrialState
+    budget = optuna.study.MaxTrialsCallback(n_trials, states=(S.COMPLETE, S.PRUNED, S.FAIL, S.RUNNING))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Optuna warns on enqueued values outside a range
         study.optimize(objective_fn, n_trials=n_trials, timeout=timeout_s, callbacks=[budget], catch=(Diverged,))

@@ -102,3 +102,18 @@ def test_optimize_refuses_a_budget_below_the_known_good_points(setup):
         tuning.optimize(optuna.create_study(direction="maximize"), tuning.rum_candidates(["low", "mid", "high"],
                         ["none", "finetune"], max_epochs=1), tuning.CalibrationScorer(model, data, [calibration]),
                         n_trials=2, enqueue=enqueue)
+
+
+def test_duplicate_enqueued_points_do_not_eat_the_budget(setup):
+    """Two workers joining a fresh study may both enqueue the starting points (the check is not
+    atomic); the budget counts trials that ran, so the study still runs n_trials of them."""
+    data, build, config, model, c, forget, calibration = setup
+    tiers, algorithms = ["low", "mid", "high"], ["none", "finetune"]
+    enqueue = tuning.rum_default_trials(tiers, algorithms)
+    study = optuna.create_study(direction="maximize")
+    for params in enqueue:  # what the other worker left behind
+        study.enqueue_trial(params)
+    tuning.optimize(study, tuning.rum_candidates(tiers, algorithms, max_epochs=1),
+                    tuning.CalibrationScorer(model, data, [calibration]), n_trials=3, enqueue=enqueue)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 3
