@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -323,15 +324,15 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def scale_lines(args, scale: Scale, data, originals: list[Original], device) -> list[str]:
-    n_train = len(data.train)
+def scale_lines(args, scale: Scale, results: list[dict], machines: str) -> list[str]:
+    n_train = results[0]["n_train"]
     steps = math.ceil(n_train / scale.batch_size) * scale.epochs
-    accs = ", ".join(f"{o.train_acc:.4f}" for o in originals)
-    tests = ", ".join(f"{o.test_acc:.4f}" for o in originals)
+    accs = ", ".join(f"{r['train_acc']:.4f}" for r in results)
+    tests = ", ".join(f"{r['test_acc']:.4f}" for r in results)
     return [
-        f"- machine: {machine(device)}",
-        f"- data: CIFAR-10 JPEG copy ({args.data}), {n_train} train images "
-        f"({'all' if scale.subset is None else 'seeded subset'}), {len(data.test)} test images",
+        f"- machine: {machines}",
+        f"- data: CIFAR-10 JPEG copy ({Path(args.data).name}), {n_train} train images "
+        f"({'all' if scale.subset is None else 'seeded subset'}), {results[0]['n_test']} test images",
         f"- model: {scale.model} (CIFAR stem) width {scale.width} (64 = standard), SGD lr {scale.lr} cosine, "
         f"batch {scale.batch_size}, {scale.epochs} epochs ({steps} steps), "
         f"{'crop+flip' if scale.augment else 'no augmentation'} (original and retrains; unlearning without, as the "
@@ -380,7 +381,8 @@ def mode_algorithms(args, scale: Scale, device) -> None:
             for r in rows]
     text = "\n".join([
         "# Unlearning algorithms against retrain", "", f"`{command_line()}`", "",
-        *scale_lines(args, scale, data, [original], device),
+        *scale_lines(args, scale, [{"n_train": len(data.train), "n_test": len(data.test),
+                                    "train_acc": original.train_acc, "test_acc": original.test_acc}], machine(device)),
         f"- retrain (reference, same recipe on retain): {target.retrain_s:.1f} s; its forget accuracy per tier "
         f"low/mid/high {'/'.join(fmt(a, 2) for a in target.tier_acc.values())} (the original: 1.00 on all "
         f"three if it fits); seed {seed}; every algorithm "
@@ -435,9 +437,58 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
         r.update(plan=plan.to_compact(), unchanged=report.unchanged)
         show(r)
         rows.append(r)
-    return {"seed": seed, "data": data, "original": original, "retrain_s": target.retrain_s, "rows": rows,
+    return {"seed": seed, "machine": machine(device), "n_train": len(data.train), "n_test": len(data.test), "train_acc": original.train_acc,
+            "test_acc": original.test_acc, "original_s": original.seconds, "retrain_s": target.retrain_s, "rows": rows,
             "tier_acc": target.tier_acc, "floor": floor,
             "plans": {k: v.to_compact() for k, v in plans.items()}}
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-seed results on disk: a CPU seed takes hours, so seeds can run in separate sessions (or
+# machines) and the table is assembled from every stored seed of the same configuration.
+
+
+def config_key(args, scale: Scale) -> dict:
+    """What must match for two seeds to share a table (everything but the seed itself)."""
+    fields = {k: v for k, v in dataclasses.asdict(scale).items() if k != "seeds"}
+    return {"scale": fields, "algorithms": list(args.algorithms), "data": Path(args.data).name}
+
+
+def seed_path(args, seed: int) -> Path:
+    return Path(args.results_dir) / f"seed{seed}.json"
+
+
+def save_seed(args, scale: Scale, result: dict, device) -> None:
+    if args.results_dir is None:
+        return
+    path = seed_path(args, result["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"config": config_key(args, scale), "machine": machine(device), "command": command_line(),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "result": result}
+    path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+    say(f"wrote {path}")
+
+
+def _jsonable(v):
+    if isinstance(v, (np.floating, np.integer, np.bool_)):
+        return v.item()
+    raise TypeError(f"not JSON-serialisable: {type(v).__name__}")
+
+
+def stored_seeds(args, scale: Scale) -> dict[int, dict]:
+    """Every stored seed whose configuration matches this run's; a mismatching file is reported, not
+    mixed into the table."""
+    out = {}
+    if args.results_dir is None or not Path(args.results_dir).is_dir():
+        return out
+    want = config_key(args, scale)
+    for path in sorted(Path(args.results_dir).glob("seed*.json")):
+        record = json.loads(path.read_text())
+        if record.get("config") != want:
+            say(f"ignoring {path}: another configuration ({record.get('command', '?')})")
+            continue
+        out[int(record["result"]["seed"])] = record["result"]
+    return out
 
 
 def summary_text(args, scale: Scale, device, results: list[dict], title: str) -> str:
@@ -485,7 +536,7 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
     tier_acc = "; ".join("/".join(fmt(a, 2) for a in res["tier_acc"].values()) for res in results)
     return "\n".join([
         f"# {title}", "", f"`{command_line()}`", "",
-        *scale_lines(args, scale, results[0]["data"], [res["original"] for res in results], device),
+        *scale_lines(args, scale, results, "; ".join(dict.fromkeys(r.get("machine", machine(device)) for r in results))),
         f"- seeds {', '.join(str(res['seed']) for res in results)}: each seed has its own train subset, original "
         f"model, forget set, calibration forget sets, references and searches; retrain seconds per seed: {retrain}; "
         f"the reference's forget accuracy per tier low/mid/high, per seed: {tier_acc}",
@@ -508,9 +559,20 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
 
 def mode_rum(args, scale: Scale, device) -> None:
     t0 = time.perf_counter()
-    results = [run_seed(args, scale, seed, device) for seed in scale.seeds]
+    stored = stored_seeds(args, scale)
+    for seed in scale.seeds:
+        if seed in stored and not args.rerun:
+            say(f"seed {seed}: stored in {seed_path(args, seed)} (same configuration); --rerun to run it again")
+            continue
+        if args.results_dir is not None and seed_path(args, seed).exists() and seed not in stored and not args.rerun:
+            raise SystemExit(f"{seed_path(args, seed)} holds seed {seed} of another configuration: pass "
+                             "--results-dir DIR for this one, or --rerun to replace it")
+        stored[seed] = run_seed(args, scale, seed, device)
+        save_seed(args, scale, stored[seed], device)
+    results = [stored[s] for s in sorted(stored)]  # every stored seed of this configuration, not only this run's
     text = summary_text(args, scale, device, results, "RUM: searched per-tier plan vs the best single algorithm")
-    text += f"\ntotal {time.perf_counter() - t0:.0f} s\n"
+    text += f"\nthis run: {time.perf_counter() - t0:.0f} s; per seed: " + ", ".join(
+        f"seed {r['seed']} original {r['original_s']:.0f} s" for r in results) + "\n"
     say("\n" + text)
     write(args, "bench_rum.md", text)
 
@@ -574,6 +636,9 @@ def main(argv=None) -> int:
                    "skipped and say so (default 540 on CUDA, unlimited otherwise; 0: unlimited)")
     p.add_argument("--search-s", type=float, default=90.0, help="paper mode with a budget: seconds for the trials")
     p.add_argument("--out-dir", help="where the markdown goes (default docs/, or nothing with --smoke)")
+    p.add_argument("--results-dir", help="rum mode: one JSON per seed, reused by later runs of the same "
+                   "configuration and assembled into one table (default bench/results/rum-cpu; none with --smoke)")
+    p.add_argument("--rerun", action="store_true", help="rum mode: run the requested seeds even if stored")
     args = p.parse_args(argv)
 
     device = pick_device(args.device)
@@ -592,6 +657,8 @@ def main(argv=None) -> int:
     scale = dataclasses.replace(base, **over)
     if args.out_dir is None and not args.smoke:
         args.out_dir = str(REPO / "docs")
+    if args.results_dir is None and args.mode == "rum" and not args.smoke:
+        args.results_dir = str(REPO / "bench" / "results" / "rum-cpu")
     if args.mode == "paper" and args.budget_s is None and device.type == "cuda" and not args.smoke:
         args.budget_s = 540.0
     if args.budget_s is not None and args.budget_s <= 0:
