@@ -43,6 +43,33 @@ def _bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
 
 
+def _algorithm_list(value: str) -> list[str] | None:
+    """`default` (or empty) -> None; otherwise registered algorithm names, comma-separated."""
+    from .algorithms import ALGORITHMS
+
+    if value is None or value.strip().lower() in ("", "default"):
+        return None
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    unknown = [n for n in names if n not in ALGORITHMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {unknown}; registered: {', '.join(ALGORITHMS.names())}")
+    return names
+
+
+_algorithm_list.__name__ = "algorithm list"
+
+
+def _device(value: str) -> str:
+    """auto | cpu | cuda | cuda:N | mps"""
+    v = str(value).strip().lower()
+    if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise argparse.ArgumentTypeError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+_device.__name__ = "device"
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="train an original model, record per-example confidences, log and register it")
     p.add_argument("--dataset", default="digits", help="digits | cifar10 | cifar100 | imagefolder:<path> (default: digits)")
@@ -61,7 +88,7 @@ def _add_train(sub):
     p.add_argument("--download", type=_bool, default=False)
     p.add_argument("--width", type=_none_or(_int), default=None, help="model width (channels of the first stage)")
     p.add_argument("--registered-model-name", type=_none_or(str), default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
     p.add_argument("--no-progress", action="store_true")
 
@@ -82,7 +109,7 @@ def _add_forget_args(p):
     p.add_argument("--forget", required=True,
                    help="a file of ids (.txt/.json/.npy/.csv), an MLflow artifact URI, or random:N | class:K | mix:N | tiers:low=N,mid=N,high=N")
     p.add_argument("--seed", type=_int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
 
 
@@ -169,7 +196,8 @@ def _add_search(sub):
     p.add_argument("--calibration-sets", type=_int, default=2, help="calibration forget sets like the request, each "
                    "with its own reference; the search is scored on them, never on the request")
     p.add_argument("--objective", default="tow", help="tow | tow_mia | tow_pe | tow+time")
-    p.add_argument("--algorithms", default=None, help="comma-separated search space (default: all built-ins but influence)")
+    p.add_argument("--algorithms", type=_algorithm_list, default=None,
+                   help="comma-separated search space, or `default` (all built-ins but influence)")
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--storage", type=_none_or(str), default=None, help="Optuna RDB URL (default: sqlite optuna.db beside mlflow.db)")
     p.add_argument("--study-name", type=_none_or(str), default=None, help="join this study (several workers share one)")
@@ -177,8 +205,7 @@ def _add_search(sub):
     def run(a):
         from .search import search_step
 
-        algorithms = [x.strip() for x in a.algorithms.split(",")] if a.algorithms else None
-        search_step(a.model_uri, a.forget, n_trials=a.n_trials, objective=a.objective, algorithms=algorithms,
+        search_step(a.model_uri, a.forget, n_trials=a.n_trials, objective=a.objective, algorithms=a.algorithms,
                     max_epochs=a.max_epochs, storage=a.storage, study_name=a.study_name, seed=a.seed,
                     calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment)
 
@@ -194,7 +221,7 @@ def _add_memorization(sub):
     p.add_argument("--workers", type=_int, default=1, help="models trained in parallel processes")
     p.add_argument("--workdir", type=_none_or(str), default=None, help="resume folder (default ./memorization/<model>-v<version>)")
     p.add_argument("--seed", type=_int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
 
     def run(a):
@@ -222,11 +249,13 @@ def _add_main(sub):
     p.add_argument("--unlearn-seeds", type=_int, default=3, help="unlearning seeds per reported method (mean, 95%% interval)")
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--objective", default="tow")
-    p.add_argument("--baselines", default=",".join(("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")))
+    p.add_argument("--baselines", type=_algorithm_list,
+                   default=",".join(("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")),
+                   help="comma-separated algorithms reported at defaults and tuned beside RUM")
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--registered-model-name", type=_none_or(str), default=None)
     p.add_argument("--storage", type=_none_or(str), default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
 
     def run(a):
@@ -236,7 +265,7 @@ def _add_main(sub):
                   subset=a.subset, val_fraction=a.val_fraction, forget=a.forget, n_trials=a.n_trials,
                   calibration_sets=a.calibration_sets, unlearn_seeds=a.unlearn_seeds, max_epochs=a.max_epochs,
                   objective=a.objective,
-                  baselines=[b.strip() for b in a.baselines.split(",") if b.strip()], seed=a.seed,
+                  baselines=a.baselines or [], seed=a.seed,
                   registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment)
 
     p.set_defaults(func=run)

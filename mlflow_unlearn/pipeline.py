@@ -106,7 +106,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
     tracking.use_experiment(experiment)
     with mlflow.start_run(run_name="main", nested=False) as parent:
         mlflow.set_tag(TAG + "role", "pipeline")
-        mlflow.log_params({"forget": forget, "n_trials": n_trials, "calibration_sets": calibration_sets,
+        tracking.log_params({"forget": forget, "n_trials": n_trials, "calibration_sets": calibration_sets,
                            "max_epochs": max_epochs, "objective": objective, "unlearn_seeds": unlearn_seeds,
                            "baselines": ",".join(baselines), "search_algorithms": ",".join(algorithms)})
         original = steps.train_step(dataset=dataset, model=model, epochs=epochs, lr=lr, batch_size=batch_size, width=width,
@@ -182,7 +182,7 @@ def _log_method(ctx, report, algorithm: str, reference_run: str) -> None:
                   "unlearn_seeds": ",".join(map(str, report.seeds))}
         if len(report.plan.steps) == 1:
             params.update({f"hp.{k}": v for k, v in report.plan.steps[0].hyperparameters.items()})
-        mlflow.log_params(params)
+        tracking.log_params(params)
         mlflow.log_dict(report.plan.to_dict(), "plan.json")
         for step, row in enumerate(report.per_seed):
             mlflow.log_metrics({f"seed/{k}": v for k, v in row.items() if k in SUMMARY_KEYS and np.isfinite(v)}, step=step)

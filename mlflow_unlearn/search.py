@@ -159,7 +159,7 @@ class _TrialRuns:
         mlflow.set_tags({**self.ctx.tags("trial"), TAG + "study": self.study_name, TAG + "trial": str(trial.number),
                          TAG + "search_space": self.space, TAG + "algorithm": algorithm,
                          TAG + "worker": f"{socket.gethostname()}:{os.getpid()}"})
-        mlflow.log_params({"plan": plan.to_compact()[:500], "algorithm": algorithm,
+        tracking.log_params({"plan": plan.to_compact()[:500], "algorithm": algorithm,
                            **{k: v for k, v in trial.params.items()}})
 
     def trial_finished(self, trial, plan: Plan, metrics: dict, state: str, reason: str = "") -> None:
@@ -228,7 +228,7 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                                                "reference_run": r.run_id, "tiers": {k: v.tolist() for k, v in c.tiers.items()}}
                                               for c, r in zip(calibration.contexts, calibration.runs)],
                          "heldout": "validation split"}, "calibration.json")
-        mlflow.log_params({"n_trials": n_trials, "objective": objective, "max_epochs": max_epochs,
+        tracking.log_params({"n_trials": n_trials, "objective": objective, "max_epochs": max_epochs,
                            "storage": _redact(storage), "study_name": study_name,
                            "calibration_sets": len(calibration.contexts), **extra_params})
         optuna.logging.set_verbosity(optuna.logging.WARNING)

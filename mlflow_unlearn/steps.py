@@ -88,7 +88,7 @@ def train_step(
     tracking.use_experiment(experiment)
     with mlflow.start_run(run_name=f"train-{model}-{spec.name.split(':')[0]}", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({TAG + "role": "original", TAG + "dataset": spec.name, TAG + "model": model})
-        mlflow.log_params({"dataset": spec.name, "model": model, "subset": subset, "val_fraction": val_fraction,
+        tracking.log_params({"dataset": spec.name, "model": model, "subset": subset, "val_fraction": val_fraction,
                            "train_device": str(dev), "n_train": len(data.train), "n_test": len(data.test), **model_kwargs,
                            **config.to_dict()})
         recorder = ConfidenceRecorder(len(data.train))
@@ -205,7 +205,7 @@ def log_forget_set(ctx: ForgetContext) -> None:
                      "source_model": ctx.source_tag}, "forget_set/ids.json")
     mlflow.log_dict({"tier_histogram": ctx.histogram, "tiers": {k: v.tolist() for k, v in ctx.tiers.items()}},
                     "forget_set/tiers.json")
-    mlflow.log_params({"forget_source": str(ctx.forget.source)[:500], "n_forget": len(ctx.forget), "seed": ctx.seed})
+    tracking.log_params({"forget_source": str(ctx.forget.source)[:500], "n_forget": len(ctx.forget), "seed": ctx.seed})
     mlflow.log_metrics({f"forget_set/hist/{k}": float(v) for k, v in ctx.histogram.items()})
 
 
@@ -276,7 +276,7 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
         mlflow.set_tags({**ctx.tags("retrain"), TAG + "algorithm": "retrain", TAG + "recipe": recipe,
                          TAG + "seed": str(seed)})
         log_forget_set(ctx)
-        mlflow.log_params({f"train.{k}": v for k, v in config.to_dict().items()})
+        tracking.log_params({f"train.{k}": v for k, v in config.to_dict().items()})
         t0 = time.perf_counter()
         train_model(net, ctx.data, config, train_ids=ud.retain_ids, log=tracking.MlflowLogger(), progress=progress, eval_test=False)
         seconds = time.perf_counter() - t0
@@ -306,7 +306,7 @@ def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = N
     with mlflow.start_run(run_name=run_name or f"unlearn-{algorithm}", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({**ctx.tags("unlearn"), TAG + "algorithm": algorithm})
         log_forget_set(ctx)
-        mlflow.log_params({"algorithm": algorithm, **{f"hp.{k}": v for k, v in params.items()}})
+        tracking.log_params({"algorithm": algorithm, **{f"hp.{k}": v for k, v in params.items()}})
         t0 = time.perf_counter()
         model = run_algorithm(algorithm, ctx.source.model.to(ctx.data.device), ctx.unlearn_data(), params, seed=ctx.seed,
                               log=tracking.MlflowLogger())
@@ -487,7 +487,7 @@ class _TierRuns:
     def step_started(self, index, step, n_forget, n_retain):
         self.open = mlflow.start_run(run_name=f"tier-{step.tier}-{step.algorithm}", nested=True)
         mlflow.set_tags({**self.ctx.tags("unlearn"), TAG + "tier": step.tier, TAG + "algorithm": step.algorithm})
-        mlflow.log_params({"tier": step.tier, "algorithm": step.algorithm, "n_forget": n_forget, "n_retain": n_retain,
+        tracking.log_params({"tier": step.tier, "algorithm": step.algorithm, "n_forget": n_forget, "n_retain": n_retain,
                            **{f"hp.{k}": v for k, v in step.hyperparameters.items()}})
         return tracking.MlflowLogger()
 
@@ -544,7 +544,7 @@ def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | Non
         mlflow.set_tags({**ctx.tags("rum"), TAG + "algorithm": "rum", TAG + "plan_name": plan.name or "", **(extra_tags or {})})
         log_forget_set(ctx)
         mlflow.log_dict(plan.to_dict(), "plan.json")
-        mlflow.log_params({"plan": plan.to_compact()[:500], "retain_mode": plan.retain_mode})
+        tracking.log_params({"plan": plan.to_compact()[:500], "retain_mode": plan.retain_mode})
         callbacks = _TierRuns(ctx)
         try:
             result = run_rum(ctx.source.model.to(ctx.data.device), ctx.data, ctx.tiers, plan, seed=ctx.seed, callbacks=callbacks,
@@ -601,7 +601,7 @@ def memorization_step(model_uri: str, *, n_models: int = 16, subset_fraction: fl
     tracking.use_experiment(experiment)
     with mlflow.start_run(run_name=f"memorization-{source.name}/{source.version}", nested=mlflow.active_run() is not None):
         mlflow.set_tags({TAG + "role": "memorization", TAG + "source_model": f"{source.name}/{source.version}"})
-        mlflow.log_params({"n_models": n_models, "subset_fraction": subset_fraction, "n_workers": n_workers,
+        tracking.log_params({"n_models": n_models, "subset_fraction": subset_fraction, "n_workers": n_workers,
                            "epochs": config.epochs, "workdir": workdir})
         est = estimate_memorization(data, model_name=source.model_spec["name"], model_kwargs=source.model_spec["kwargs"],
                                     train_config=config, n_models=n_models, subset_fraction=subset_fraction, seed=seed,

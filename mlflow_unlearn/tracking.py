@@ -109,6 +109,48 @@ class MlflowLogger:
             )
 
 
+def param_text(value: Any) -> str:
+    """How a parameter value is written: None as `none` and booleans as `true`/`false`, the spelling
+    the MLproject entry points use, so a value reads the same whichever way a step was started."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _canonical(text: str) -> Any:
+    t = str(text).strip()
+    if t.lower() in ("", "none", "null"):
+        return None
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log parameters on the active run. Under `mlflow run` the entry point's parameters are already
+    logged, in the user's spelling (`none`, `15.0`, `auto`), and MLflow refuses to change a logged
+    value. A key already logged with an equivalent value is skipped; one this step resolved to
+    something else (`plan=auto` -> the registered plan) is logged as `<key>.resolved`, so the user's
+    input and what ran are both on the run."""
+    run = mlflow.active_run()
+    logged = MlflowClient().get_run(run.info.run_id).data.params if run is not None else {}
+    out = {}
+    for key, value in params.items():
+        text = param_text(value)
+        if key in logged:
+            if _canonical(logged[key]) == _canonical(text):
+                continue
+            key = f"{key}.resolved"
+        out[key] = text
+    if out:
+        mlflow.log_params(out)
+
+
 def pip_requirements() -> list[str]:
     """Explicit requirements for logged models: inferring them costs ~5 s per model."""
     import torchvision

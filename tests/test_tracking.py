@@ -123,16 +123,30 @@ def test_cli_bad_dataset_exits_2_and_names_it(tracking, tmp_path):
     assert_nothing_created()
 
 
-def test_mlflow_run_train_entry_point(tracking, tmp_path):
-    """`mlflow run . -e train` with the local environment: the MLproject wiring, end to end."""
+def test_mlflow_run_train_entry_point_at_its_defaults(tracking, tmp_path):
+    """`mlflow run . -e train` at its defaults (one epoch to keep it short): MLflow has already logged
+    the entry point's parameters in its own spelling (`subset=none`), and the step must not trip
+    MLflow's no-change rule on them."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    out = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
-         "-P", "epochs=2", "-P", "subset=150", "-P", "width=8", "-P", "registered_model_name=from-mlproject"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
+                          "-P", "epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    mv = MlflowClient().get_model_version("from-mlproject", "1")
-    assert mv.tags["mlflow_unlearn.role"] == "original"
-    src = tracking_load("models:/from-mlproject/1")
-    assert src.manifest["n_train"] == 135  # 150 minus the default 10% validation split
-    assert src.dataset_spec.val_fraction == 0.1
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow_unlearn.role"] == "original"
+    assert run.data.params["subset"] == "none" and run.data.params["width"] == "none"
+    assert run.data.params["epochs"] == "1" and run.data.params["dataset"] == "digits"
+    # registered_model_name=none: registered under the default name <dataset>-<model>
+    (mv,) = MlflowClient().search_model_versions("name='digits-small_cnn'")
+    assert mv.run_id == run.info.run_id
+
+
+def test_step_params_next_to_mlflow_run_spellings(tracking):
+    """Values MLflow logged in the user's spelling are kept; a resolved value lands beside them."""
+    with mlflow.start_run() as run:
+        mlflow.log_params({"subset": "none", "epochs": "15.0", "plan": "auto", "register": "False"})
+        tr.log_params({"subset": None, "epochs": 15, "plan": "low=none;mid=none;high=none", "register": False,
+                       "seed": 3})
+    params = MlflowClient().get_run(run.info.run_id).data.params
+    assert params == {"subset": "none", "epochs": "15.0", "plan": "auto", "register": "False", "seed": "3",
+                      "plan.resolved": "low=none;mid=none;high=none"}

@@ -113,7 +113,7 @@ def log_request(model: str, version, fs: ForgetSet, manifest: dict, *, labels=No
     with mlflow.start_run(run_name=f"request-{model}-{version}", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({TAG + "role": "request", TAG + "source_model": f"{model}/{version}", TAG + "forget_digest": fs.digest,
                          TAG + "seed": str(seed)})
-        mlflow.log_params({"forget_source": str(fs.source)[:500], "n_forget": len(fs), "source_model": f"{model}/{version}"})
+        tracking.log_params({"forget_source": str(fs.source)[:500], "n_forget": len(fs), "source_model": f"{model}/{version}"})
         mlflow.log_dict({"ids": fs.ids.tolist(), "digest": fs.digest, "n": len(fs), "source": str(fs.source),
                          "source_model": f"{model}/{version}", "dataset": manifest.get("dataset"),
                          "dataset_digest": manifest.get("dataset_digest")}, f"forget_set/{name}")
