@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/mlflow run . -e main --env-manager local
+	$(VENV)/bin/mlflow run . -e main --env-manager local --experiment-name mlflow-unlearn
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider

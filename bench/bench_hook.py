@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     from mlflow_unlearn.hook.attach import log_request, validate_request
     from mlflow_unlearn.hook.webhooks import install_webhook
     from mlflow_unlearn.rum import Plan
+    from mlflow_unlearn.tracking import run_model_id
     from mlflow_unlearn.steps import PLAN_TAG, train_step
 
     workdir = Path(args.workdir).resolve()
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
 
             out = []
             for _ in range(n):
-                v = str(mlflow.register_model(f"runs:/{trained.run_id}/model", model).version)
+                v = str(mlflow.register_model(f"models:/{run_model_id(trained.run_id)}", model).version)
                 seq[0] += 1
                 ids = np.sort(np.random.RandomState(seq[0]).choice(n_train, size=args.forget, replace=False))
                 _, _, fs = validate_request(client, model, v, ids)

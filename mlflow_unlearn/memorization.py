@@ -177,6 +177,15 @@ def train_bins_from_c_proxy(c_proxy, names: Sequence[str] = DEFAULT_TIERS) -> di
     return assign_tiers(c, names=names, higher_is_more_memorised=False)
 
 
+def tier_cut_points(c_proxy, names: Sequence[str] = DEFAULT_TIERS) -> list[float]:
+    """The C-proxy values between the train-set bins, ascending (between the most memorised bin and
+    the next first): what a histogram of the C-proxy marks as tier boundaries."""
+    c = _c_proxy_array(c_proxy)
+    bins = train_bins_from_c_proxy(c, names)
+    ordered = [bins[n] for n in reversed(validate_tier_names(names))]  # most memorised (lowest C) first
+    return [float((c[a].max() + c[b].min()) / 2) for a, b in zip(ordered[:-1], ordered[1:]) if len(a) and len(b)]
+
+
 def tier_histogram(forget_ids, c_proxy, names: Sequence[str] = DEFAULT_TIERS) -> dict[str, int]:
     """How many forget examples fall in each train-set memorisation bin (bins: the C-proxy rank of
     the whole train set cut into ``len(names)`` equal groups). Logged with every forget set, so a

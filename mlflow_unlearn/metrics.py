@@ -179,14 +179,13 @@ class LogisticAttack:
         return special.expit(self.coef * (s - self.mean) / self.scale + self.intercept)
 
 
-def fit_logistic_1d(x: Any, y: Any, *, l2: float = 1.0, max_iter: int = 100, tol: float = 1e-9) -> LogisticAttack:
-    """Fit a 1-D logistic regression by damped Newton steps (IRLS).
+def fit_logistic_1d(x: Any, y: Any, *, l2: float = 1.0, max_iter: int = 1000, tol: float = 1e-10) -> LogisticAttack:
+    """Fit a 1-D logistic regression: scikit-learn's `LogisticRegression(C=1/l2)` (lbfgs; the L2
+    penalty `0.5 * l2 * coef**2` is on the slope only, not the intercept; `l2=0`: no penalty) on
+    the feature standardised with the training mean and standard deviation. A constant feature is
+    left at zero, so the attack falls back to the class prior."""
+    from sklearn.linear_model import LogisticRegression
 
-    The feature is standardised with the training mean and standard deviation (a constant feature
-    is left at zero, so the attack falls back to the class prior). The loss is the summed log loss
-    plus `0.5 * l2 * coef**2`, with no penalty on the intercept: the objective of scikit-learn's
-    `LogisticRegression(C=1/l2)` on the standardised feature, so the two give the same fit.
-    """
     x = _array("x", x).astype(np.float64)
     y = _array("y", y).astype(np.float64)
     _same_length("x", x, "y", y)
@@ -204,36 +203,10 @@ def fit_logistic_1d(x: Any, y: Any, *, l2: float = 1.0, max_iter: int = 100, tol
     if np.all(z == 0):
         prior = y.mean()
         return LogisticAttack(0.0, float(np.log(prior / (1 - prior))), mean, scale)
-
-    def loss(w, b):
-        t = w * z + b
-        return float(np.sum(np.logaddexp(0.0, t) - y * t) + 0.5 * l2 * w * w)
-
-    w, b = 0.0, float(np.log(y.mean() / (1 - y.mean())))
-    current = loss(w, b)
-    for _ in range(max_iter):
-        p = special.expit(w * z + b)
-        r = p - y
-        g = np.array([np.dot(r, z) + l2 * w, r.sum()])
-        s = p * (1 - p)
-        h = np.array([[np.dot(s, z * z) + l2, np.dot(s, z)], [np.dot(s, z), s.sum() + 1e-12]])
-        try:
-            step = np.linalg.solve(h, g)
-        except np.linalg.LinAlgError:
-            step = g / np.maximum(np.diag(h), 1e-12)
-        t = 1.0
-        while t > 1e-8:  # backtracking keeps every step a descent step
-            nw, nb = w - t * step[0], b - t * step[1]
-            new = loss(nw, nb)
-            if new <= current + 1e-12 * abs(current):
-                break
-            t *= 0.5
-        else:
-            break
-        w, b, current = nw, nb, new
-        if np.max(np.abs(t * step)) < tol:
-            break
-    return LogisticAttack(float(w), float(b), mean, scale)
+    model = LogisticRegression(C=1.0 / l2 if l2 > 0 else 1.0, penalty="l2" if l2 > 0 else None,
+                               max_iter=int(max_iter), tol=tol)
+    model.fit(z[:, None], y)
+    return LogisticAttack(float(model.coef_[0, 0]), float(model.intercept_[0]), mean, scale)
 
 
 @dataclass(frozen=True)
@@ -278,15 +251,14 @@ def mia_efficacy(retain_conf: Any, test_conf: Any, forget_conf: Any, *, seed: in
 
 
 def mia_auc(forget_signal: Any, test_signal: Any) -> float:
-    """AUC of separating forget (positive) from test (negative) by the signal, rank-based
-    (Mann-Whitney U with average ranks for ties). 0.5 = forget indistinguishable from test;
-    1.0 = every forget example scores above every test example (it looks like training data)."""
+    """AUC of separating forget (positive) from test (negative) by the signal: scikit-learn's
+    `roc_auc_score` (ties count half, as in the Mann-Whitney U). 0.5 = forget indistinguishable from
+    test; 1.0 = every forget example scores above every test example (it looks like training data)."""
+    from sklearn.metrics import roc_auc_score
+
     f = _array("forget_signal", forget_signal).astype(np.float64)
     t = _array("test_signal", test_signal).astype(np.float64)
-    ranks = stats.rankdata(np.concatenate([f, t]))  # average ranks for ties
-    n_f, n_t = len(f), len(t)
-    u = ranks[:n_f].sum() - n_f * (n_f + 1) / 2.0
-    return float(u / (n_f * n_t))
+    return float(roc_auc_score(np.r_[np.ones(len(f)), np.zeros(len(t))], np.r_[f, t]))
 
 
 def mia(retain_conf: Any, test_conf: Any, forget_conf: Any, *, seed: int = 0) -> MIAResult:

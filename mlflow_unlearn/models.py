@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -145,3 +147,96 @@ def build_model(name: str, *, num_classes: int, input_shape, seed: int | None = 
             return builder(num_classes, in_channels, min(height, width_px), **kwargs)
     except TypeError as exc:
         raise ModelError(f"bad option for model {name!r}: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# A classifier that stands alone: preprocessing inside, saved as weights plus a JSON spec
+#
+# `save_classifier` / `load_classifier` are the pure core of the logged-model format (tracking.log_model
+# is the thin MLflow wrapper). Loading never unpickles: the spec names a builder from MODEL_BUILDERS
+# and the weights are read with torch.load(weights_only=True), so a model in the registry cannot run
+# code in the process that loads it (DESIGN.md section 4).
+
+CLASSIFIER_FORMAT = 1
+WEIGHTS_FILE, SPEC_FILE = "weights.pt", "classifier.json"
+_BUILDER_OPTIONS = {"width"}  # the only builder keyword a spec may carry (all integers)
+
+
+class RawImageClassifier(nn.Module):
+    """`net` with its input preprocessing in front: takes images as a user holds them, NHWC (NHW for
+    one channel), uint8 in [0, 255] or float in [0, 1], and returns logits. `mean` and `std` are the
+    per-channel statistics of the train split in [0, 1] units, the ones training normalised with."""
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        channels = self.mean.shape[1]
+        x = images.unsqueeze(-1) if images.dim() == 3 and channels == 1 else images
+        if x.dim() != 4 or x.shape[-1] != channels:
+            raise ValueError(f"expected raw images of shape [N, H, W, {channels}] (channels last), got "
+                             f"{tuple(images.shape)}")
+        x = x.permute(0, 3, 1, 2)
+        x = x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
+        return self.net((x - self.mean) / self.std)
+
+
+def save_classifier(path, net: nn.Module, *, name: str, kwargs: dict, num_classes: int, input_shape,
+                    mean, std, classes=None) -> Path:
+    """Write `net`'s weights and the spec that rebuilds it (architecture, class count, input shape
+    (C, H, W), normalisation statistics, class names) into the folder `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path / WEIGHTS_FILE)
+    spec = {"format": CLASSIFIER_FORMAT, "name": name, "kwargs": dict(kwargs), "num_classes": int(num_classes),
+            "input_shape": [int(v) for v in input_shape], "mean": [float(v) for v in torch.as_tensor(mean).flatten()],
+            "std": [float(v) for v in torch.as_tensor(std).flatten()],
+            "classes": None if classes is None else [str(c) for c in classes]}
+    (path / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+    return path
+
+
+def read_classifier_spec(path) -> dict:
+    """The spec of a saved classifier, checked field by field: it may come from a registry anyone
+    with write access could have filled."""
+    file = Path(path) / SPEC_FILE
+    if not file.is_file():
+        raise ModelError(f"{path} holds no {SPEC_FILE}: not a classifier saved by mlflow-unlearn")
+    spec = json.loads(file.read_text())
+    bad = lambda what: ModelError(f"{file}: {what}; it was not written by mlflow_unlearn.models.save_classifier")
+    if spec.get("format") != CLASSIFIER_FORMAT:
+        raise bad(f"format {spec.get('format')!r}, expected {CLASSIFIER_FORMAT}")
+    validate_model_name(spec.get("name"))
+    kwargs = spec.get("kwargs")
+    if not isinstance(kwargs, dict) or set(kwargs) - _BUILDER_OPTIONS or not all(
+            isinstance(v, int) and 0 < v <= 4096 for v in kwargs.values()):
+        raise bad(f"builder options {kwargs!r} (allowed: positive integers for {sorted(_BUILDER_OPTIONS)})")
+    shape = spec.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and 0 < v <= 4096 for v in shape)):
+        raise bad(f"input_shape {shape!r} (expected [C, H, W])")
+    n = spec.get("num_classes")
+    if not (isinstance(n, int) and 1 < n <= 100_000):
+        raise bad(f"num_classes {n!r}")
+    for key in ("mean", "std"):
+        v = spec.get(key)
+        if not (isinstance(v, list) and len(v) == shape[0] and all(isinstance(x, (int, float)) for x in v)):
+            raise bad(f"{key} {v!r} (expected {shape[0]} numbers)")
+    return spec
+
+
+def load_classifier(path, *, raw_input: bool = False, map_location="cpu") -> nn.Module:
+    """Rebuild a classifier saved by `save_classifier`, in eval mode: the bare network (inputs
+    normalised as in training) or, with `raw_input`, the `RawImageClassifier` around it."""
+    spec = read_classifier_spec(path)
+    net = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]),
+                      **spec["kwargs"])
+    state = torch.load(Path(path) / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path}: the weights do not fit a {spec['name']} {spec['kwargs']}: {str(exc)[:300]}") from None
+    model = RawImageClassifier(net, spec["mean"], spec["std"]) if raw_input else net
+    return model.eval()

@@ -162,6 +162,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
                   f"baseline. Cells: mean [95% interval] over unlearning seeds.")
         summary = "\n".join([header, "", table, "", conclusion])
         mlflow.log_text(summary + "\n", "summary.md")
+        mlflow.log_figure(comparison_figure(reports, floor, len(ctx.forget), len(seeds)), "plots/methods.png")
         mlflow.log_metric("time/pipeline_s", time.perf_counter() - t_start)
     print()
     print(summary)
@@ -170,6 +171,15 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
     print(steps.ui_hint())
     return {"original": original, "rum": rum, "reports": reports, "search": found, "tuned": tuned, "table": table,
             "floor": floor, "verdict": conclusion, "calibration": calibration, "ctx": ctx}
+
+
+def comparison_figure(reports, floor: dict[str, float], n_forget: int, n_seeds: int):
+    from .plots import method_comparison
+
+    rows = [{"name": r.name + (" (unchanged)" if r.unchanged else ""), "tow": r.summary("tow"),
+             "mia/gap": r.summary("mia/gap")} for r in reports]
+    return method_comparison(rows, floor, title=f"Methods on the held-out request ({n_forget} examples), mean and 95% "
+                                                f"interval over {n_seeds} unlearning seeds")
 
 
 def _log_method(ctx, report, algorithm: str, reference_run: str) -> None:

@@ -241,7 +241,37 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
         mlflow.log_dict(plan.to_dict(), "best_plan.json")
         key = "tow" if objective == "tow+time" else objective
         mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study)})
+        log_study_plots(study, objective)
     return plan, value, run.info.run_id, study_name
+
+
+def log_study_plots(study, objective: str) -> None:
+    """Optuna's own matplotlib views on the active run: the optimisation history and, when the
+    study has enough finished trials to tell, the parameter importances (fANOVA)."""
+    import warnings
+
+    import matplotlib.pyplot as plt  # optuna's views draw with pyplot; closed after logging
+    import optuna.visualization.matplotlib as ov
+
+    key = "tow" if objective == "tow+time" else objective
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+        target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+        ax = ov.plot_optimization_history(study, target=target, target_name=f"calibration {key}")
+        ax.set_title(f"Optimisation history: calibration {key} per trial (selection only, not a result)", fontsize=10)
+        mlflow.log_figure(ax.figure, "plots/optimization_history.png")
+        plt.close(ax.figure)
+        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(finished) >= 3:
+            try:
+                ax = ov.plot_param_importances(study, target=target, target_name=f"calibration {key}")
+            except (ValueError, RuntimeError) as exc:  # e.g. every trial sampled the same values
+                print(f"parameter importances not plotted: {exc}")
+            else:
+                ax.figure.set_size_inches(9, max(3.0, 0.35 * len(ax.get_yticks()) + 1.5))
+                ax.figure.tight_layout()
+                mlflow.log_figure(ax.figure, "plots/param_importances.png")
+                plt.close(ax.figure)
 
 
 def search(ctx: steps.ForgetContext, calibration: Calibration, *, n_trials: int = 20, objective: str = "tow",

@@ -103,17 +103,33 @@ def train_step(
         model_spec = {"name": model, "kwargs": model_kwargs, "num_classes": data.num_classes,
                       "input_shape": list(data.input_shape), "dataset_spec": spec.to_dict(), "train_config": config.to_dict(),
                       "train_seconds": train_seconds}
-        info = tracking.log_model(net, model_spec)
-        tracking.log_confidences(recorder)
+        info = tracking.log_model(net, model_spec, data, name="original")
+        tracking.log_dataset_input(f"{spec.name}-train", data.digest, "training", n_train=len(data.train),
+                                   subset=subset, val_fraction=val_fraction, seed=seed)
+        proxies = tracking.log_confidences(recorder)
         tracking.log_manifest(data.manifest())
+        log_c_proxy_plot(proxies["c_proxy"])
         mv = tracking.register(info.model_uri, name, {
             TAG + "role": "original", TAG + "dataset": spec.name, TAG + "dataset_digest": data.digest,
             TAG + "run_id": run.info.run_id, TAG + "train_acc": f"{final['train/acc_eval']:.4f}",
             TAG + "test_acc": f"{final['test/acc']:.4f}",
-        })
+        }, description=(f"Original {model} trained on {spec.name} ({len(data.train)} train examples, {config.epochs} "
+                        f"epochs, seed {seed}): train accuracy {final['train/acc_eval']:.4f}, test accuracy "
+                        f"{final['test/acc']:.4f}. Per-example confidences and the C-proxy are in run "
+                        f"{run.info.run_id} (confidences/, plots/c_proxy.png)."), aliases=("original",))
         mlflow.set_tag(TAG + "registered_version", f"{name}/{mv.version}")
     print(f"registered models:/{name}/{mv.version}  train acc {final['train/acc_eval']:.4f}  test acc {final['test/acc']:.4f}  ({train_seconds:.1f} s)")
     return TrainResult(run.info.run_id, name, str(mv.version), history, net)
+
+
+def log_c_proxy_plot(c_proxy: np.ndarray) -> None:
+    """plots/c_proxy.png on the active run: the C-proxy histogram with the train-set tier cuts."""
+    from .memorization import DEFAULT_TIERS, tier_cut_points
+    from .plots import c_proxy_histogram
+
+    fig = c_proxy_histogram(c_proxy, tier_cut_points(c_proxy, DEFAULT_TIERS), DEFAULT_TIERS,
+                            title=f"C-proxy of the {len(c_proxy)} train examples and the memorisation tiers")
+    mlflow.log_figure(fig, "plots/c_proxy.png")
 
 
 def ui_hint() -> str:
@@ -206,11 +222,18 @@ def log_forget_set(ctx: ForgetContext) -> None:
     mlflow.log_dict({"tier_histogram": ctx.histogram, "tiers": {k: v.tolist() for k, v in ctx.tiers.items()}},
                     "forget_set/tiers.json")
     tracking.log_params({"forget_source": str(ctx.forget.source)[:500], "n_forget": len(ctx.forget), "seed": ctx.seed})
-    mlflow.log_metrics({f"forget_set/hist/{k}": float(v) for k, v in ctx.histogram.items()})
+    # Constant for a request: a tag, not a metric that would add a flat chart to every run.
+    mlflow.set_tag(TAG + "tier_histogram", json.dumps(ctx.histogram))
+    tracking.log_dataset_input(f"{ctx.source.dataset_spec.name}-train", ctx.source.manifest.get("dataset_digest") or "unknown",
+                               "training", n_train=len(ctx.source.manifest.get("ids", [])), source_model=ctx.source_tag)
+    tracking.log_dataset_input("forget-set", ctx.forget.digest, "forget", n_forget=len(ctx.forget),
+                               source=str(ctx.forget.source)[:200], tiers=json.dumps(ctx.histogram))
+    tracking.log_model_input(ctx.source.model_id)
 
 
 def load_run_model(run_id: str, map_location="cpu") -> torch.nn.Module:
-    return mlflow.pytorch.load_model(f"runs:/{run_id}/model", map_location=map_location)
+    """The network a step's run logged, rebuilt from weights + spec (tracking.load_logged_classifier)."""
+    return tracking.load_logged_classifier(tracking.run_model_id(run_id), map_location=map_location)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +304,7 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
         train_model(net, ctx.data, config, train_ids=ud.retain_ids, log=tracking.MlflowLogger(), progress=progress, eval_test=False)
         seconds = time.perf_counter() - t0
         mlflow.log_metric("time/retrain_s", seconds)
-        tracking.log_model(net, spec)
+        tracking.log_model(net, spec, ctx.data, name="retrain")
     net.to(ctx.data.device)
     return StepResult(run.info.run_id, net, seconds)
 
@@ -290,10 +313,17 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
 # Unlearn with one algorithm
 
 
-def register_unlearned(ctx: ForgetContext, run_id: str, model_uri: str, extra_tags: dict[str, str]) -> str:
+def register_unlearned(ctx: ForgetContext, run_id: str, model_uri: str, extra_tags: dict[str, str], *,
+                       how: str) -> str:
+    """A new version of the source's registered model, tagged, described and aliased `unlearned`
+    (the alias moves to the newest result)."""
+    description = (f"Version {ctx.source.version} with {len(ctx.forget)} training examples unlearned "
+                   f"(forget digest {ctx.forget.digest[:12]}..., per memorisation tier {ctx.histogram}) by {how}. "
+                   f"Run {run_id}; evaluate it against retraining with `mlflow-unlearn evaluate --model-uri "
+                   f"{ctx.source.uri} --run-id {run_id} --forget <the same forget set>`.")
     mv = tracking.register(model_uri, ctx.source.name, {
         **ctx.tags("unlearn"), TAG + "source_version": ctx.source.version, TAG + "run_id": run_id,
-        TAG + "n_forget": str(len(ctx.forget)), **extra_tags})
+        TAG + "n_forget": str(len(ctx.forget)), **extra_tags}, description=description, aliases=("unlearned",))
     return str(mv.version)
 
 
@@ -312,12 +342,13 @@ def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = N
                               log=tracking.MlflowLogger())
         seconds = time.perf_counter() - t0
         mlflow.log_metric("time/unlearn_s", seconds)
-        info = tracking.log_model(model, ctx.source.model_spec)
+        info = tracking.log_model(model, ctx.source.model_spec, ctx.data, name=f"unlearn-{algorithm}")
         model.to(ctx.data.device)
         version = None
         if register:
             version = register_unlearned(ctx, run.info.run_id, info.model_uri, {TAG + "algorithm": algorithm,
-                                                                TAG + "plan": json.dumps({"algorithm": algorithm, "hyperparameters": params})})
+                                                                TAG + "plan": json.dumps({"algorithm": algorithm, "hyperparameters": params})},
+                                         how=f"{algorithm} {params}")
             mlflow.set_tag(TAG + "registered_version", f"{ctx.source.name}/{version}")
     return StepResult(run.info.run_id, model, seconds, version=version)
 
@@ -332,6 +363,32 @@ def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: to
     u = outputs_for(model, ctx.data, ctx.forget.ids)
     r = outputs_for(reference, ctx.data, ctx.forget.ids) if reference is not None else None
     return evaluate_unlearning(u, r, tiers=ctx.tier_positions(), seed=ctx.seed)
+
+
+def forget_tier_accuracy(ctx: ForgetContext, model: torch.nn.Module) -> dict[str, float]:
+    """Accuracy of `model` on each tier of the forget set, and on all of it (`all`)."""
+    from .training import predict_logits
+
+    ids = torch.as_tensor(ctx.forget.ids, device=ctx.data.device)
+    split = ctx.data.train.subset(ids)
+    correct = (predict_logits(model.to(ctx.data.device), ctx.data, split).argmax(1) == split.y).cpu().numpy()
+    positions = ctx.tier_positions()
+    out = {t: float(correct[pos].mean()) for t, pos in positions.items() if len(pos)}
+    out["all"] = float(correct.mean())
+    return out
+
+
+def tier_chart(ctx: ForgetContext, model: torch.nn.Module, reference: torch.nn.Module, label: str):
+    """The per-tier forget accuracy of the original, `model` and the reference, as a figure."""
+    from .plots import tier_accuracy_chart
+
+    if "original_tier_acc" not in ctx.cache:
+        ctx.cache["original_tier_acc"] = forget_tier_accuracy(ctx, ctx.source.model)
+    unlearned, ref = forget_tier_accuracy(ctx, model), forget_tier_accuracy(ctx, reference)
+    per_tier = {t: {"original": ctx.cache["original_tier_acc"][t], "unlearned": unlearned[t], "reference": ref[t]}
+                for t in unlearned}
+    return tier_accuracy_chart(per_tier, title=f"{label}: forget-set accuracy per memorisation tier "
+                                               f"({len(ctx.forget)} examples; reference = retrained without them)")
 
 
 def entanglement(ctx: ForgetContext) -> float:
@@ -397,6 +454,9 @@ def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *
         mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "evaluated_run": unlearned_run_id,
                          TAG + "reference_run": reference.run_id})
         mlflow.log_metrics(metrics)
+        fig = tier_chart(ctx, model, reference.model, label or algorithm)
+        mlflow.log_figure(fig, "plots/tiers.png")
+    client.log_figure(unlearned_run_id, fig, "plots/tiers.png")
     client.log_batch(unlearned_run_id, metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
                                                 for k, v in metrics.items() if np.isfinite(v) and k != "time/unlearn_s"])
     return metrics
@@ -544,7 +604,7 @@ def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | Non
         mlflow.set_tags({**ctx.tags("rum"), TAG + "algorithm": "rum", TAG + "plan_name": plan.name or "", **(extra_tags or {})})
         log_forget_set(ctx)
         mlflow.log_dict(plan.to_dict(), "plan.json")
-        tracking.log_params({"plan": plan.to_compact()[:500], "retain_mode": plan.retain_mode})
+        tracking.log_params({"algorithm": "rum", "plan": plan.to_compact()[:500], "retain_mode": plan.retain_mode})
         callbacks = _TierRuns(ctx)
         try:
             result = run_rum(ctx.source.model.to(ctx.data.device), ctx.data, ctx.tiers, plan, seed=ctx.seed, callbacks=callbacks,
@@ -553,12 +613,13 @@ def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | Non
             callbacks.abort()
             raise
         mlflow.log_metric("time/unlearn_s", result.seconds)
-        info = tracking.log_model(result.model, ctx.source.model_spec)
+        info = tracking.log_model(result.model, ctx.source.model_spec, ctx.data, name="rum")
         result.model.to(ctx.data.device)
         version = None
         if register:
             version = register_unlearned(ctx, run.info.run_id, info.model_uri, {
-                TAG + "algorithm": "rum", TAG + "plan": json.dumps(plan.to_dict())[:4900], **(extra_tags or {})})
+                TAG + "algorithm": "rum", TAG + "plan": json.dumps(plan.to_dict())[:4900], **(extra_tags or {})},
+                how=f"RUM, plan {plan.to_compact()[:300]}")
             mlflow.set_tag(TAG + "registered_version", f"{ctx.source.name}/{version}")
     return StepResult(run.info.run_id, result.model, result.seconds, version=version)
 

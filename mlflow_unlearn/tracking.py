@@ -2,7 +2,8 @@
 registering them, and loading everything back from a `models:/` URI.
 
 Artifact layout of an original run (DESIGN.md section 4):
-    model/                      mlflow.pytorch model, pickle format (loads back as the same class)
+    models: original            pyfunc from code (pyfunc_model.py): raw uint8 images in; artifacts/classifier/
+                                holds weights.pt + classifier.json, which the package reloads (never unpickled)
     model_spec.json             model name, builder options, dataset spec, training config
     manifest/train_manifest.json ids, labels, dataset name and digest
     confidences/true_class_prob.npy   float16 [epochs, n_train], column = example id
@@ -15,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
 import os
 import re
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -163,22 +164,103 @@ def _package_dir() -> str:
     return str(Path(__file__).resolve().parent)
 
 
-def log_model(model: torch.nn.Module, model_spec: dict, *, name: str = "model") -> Any:
-    """Log `model` in MLflow's pickle format with this package as code, so `mlflow.pytorch.load_model`
-    returns the same nn.Module class (the pt2 default loads back as a GraphModule, which cannot be
-    fine-tuned). The builder spec is logged beside it so it can also be rebuilt from the state dict."""
-    model = model.to("cpu")
-    # MLflow warns on every pickle-format log; we choose it on purpose (see above).
-    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-    info = mlflow.pytorch.log_model(
-        model,
-        name=name,
-        serialization_format="pickle",
-        pip_requirements=pip_requirements(),
-        code_paths=[_package_dir()],
-    )
+MODEL_CODE = Path(__file__).resolve().parent / "pyfunc_model.py"
+CLASSIFIER_ARTIFACT = "artifacts/classifier"  # inside the logged model: weights.pt + classifier.json
+INPUT_EXAMPLE_SIZE = 4  # test images (never train: an example must not carry a forgotten image)
+
+
+def raw_images(data: ImageData, split, n: int | None = None) -> np.ndarray:
+    """Images of `split` as a user holds them: uint8, channels last ([N, H, W, C])."""
+    x = split.x if n is None else split.x[:n]
+    return np.ascontiguousarray(x.cpu().numpy().transpose(0, 2, 3, 1))
+
+
+def model_signature(data: ImageData):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    c, h, w = data.input_shape
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
+                          params=ParamSchema([ParamSpec("output", "string", "label")]))
+
+
+def log_model(model: torch.nn.Module, model_spec: dict, data: ImageData, *, name: str) -> Any:
+    """Log `model` as a standalone MLflow model called `name` (original, retrain, rum,
+    unlearn-<algorithm>): a pyfunc from code (mlflow_unlearn/pyfunc_model.py, nothing pickled) that
+    takes raw uint8 images and does its own normalisation, with a signature, an input example from
+    the test split, and the `classifier` artifact (weights + spec) the package reloads from. The
+    builder spec is also logged on the run (`model_spec.json`: the recipe a retrain replays)."""
+    from .models import save_classifier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_classifier(Path(tmp) / "classifier", model, name=model_spec["name"], kwargs=model_spec["kwargs"],
+                                 num_classes=model_spec["num_classes"], input_shape=model_spec["input_shape"],
+                                 mean=data.mean.cpu(), std=data.std.cpu(), classes=data.classes)
+        with warnings.catch_warnings():  # the signature is explicit; MLflow's type-hint advice does not apply
+            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
+            info = mlflow.pyfunc.log_model(
+                name=name, python_model=str(MODEL_CODE), artifacts={"classifier": str(folder)},
+                code_paths=[_package_dir()], signature=model_signature(data),
+                input_example=raw_images(data, data.test, INPUT_EXAMPLE_SIZE), pip_requirements=pip_requirements(),
+            )
     mlflow.log_dict(model_spec, "model_spec.json")
     return info
+
+
+def _logged_model_id(uri_or_id: str) -> str:
+    return uri_or_id[len("models:/"):] if uri_or_id.startswith("models:/") else uri_or_id
+
+
+def load_logged_classifier(model_id: str, *, map_location="cpu") -> torch.nn.Module:
+    """The bare network of a model logged by `log_model` (`m-...` or `models:/m-...`), rebuilt from
+    its weights and spec: never unpickled, never run as code."""
+    from .models import load_classifier
+
+    model_id = _logged_model_id(model_id)
+    try:
+        location = mlflow.get_logged_model(model_id).artifact_location.rstrip("/")
+    except MlflowException as exc:
+        raise MissingArtifactError(f"logged model {model_id} not found: {exc.message}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{CLASSIFIER_ARTIFACT}", dst_path=tmp)
+        except (MlflowException, OSError):
+            raise MissingArtifactError(
+                f"logged model {model_id} has no {CLASSIFIER_ARTIFACT}/ (weights + spec): it was not logged by this "
+                f"version of mlflow-unlearn (earlier versions logged pickled models, which are not loaded: a registry "
+                f"writer must not be able to run code here); log it again with mlflow_unlearn.tracking.log_model"
+            ) from None
+        return load_classifier(local, map_location=map_location)
+
+
+def log_dataset_input(name: str, digest: str, context: str, **details: Any) -> None:
+    """A dataset as an MLflow run input (the run page's Dataset column and lineage): `name`, the
+    first 32 hex digits of our sha256 `digest` (MLflow's digest column holds 36 characters; the full
+    one is the input tag `mlflow_unlearn.digest`), `context` (training, forget, calibration) and
+    `details` as the source's tags. Only descriptions: the data itself stays where it is."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    dataset = MetaDataset(CodeDatasetSource({k: str(v) for k, v in details.items()}), name=name, digest=digest[:32])
+    mlflow.log_input(dataset, context=context, tags={TAG + "digest": digest})
+
+
+def log_model_input(model_id: str | None) -> None:
+    """The source model version as an input of the active run (MLflow 3's model lineage)."""
+    if model_id:
+        from mlflow.entities import LoggedModelInput
+
+        mlflow.log_input(model=LoggedModelInput(model_id))
+
+
+def run_model_id(run_id: str) -> str:
+    """The model a step's run logged (each step run logs exactly one)."""
+    outputs = MlflowClient().get_run(run_id).outputs
+    models = [] if outputs is None else list(outputs.model_outputs or [])
+    if not models:
+        raise MissingArtifactError(f"run {run_id} logged no model; pass the run of an unlearn, rum, retrain or train step")
+    return models[-1].model_id
 
 
 def log_confidences(recorder: ConfidenceRecorder | Mapping[str, np.ndarray], *, artifact_path: str = "confidences") -> dict[str, np.ndarray]:
@@ -226,6 +308,7 @@ class SourceModel:
     true_class_prob: np.ndarray | None  # [epochs, n_train]
     proxies: dict[str, np.ndarray] | None
     tags: dict[str, str]
+    model_id: str | None = None  # the MLflow logged model behind the version
 
     @property
     def uri(self) -> str:
@@ -276,7 +359,8 @@ def load_source(model_uri: str, *, with_confidences: bool = True, map_location="
     fix = "it was not logged by `mlflow-unlearn train`; log it with mlflow_unlearn.tracking.log_manifest/log_confidences in the original run"
     manifest = _download_json(client, mv.run_id, "manifest/train_manifest.json", "training manifest", fix)
     model_spec = _download_json(client, mv.run_id, "model_spec.json", "model spec", fix)
-    model = mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}", map_location=map_location)
+    model_id = getattr(mv, "model_id", None) or _logged_model_id(mv.source or "")
+    model = load_logged_classifier(model_id, map_location=map_location)
     true_prob, proxies = None, None
     if with_confidences:
         try:
@@ -288,18 +372,23 @@ def load_source(model_uri: str, *, with_confidences: bool = True, map_location="
     return SourceModel(
         name=mv.name, version=str(mv.version), run_id=mv.run_id, model=model, model_spec=model_spec,
         dataset_spec=DatasetSpec.from_dict(manifest["dataset_spec"]), manifest=manifest,
-        true_class_prob=true_prob, proxies=proxies, tags=dict(mv.tags or {}),
+        true_class_prob=true_prob, proxies=proxies, tags=dict(mv.tags or {}), model_id=model_id,
     )
 
 
-def register(model_uri: str, name: str, tags: Mapping[str, Any]) -> Any:
-    """Register a logged model and tag the version. If tagging fails the version is deleted, so a
-    crash never leaves a half-described version behind."""
+def register(model_uri: str, name: str, tags: Mapping[str, Any], *, description: str | None = None,
+             aliases: tuple[str, ...] = ()) -> Any:
+    """Register a logged model, tag the version, describe it and move `aliases` to it. If any of
+    that fails the version is deleted, so a crash never leaves a half-described version behind."""
     client = MlflowClient()
     mv = mlflow.register_model(model_uri, name)
     try:
         for k, v in tags.items():
             client.set_model_version_tag(name, mv.version, k, str(v))
+        if description:
+            client.update_model_version(name, mv.version, description=description)
+        for alias in aliases:
+            client.set_registered_model_alias(name, alias, mv.version)
     except Exception:
         client.delete_model_version(name, mv.version)
         raise

@@ -25,6 +25,7 @@ import pytest
 from conftest import free_port, start_mlflow_server, use_tracking
 from mlflow_unlearn.hook import ledger, local
 from mlflow_unlearn.hook.signature import signed_headers
+from mlflow_unlearn.tracking import run_model_id
 
 MODEL = "hooktiny"
 QUIET = "hooktiny-quiet"  # not watched by the main service: used where no job may start by itself
@@ -91,7 +92,7 @@ class Env:
     def new_version(self, name: str = MODEL) -> str:
         import mlflow
 
-        return str(mlflow.register_model(f"runs:/{self.run_id}/model", name).version)
+        return str(mlflow.register_model(f"models:/{run_model_id(self.run_id)}", name).version)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def env(tmp_path_factory, sqlite_template):
             client = mlflow.MlflowClient(url)
             plan = Plan.parse(TINY_PLAN).to_json(indent=None)
             client.set_registered_model_tag(MODEL, PLAN_TAG, plan)
-            mlflow.register_model(f"runs:/{trained.run_id}/model", QUIET)
+            mlflow.register_model(f"models:/{run_model_id(trained.run_id)}", QUIET)
             client.set_registered_model_tag(QUIET, PLAN_TAG, plan)
             yield Env(workdir, url, hook, trained.run_id, trained.version)
             while mlflow.active_run():
@@ -232,7 +233,7 @@ def test_version_created_with_the_tag_is_handled(env):
     v0 = env.new_version()
     _, manifest, fs = validate_request(env.client, MODEL, v0, [5, 6, 7, 8, 9, 10])
     _, uri = log_request(MODEL, v0, fs, manifest)
-    mv = mlflow.register_model(f"runs:/{env.run_id}/model", MODEL, tags={ledger.FORGET_SET_TAG: uri})
+    mv = mlflow.register_model(f"models:/{run_model_id(env.run_id)}", MODEL, tags={ledger.FORGET_SET_TAG: uri})
     state = wait_answer(env, mv.version)
     assert state.status == "done", state.tags
     assert len(results_of(env, mv.version)) == 1
@@ -289,7 +290,7 @@ def test_bad_forget_sets_are_rejected_with_the_reason_and_no_new_version(env):
     mlflow.set_experiment("plain")
     with mlflow.start_run() as run:
         mlflow.pytorch.log_model(torch.nn.Linear(2, 2), name="model", pip_requirements=["torch"], serialization_format="pickle")
-    versions["no manifest"] = str(mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL).version)
+    versions["no manifest"] = str(mlflow.register_model(f"models:/{run_model_id(run.info.run_id)}", MODEL).version)
     cases["no manifest"] = (log_ids_artifact(env, [1, 2, 3]), "training manifest")
     client.set_model_version_tag(MODEL, versions["no manifest"], ledger.FORGET_SET_TAG, cases["no manifest"][0])
     n_sources = n_before + len(versions)

@@ -42,3 +42,72 @@ def test_unknown_model_lists_valid_names():
 def test_vgg_rejects_images_too_small():
     with pytest.raises(ModelError, match="8x8"):
         build_model("vgg16_bn", num_classes=10, input_shape=(1, 8, 8))
+
+
+# --------------------------------------------------------------------------------------------------
+# The saved format: weights + a checked JSON spec, preprocessing inside, never unpickled
+
+
+def _saved(tmp_path, digits):
+    from mlflow_unlearn.models import save_classifier
+
+    net = build_model("small_cnn", num_classes=10, input_shape=digits.input_shape, seed=0, width=8).eval()
+    path = save_classifier(tmp_path / "classifier", net, name="small_cnn", kwargs={"width": 8}, num_classes=10,
+                           input_shape=digits.input_shape, mean=digits.mean, std=digits.std, classes=digits.classes)
+    return net, path
+
+
+def test_saved_classifier_round_trip_and_raw_input(tmp_path, digits):
+    from mlflow_unlearn.models import RawImageClassifier, load_classifier
+
+    net, path = _saved(tmp_path, digits)
+    x = digits.test.x[:16]
+    with torch.no_grad():
+        want = net(digits.normalize(x))
+        bare = load_classifier(path)
+        raw = load_classifier(path, raw_input=True)
+        assert isinstance(raw, RawImageClassifier) and not raw.training
+        torch.testing.assert_close(bare(digits.normalize(x)), want)
+        nhwc = x.permute(0, 2, 3, 1).contiguous()
+        torch.testing.assert_close(raw(nhwc), want, rtol=1e-5, atol=1e-5)  # uint8 [0, 255]
+        torch.testing.assert_close(raw(nhwc.float() / 255), want, rtol=1e-5, atol=1e-5)  # float [0, 1]
+        torch.testing.assert_close(raw(nhwc[..., 0]), want, rtol=1e-5, atol=1e-5)  # one channel: NHW
+        with pytest.raises(ValueError, match=r"\[N, H, W, 1\].*\(16, 1, 8, 8\)"):
+            raw(x)  # channels first is refused, not silently misread
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("name", "os.system", "os.system"),
+    ("kwargs", {"width": 8, "block": "evil"}, "builder options"),
+    ("num_classes", "10", "num_classes"),
+    ("mean", [0.5, 0.5], "mean"),
+    ("format", 0, "format"),
+])
+def test_a_forged_spec_is_refused_by_name(tmp_path, digits, field, value, needle):
+    import json
+
+    from mlflow_unlearn.models import SPEC_FILE, ModelError, load_classifier
+
+    _, path = _saved(tmp_path, digits)
+    spec = json.loads((path / SPEC_FILE).read_text())
+    spec[field] = value
+    (path / SPEC_FILE).write_text(json.dumps(spec))
+    with pytest.raises(ModelError, match=needle):
+        load_classifier(path)
+
+
+def test_pickled_weights_are_not_loaded(tmp_path, digits):
+    """weights.pt is read with weights_only=True: a pickle that would run code is refused."""
+    import pickle
+
+    from mlflow_unlearn.models import WEIGHTS_FILE, load_classifier
+
+    _, path = _saved(tmp_path, digits)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, path / WEIGHTS_FILE, pickle_module=pickle)
+    with pytest.raises(pickle.UnpicklingError):
+        load_classifier(path)

@@ -239,6 +239,13 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     assert parent.data.metrics["time/pipeline_s"] > 0 and "floor/tow" in parent.data.metrics
     method = runs("attributes.run_name = 'finetune (tuned)'")[0]
     assert method.data.params["algorithm"] == "finetune" and "tow" in method.data.metrics
+    client = MlflowClient()
+    assert "plots/methods.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
+    rum_search = next(r for r in search_runs if r.data.tags["mlflow_unlearn.search_space"] == "rum")
+    plots = [a.path for a in client.list_artifacts(rum_search.info.run_id, "plots")]
+    assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots
+    original = runs("tags.`mlflow_unlearn.role` = 'original'")[0]
+    assert "plots/c_proxy.png" in [a.path for a in client.list_artifacts(original.info.run_id, "plots")]
 
 
 def test_multi_objective_search_returns_a_pareto_plan(source_model, tmp_path):

@@ -49,6 +49,9 @@ def test_retrain_unlearn_evaluate_with_cache_hit(source_model):
     assert len(ev) == 2 and all(r.data.metrics["tow"] == pytest.approx(metrics["tow"]) for r in ev)
     # metrics were copied onto the unlearned run, so the UI compares runs on the same keys
     assert MlflowClient().get_run(result.run_id).data.metrics["tow"] == pytest.approx(metrics["tow"])
+    # the per-tier chart (original, unlearned, reference) on the evaluate run and on the unlearned run
+    for run_id in (ev[0].info.run_id, result.run_id):
+        assert "plots/tiers.png" in [a.path for a in MlflowClient().list_artifacts(run_id, "plots")]
 
 
 def test_unlearning_lowers_forget_accuracy_and_the_reference_is_the_truth(source_model):

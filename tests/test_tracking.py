@@ -54,6 +54,20 @@ def test_train_log_register_load_round_trip(tracking):
     assert [m.step for m in history] == [0, 1]
     assert run.data.params["epochs"] == "2"
 
+    # The registered version stands alone: raw uint8 images in (channels last), its own normalisation,
+    # the test accuracy the run logged out; a signature, an input example, a meaningful name.
+    data = src.load_data()
+    served = mlflow.pyfunc.load_model(result.model_uri)
+    labels = served.predict(tr.raw_images(data, data.test))
+    assert labels.dtype == np.int64 and labels.shape == (len(data.test),)
+    assert np.mean(labels == data.test.y.numpy()) == pytest.approx(run.data.metrics["test/acc"], abs=1e-9)
+    probs = served.predict(tr.raw_images(data, data.test, 3), params={"output": "probabilities"})
+    assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert served.metadata.get_input_schema().inputs[0].type == np.dtype(np.uint8)
+    (logged,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{result.run_id}'", output_format="list")
+    assert logged.name == "original"
+    assert served.metadata.saved_input_example_info is not None
+
     # alias resolution goes through the same loader
     MlflowClient().set_registered_model_alias("digits-tiny", "champion", result.version)
     assert tracking_load("models:/digits-tiny@champion").version == result.version

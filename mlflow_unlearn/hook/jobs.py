@@ -443,7 +443,8 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
             ledger.EVIDENCE_TAG: f"runs:/{run_id}/evidence/report.json",
             **{f"{TAG}metric.{k}": f"{v:.4f}" for k, v in headline.items() if v is not None and np.isfinite(v)}}
     logging.getLogger("mlflow.tracking._model_registry.fluent").setLevel(logging.ERROR)
-    mv = mlflow.register_model(f"runs:/{run_id}/model", job.name, tags=tags)  # one call: created with its tags
+    model_uri = f"models:/{tracking.run_model_id(run_id)}"
+    mv = mlflow.register_model(model_uri, job.name, tags=tags)  # one call: created with its tags
     mine = str(mv.version)
     winners = ledger.find_results(job.client, job.name, job.version, digest)
     keep = winners[0] if winners else mine
@@ -452,9 +453,27 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
         job.client.set_tag(run_id, TAG + "superseded_by", f"{job.name}/{keep}")
         return job.finish(ledger.DONE, result=keep, digest=digest)
     job.client.set_tag(run_id, TAG + "registered_version", f"{job.name}/{mine}")
+    _describe(job, mine, ctx, plan, headline, run_id)
     report["result"]["version"] = mine
     _log_report(job.client, run_id, report)
     return job.finish(ledger.DONE, result=mine, digest=digest)
+
+
+def _describe(job, version: str, ctx, plan, headline: dict, run_id: str) -> None:
+    """The result version's description (what was forgotten, how, headline metrics, the evidence)
+    and the `unlearned` alias. Cosmetic next to the tags the ledger relies on: a failure is logged,
+    not raised, so a registered result is never lost over its description."""
+    import numpy as np
+
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None and np.isfinite(v))
+    text = (f"Version {job.version} with {len(ctx.forget)} training examples unlearned (forget digest "
+            f"{ctx.forget.digest[:12]}..., per memorisation tier {ctx.histogram}) by the registry hook: RUM, plan "
+            f"{plan.to_compact()[:300]}. {metrics}. Evidence: runs:/{run_id}/evidence/report.json (run {run_id}).")
+    try:
+        job.client.update_model_version(job.name, version, description=text)
+        job.client.set_registered_model_alias(job.name, "unlearned", version)
+    except MlflowException as exc:
+        logging.getLogger(__name__).warning("could not describe %s/%s: %s", job.name, version, exc)
 
 
 def _finite(d: dict | None) -> dict:

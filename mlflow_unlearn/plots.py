@@ -1,0 +1,86 @@
+"""Figures for the MLflow UI, drawn with matplotlib's object API (no pyplot, no global backend
+state): pure functions that return a `Figure`; the steps log them as PNG run artifacts under
+`plots/` (`mlflow.log_figure`). Every axis says what it measures and in which unit."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+COLORS = {"original": "#9e9e9e", "unlearned": "#1f77b4", "reference": "#2ca02c"}
+
+
+def c_proxy_histogram(c_proxy, cut_points: Sequence[float], names: Sequence[str], *, title: str) -> Figure:
+    """The C-proxy of every train example (mean true-class probability over training epochs, in
+    [0, 1]) with the train-set tier cut points: left of the first cut is the most memorised tier."""
+    c = np.asarray(c_proxy, dtype=np.float64)
+    fig = Figure(figsize=(7.5, 4.0), dpi=110)
+    ax = fig.add_subplot()
+    counts, _, _ = ax.hist(c, bins=50, range=(0.0, 1.0), color="#4c72b0", edgecolor="white", linewidth=0.4)
+    ax.set_yscale("log")
+    ax.set_ylim(0.7, max(counts.max(), 1) * 6)  # headroom above the bars for the tier names
+    for cut in cut_points:
+        ax.axvline(cut, color="#c44e52", linestyle="--", linewidth=1.2)
+    edges = [0.0, *sorted(cut_points), 1.0]
+    for name, lo, hi in zip(reversed(list(names)), edges[:-1], edges[1:]):  # low C-proxy = high memorisation
+        ax.text((lo + hi) / 2, 0.97, name, transform=ax.get_xaxis_transform(), ha="center", va="top",
+                fontsize=9, color="#c44e52", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+    ax.set_xlabel("C-proxy: mean true-class probability during training (0-1)")
+    ax.set_ylabel("train examples (log scale)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def tier_accuracy_chart(per_tier: Mapping[str, Mapping[str, float]], *, title: str) -> Figure:
+    """Forget-set accuracy per memorisation tier for each model (`original`, `unlearned`,
+    `reference`): the unlearned bar should sit at the reference's height, not at zero."""
+    tiers = list(per_tier)
+    models = [m for m in COLORS if any(m in per_tier[t] for t in tiers)]
+    fig = Figure(figsize=(7.0, 3.8), dpi=110)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(tiers))
+    for i, m in enumerate(models):
+        vals = [per_tier[t].get(m, np.nan) for t in tiers]
+        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m, color=COLORS[m])
+        for b, v in zip(bars, vals):
+            if np.isfinite(v):
+                ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [f"{t}" for t in tiers])
+    ax.set_ylim(0, 1.25)  # headroom for the value labels and the legend
+    ax.set_xlabel("memorisation tier of the forget set (by C-proxy)")
+    ax.set_ylabel("forget-set accuracy (fraction)")
+    ax.legend(fontsize=8, ncol=len(models), loc="upper center", frameon=False)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def method_comparison(rows: Sequence[Mapping], floor: Mapping[str, float] | None, *, title: str) -> Figure:
+    """ToW (higher is better, 1 = retrain) and MIA gap (lower is better, 0 = retrain) per method,
+    mean with the 95% interval over unlearning seeds; the retrain-vs-retrain noise floor dashed.
+    `rows`: dicts with `name` and `tow`, `mia/gap` as (mean, low, high)."""
+    names = [r["name"] for r in rows]
+    fig = Figure(figsize=(10.0, 0.45 * len(rows) + 1.6), dpi=110)
+    y = np.arange(len(rows))[::-1]
+    for k, (key, label, floor_key) in enumerate((("tow", "ToW (1 = as retrain; higher is better)", "floor/tow"),
+                                                  ("mia/gap", "MIA gap (0 = as retrain; lower is better)",
+                                                   "floor/mia_gap"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        mean = np.array([r[key][0] for r in rows], dtype=np.float64)
+        lo = np.array([r[key][1] for r in rows], dtype=np.float64)
+        hi = np.array([r[key][2] for r in rows], dtype=np.float64)
+        err = np.vstack([np.where(np.isfinite(lo), mean - lo, 0), np.where(np.isfinite(hi), hi - mean, 0)])
+        colors = ["#1f77b4" if n.startswith("RUM") else "#9e9e9e" if n.startswith("none") else "#8c8c8c" for n in names]
+        ax.barh(y, mean, xerr=err, color=colors, alpha=0.85, error_kw={"elinewidth": 1, "capsize": 2})
+        if floor and floor_key in floor and np.isfinite(floor[floor_key]):
+            ax.axvline(floor[floor_key], color="#2ca02c", linestyle="--", linewidth=1.2, label="retrain vs retrain")
+            ax.legend(fontsize=8, loc="lower right" if key == "tow" else "upper right")
+        ax.set_yticks(y, names if k == 0 else [""] * len(names), fontsize=8)
+        ax.set_xlabel(label, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,41 @@
+"""The figures themselves (core, no MLflow): what they draw, checked on the Figure objects."""
+import numpy as np
+
+from mlflow_unlearn import plots
+from mlflow_unlearn.memorization import tier_cut_points, train_bins_from_c_proxy
+
+
+def test_tier_cut_points_separate_the_train_bins():
+    c = np.random.default_rng(0).beta(5, 1, 600)
+    cuts = tier_cut_points(c)
+    bins = train_bins_from_c_proxy(c)
+    assert len(cuts) == 2 and cuts[0] < cuts[1]
+    assert c[bins["high"]].max() <= cuts[0] <= c[bins["mid"]].min()
+    assert c[bins["mid"]].max() <= cuts[1] <= c[bins["low"]].min()
+
+
+def test_c_proxy_histogram_marks_the_cuts_and_names_the_units():
+    c = np.random.default_rng(0).beta(5, 1, 600)
+    fig = plots.c_proxy_histogram(c, [0.6, 0.9], ["low", "mid", "high"], title="t")
+    ax = fig.axes[0]
+    assert sorted(line.get_xdata()[0] for line in ax.get_lines()) == [0.6, 0.9]
+    assert "0-1" in ax.get_xlabel() and [t.get_text() for t in ax.texts] == ["high", "mid", "low"]
+
+
+def test_tier_chart_has_one_bar_per_model_and_tier():
+    per_tier = {"low": {"original": 1.0, "unlearned": 0.9, "reference": 0.95},
+                "high": {"original": 1.0, "unlearned": 0.1, "reference": 0.2}}
+    ax = plots.tier_accuracy_chart(per_tier, title="t").axes[0]
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.1, 0.2, 0.9, 0.95, 1.0, 1.0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["original", "unlearned", "reference"]
+
+
+def test_method_comparison_draws_intervals_and_the_floor():
+    rows = [{"name": "RUM (searched plan)", "tow": (0.9, 0.85, 0.95), "mia/gap": (0.1, 0.05, 0.15)},
+            {"name": "none (no unlearning)", "tow": (0.8, np.nan, np.nan), "mia/gap": (0.3, np.nan, np.nan)}]
+    fig = plots.method_comparison(rows, {"floor/tow": 0.97, "floor/mia_gap": 0.02}, title="t")
+    tow, gap = fig.axes
+    assert sorted(p.get_width() for p in tow.patches) == [0.8, 0.9]
+    assert [line.get_xdata()[0] for line in tow.get_lines() if line.get_linestyle() == "--"] == [0.97]
+    assert "higher is better" in tow.get_xlabel() and "lower is better" in gap.get_xlabel()
