@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import sys
 import time
 import warnings
 import zipfile
@@ -44,7 +43,7 @@ import torch
 
 from .data import DatasetSpec, ImageData, load_dataset
 from .models import build_model
-from .progress import MetricLogger, NullLogger
+from .progress import MetricLogger, NullLogger, ProgressBar
 from .training import TrainConfig, predict_logits, train_model
 
 DEFAULT_TIERS = ("low", "mid", "high")
@@ -599,16 +598,16 @@ def estimate_memorization(
     todo = [k for k in range(n_models) if not done[k]]
     n_loaded = int(done.sum())
 
+    bar = ProgressBar(len(todo), f"memorization ({n_loaded} of {n_models} models resumed)", enabled=progress,
+                      unit="model")
+
     def finished(k: int, corr: np.ndarray, seconds: float) -> None:
         correct[k], done[k] = corr, True
         if workdir is not None:
             _save_model_result(workdir, k, masks[k], corr, settings)
         n_done = int(done.sum())
         log.log_metrics({"memorization/models_done": float(n_done), "memorization/model_seconds": float(seconds)}, step=k)
-        if progress:
-            sys.stderr.write(f"memorization: model {k} done in {seconds:.1f}s ({n_done}/{n_models}, "
-                             f"{n_done - n_loaded}/{len(todo)} trained now)\n")
-            sys.stderr.flush()
+        bar.update(1, last_model_s=seconds)
 
     if todo and n_workers == 1:
         for k in todo:
@@ -637,6 +636,7 @@ def estimate_memorization(
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)  # finished models are already saved
                 raise
+    bar.close()
 
     mem, in_counts, out_counts, in_acc, out_acc = combine_memorization(masks, correct)
     return MemorizationEstimate(

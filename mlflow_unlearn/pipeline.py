@@ -111,7 +111,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
                            "baselines": ",".join(baselines), "search_algorithms": ",".join(algorithms)})
         original = steps.train_step(dataset=dataset, model=model, epochs=epochs, lr=lr, batch_size=batch_size, width=width,
                                     subset=subset, val_fraction=val_fraction, seed=seed,
-                                    registered_model_name=registered_model_name, device=device, progress=False)
+                                    registered_model_name=registered_model_name, device=device, progress=True)
         ctx = steps.prepare(original.model_uri, forget, seed=seed, device=device)
         print(f"forget set {forget}: {len(ctx.forget)} examples, tiers {ctx.histogram}")
 
@@ -129,7 +129,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
             print(f"tuned {algorithm}: {tuned[algorithm].best_plan.to_compact()}  (calibration {tuned[algorithm].best_value:.4f})")
 
         # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.
-        reference = steps.retrain(ctx)
+        reference = steps.retrain(ctx, progress=True)
         floor = steps.noise_floor(ctx, reference)
         mlflow.log_metrics({**floor, "time/retrain_s": reference.seconds})
         held_out = Reference.build(reference.model, ctx.data, ctx.forget.ids, ctx.tiers, seconds=reference.seconds)
@@ -163,6 +163,8 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         summary = "\n".join([header, "", table, "", conclusion])
         mlflow.log_text(summary + "\n", "summary.md")
         mlflow.log_figure(comparison_figure(reports, floor, len(ctx.forget), len(seeds)), "plots/methods.png")
+        mlflow.log_table(summary_table(reports, floor), "summary_table.json")  # sortable in the UI's artifact view
+        mlflow.set_tag("mlflow.note.content", summary)  # the run's description on its page
         mlflow.log_metric("time/pipeline_s", time.perf_counter() - t_start)
     print()
     print(summary)
@@ -171,6 +173,29 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
     print(steps.ui_hint())
     return {"original": original, "rum": rum, "reports": reports, "search": found, "tuned": tuned, "table": table,
             "floor": floor, "verdict": conclusion, "calibration": calibration, "ctx": ctx}
+
+
+def summary_table(reports, floor: dict[str, float]) -> dict[str, list]:
+    """The summary as columns (mlflow.log_table): one row per method, mean and interval bounds."""
+    cols: dict[str, list] = {"method": [], "unchanged": []}
+    for key in SUMMARY_KEYS:
+        cols[key], cols[f"{key} ci95_low"], cols[f"{key} ci95_high"] = [], [], []
+    for r in reports:
+        cols["method"].append(r.name)
+        cols["unchanged"].append(bool(r.unchanged))
+        for key in SUMMARY_KEYS:
+            mean, lo, hi = r.summary(key)
+            for col, v in ((key, mean), (f"{key} ci95_low", lo), (f"{key} ci95_high", hi)):
+                cols[col].append(float(v) if math.isfinite(v) else None)
+    cols["method"].append("retrain vs retrain (noise floor)")
+    cols["unchanged"].append(False)
+    by_key = {"tow": "floor/tow", "tow_mia": "floor/tow_mia", "mia/gap": "floor/mia_gap", "tow_pe": "floor/tow_pe"}
+    for key in SUMMARY_KEYS:
+        v = floor.get(by_key.get(key, ""), float("nan"))
+        cols[key].append(float(v) if math.isfinite(v) else None)
+        cols[f"{key} ci95_low"].append(None)
+        cols[f"{key} ci95_high"].append(None)
+    return cols
 
 
 def comparison_figure(reports, floor: dict[str, float], n_forget: int, n_seeds: int):

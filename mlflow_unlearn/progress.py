@@ -5,7 +5,6 @@ MLflow's implementation lives in `mlflow_unlearn.tracking`; tests pass a list-ba
 from __future__ import annotations
 
 import sys
-import time
 from typing import Mapping, Protocol
 
 
@@ -29,25 +28,25 @@ class ListLogger:
 
 
 class ProgressBar:
-    """A one-line progress bar per epoch on stderr (no dependency; quiet when disabled)."""
+    """A tqdm bar on stderr (one per epoch, or per model/trial), silent when disabled or when
+    stderr is not a terminal (CI logs, `mlflow run` piped to a file)."""
 
-    def __init__(self, total: int, desc: str, enabled: bool = True, width: int = 24):
-        self.total, self.desc, self.enabled, self.width = max(total, 1), desc, enabled, width
-        self.n, self.t0 = 0, time.perf_counter()
-        self.tty = enabled and sys.stderr.isatty()
+    def __init__(self, total: int, desc: str, enabled: bool = True, unit: str = "step"):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=max(int(total), 1), desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                         disable=not (enabled and sys.stderr.isatty()), leave=True)
 
     def update(self, n: int = 1, **postfix) -> None:
-        self.n += n
-        if self.tty:
-            self._draw(postfix, end="")
+        self._bar.update(n)
+        if postfix and not self._bar.disable:
+            self._bar.set_postfix(_short(postfix), refresh=False)  # drawn at tqdm's own refresh rate
 
     def close(self, **postfix) -> None:
-        if self.enabled:
-            self._draw(postfix, end="\n")
+        if postfix and not self._bar.disable:
+            self._bar.set_postfix(_short(postfix))
+        self._bar.close()
 
-    def _draw(self, postfix, end):
-        filled = int(self.width * self.n / self.total)
-        info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
-        bar = "#" * filled + "." * (self.width - filled)
-        sys.stderr.write(f"\r{self.desc} [{bar}] {self.n}/{self.total} {time.perf_counter() - self.t0:.1f}s {info}{end}")
-        sys.stderr.flush()
+
+def _short(postfix: Mapping) -> dict:
+    return {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()}

@@ -136,7 +136,7 @@ def prepare_calibration(ctx: steps.ForgetContext, k: int = 2) -> Calibration:
                 for j, ids in enumerate(sets)]
     runs, refs = [], []
     for j, c in enumerate(contexts):
-        run = steps.retrain(c)
+        run = steps.retrain(c, progress=True)
         runs.append(run)
         refs.append(Reference.build(run.model, c.data, c.forget.ids, c.tiers, seconds=run.seconds,
                                     heldout=c.data.val, name=f"calibration-{j + 1}"))

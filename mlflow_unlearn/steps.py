@@ -453,6 +453,10 @@ def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *
     with mlflow.start_run(run_name=f"evaluate-{label or algorithm}", nested=mlflow.active_run() is not None):
         mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "evaluated_run": unlearned_run_id,
                          TAG + "reference_run": reference.run_id})
+        # What was evaluated, as params, so the compare page lines evaluate runs up by method.
+        evaluated = {k: v for k, v in u_run.data.params.items() if k in ("algorithm", "plan", "plan.resolved", "retain_mode")
+                     or k.startswith("hp.")}
+        tracking.log_params({"algorithm": algorithm, **evaluated, "evaluated_run": unlearned_run_id})
         mlflow.log_metrics(metrics)
         fig = tier_chart(ctx, model, reference.model, label or algorithm)
         mlflow.log_figure(fig, "plots/tiers.png")

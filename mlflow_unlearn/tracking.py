@@ -212,6 +212,11 @@ def _logged_model_id(uri_or_id: str) -> str:
     return uri_or_id[len("models:/"):] if uri_or_id.startswith("models:/") else uri_or_id
 
 
+def version_model_id(mv) -> str:
+    """The logged model behind a registered version (MLflow 3 keeps it as `models:/m-...` in source)."""
+    return getattr(mv, "model_id", None) or _logged_model_id(mv.source or "")
+
+
 def load_logged_classifier(model_id: str, *, map_location="cpu") -> torch.nn.Module:
     """The bare network of a model logged by `log_model` (`m-...` or `models:/m-...`), rebuilt from
     its weights and spec: never unpickled, never run as code."""
@@ -359,7 +364,7 @@ def load_source(model_uri: str, *, with_confidences: bool = True, map_location="
     fix = "it was not logged by `mlflow-unlearn train`; log it with mlflow_unlearn.tracking.log_manifest/log_confidences in the original run"
     manifest = _download_json(client, mv.run_id, "manifest/train_manifest.json", "training manifest", fix)
     model_spec = _download_json(client, mv.run_id, "model_spec.json", "model spec", fix)
-    model_id = getattr(mv, "model_id", None) or _logged_model_id(mv.source or "")
+    model_id = version_model_id(mv)
     model = load_logged_classifier(model_id, map_location=map_location)
     true_prob, proxies = None, None
     if with_confidences:

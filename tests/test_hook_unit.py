@@ -196,3 +196,17 @@ def test_redis_queue_lock_ttl_and_delivery_dedup():
         assert not h.is_locked("m/1/d")
     finally:
         h.storage.flush_all()
+
+
+def test_evidence_embeds_the_per_tier_chart():
+    before = {"forget/acc": 1.0, "tier/low/forget_acc": 1.0, "tier/high/forget_acc": 1.0}
+    after = {"forget/acc": 0.6, "tier/low/forget_acc": 0.95, "tier/high/forget_acc": 0.25}
+    report = evidence.build_report(
+        request={"model": "m", "version": "1", "forget_set": "runs:/r/f.json"}, forget={"digest": "d" * 64, "count": 20},
+        plan={"retain_mode": "exclude_all", "steps": []}, plan_source="default", before=before, after=after,
+        against_source={}, reference=None, reference_run=None, times={}, result={"version": "2", "run_id": "j"},
+        reference_tier_acc={"low": 0.97, "high": 0.2})
+    ax = evidence.tier_figure(report).axes[0]
+    assert sorted(round(p.get_height(), 2) for p in ax.patches) == [0.2, 0.25, 0.95, 0.97, 1.0, 1.0]
+    assert "<img alt='forget accuracy per tier'" in evidence.to_html(report)
+    assert evidence.tier_figure(_report()) is None  # no finite per-tier value: no chart, no broken image

@@ -241,6 +241,9 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     assert method.data.params["algorithm"] == "finetune" and "tow" in method.data.metrics
     client = MlflowClient()
     assert "plots/methods.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
+    table = mlflow.load_table("summary_table.json", run_ids=[parent.info.run_id])
+    assert "RUM (searched plan)" in set(table["method"]) and "tow ci95_low" in table.columns
+    assert "RUM (searched plan)" in parent.data.tags["mlflow.note.content"]  # the description on the run page
     rum_search = next(r for r in search_runs if r.data.tags["mlflow_unlearn.search_space"] == "rum")
     plots = [a.path for a in client.list_artifacts(rum_search.info.run_id, "plots")]
     assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_unlearn import steps
+from mlflow_unlearn import steps, tracking
 from mlflow_unlearn._registry import UnknownComponentError
 from mlflow_unlearn.algorithms import HyperparameterError
 from mlflow_unlearn.forget_sets import ForgetSetError
@@ -32,6 +32,14 @@ def test_retrain_unlearn_evaluate_with_cache_hit(source_model):
     assert mv.tags["mlflow_unlearn.source_model"] == "digits-src/1"
     assert mv.tags["mlflow_unlearn.algorithm"] == "neggrad_plus"
     assert len(mv.tags["mlflow_unlearn.forget_digest"]) == 64
+    # native lineage and registry: dataset and source-model inputs, a description, the aliases
+    client = MlflowClient()
+    inputs = client.get_run(result.run_id).inputs
+    assert {d.dataset.name for d in inputs.dataset_inputs} == {"digits-train", "forget-set"}
+    assert [m.model_id for m in inputs.model_inputs] == [tracking.version_model_id(client.get_model_version("digits-src", "1"))]
+    assert "30 training examples unlearned" in mv.description and "neggrad_plus" in mv.description
+    assert str(client.get_model_version_by_alias("digits-src", "unlearned").version) == "2"
+    assert str(client.get_model_version_by_alias("digits-src", "original").version) == "1"
 
     metrics = steps.evaluate_step(uri, FORGET, result.run_id, )
     for key in ["forget/acc", "retain/acc", "test/acc", "tow", "tow_mia", "tow_pe", "mia/efficacy", "mia/auc", "mia/gap",
@@ -49,6 +57,8 @@ def test_retrain_unlearn_evaluate_with_cache_hit(source_model):
     assert len(ev) == 2 and all(r.data.metrics["tow"] == pytest.approx(metrics["tow"]) for r in ev)
     # metrics were copied onto the unlearned run, so the UI compares runs on the same keys
     assert MlflowClient().get_run(result.run_id).data.metrics["tow"] == pytest.approx(metrics["tow"])
+    # evaluate runs carry what they evaluated, so the compare page lines them up by method
+    assert ev[0].data.params["algorithm"] == "neggrad_plus" and ev[0].data.params["hp.epochs"] == "3"
     # the per-tier chart (original, unlearned, reference) on the evaluate run and on the unlearned run
     for run_id in (ev[0].info.run_id, result.run_id):
         assert "plots/tiers.png" in [a.path for a in MlflowClient().list_artifacts(run_id, "plots")]

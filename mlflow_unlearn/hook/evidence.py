@@ -44,7 +44,7 @@ def _clean(v: Any) -> Any:
 
 def build_report(*, request: dict, forget: dict, plan: dict, plan_source: str, before: dict, after: dict,
                  against_source: dict, reference: dict | None, reference_run: str | None, times: dict,
-                 result: dict) -> dict:
+                 result: dict, reference_tier_acc: dict | None = None) -> dict:
     change = {k: after[k] - before[k] for k in after if k in before and isinstance(after[k], (int, float))
               and isinstance(before[k], (int, float)) and not k.startswith("tier/")}
     return _clean({
@@ -55,7 +55,8 @@ def build_report(*, request: dict, forget: dict, plan: dict, plan_source: str, b
         "plan": plan,
         "plan_source": plan_source,
         "metrics": {"before": before, "after": after, "change": change, "against_source": against_source,
-                    "against_reference": reference, "reference_run": reference_run},
+                    "against_reference": reference, "reference_run": reference_run,
+                    "reference_tier_acc": reference_tier_acc},
         "time": times,
         "result": result,
         "software": software_versions(),
@@ -119,6 +120,33 @@ def to_markdown(report: dict) -> str:
     return "\n".join(out)
 
 
+def tier_figure(report: dict):
+    """Forget accuracy per memorisation tier of the source version, the result and (when a
+    reference was cached) the retrained reference, from the report's metrics; None without tiers."""
+    from ..plots import tier_accuracy_chart
+
+    def tiers(metrics: dict | None) -> dict[str, float]:
+        return {k.split("/")[1]: v for k, v in (metrics or {}).items()
+                if k.startswith("tier/") and k.endswith("/forget_acc") and v is not None}
+
+    metrics = report.get("metrics", {})
+    before, after = tiers(metrics.get("before")), tiers(metrics.get("after"))
+    reference = metrics.get("reference_tier_acc") or {}
+    if not after:
+        return None
+    per_tier = {t: {"original": before.get(t), "unlearned": after[t], "reference": reference.get(t)} for t in after}
+    per_tier = {t: {k: v for k, v in d.items() if v is not None} for t, d in per_tier.items()}
+    return tier_accuracy_chart(per_tier, title="Forget-set accuracy per memorisation tier: source version vs result")
+
+
+def figure_png(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def to_html(report: dict) -> str:
     req = report["request"]
     title = f"Unlearning evidence: {req.get('model')} version {req.get('version')} -> version {report['result'].get('version')}"
@@ -137,6 +165,12 @@ def to_html(report: dict) -> str:
         for r in body:
             parts.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>")
         parts.append("</table>")
+    fig = tier_figure(report)
+    if fig is not None:  # inline, so the report stays one self-contained file
+        import base64
+
+        parts.append("<h2>Per-tier forget accuracy</h2><img alt='forget accuracy per tier' style='max-width:100%' "
+                     "src='data:image/png;base64," + base64.b64encode(figure_png(fig)).decode() + "'>")
     parts.append("<details><summary>report.json</summary><pre>" + html.escape(json.dumps(report, indent=2)) + "</pre></details>")
     parts.append("</body></html>")
     return "".join(parts)

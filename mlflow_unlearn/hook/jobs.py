@@ -403,11 +403,12 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
     after = steps.evaluation_metrics(ctx, result.model, None)
     against_source = {k: v for k, v in steps.evaluation_metrics(ctx, result.model, source_model).items()
                       if k.startswith("disagree/")}
-    reference, reference_run = None, None
+    reference, reference_run, reference_tier_acc = None, None, None
     ref = steps.cached_reference(ctx)
     if ref is not None:
         reference = steps.evaluation_metrics(ctx, result.model, ref.model)
         reference_run = ref.run_id
+        reference_tier_acc = steps.forget_tier_accuracy(ctx, ref.model)
     train_s = ctx.source.model_spec.get("train_seconds")
     times = {"unlearn_s": result.seconds, "job_s": time.perf_counter() - job.t0, "original_train_s": train_s,
              "fraction_of_original_training": (result.seconds / train_s) if train_s else None}
@@ -423,7 +424,7 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
         forget={"digest": digest, "count": len(ctx.forget), "tier_histogram": ctx.histogram,
                 "tiers": {k: int(len(v)) for k, v in ctx.tiers.items()}},
         plan=plan.to_dict(), plan_source=plan_source, before=before, after=after, against_source=against_source,
-        reference=reference, reference_run=reference_run, times=times)
+        reference=reference, reference_run=reference_run, times=times, reference_tier_acc=reference_tier_acc)
     report = evidence.build_report(**report_args, result={"version": None, "run_id": run_id})
     _log_report(job.client, run_id, report)
     _log_job_metrics(job.client, run_id, before, after, against_source, reference, times)
@@ -488,6 +489,9 @@ def _log_report(client: MlflowClient, run_id: str, report: dict) -> None:
     client.log_dict(run_id, report, "evidence/report.json")
     client.log_text(run_id, evidence.to_markdown(report), "evidence/report.md")
     client.log_text(run_id, evidence.to_html(report), "evidence/report.html")
+    fig = evidence.tier_figure(report)
+    if fig is not None:
+        client.log_figure(run_id, fig, "evidence/tiers.png")
 
 
 def _log_job_metrics(client, run_id, before, after, against_source, reference, times) -> None:
