@@ -203,8 +203,7 @@ def fit_logistic_1d(x: Any, y: Any, *, l2: float = 1.0, max_iter: int = 1000, to
     if np.all(z == 0):
         prior = y.mean()
         return LogisticAttack(0.0, float(np.log(prior / (1 - prior))), mean, scale)
-    model = LogisticRegression(C=1.0 / l2 if l2 > 0 else 1.0, penalty="l2" if l2 > 0 else None,
-                               max_iter=int(max_iter), tol=tol)
+    model = LogisticRegression(C=1.0 / l2 if l2 > 0 else np.inf, max_iter=int(max_iter), tol=tol)
     model.fit(z[:, None], y)
     return LogisticAttack(float(model.coef_[0, 0]), float(model.intercept_[0]), mean, scale)
 

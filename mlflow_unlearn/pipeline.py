@@ -145,7 +145,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
             report = report_plan(label, source, ctx.data, held_out, plan, seeds=seeds, eval_seed=ctx.seed,
                                  recipe=ctx.recipe())
             reports.append(report)
-            _log_method(ctx, report, algorithm, reference.run_id)
+            _log_method(ctx, report, algorithm, reference.run_id, tier_reference=reference.model)
             tow, lo, hi = report.summary("tow")
             print(f"  {label:<28} ToW {_cell(tow, lo, hi)}{'  (unchanged: predictions equal the original)' if report.unchanged else ''}")
 
@@ -153,6 +153,8 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         mlflow.MlflowClient().log_batch(rum.run_id, metrics=[
             mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
             for k, v in steps.evaluation_metrics(ctx, rum.model, reference.model).items() if np.isfinite(v)])
+        mlflow.MlflowClient().log_figure(rum.run_id, steps.tier_chart(ctx, rum.model, reference.model, "RUM (registered)"),
+                                         "plots/tiers.png")
         table = format_table(reports, floor, reference.seconds)
         conclusion = verdict(reports)
         header = (f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seeds {seeds}; original train acc "
@@ -207,9 +209,10 @@ def comparison_figure(reports, floor: dict[str, float], n_forget: int, n_seeds: 
                                                 f"interval over {n_seeds} unlearning seeds")
 
 
-def _log_method(ctx, report, algorithm: str, reference_run: str) -> None:
-    """One run per method: its plan and algorithm as params, per-seed metrics as steps, and the
-    mean and 95% interval of each headline metric."""
+def _log_method(ctx, report, algorithm: str, reference_run: str, tier_reference=None) -> None:
+    """One run per method: its plan and algorithm as params, per-seed metrics as steps, the mean
+    and 95% interval of each headline metric, and the per-tier forget-accuracy chart (unlearned:
+    the mean over seeds)."""
     with mlflow.start_run(run_name=report.name, nested=True):
         mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "reference_run": reference_run,
                          TAG + "unchanged": str(report.unchanged).lower()})
@@ -229,3 +232,23 @@ def _log_method(ctx, report, algorithm: str, reference_run: str) -> None:
             if math.isfinite(lo) and math.isfinite(hi):
                 out[f"ci95_low/{key}"], out[f"ci95_high/{key}"] = lo, hi
         mlflow.log_metrics(out)
+        if tier_reference is not None:
+            mlflow.log_figure(_method_tier_chart(ctx, report, tier_reference), "plots/tiers.png")
+
+
+def _method_tier_chart(ctx, report, reference_model):
+    from .plots import tier_accuracy_chart
+
+    if "original_tier_acc" not in ctx.cache:
+        ctx.cache["original_tier_acc"] = steps.forget_tier_accuracy(ctx, ctx.source.model)
+    if "reference_tier_acc" not in ctx.cache:
+        ctx.cache["reference_tier_acc"] = steps.forget_tier_accuracy(ctx, reference_model)
+    per_tier = {}
+    for tier in [*ctx.tiers, "all"]:
+        key = "forget/acc" if tier == "all" else f"tier/{tier}/forget_acc"
+        values = [v for v in report.values(key) if math.isfinite(v)]
+        if values:
+            per_tier[tier] = {"original": ctx.cache["original_tier_acc"][tier], "unlearned": float(np.mean(values)),
+                              "reference": ctx.cache["reference_tier_acc"][tier]}
+    return tier_accuracy_chart(per_tier, title=f"{report.name}: forget-set accuracy per memorisation tier "
+                                               f"(mean over {len(report.seeds)} unlearning seeds)")

@@ -13,15 +13,9 @@ without running this file (tracking.load_logged_classifier).
 """
 from __future__ import annotations
 
-import warnings
-
 import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
-
-# The signature is given explicitly (uint8 tensor in, int64 out); MLflow's hint to derive it from
-# type annotations instead does not apply.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
 
 OUTPUTS = ("label", "probabilities")
 
@@ -33,7 +27,9 @@ class RawImageModel(PythonModel):
         self.num_classes = read_classifier_spec(context.artifacts["classifier"])["num_classes"]
         self.model = load_classifier(context.artifacts["classifier"], raw_input=True)
 
-    def predict(self, context, model_input, params=None):
+    # `np.ndarray` is a hint MLflow validates nothing from: the explicit signature (uint8 tensor in,
+    # int64 out) stays the contract.
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         import torch
 
         output = (params or {}).get("output", "label")

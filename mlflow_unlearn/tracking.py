@@ -22,7 +22,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -84,11 +83,23 @@ def connect(uri: str | None = None, *, timeout_s: float = 5.0) -> MlflowClient:
     return MlflowClient(uri)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the MLflow 3 UI opens an experiment in its GenAI or training view by it
+
+
 def use_experiment(name: str | None) -> None:
-    """Select the experiment unless `mlflow run` already chose one for the active run."""
+    """Select the experiment unless `mlflow run` already chose one for the active run, and mark it
+    as model training, so the MLflow UI opens it on training runs, not on its GenAI trace pages."""
     if (os.environ.get("MLFLOW_RUN_ID") or mlflow.active_run()) and name is None:
-        return
-    mlflow.set_experiment(name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        run = mlflow.active_run()
+        experiment_id = run.info.experiment_id if run else os.environ.get("MLFLOW_EXPERIMENT_ID")
+        if experiment_id is None and os.environ.get("MLFLOW_RUN_ID"):
+            experiment_id = MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    else:
+        experiment_id = mlflow.set_experiment(name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT).experiment_id
+    if experiment_id is not None:
+        client = MlflowClient()
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
 
 
 class MlflowLogger:
@@ -197,13 +208,11 @@ def log_model(model: torch.nn.Module, model_spec: dict, data: ImageData, *, name
         folder = save_classifier(Path(tmp) / "classifier", model, name=model_spec["name"], kwargs=model_spec["kwargs"],
                                  num_classes=model_spec["num_classes"], input_shape=model_spec["input_shape"],
                                  mean=data.mean.cpu(), std=data.std.cpu(), classes=data.classes)
-        with warnings.catch_warnings():  # the signature is explicit; MLflow's type-hint advice does not apply
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-            info = mlflow.pyfunc.log_model(
-                name=name, python_model=str(MODEL_CODE), artifacts={"classifier": str(folder)},
-                code_paths=[_package_dir()], signature=model_signature(data),
-                input_example=raw_images(data, data.test, INPUT_EXAMPLE_SIZE), pip_requirements=pip_requirements(),
-            )
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=str(MODEL_CODE), artifacts={"classifier": str(folder)},
+            code_paths=[_package_dir()], signature=model_signature(data),
+            input_example=raw_images(data, data.test, INPUT_EXAMPLE_SIZE), pip_requirements=pip_requirements(),
+        )
     mlflow.log_dict(model_spec, "model_spec.json")
     return info
 

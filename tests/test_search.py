@@ -247,6 +247,8 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     rum_search = next(r for r in search_runs if r.data.tags["mlflow_unlearn.search_space"] == "rum")
     plots = [a.path for a in client.list_artifacts(rum_search.info.run_id, "plots")]
     assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots
+    for run in (method, runs("tags.`mlflow_unlearn.role` = 'rum'")[0]):  # per-tier charts on every method and on RUM
+        assert "plots/tiers.png" in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
     original = runs("tags.`mlflow_unlearn.role` = 'original'")[0]
     assert "plots/c_proxy.png" in [a.path for a in client.list_artifacts(original.info.run_id, "plots")]
 

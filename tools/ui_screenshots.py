@@ -5,7 +5,9 @@
 Starts `mlflow server` on 127.0.0.1 over the given store, finds the newest `main` pipeline run (or
 the newest runs of each role), and saves PNGs of: the experiment's run list, the pipeline run, its
 `plots/methods.png`, an evaluate run's `plots/tiers.png`, the train run's `plots/c_proxy.png`, the
-RUM search's `plots/optimization_history.png` and the registered model's page. Needs Debian's
+RUM search's `plots/optimization_history.png` and the registered model's page. The MLflow 3 UI
+opens in its GenAI view in a fresh browser; the "Model training" switch (top left) shows the runs.
+Needs Debian's
 `chromium` (apt-get install chromium). The pages are single-page-app routes; Chromium is given a
 virtual-time budget (`--wait-ms`) for the app to fetch and draw.
 """
@@ -38,11 +40,15 @@ def shoot(browser: str, url: str, out: Path, *, wait_ms: int, size=(1500, 1000))
     print(f"{out}  <- {url}")
 
 
-def newest(client: MlflowClient, role: str, extra: str = ""):
+def newest(client: MlflowClient, role: str, extra: str = "", artifact: str | None = None):
+    """The newest run of `role` (holding `artifact`, when given)."""
     exps = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exps, f"tags.`mlflow_unlearn.role` = '{role}'{extra}", order_by=["attributes.start_time DESC"],
-                              max_results=1)
-    return runs[0] if runs else None
+                              max_results=20)
+    for run in runs:
+        if artifact is None or artifact in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]:
+            return run
+    return None
 
 
 def main(argv=None) -> int:
@@ -71,7 +77,7 @@ def main(argv=None) -> int:
                       ("pipeline-methods-plot", f"#/experiments/{eid}/runs/{rid}/artifacts/plots/methods.png")]
         for role, name, extra in (("evaluate", "tiers", ""), ("original", "c_proxy", ""),
                                   ("search", "optimization_history", " and tags.`mlflow_unlearn.search_space` = 'rum'")):
-            run = newest(client, role, extra)
+            run = newest(client, role, extra, artifact=f"plots/{name}.png")
             if run:
                 pages.append((f"{role}-{name}-plot",
                               f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}/artifacts/plots/{name}.png"))
