@@ -220,7 +220,7 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                                 f"{'-'.join(d[:6] for d in calibration.digests)}-{objective}")
     # Workers joining a named study must not replay each other's random start-up trials.
     sampler_seed = ctx.seed if not shared else ctx.seed * 1_000_003 + os.getpid()
-    with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
+    with steps.step_run(run_name) as run:
         mlflow.set_tags({**ctx.tags("search"), TAG + "study": study_name, TAG + "objective": objective,
                          TAG + "search_space": space, CALIBRATION_TAG: ",".join(calibration.digests)})
         steps.log_forget_set(ctx)
@@ -328,9 +328,10 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
                           f"algorithm at its defaults, whole-set and per tier, and `none`); use --n-trials >= {needed} "
                           f"or fewer --algorithms")
     tracking.use_experiment(experiment)
-    calibration = prepare_calibration(ctx, calibration_sets)
-    result = search(ctx, calibration, n_trials=n_trials, objective=objective, algorithms=algorithms,
-                    max_epochs=max_epochs, storage=storage, study_name=study_name)
+    with steps.project_run():  # under `mlflow run`, the calibration retrains nest under the search run
+        calibration = prepare_calibration(ctx, calibration_sets)
+        result = search(ctx, calibration, n_trials=n_trials, objective=objective, algorithms=algorithms,
+                        max_epochs=max_epochs, storage=storage, study_name=study_name)
     print(f"best plan (mean calibration {objective} {result.best_value:.4f} over {calibration_sets} set(s); a selection "
           f"score, not a result): {result.best_plan.to_compact()}")
     print(f"attached to registered model {ctx.source.name!r} as tag {steps.PLAN_TAG}")

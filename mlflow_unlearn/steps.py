@@ -3,8 +3,10 @@ MLproject entry points are thin wrappers around these. Inputs are validated befo
 so bad input never leaves a half-created run or registered model."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import tempfile
 import time
@@ -130,6 +132,36 @@ def log_c_proxy_plot(c_proxy: np.ndarray) -> None:
     fig = c_proxy_histogram(c_proxy, tier_cut_points(c_proxy, DEFAULT_TIERS), DEFAULT_TIERS,
                             title=f"C-proxy of the {len(c_proxy)} train examples and the memorisation tiers")
     mlflow.log_figure(fig, "plots/c_proxy.png")
+
+
+@contextlib.contextmanager
+def project_run():
+    """Under `mlflow run` the step's run exists before the step starts (MLFLOW_RUN_ID). Open it
+    first, so the work a step nests (reference retrains) lands under it instead of taking it over;
+    `step_run` then writes the step's own results into it. Outside `mlflow run`: nothing."""
+    global _project_run_id
+    if os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
+        with mlflow.start_run() as run:  # MLflow removes MLFLOW_RUN_ID from the environment here
+            _project_run_id = run.info.run_id
+            try:
+                yield
+            finally:
+                _project_run_id = None
+    else:
+        yield
+
+
+_project_run_id: str | None = None  # the `mlflow run` run opened by project_run, while it is open
+
+
+def step_run(run_name: str):
+    """The run a step logs into: the `mlflow run` project run while it has no role yet (see
+    `project_run`), else a new run, nested under any active one."""
+    active = mlflow.active_run()
+    if (active is not None and active.info.run_id == _project_run_id
+            and TAG + "role" not in mlflow.MlflowClient().get_run(active.info.run_id).data.tags):
+        return contextlib.nullcontext(active)
+    return mlflow.start_run(run_name=run_name, nested=active is not None)
 
 
 def ui_hint() -> str:
@@ -450,7 +482,7 @@ def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *
     metrics["time/speedup_vs_retrain"] = reference.seconds / unlearn_s if unlearn_s else float("nan")
     metrics["entanglement"] = entanglement(ctx)
     algorithm = u_run.data.tags.get(TAG + "algorithm", "?")
-    with mlflow.start_run(run_name=f"evaluate-{label or algorithm}", nested=mlflow.active_run() is not None):
+    with step_run(f"evaluate-{label or algorithm}"):
         mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "evaluated_run": unlearned_run_id,
                          TAG + "reference_run": reference.run_id})
         # What was evaluated, as params, so the compare page lines evaluate runs up by method.
@@ -525,7 +557,8 @@ def evaluate_step(model_uri: str, forget, run_id: str, *, seed: int = 0, device:
         raise ValueError(f"run {run_id} unlearned a different forget set (digest {run.data.tags[TAG + 'forget_digest'][:12]}...) "
                          f"than {str(forget)!r} ({ctx.forget.digest[:12]}...); pass the same forget set")
     tracking.use_experiment(experiment)
-    metrics = evaluate(ctx, run_id, retrain(ctx))
+    with project_run():
+        metrics = evaluate(ctx, run_id, retrain(ctx))
     print(format_metrics(metrics))
     return metrics
 

@@ -200,6 +200,19 @@ def test_attach_yields_one_audited_version_and_duplicates_change_nothing(env):
     assert "<table>" in html
     job_run = env.client.get_run(run_id)
     assert job_run.data.tags["mlflow_unlearn.role"] == "rum" and "change/forget/acc" in job_run.data.metrics
+    # linked to its request run, in the same experiment; the chart in the evidence; described and aliased
+    assert job_run.data.tags["mlflow_unlearn.request_run"] == res.run_id
+    assert job_run.info.experiment_id == request_run.info.experiment_id
+    assert "<img alt='forget accuracy per tier'" in html
+    assert "evidence/tiers.png" in [a.path for a in env.client.list_artifacts(run_id, "evidence")]
+    assert "24 training examples unlearned" in mv.description
+    assert str(env.client.get_model_version_by_alias(MODEL, "unlearned").version) == new
+    # the result stands alone: raw test images in, the test accuracy the job measured out
+    from mlflow_unlearn.tracking import load_source, raw_images
+
+    data = load_source(f"models:/{MODEL}/{v}", with_confidences=False).load_data()
+    labels = mlflow.pyfunc.load_model(f"models:/{MODEL}/{new}").predict(raw_images(data, data.test))
+    assert float((labels == data.test.y.numpy()).mean()) == pytest.approx(metrics["after"]["test/acc"], abs=1e-6)  # tag rounds to 6 digits
 
     # The same ids attached again: nothing new.
     again = attach(MODEL, v, "random:24", tracking_uri=env.url)
@@ -344,7 +357,7 @@ def test_hook_killed_mid_job_completes_exactly_once_after_restart(env):
         results = results_of(env, version)
         assert [str(r.version) for r in results] == [state.tags[ledger.RESULT_VERSION_TAG]]
     # the killed attempt's run is not left RUNNING forever
-    runs = client.search_runs([client.get_experiment_by_name("mlflow-unlearn-hook").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("mlflow-unlearn").experiment_id],
                               filter_string=f"tags.`mlflow_unlearn.source_model` = '{MODEL}/{v}' and tags.`mlflow_unlearn.role` = 'rum'")
     assert "RUNNING" not in {r.info.status for r in runs}
 

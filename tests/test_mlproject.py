@@ -32,10 +32,12 @@ def mlflow_run(cwd: Path, entry: str, *params: str, expect_ok: bool = True) -> s
 
 
 def entry_run(entry: str):
-    """The newest run `mlflow run` made for this entry point."""
+    """The newest run `mlflow run` made for this entry point: top level (MLflow tags every run of the
+    process with the entry point, nested ones included)."""
     runs = mlflow.search_runs(experiment_names=["mlflow-unlearn"], output_format="list",
                               filter_string=f"tags.`mlflow.project.entryPoint` = '{entry}'", order_by=["start_time DESC"])
-    assert runs, f"no run for entry point {entry}"
+    runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert runs, f"no top-level run for entry point {entry}"
     return runs[0]
 
 

@@ -34,6 +34,14 @@ def test_rum_step_logs_nested_tier_runs_and_registers(source_model):
     assert [s["tier"] for s in plan["steps"]] == ["low", "mid", "high"]
     mv = MlflowClient().get_model_version("digits-src", result.version)
     assert json.loads(mv.tags["mlflow_unlearn.plan"])["steps"][2]["algorithm"] == "neggrad_plus"
+    # the registered RUM version predicts on raw images exactly as the package's own model does
+    from mlflow_unlearn.tracking import load_source, raw_images
+    from mlflow_unlearn.training import predict_logits
+
+    data = load_source(uri, with_confidences=False).load_data()
+    served = mlflow.pyfunc.load_model(f"models:/digits-src/{result.version}").predict(raw_images(data, data.test))
+    np.testing.assert_array_equal(served, predict_logits(result.model.cpu(), data, data.test).argmax(1).numpy())
+    assert mv.tags["mlflow_unlearn.role"] == "unlearn" and "RUM, plan" in mv.description
 
 
 def test_rum_plan_of_none_returns_the_original_weights(source_model):

@@ -25,7 +25,7 @@ def _config_args(p, *, workers_default=None, reconcile_default=None):
     p.add_argument("--worker-type", choices=("thread", "process"), default=None, help="huey worker type (default thread)")
     p.add_argument("--models", default=None, help="comma-separated registered model names to watch (default: all); "
                                                   "env MLFLOW_UNLEARN_HOOK_MODELS")
-    p.add_argument("--experiment", default=None, help="experiment of the job runs (default mlflow-unlearn-hook)")
+    p.add_argument("--experiment", default=None, help="experiment of the job runs (default mlflow-unlearn, beside the request runs)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
     p.add_argument("--seed", type=_int, default=None)
     p.add_argument("--reconcile-interval", type=float, default=reconcile_default,

@@ -9,7 +9,7 @@ agree by sharing an environment.
                                     a SQLite tracking database, else in the working directory
     MLFLOW_UNLEARN_HOOK_WORKERS     jobs run at once by `serve` (embedded consumer) or `worker` (default 1)
     MLFLOW_UNLEARN_HOOK_MODELS      comma-separated registered model names to watch (default: all)
-    MLFLOW_UNLEARN_HOOK_EXPERIMENT  experiment of the job runs (default mlflow-unlearn-hook)
+    MLFLOW_UNLEARN_HOOK_EXPERIMENT  experiment of the job runs (default mlflow-unlearn, beside the request runs)
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .. import tracking
 
-DEFAULT_EXPERIMENT = "mlflow-unlearn-hook"
+DEFAULT_EXPERIMENT = "mlflow-unlearn"  # the same experiment as the request runs (attach), so both sit side by side
 DEFAULT_QUEUE_FILE = "mlflow-unlearn-hook.db"
 DEFAULT_WEBHOOK_NAME = "mlflow-unlearn"
 EVENTS = ("model_version_tag.set", "model_version.created")

@@ -395,7 +395,9 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
     before = steps.evaluation_metrics(ctx, source_model, None)
 
     tracking.use_experiment(cfg.experiment)
-    request_tags = {ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE], TAG + "plan_source": plan_source[:500]}
+    request_run = ledger.read_state(job.client, job.name, job.version).tags.get(ledger.REQUEST_RUN_TAG)
+    request_tags = {ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE], TAG + "plan_source": plan_source[:500],
+                    **({ledger.REQUEST_RUN_TAG: request_run} if request_run else {})}  # job run -> request run
     result = steps.rum(ctx, plan, register=False, run_name=f"hook-{job.name}-v{job.version}-{digest[:8]}", extra_tags=request_tags)
     run_id = result.run_id
     ledger.set_tags(job.client, job.name, job.version, {ledger.JOB_RUN_TAG: run_id})
