@@ -131,7 +131,8 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.
         reference = steps.retrain(ctx, progress=True)
         floor = steps.noise_floor(ctx, reference)
-        mlflow.log_metrics({**floor, "time/retrain_s": reference.seconds})
+        # Per-request constants live once, on the parent: no flat chart on every method run.
+        mlflow.log_metrics({**floor, "time/retrain_s": reference.seconds, "entanglement": steps.entanglement(ctx)})
         held_out = Reference.build(reference.model, ctx.data, ctx.forget.ids, ctx.tiers, seconds=reference.seconds)
         seeds = [seed + i for i in range(unlearn_seeds)]
         methods = [("RUM (searched plan)", found.best_plan, "rum"),

@@ -245,6 +245,7 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     assert 0 < out["floor"]["floor/tow"] <= 1
     parent = runs("tags.`mlflow_unlearn.role` = 'pipeline'")[0]
     assert parent.data.metrics["time/pipeline_s"] > 0 and "floor/tow" in parent.data.metrics
+    assert "entanglement" in parent.data.metrics
     method = runs("attributes.run_name = 'finetune (tuned)'")[0]
     assert method.data.params["algorithm"] == "finetune" and "tow" in method.data.metrics
     client = MlflowClient()

@@ -1,6 +1,5 @@
 """retrain / unlearn / evaluate end to end on digits through the real MLflow API."""
 import mlflow
-import numpy as np
 import pytest
 from mlflow import MlflowClient
 
