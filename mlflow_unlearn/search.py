@@ -259,6 +259,8 @@ def log_study_plots(study, objective: str) -> None:
         target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
         ax = ov.plot_optimization_history(study, target=target, target_name=f"calibration {key}")
         ax.set_title(f"Optimisation history: calibration {key} per trial (selection only, not a result)", fontsize=10)
+        ax.figure.set_size_inches(8.5, 4.5)  # optuna's default is too narrow for the title and legend
+        ax.figure.tight_layout()
         mlflow.log_figure(ax.figure, "plots/optimization_history.png")
         plt.close(ax.figure)
         finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -268,6 +270,7 @@ def log_study_plots(study, objective: str) -> None:
             except (ValueError, RuntimeError) as exc:  # e.g. every trial sampled the same values
                 print(f"parameter importances not plotted: {exc}")
             else:
+                ax.set_title(f"Parameter importances for calibration {key} (fANOVA over finished trials)", fontsize=10)
                 ax.figure.set_size_inches(9, max(3.0, 0.35 * len(ax.get_yticks()) + 1.5))
                 ax.figure.tight_layout()
                 mlflow.log_figure(ax.figure, "plots/param_importances.png")
