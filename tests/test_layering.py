@@ -8,7 +8,7 @@ import mlflow_unlearn
 
 PKG = Path(mlflow_unlearn.__file__).parent
 CORE = ["data", "models", "training", "confidences", "progress", "_registry", "memorization", "algorithms", "rum", "metrics",
-        "forget_sets", "tuning"]
+        "forget_sets", "tuning", "plots"]
 
 
 def core_files():
