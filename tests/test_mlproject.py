@@ -112,6 +112,8 @@ def test_bad_entry_point_parameters_fail_before_any_work(tracking, tmp_path, ent
     out = mlflow_run(tmp_path, entry, *params, expect_ok=False)
     assert out.returncode != 0
     assert needle in out.stderr, out.stderr[-3000:]
-    assert "Epoch" not in out.stdout and not list(tmp_path.glob("mlruns/**/model"))
-    # nothing trained or registered
+    # nothing trained, logged or registered: only the failed run `mlflow run` itself opened, with no step role
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.data.tags.get("mlflow_unlearn.role") for r in runs] == [None] * len(runs)
+    assert all(r.info.status == "FAILED" for r in runs)
     assert MlflowClient().search_registered_models() == []
