@@ -61,8 +61,9 @@ def default_storage() -> str:
 
 def open_storage(url: str, *, attempts: int = 5) -> optuna.storages.BaseStorage:
     """Open (and on first use create) an Optuna RDB storage. Two workers starting on a fresh
-    database race to create Optuna's schema and one gets an IntegrityError; it waits and opens the
-    schema the other one made."""
+    database race to create Optuna's schema and one gets an IntegrityError (PostgreSQL) or an
+    OperationalError "table ... already exists" (SQLite); it waits and opens the schema the other
+    one made."""
     import sqlalchemy.exc
 
     for attempt in range(attempts):
@@ -71,7 +72,11 @@ def open_storage(url: str, *, attempts: int = 5) -> optuna.storages.BaseStorage:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
+            lost_race = not isinstance(exc, sqlalchemy.exc.OperationalError) or "already exists" in str(exc)
+            if not lost_race:  # e.g. a folder that does not exist: not a race, say what to do
+                raise SearchError(f"cannot open the Optuna storage {_redact(url)!r}: {type(exc).__name__}: {exc}; use "
+                                  f"e.g. sqlite:///optuna.db or postgresql://user@127.0.0.1:5432/db") from None
             if attempt == attempts - 1:
                 raise SearchError(f"cannot create the Optuna schema in {_redact(url)!r}: {exc}") from None
             time.sleep(0.5 * (attempt + 1))
