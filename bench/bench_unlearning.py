@@ -53,7 +53,6 @@ from mlflow_unlearn import tuning  # noqa: E402  (the search core, the same one 
 DEFAULT_DATA = str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 TIERS = ("low", "mid", "high")
 COMPARED = ("finetune", "neggrad_plus", "salun", "scrub")  # baselines: defaults and tuned; RUM searches none + these
-SEARCHED = tuning.DEFAULT_ALGORITHMS
 
 
 @dataclass(frozen=True)

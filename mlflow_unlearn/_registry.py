@@ -1,5 +1,10 @@
 """Name -> component registries, filled by built-ins in code and by third-party packages through
-Python entry points. One mechanism for algorithms and metrics (DESIGN.md section 3)."""
+Python entry points. One mechanism for algorithms and metrics (DESIGN.md section 3).
+
+A component can carry declarations beside its function (an algorithm's search space, a metric's
+direction). They live on the function itself, in the attribute `DECLARATIONS` (a dict), so a
+plugin that is registered by an entry point declares them exactly like a built-in: `declare(...)`
+as a decorator, or keywords to `Registry.register`."""
 from __future__ import annotations
 
 import inspect
@@ -13,6 +18,25 @@ class UnknownComponentError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it readable
         return str(self.args[0])
+
+
+DECLARATIONS = "__mlflow_unlearn__"  # the function attribute that holds a component's declarations
+
+
+def declare(**declarations: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: attach declarations to a component function without registering it (plugins whose
+    entry point does the registering). Later declarations of the same key replace earlier ones."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, DECLARATIONS, {**getattr(fn, DECLARATIONS, {}), **declarations})
+        return fn
+
+    return decorator
+
+
+def declarations(fn: Callable[..., Any]) -> dict[str, Any]:
+    """What a component function declared (`declare`), or {}."""
+    return dict(getattr(fn, DECLARATIONS, {}) or {})
 
 
 class Registry:
@@ -29,10 +53,13 @@ class Registry:
         self._items: dict[str, Callable[..., Any]] = {}
         self._plugins_loaded = False
 
-    def register(self, name: str | None = None):
-        """Decorator: `@ALGORITHMS.register("finetune")`."""
+    def register(self, name: str | None = None, **declared: Any):
+        """Decorator: `@ALGORITHMS.register("finetune", search_space={...})`; keywords are the
+        component's declarations (see `declare`)."""
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if declared:
+                declare(**declared)(fn)
             self.add(name or fn.__name__, fn)
             return fn
 
@@ -71,6 +98,11 @@ class Registry:
         self._load_plugins()
         return sorted(self._items)
 
+    def registered(self) -> list[str]:
+        """Names in registration order (built-ins first, then plugins)."""
+        self._load_plugins()
+        return list(self._items)
+
     def get(self, name: str) -> Callable[..., Any]:
         self._load_plugins()
         try:
@@ -79,6 +111,10 @@ class Registry:
             raise UnknownComponentError(
                 f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}"
             ) from None
+
+    def declared(self, name: str) -> dict[str, Any]:
+        """The declarations of component `name` (unknown names raise the registry's error)."""
+        return declarations(self.get(name))
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()

@@ -158,14 +158,27 @@ def _add_evaluate(sub):
     p.set_defaults(func=run)
 
 
+def _range_text(rng) -> str:
+    from .algorithms import Choice, IntRange
+
+    if isinstance(rng, Choice):
+        return "in {" + ", ".join(map(str, rng.values)) + "}"
+    high = "max_epochs" if isinstance(rng, IntRange) and rng.high is None else rng.high
+    return f"in [{rng.low}, {high}]" + (" (log)" if rng.log else "")
+
+
 def _add_algorithms(sub):
     p = sub.add_parser("algorithms", help="list the registered algorithms and their hyperparameters")
 
     def run(a):
-        from .algorithms import ALGORITHMS, hyperparameters
+        from .algorithms import ALGORITHMS, default_search_algorithms, hyperparameters, search_space
 
+        default = set(default_search_algorithms())
         for name in ALGORITHMS.names():
             print(f"{name}: " + ", ".join(f"{k}={v!r}" for k, v in hyperparameters(name).items()))
+            space = search_space(name)
+            searched = ", ".join(f"{k} {_range_text(r)}" for k, r in space.items()) or "its defaults only"
+            print(f"    searched: {searched}{'; in the default search' if name in default else ''}")
 
     p.set_defaults(func=run)
 
@@ -195,9 +208,11 @@ def _add_search(sub):
                    "least 1 + 2 x the algorithms other than none (their defaults are the first trials)")
     p.add_argument("--calibration-sets", type=_int, default=2, help="calibration forget sets like the request, each "
                    "with its own reference; the search is scored on them, never on the request")
-    p.add_argument("--objective", default="tow", help="tow | tow_mia | tow_pe | tow+time")
+    p.add_argument("--objective", default="tow", help="what the search optimises: tow (default), tow_mia, tow_pe, "
+                   "mia/gap, any score key a plugin metric declares, or tow+time (Pareto front with time)")
     p.add_argument("--algorithms", type=_algorithm_list, default=None,
-                   help="comma-separated search space, or `default` (all built-ins but influence)")
+                   help="comma-separated search space, or `default` (none plus every registered algorithm declared "
+                        "for the default search; `mlflow-unlearn algorithms` lists them)")
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--storage", type=_none_or(str), default=None, help="Optuna RDB URL (default: sqlite optuna.db beside mlflow.db)")
     p.add_argument("--study-name", type=_none_or(str), default=None, help="join this study (several workers share one)")
@@ -249,9 +264,9 @@ def _add_main(sub):
     p.add_argument("--unlearn-seeds", type=_int, default=3, help="unlearning seeds per reported method (mean, 95%% interval)")
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--objective", default="tow")
-    p.add_argument("--baselines", type=_algorithm_list,
-                   default=",".join(("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")),
-                   help="comma-separated algorithms reported at defaults and tuned beside RUM")
+    p.add_argument("--baselines", type=_algorithm_list, default=None,
+                   help="comma-separated algorithms reported at defaults and tuned beside RUM, or `default` (every "
+                        "registered algorithm declared for the default search; `mlflow-unlearn algorithms` lists them)")
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--registered-model-name", type=_none_or(str), default=None)
     p.add_argument("--storage", type=_none_or(str), default=None)
@@ -265,7 +280,7 @@ def _add_main(sub):
                   subset=a.subset, val_fraction=a.val_fraction, forget=a.forget, n_trials=a.n_trials,
                   calibration_sets=a.calibration_sets, unlearn_seeds=a.unlearn_seeds, max_epochs=a.max_epochs,
                   objective=a.objective,
-                  baselines=a.baselines or [], seed=a.seed,
+                  baselines=a.baselines, seed=a.seed,
                   registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment)
 
     p.set_defaults(func=run)

@@ -21,7 +21,8 @@ forget_ids, retain_ids)` (a `ModelOutputs` dict keyed forget/retain/test), `embe
 Metrics are looked up by name in `METRICS` (entry-point group `mlflow_unlearn.metrics`): a metric
 is a callable `(unlearned: ModelOutputs, reference: ModelOutputs | None) -> dict[str, float]` that
 may also declare the keyword-only parameters `seed` and/or `signal`, which `evaluate_unlearning`
-passes through. Bad inputs raise `MetricInputError` (a `ValueError`) that quotes the bad value.
+passes through. A metric declares the direction of its score keys when it is registered
+(`higher_is_better={"tow": True}`); those keys are what a search can optimise (`objectives()`). Bad inputs raise `MetricInputError` (a `ValueError`) that quotes the bad value.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ __all__ = [
     "MetricInputError", "accuracy", "accuracy_gap", "disagreement", "tow", "tow_mia", "tow_pe",
     "MIAResult", "LogisticAttack", "fit_logistic_1d", "mia", "mia_efficacy", "mia_auc", "mia_gap",
     "entanglement_score", "mean_ci", "paired_test", "SplitOutputs", "ModelOutputs", "SPLITS",
-    "SIGNALS", "outputs_for", "embeddings", "evaluate_unlearning", "METRICS", "BUILTIN_METRICS",
+    "SIGNALS", "outputs_for", "embeddings", "evaluate_unlearning", "METRICS", "BUILTIN_METRICS", "objectives",
+    "objective",
 ]
 
 SPLITS = ("forget", "retain", "test")
@@ -526,6 +528,30 @@ METRICS = Registry("metric", "mlflow_unlearn.metrics")
 BUILTIN_METRICS = ("accuracy", "mia", "disagreement")
 
 
+def objectives() -> dict[str, tuple[str, bool]]:
+    """Every metric key a search can optimise: key -> (the registered metric that computes it,
+    higher_is_better). A metric (built-in or plugin) declares its score keys when it is registered:
+    `@METRICS.register("name", higher_is_better={"key": True})` or `_registry.declare(...)`."""
+    out: dict[str, tuple[str, bool]] = {}
+    for name in METRICS.registered():
+        declared = METRICS.declared(name).get("higher_is_better") or {}
+        if not isinstance(declared, Mapping):
+            raise TypeError(f"metric {name!r} declares higher_is_better={declared!r}; it must be a dict of "
+                            f"metric key -> True/False")
+        for key, higher in declared.items():
+            out.setdefault(str(key), (name, bool(higher)))
+    return out
+
+
+def objective(key: str) -> tuple[str, bool]:
+    """(metric name, higher_is_better) of a search objective; an unknown key lists the valid ones."""
+    known = objectives()
+    if key not in known:
+        raise MetricInputError(f"unknown objective {key!r}; valid: {', '.join(known)} (a metric declares its keys "
+                               f"with higher_is_better when it is registered)")
+    return known[key]
+
+
 def _check_outputs(name: str, outputs: Any) -> None:
     if not isinstance(outputs, Mapping):
         raise MetricInputError(f"{name} must be a dict of split -> SplitOutputs, got {type(outputs).__name__}")
@@ -556,7 +582,7 @@ def _acc(o: SplitOutputs) -> float:
     return accuracy(o.pred, o.labels)
 
 
-@METRICS.register("accuracy")
+@METRICS.register("accuracy", higher_is_better={"tow": True})
 def accuracy_metrics(unlearned: ModelOutputs, reference: ModelOutputs | None = None) -> dict[str, float]:
     """`<split>/acc`; with a reference also `gap/<split>` and `tow`."""
     out = {f"{s}/acc": _acc(unlearned[s]) for s in SPLITS}
@@ -571,7 +597,7 @@ def _mia_of(o: ModelOutputs, seed: int, signal: str) -> MIAResult:
     return mia(o["retain"].signal(signal), o["test"].signal(signal), o["forget"].signal(signal), seed=seed)
 
 
-@METRICS.register("mia")
+@METRICS.register("mia", higher_is_better={"tow_mia": True, "mia/gap": False})
 def mia_metrics(unlearned: ModelOutputs, reference: ModelOutputs | None = None, *, seed: int = 0,
                 signal: str = "confidence") -> dict[str, float]:
     """`mia/efficacy`, `mia/auc`; with a reference also `mia/gap` and `tow_mia`."""
@@ -585,7 +611,7 @@ def mia_metrics(unlearned: ModelOutputs, reference: ModelOutputs | None = None, 
     return out
 
 
-@METRICS.register("disagreement")
+@METRICS.register("disagreement", higher_is_better={"tow_pe": True})
 def disagreement_metrics(unlearned: ModelOutputs, reference: ModelOutputs | None = None) -> dict[str, float]:
     """With a reference: `disagree/<split>` and `tow_pe`; nothing without one."""
     if reference is None:

@@ -22,7 +22,6 @@ from . import steps, tracking
 from .rum import single_algorithm_plan
 from .tracking import TAG
 
-DEFAULT_BASELINES = ("finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")
 # (column, metric key, lower is better)
 TABLE_KEYS = (("ToW", "tow"), ("ToW-MIA", "tow_mia"), ("MIA gap", "mia/gap"), ("ToW-PE", "tow_pe"),
               ("forget acc", "forget/acc"), ("test acc", "test/acc"), ("x retrain time", "time/fraction_of_retrain"))
@@ -75,17 +74,19 @@ def verdict(reports) -> str:
 def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int = 15, lr: float = 0.05, batch_size: int = 64,
               width: int | None = None, subset: int | None = None, val_fraction: float = 0.1, forget: str = "mix:90",
               n_trials: int = 16, calibration_sets: int = 2, max_epochs: int = 3, objective: str = "tow",
-              baselines: Sequence[str] = DEFAULT_BASELINES, algorithms: Sequence[str] | None = None,
+              baselines: Sequence[str] | None = None, algorithms: Sequence[str] | None = None,
               unlearn_seeds: int = 3, seed: int = 0, registered_model_name: str | None = None,
               storage: str | None = None, device: str | None = "auto", experiment: str | None = None) -> dict:
     """Run the pipeline; `n_trials` is the budget of the RUM search and of each baseline's search
-    alike. `algorithms`: the RUM search space (default `none` plus the baselines)."""
-    from .algorithms import ALGORITHMS
+    alike. `baselines` (default: the registry's default search space but `none`) are reported at
+    their defaults and tuned; `algorithms`: the RUM search space (default `none` plus the baselines)."""
+    from .algorithms import ALGORITHMS, default_search_algorithms
     from .search import SearchError, prepare_calibration, rum_default_trials, search, search_algorithm
-    from .tuning import Reference, report_plan
+    from .metrics import METRICS
+    from .tuning import Reference, objective_directions, report_plan
 
     # Validate what would otherwise fail minutes in.
-    baselines = list(baselines)
+    baselines = list(baselines) if baselines is not None else [a for a in default_search_algorithms() if a != "none"]
     algorithms = list(algorithms) if algorithms is not None else ["none", *baselines]
     unknown = [b for b in [*baselines, *algorithms] if b not in ALGORITHMS]
     if unknown:
@@ -99,6 +100,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
                           f"--n-trials >= {needed} or fewer --baselines")
     if not isinstance(unlearn_seeds, int) or unlearn_seeds < 1:
         raise ValueError(f"unlearn_seeds must be a whole number >= 1, got {unlearn_seeds!r}")
+    objective_directions(objective)  # an unknown objective lists the valid ones, before any training
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be a fraction in (0, 1): selection needs a validation split; got {val_fraction!r}")
     t_start = time.perf_counter()
@@ -144,7 +146,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         reports = []
         for label, plan, algorithm in methods:
             report = report_plan(label, source, ctx.data, held_out, plan, seeds=seeds, eval_seed=ctx.seed,
-                                 recipe=ctx.recipe())
+                                 recipe=ctx.recipe(), metrics=METRICS.registered())
             reports.append(report)
             _log_method(ctx, report, algorithm, reference.run_id, tier_reference=reference.model)
             tow, lo, hi = report.summary("tow")

@@ -30,14 +30,15 @@ import numpy as np
 import optuna
 
 from . import steps, tracking
+from .algorithms import default_search_algorithms
 from .rum import Plan
 from .tracking import TAG
 from .tuning import (  # noqa: F401  (re-exported: the search vocabulary lives in the core)
-    DEFAULT_ALGORITHMS,
-    OBJECTIVES,
+    objective_directions,
     CalibrationScorer,
     Reference,
     SearchError,
+    TOW_TIME,
     algorithm_candidates,
     algorithm_default_trials,
     best_plan,
@@ -210,8 +211,7 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
     # Every setting is checked before a run exists, so bad input leaves nothing behind.
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
-    if objective not in OBJECTIVES:
-        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    objective_directions(objective)  # an unknown objective lists the valid ones
     if not isinstance(max_epochs, int) or max_epochs < 1:
         raise SearchError(f"max_epochs must be a whole number >= 1, got {max_epochs!r}")
     if n_trials < len(enqueue):
@@ -244,7 +244,7 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                  observer=_TrialRuns(ctx, study_name, space), timeout_s=timeout_s)
         plan, value = best_plan(study)
         mlflow.log_dict(plan.to_dict(), "best_plan.json")
-        key = "tow" if objective == "tow+time" else objective
+        key = "tow" if objective == TOW_TIME else objective
         mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study)})
         log_study_plots(study, objective)
     return plan, value, run.info.run_id, study_name
@@ -258,7 +258,7 @@ def log_study_plots(study, objective: str) -> None:
     import matplotlib.pyplot as plt  # optuna's views draw with pyplot; closed after logging
     import optuna.visualization.matplotlib as ov
 
-    key = "tow" if objective == "tow+time" else objective
+    key = "tow" if objective == TOW_TIME else objective
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
         target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
@@ -283,11 +283,13 @@ def log_study_plots(study, objective: str) -> None:
 
 
 def search(ctx: steps.ForgetContext, calibration: Calibration, *, n_trials: int = 20, objective: str = "tow",
-           algorithms: Sequence[str] = DEFAULT_ALGORITHMS, max_epochs: int = 3, storage: str | None = None,
+           algorithms: Sequence[str] | None = None, max_epochs: int = 3, storage: str | None = None,
            study_name: str | None = None, retain_mode: str = "exclude_all", attach: bool = True,
            timeout_s: float | None = None) -> SearchResult:
     """Search RUM plans on the calibration sets; attach the best to the registered model so later
-    requests (and the registry hook) reuse it."""
+    requests (and the registry hook) reuse it. `algorithms`: the search space (default: the
+    registry's, `default_search_algorithms()`)."""
+    algorithms = tuple(algorithms or default_search_algorithms())
     _check_algorithms(algorithms)
     tiers = list(ctx.tiers)
     enqueue = rum_default_trials(tiers, algorithms)  # optimize() refuses fewer trials than these
@@ -319,11 +321,10 @@ def search_algorithm(ctx: steps.ForgetContext, calibration: Calibration, algorit
 def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = "tow", algorithms: Sequence[str] | None = None,
                 max_epochs: int = 3, storage: str | None = None, study_name: str | None = None, seed: int = 0,
                 calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None) -> SearchResult:
-    algorithms = tuple(algorithms or DEFAULT_ALGORITHMS)
+    algorithms = tuple(algorithms or default_search_algorithms())
     if not isinstance(n_trials, int) or n_trials <= 0:  # before loading anything
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
-    if objective not in OBJECTIVES:
-        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    objective_directions(objective)  # an unknown objective lists the valid ones
     if not isinstance(calibration_sets, int) or calibration_sets < 1:
         raise SearchError(f"calibration_sets must be a whole number >= 1, got {calibration_sets!r}")
     _check_algorithms(algorithms)

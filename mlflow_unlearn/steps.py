@@ -389,12 +389,16 @@ def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = N
 # Evaluate
 
 
-def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: torch.nn.Module | None) -> dict[str, float]:
-    from .metrics import evaluate_unlearning, outputs_for
+def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: torch.nn.Module | None,
+                       metrics=None) -> dict[str, float]:
+    """The metrics of `model` against `reference`: the built-ins plus `metrics` (registered names;
+    default: every registered metric, plugins included)."""
+    from .metrics import METRICS, evaluate_unlearning, outputs_for
 
     u = outputs_for(model, ctx.data, ctx.forget.ids)
     r = outputs_for(reference, ctx.data, ctx.forget.ids) if reference is not None else None
-    return evaluate_unlearning(u, r, tiers=ctx.tier_positions(), seed=ctx.seed)
+    return evaluate_unlearning(u, r, tiers=ctx.tier_positions(), seed=ctx.seed,
+                               metrics=METRICS.registered() if metrics is None else metrics)
 
 
 def forget_tier_accuracy(ctx: ForgetContext, model: torch.nn.Module) -> dict[str, float]:

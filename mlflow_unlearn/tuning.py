@@ -22,10 +22,12 @@ Candidates (what a trial can be):
 - `algorithm_candidates`: one algorithm on the whole set, defaults first: the tuned baseline that
   gets the same trial budget and space rules as RUM.
 
-Hyperparameter spaces (`SPACES`; ranges contain the papers' settings): epochs at most
-`max_epochs` (a step that costs a retrain has lost its point), plus the effective batch size bound
-for the ascent-based methods, so small tiers get enough optimiser steps. An algorithm without a
-declared space (a plugin) is tried at its defaults.
+Hyperparameter spaces are declared by each algorithm when it is registered
+(`mlflow_unlearn.algorithms.search_space`; built-ins in `algorithms/builtin.py`, plugins with
+`declare_algorithm`): epochs at most `max_epochs`, plus the batch-size bound for the ascent-based
+methods, so small tiers get enough optimiser steps. An algorithm that declares no space is tried at
+its defaults. The default search space is `default_search_algorithms()`: `none` plus every
+registered algorithm that declared `default_search=True`.
 
 A trial whose model diverges (non-finite weights or outputs) is recorded as failed (`Diverged`)
 and the study goes on. Pruning (single objective): after each calibration set the trial reports the
@@ -35,6 +37,7 @@ No mlflow here: the edge (`mlflow_unlearn.search`) watches trials through a `Tri
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -48,12 +51,32 @@ import optuna
 import torch
 from torch import nn
 
-from .metrics import MetricInputError, evaluate_unlearning, outputs_for
+from .algorithms import FloatRange, IntRange, search_space
+from .metrics import BUILTIN_METRICS, MetricInputError, evaluate_unlearning, outputs_for
+from .metrics import objective as metric_objective
+from .metrics import objectives as metric_objectives
 from .rum import ALL_TIER, Plan, PlanStep, run_rum
 from .training import TrainConfig, train_model
 
-OBJECTIVES = ("tow", "tow_mia", "tow_pe", "tow+time")
-DEFAULT_ALGORITHMS = ("none", "finetune", "neggrad", "neggrad_plus", "l1_sparse", "scrub", "random_label", "salun")
+TOW_TIME = "tow+time"  # two objectives: ToW up, unlearning seconds down (a Pareto front)
+
+
+def objective_directions(objective: str) -> tuple[list[str], str | None]:
+    """(Optuna directions, the registered metric that computes the objective) for an objective:
+    any score key a registered metric declares (`metrics.objectives()`: tow, tow_mia, tow_pe,
+    mia/gap and plugin keys), or `tow+time`. An unknown key raises SearchError listing the valid ones."""
+    if objective == TOW_TIME:
+        return ["maximize", "minimize"], "accuracy"
+    try:
+        metric, higher = metric_objective(objective)
+    except MetricInputError as exc:
+        raise SearchError(f"{exc}, or {TOW_TIME}") from None
+    return ["maximize" if higher else "minimize"], metric
+
+
+def objective_names() -> list[str]:
+    """The valid objectives, for help texts: declared metric keys and `tow+time`."""
+    return [*metric_objectives(), TOW_TIME]
 DEFAULTS_KEY = "defaults"  # the categorical that says "this step runs at the algorithm's defaults"
 WHOLE = "whole"  # Optuna parameter prefix of whole-set candidates (tier names may include "all")
 
@@ -134,52 +157,28 @@ def noise_floor(second: Reference, first: Reference, data, *, seed: int = 0) -> 
 
 
 # --------------------------------------------------------------------------------------------------
-# Hyperparameter spaces
-
-# name -> (kind, low, high, log); kind "float" | "int" | "choice" (low = the choices)
-Space = Mapping[str, tuple]
-
-SPACES: dict[str, Space] = {
-    "none": {},
-    # papers: FT lr 0.01-0.1; retain-driven, so epochs are the cost
-    "finetune": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False)},
-    "l1_sparse": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False),
-                  "alpha_l1": ("float", 1e-5, 1e-2, True)},
-    # ascent diverges fast: lr low, and the batch bound searched so a 10-example tier gets steps
-    "neggrad": {"lr": ("float", 1e-5, 1e-2, True), "epochs": ("int", 1, None, False),
-                "batch_size": ("choice", (8, 16, 32, 64, 128), None, False)},
-    "neggrad_plus": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False),
-                     "alpha": ("float", 0.8, 0.999, False)},
-    "scrub": {"lr": ("float", 1e-4, 3e-2, True), "epochs": ("int", 1, None, False),
-              "max_steps": ("int", 1, 4, False), "batch_size": ("choice", (8, 16, 32, 64, 128), None, False)},
-    "random_label": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False)},
-    "salun": {"lr": ("float", 1e-3, 2e-1, True), "epochs": ("int", 1, None, False),
-              "mask_fraction": ("float", 0.1, 0.9, False)},
-}
-
+# Candidates
 
 def suggest_step(trial: optuna.Trial, prefix: str, algorithm: str, max_epochs: int) -> dict[str, Any]:
     """Hyperparameters of one plan step: `{}` (the algorithm's defaults) when the trial's
-    `<prefix><algorithm>.defaults` is True, else values from the algorithm's space."""
-    from .algorithms import hyperparameters
-
-    space = SPACES.get(algorithm, {})
+    `<prefix><algorithm>.defaults` is True, else values from the space the algorithm declared when
+    it was registered (`algorithms.search_space`; hyperparameters it does not declare stay at
+    their defaults)."""
+    space = search_space(algorithm)
     if not space:
         return {}
     if trial.suggest_categorical(f"{prefix}{algorithm}.{DEFAULTS_KEY}", [True, False]):
         return {}
-    known = hyperparameters(algorithm)
     out: dict[str, Any] = {}
-    for name, (kind, low, high, log) in space.items():
-        if name not in known:  # a space entry the algorithm no longer takes
-            continue
+    for name, rng in space.items():
         key = f"{prefix}{algorithm}.{name}"
-        if kind == "float":
-            out[name] = trial.suggest_float(key, low, high, log=log)
-        elif kind == "int":
-            out[name] = trial.suggest_int(key, low, max_epochs if high is None else high, log=log)
+        if isinstance(rng, FloatRange):
+            out[name] = trial.suggest_float(key, rng.low, rng.high, log=rng.log)
+        elif isinstance(rng, IntRange):
+            low, high = rng.bounds(max_epochs)
+            out[name] = trial.suggest_int(key, low, high, log=rng.log)
         else:
-            out[name] = trial.suggest_categorical(key, list(low))
+            out[name] = trial.suggest_categorical(key, list(rng.values))
     return out
 
 
@@ -235,11 +234,11 @@ def algorithm_candidates(algorithm: str, *, max_epochs: int,
 
 
 def algorithm_default_trials(algorithm: str) -> list[dict[str, Any]]:
-    return [_defaults_flag("", algorithm)] if SPACES.get(algorithm) else [{}]
+    return [_defaults_flag("", algorithm)] if search_space(algorithm) else [{}]
 
 
 def _defaults_flag(prefix: str, algorithm: str) -> dict[str, Any]:
-    return {f"{prefix}{algorithm}.{DEFAULTS_KEY}": True} if SPACES.get(algorithm) else {}
+    return {f"{prefix}{algorithm}.{DEFAULTS_KEY}": True} if search_space(algorithm) else {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,11 +317,10 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def make_study(name: str | None, storage, *, seed: int = 0, objective: str = "tow",
                load_if_exists: bool = True) -> optuna.Study:
-    """A study with a seeded multivariate TPE sampler and the median pruner (`tow+time`: two
-    directions, no pruning). `storage`: an Optuna storage object or URL, or None (in memory)."""
-    if objective not in OBJECTIVES:
-        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
-    directions = ["maximize", "minimize"] if objective == "tow+time" else ["maximize"]
+    """A study with a seeded multivariate TPE sampler and the median pruner, in the direction the
+    objective's metric declared (`tow+time`: two directions, no pruning). `storage`: an Optuna
+    storage object or URL, or None (in memory)."""
+    directions, _ = objective_directions(objective)
     with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
@@ -339,13 +337,14 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
     sampler's. Each trial's plan is stored in its user attribute `plan`."""
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
-    if objective not in OBJECTIVES:
-        raise SearchError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    _, metric = objective_directions(objective)
+    if metric is not None and metric not in BUILTIN_METRICS and metric not in (scorer.metrics or ()):
+        scorer = dataclasses.replace(scorer, metrics=[*(scorer.metrics or ()), metric])  # a plugin metric's key
     if len(enqueue) > n_trials:
         raise SearchError(f"n_trials={n_trials} is smaller than the {len(enqueue)} known-good starting points "
                           f"(every algorithm at its defaults, whole-set and per tier, and `none`); use "
                           f"n_trials >= {len(enqueue)} or search fewer algorithms")
-    multi = objective == "tow+time"
+    multi = objective == TOW_TIME
     for params in enqueue:
         study.enqueue_trial(dict(params), skip_if_exists=True)
 

@@ -21,6 +21,18 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_UNLEARN_CACHE", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / "mlflow_unlearn_test_cache"))
 
 
+# Tests that need these fixtures talk to real servers (an `mlflow server` subprocess, PostgreSQL):
+# integration tests, whatever module they sit in. Slow tests are integration tests too, so that
+# `pytest -m "not integration"` (the unit run) never includes them.
+INTEGRATION_FIXTURES = frozenset({"mlflow_server", "postgres_db"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory) -> Path:
     """A tracking database that has gone through MLflow's migrations once."""

@@ -27,6 +27,8 @@ from mlflow_unlearn.hook import ledger, local
 from mlflow_unlearn.hook.signature import signed_headers
 from mlflow_unlearn.tracking import run_model_id
 
+pytestmark = pytest.mark.integration  # real servers / subprocesses: `pytest -m "not integration"` skips them
+
 MODEL = "hooktiny"
 QUIET = "hooktiny-quiet"  # not watched by the main service: used where no job may start by itself
 SECRET = "test-hook-secret"

@@ -1,3 +1,4 @@
+import pytest
 """The core never imports mlflow (DESIGN.md section 3): checked statically and at import time."""
 import ast
 import subprocess
@@ -37,6 +38,7 @@ def test_core_sources_do_not_import_mlflow():
     assert len(list(core_files())) >= 6  # the check looked at the real core, not nothing
 
 
+@pytest.mark.integration
 def test_importing_the_core_does_not_load_mlflow():
     modules = [f"mlflow_unlearn.{p.relative_to(PKG).with_suffix('').as_posix().replace('/', '.')}" for p in core_files()]
     modules = [m.removesuffix(".__init__") for m in modules]

@@ -258,6 +258,7 @@ def test_resume_trains_only_missing_models(small, serial4, tmp_path):
         estimate_memorization(small, n_models=2, seed=1, workdir=tmp_path, **FAST_MODEL)
 
 
+@pytest.mark.integration
 def test_parallel_workers_match_serial(small, serial4, tmp_path):
     par = estimate_memorization(small, n_models=2, seed=0, n_workers=2, workdir=tmp_path, **FAST_MODEL)
     assert par.n_trained == 2

@@ -15,6 +15,8 @@ from mlflow import MlflowClient
 
 from conftest import use_tracking
 
+pytestmark = pytest.mark.integration  # real servers / subprocesses: `pytest -m "not integration"` skips them
+
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ("train", "retrain", "unlearn", "evaluate", "rum", "search", "memorization", "main", "attach", "algorithms")
 

@@ -128,6 +128,7 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     assert first[1]["steps"][0]["tier"] == "all"
 
 
+@pytest.mark.integration
 def test_calibration_sets_are_disjoint_from_the_request_and_logged(source_model, tmp_path):
     _, uri = source_model
     ctx = steps.prepare(uri, FORGET)
@@ -210,6 +211,7 @@ def _two_workers_share(uri, tracking_uri, storage):
     assert len({t.user_attrs["worker"] for t in finished}) == 2, "both workers ran trials"
 
 
+@pytest.mark.integration
 def test_two_workers_share_one_study_on_sqlite(source_model, tmp_path):
     tracking_uri, uri = source_model
     _two_workers_share(uri, tracking_uri, f"sqlite:///{tmp_path}/shared.db")
@@ -221,6 +223,7 @@ def test_two_workers_share_one_study_on_postgres(source_model, postgres_db):
     _two_workers_share(uri, tracking_uri, postgres_db())
 
 
+@pytest.mark.integration
 def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(tracking):
     out = pipeline.main_step(subset=300, width=8, epochs=6, forget="mix:30", n_trials=5, max_epochs=1, unlearn_seeds=2,
                              baselines=("finetune", "neggrad"), registered_model_name="main-digits")

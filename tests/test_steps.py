@@ -17,7 +17,7 @@ def runs_with_role(role):
                               output_format="list")
 
 
-def test_retrain_unlearn_evaluate_with_cache_hit(source_model):
+def test_retrain_unlearn_evaluate_with_cache_hit(source_model, monkeypatch):
     _, uri = source_model
     first = steps.retrain_step(uri, FORGET)
     assert not first.cached
@@ -40,7 +40,13 @@ def test_retrain_unlearn_evaluate_with_cache_hit(source_model):
     assert str(client.get_model_version_by_alias("digits-src", "unlearned").version) == "2"
     assert str(client.get_model_version_by_alias("digits-src", "original").version) == "1"
 
-    metrics = steps.evaluate_step(uri, FORGET, result.run_id, )
+    from mlflow_unlearn.metrics import METRICS
+
+    # a plugin metric is computed and logged by evaluate without being named anywhere
+    monkeypatch.setitem(METRICS._items, "forget_confidence",
+                        lambda unlearned, reference=None: {"forget_confidence": float(unlearned["forget"].signal().mean())})
+    metrics = steps.evaluate_step(uri, FORGET, result.run_id)
+    assert 0 < metrics["forget_confidence"] <= 1
     for key in ["forget/acc", "retain/acc", "test/acc", "tow", "tow_mia", "tow_pe", "mia/efficacy", "mia/auc", "mia/gap",
                 "disagree/forget", "disagree/retain", "disagree/test", "tier/low/forget_acc", "tier/high/forget_acc",
                 "time/unlearn_s", "time/retrain_s", "time/speedup_vs_retrain", "entanglement"]:
@@ -54,6 +60,7 @@ def test_retrain_unlearn_evaluate_with_cache_hit(source_model):
     assert len(runs_with_role("retrain")) == 2  # and the second reference is cached too
     ev = runs_with_role("evaluate")
     assert len(ev) == 2 and all(r.data.metrics["tow"] == pytest.approx(metrics["tow"]) for r in ev)
+    assert ev[0].data.metrics["forget_confidence"] == pytest.approx(metrics["forget_confidence"])
     # metrics were copied onto the unlearned run, so the UI compares runs on the same keys
     assert MlflowClient().get_run(result.run_id).data.metrics["tow"] == pytest.approx(metrics["tow"])
     # evaluate runs carry what they evaluated, so the compare page lines them up by method

@@ -130,6 +130,7 @@ def run_cli(args, cwd, env):
     return subprocess.run([sys.executable, "-m", "mlflow_unlearn.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration
 def test_cli_bad_dataset_exits_2_and_names_it(tracking, tmp_path):
     out = run_cli(["train", "--dataset", "mnist"], tmp_path, {**os.environ})
     assert out.returncode == 2
@@ -137,6 +138,7 @@ def test_cli_bad_dataset_exits_2_and_names_it(tracking, tmp_path):
     assert_nothing_created()
 
 
+@pytest.mark.integration
 def test_mlflow_run_train_entry_point_at_its_defaults(tracking, tmp_path):
     """`mlflow run . -e train` at its defaults (one epoch to keep it short): MLflow has already logged
     the entry point's parameters in its own spelling (`subset=none`), and the step must not trip

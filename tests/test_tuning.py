@@ -117,3 +117,32 @@ def test_duplicate_enqueued_points_do_not_eat_the_budget(setup):
                     tuning.CalibrationScorer(model, data, [calibration]), n_trials=3, enqueue=enqueue)
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == 3
+
+
+def test_a_registered_metric_key_is_an_objective_in_its_declared_direction(setup, monkeypatch):
+    """A plugin metric declares `higher_is_better`; its key becomes a search objective, the study
+    runs in that direction, and the scorer computes the metric although nobody listed it."""
+    from mlflow_unlearn._registry import declare
+    from mlflow_unlearn.metrics import METRICS, objectives
+
+    data, build, config, model, c, forget, calibration = setup
+
+    @declare(higher_is_better={"forget_confidence": False})
+    def forget_confidence(unlearned, reference=None):
+        return {"forget_confidence": float(unlearned["forget"].signal("confidence").mean())}
+
+    monkeypatch.setitem(METRICS._items, "forget_confidence", forget_confidence)
+    assert objectives()["forget_confidence"] == ("forget_confidence", False)
+    assert objectives()["tow"] == ("accuracy", True) and objectives()["mia/gap"] == ("mia", False)
+    study = tuning.make_study(None, None, seed=0, objective="forget_confidence")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    cands = tuning.algorithm_candidates("random_label", max_epochs=1)
+    tuning.optimize(study, cands, tuning.CalibrationScorer(model, data, [calibration]), n_trials=3,
+                    objective="forget_confidence", enqueue=tuning.algorithm_default_trials("random_label"))
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert values and study.best_value == min(values) and 0 < study.best_value < 1
+
+
+def test_unknown_objective_lists_the_declared_ones(setup):
+    with pytest.raises(tuning.SearchError, match="unknown objective 'accuracy'.*tow, tow_mia, mia/gap, tow_pe.*tow\\+time"):
+        tuning.make_study(None, None, objective="accuracy")

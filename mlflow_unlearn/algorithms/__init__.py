@@ -20,6 +20,11 @@ parameter name: `lr` > 0; `epochs`, `batch_size` >= 1; `alpha` in [0, 1]; `*frac
 `temperature`, `damping` > 0; `*steps` >= 0; `*_samples` >= 1. Values are converted to the type of
 the default, so strings from a command line ("0.01", "5", "true") work.
 
+Search spaces are declared with the algorithm (`space.py`): `ALGORITHMS.register(name,
+search_space={"lr": FloatRange(1e-3, 0.2, log=True), "epochs": EPOCHS}, default_search=True)`, or
+`@declare_algorithm(...)` on a plugin's function; the search reads them, so a plugin algorithm is
+searched like a built-in. Adding an algorithm = one function + one registration.
+
 Built-ins (see `builtin.py` for each one's source and defaults): none, finetune, l1_sparse, neggrad,
 neggrad_plus, scrub, random_label, salun, influence, retrain. Third-party packages add algorithms
 through the entry-point group `mlflow_unlearn.algorithms` (see plugins/mlflow-unlearn-example).
@@ -46,11 +51,29 @@ from ._base import (
     seeded,
     validate_hyperparameters,
 )
+from .space import (
+    EPOCHS,
+    Choice,
+    FloatRange,
+    IntRange,
+    SearchSpaceError,
+    declare_algorithm,
+    default_search_algorithms,
+    search_space,
+)
 from . import builtin  # noqa: F401  (registers the built-ins)
 from .builtin import MIN_FORGET_BATCHES, MIN_RETAIN_BATCHES, effective_batch_size, forget_gradients, saliency_mask
 
 __all__ = [
     "ALGORITHMS",
+    "EPOCHS",
+    "Choice",
+    "FloatRange",
+    "IntRange",
+    "SearchSpaceError",
+    "declare_algorithm",
+    "default_search_algorithms",
+    "search_space",
     "HyperparameterError",
     "Loop",
     "MIN_FORGET_BATCHES",

@@ -63,6 +63,7 @@ from torch import nn
 from ..progress import MetricLogger
 from ..training import TrainConfig, train_model
 from ._base import ALGORITHMS, Loop, UnlearnData, seeded
+from .space import EPOCHS, Choice, FloatRange, IntRange
 
 MIN_RETAIN_BATCHES = 64  # an epoch over the retain set (or retain + forget) has at least this many batches
 MIN_FORGET_BATCHES = 8  # an epoch over the forget set has at least this many batches
@@ -87,13 +88,24 @@ def _log_plan(log: MetricLogger | None, **values) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+# Search spaces (declared with each algorithm; `mlflow_unlearn.tuning` samples them). The ranges
+# contain the papers' settings; epochs run from 1 to the search's `max_epochs` (a step that costs a
+# retrain has lost its point); the ascent-based methods also search the batch-size bound, so a
+# 10-example tier gets enough optimiser steps. `influence` and `retrain` declare no space and are
+# left out of the default search (name them in `--algorithms` to try them at their defaults):
+# retrain is the exact, most expensive answer every result is measured against.
+LR_RETAIN = FloatRange(1e-3, 2e-1, log=True)  # papers: FT/RL/SalUn lr 0.01-0.1; retain-driven steps
+SMALL_BATCHES = Choice(8, 16, 32, 64, 128)
+
+
 @ALGORITHMS.register("none")
 def none(model: nn.Module, data: UnlearnData, *, seed: int = 0, log: MetricLogger | None = None) -> nn.Module:
     """Do nothing: a copy of the model. The RUM paper found this best for low-memorisation tiers."""
     return copy.deepcopy(model)
 
 
-@ALGORITHMS.register("finetune")
+@ALGORITHMS.register("finetune", default_search=True,
+                     search_space={"lr": LR_RETAIN, "epochs": EPOCHS})
 def finetune(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs: int = 10, batch_size: int = 128,
              momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
              log: MetricLogger | None = None) -> nn.Module:
@@ -113,7 +125,8 @@ def finetune(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs: in
                             weight_decay=weight_decay, alpha_l1=0.0, seed=seed, log=log, desc="finetune")
 
 
-@ALGORITHMS.register("l1_sparse")
+@ALGORITHMS.register("l1_sparse", default_search=True,
+                     search_space={"lr": LR_RETAIN, "epochs": EPOCHS, "alpha_l1": FloatRange(1e-5, 1e-2, log=True)})
 def l1_sparse(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs: int = 10, batch_size: int = 128,
               alpha_l1: float = 5e-4, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
               log: MetricLogger | None = None) -> nn.Module:
@@ -162,7 +175,8 @@ def _retain_training(model, data, *, lr, epochs, batch_size, momentum, weight_de
     return model
 
 
-@ALGORITHMS.register("neggrad")
+@ALGORITHMS.register("neggrad", default_search=True,
+                     search_space={"lr": FloatRange(1e-5, 1e-2, log=True), "epochs": EPOCHS, "batch_size": SMALL_BATCHES})
 def neggrad(model: nn.Module, data: UnlearnData, *, lr: float = 2.5e-3, epochs: int = 5, batch_size: int = 128,
             momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
             log: MetricLogger | None = None) -> nn.Module:
@@ -199,7 +213,8 @@ def neggrad(model: nn.Module, data: UnlearnData, *, lr: float = 2.5e-3, epochs: 
     return model
 
 
-@ALGORITHMS.register("neggrad_plus")
+@ALGORITHMS.register("neggrad_plus", default_search=True,
+                     search_space={"lr": LR_RETAIN, "epochs": EPOCHS, "alpha": FloatRange(0.8, 0.999)})
 def neggrad_plus(model: nn.Module, data: UnlearnData, *, lr: float = 0.03, epochs: int = 5, batch_size: int = 128,
                  alpha: float = 0.99, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
                  log: MetricLogger | None = None) -> nn.Module:
@@ -246,7 +261,9 @@ def _distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temp
     return F.kl_div(log_p, q, reduction="batchmean") * temperature ** 2
 
 
-@ALGORITHMS.register("scrub")
+@ALGORITHMS.register("scrub", default_search=True,
+                     search_space={"lr": FloatRange(1e-4, 3e-2, log=True), "epochs": EPOCHS, "max_steps": IntRange(1, 4),
+                              "batch_size": SMALL_BATCHES})
 def scrub(model: nn.Module, data: UnlearnData, *, lr: float = 1e-3, epochs: int = 5, max_steps: int = 4,
           temperature: float = 4.0, gamma: float = 0.99, beta: float = 0.001, batch_size: int = 128,
           momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
@@ -354,7 +371,8 @@ def _random_label_training(model, data, *, lr, epochs, batch_size, momentum, wei
     return model
 
 
-@ALGORITHMS.register("random_label")
+@ALGORITHMS.register("random_label", default_search=True,
+                     search_space={"lr": LR_RETAIN, "epochs": EPOCHS})
 def random_label(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs: int = 10, batch_size: int = 128,
                  momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
                  log: MetricLogger | None = None) -> nn.Module:
@@ -412,7 +430,8 @@ def saliency_mask(model: nn.Module, data: UnlearnData, fraction: float, *, batch
     return mask
 
 
-@ALGORITHMS.register("salun")
+@ALGORITHMS.register("salun", default_search=True,
+                     search_space={"lr": LR_RETAIN, "epochs": EPOCHS, "mask_fraction": FloatRange(0.1, 0.9)})
 def salun(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs: int = 10, batch_size: int = 128,
           mask_fraction: float = 0.5, momentum: float = 0.9, weight_decay: float = 5e-4, seed: int = 0,
           log: MetricLogger | None = None) -> nn.Module:

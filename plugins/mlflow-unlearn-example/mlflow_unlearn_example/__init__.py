@@ -6,10 +6,23 @@ import math
 import torch.nn.functional as F
 from torch import nn
 
-from mlflow_unlearn.algorithms import MIN_FORGET_BATCHES, MIN_RETAIN_BATCHES, Loop, UnlearnData, effective_batch_size
+from mlflow_unlearn.algorithms import (
+    MIN_FORGET_BATCHES,
+    MIN_RETAIN_BATCHES,
+    FloatRange,
+    IntRange,
+    Loop,
+    UnlearnData,
+    declare_algorithm,
+    effective_batch_size,
+)
 from mlflow_unlearn.progress import MetricLogger
 
 
+# What `mlflow-unlearn search` may vary (the other hyperparameters stay at their defaults). The
+# entry point in pyproject.toml registers the function; this declaration travels with it.
+@declare_algorithm(search_space={"ascent_steps": IntRange(1, 32, log=True), "ascent_lr": FloatRange(1e-3, 0.3, log=True),
+                                 "repair_lr": FloatRange(1e-3, 0.1, log=True)})
 def ascent_then_repair(model: nn.Module, data: UnlearnData, *, ascent_steps: int = 8, ascent_lr: float = 0.05,
                        repair_epochs: int = 1, repair_lr: float = 0.01, batch_size: int = 128, seed: int = 0,
                        log: MetricLogger | None = None) -> nn.Module:
