@@ -10,64 +10,11 @@ import warnings
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def _none_or(cast):
-    def parse(value: str):
-        if value is None or value.strip().lower() in ("", "none", "null"):
-            return None
-        return cast(value)
-
-    parse.__name__ = cast.__name__
-    return parse
-
-
-def _int(value: str) -> int:
-    """An integer; MLproject passes float parameters as '15.0', which is accepted when whole."""
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if f != int(f):
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
-    return int(f)
-
-
-_int.__name__ = "int"
-
-
-def _bool(value: str) -> bool:
-    v = str(value).strip().lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
-
-
-def _algorithm_list(value: str) -> list[str] | None:
-    """`default` (or empty) -> None; otherwise registered algorithm names, comma-separated."""
-    from .algorithms import ALGORITHMS
-
-    if value is None or value.strip().lower() in ("", "default"):
-        return None
-    names = [x.strip() for x in value.split(",") if x.strip()]
-    unknown = [n for n in names if n not in ALGORITHMS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {unknown}; registered: {', '.join(ALGORITHMS.names())}")
-    return names
-
-
-_algorithm_list.__name__ = "algorithm list"
-
-
-def _device(value: str) -> str:
-    """auto | cpu | cuda | cuda:N | mps"""
-    v = str(value).strip().lower()
-    if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
-        return v
-    raise argparse.ArgumentTypeError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
-
-
-_device.__name__ = "device"
+from .cli_types import algorithm_list as _algorithm_list  # noqa: E402
+from .cli_types import boolean as _bool  # noqa: E402
+from .cli_types import device as _device  # noqa: E402
+from .cli_types import none_or as _none_or  # noqa: E402
+from .cli_types import whole_number as _int  # noqa: E402
 
 
 def _add_train(sub):

@@ -1,47 +1,70 @@
-import pytest
-"""The core never imports mlflow (DESIGN.md section 3): checked statically and at import time."""
-import ast
+"""The core never imports mlflow (DESIGN.md section 3), in any form: checked statically over every
+import (top-level, relative, `from . import x`, inside functions) and at import time."""
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import mlflow_unlearn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import import_graph  # noqa: E402
 
 PKG = Path(mlflow_unlearn.__file__).parent
 CORE = ["data", "models", "training", "confidences", "progress", "_registry", "memorization", "algorithms", "rum", "metrics",
         "forget_sets", "tuning", "plots"]
 
 
-def core_files():
-    for name in CORE:
-        p = PKG / f"{name}.py"
-        if p.exists():
-            yield p
-        elif (PKG / name).is_dir():
-            yield from sorted((PKG / name).rglob("*.py"))
+def is_core(module: str) -> bool:
+    name = import_graph.short(module)
+    return any(name == c or name.startswith(c + ".") for c in CORE)
 
 
-def test_core_sources_do_not_import_mlflow():
+def core_modules() -> list[str]:
+    return sorted(m for m in import_graph.package_modules() if is_core(m))
+
+
+def test_core_imports_neither_mlflow_nor_the_edge():
+    modules = import_graph.package_modules()
     offenders = []
-    for path in core_files():
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            elif isinstance(node, ast.ImportFrom) and node.level > 0:
-                # a relative import of an edge module drags mlflow in just the same
-                names = ["mlflow" for m in [node.module or ""] if m.split(".")[0] in ("tracking", "steps", "cli", "search", "hook")]
-            offenders += [f"{path.relative_to(PKG)}:{node.lineno} imports {n}" for n in names if n.split(".")[0] == "mlflow"]
+    for imp in import_graph.imports():
+        if not is_core(imp.source):
+            continue
+        target = import_graph.to_module(imp.target, modules)
+        edge = target is not None and target != "mlflow_unlearn" and not is_core(target)
+        if imp.target.split(".")[0] == "mlflow" or edge:
+            offenders.append(f"{imp.source}:{imp.line} imports {imp.target}{' (in a function)' if imp.lazy else ''}")
     assert not offenders, offenders
-    assert len(list(core_files())) >= 6  # the check looked at the real core, not nothing
+    assert len(core_modules()) >= 15  # the check looked at the real core, not nothing
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from . import tracking", "mlflow_unlearn.tracking"),
+    ("def f():\n    from .steps import prepare", "mlflow_unlearn.steps.prepare"),
+    ("from .. import steps", "mlflow_unlearn.steps"),
+    ("import mlflow.pyfunc", "mlflow.pyfunc"),
+])
+def test_the_check_sees_every_import_form(tmp_path, source, expected):
+    """The forms the old check missed (`from . import x`, lazy imports) are found and resolved."""
+    pkg = tmp_path / "mlflow_unlearn"
+    (pkg / "algorithms").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "algorithms" / "__init__.py").write_text("")
+    where = pkg / "algorithms" / "x.py" if source.startswith("from ..") else pkg / "data.py"
+    where.write_text(source + "\n")
+    found = [i for i in import_graph.imports(pkg) if i.target == expected]
+    assert found, [i.target for i in import_graph.imports(pkg)]
+    assert found[0].lazy == source.startswith("def ")
+
+
+def test_no_import_cycles_even_through_function_local_imports():
+    assert import_graph.cycles(import_graph.graph(lazy=True)) == []
 
 
 @pytest.mark.integration
 def test_importing_the_core_does_not_load_mlflow():
-    modules = [f"mlflow_unlearn.{p.relative_to(PKG).with_suffix('').as_posix().replace('/', '.')}" for p in core_files()]
-    modules = [m.removesuffix(".__init__") for m in modules]
+    modules = [m for m in core_modules()]
     code = "import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", f"importing {modules} loaded mlflow"

@@ -15,6 +15,7 @@ done changes nothing (pass force=True to make a new request anyway).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -178,3 +179,20 @@ def _digest_or_none(ids) -> str | None:
         return forget_digest(ids)
     except (TypeError, ValueError):
         return None
+
+
+def wait_for(model: str, version, *, timeout_s: float = 600.0, poll_s: float = 0.5, tracking_uri: str | None = None,
+             request: str | None = None) -> dict:
+    """Poll the ledger until the request now attached (or `request`) is answered; return its state."""
+    tracking.connect(tracking_uri)
+    client = MlflowClient()
+    deadline = time.time() + timeout_s
+    while True:
+        state = ledger.read_state(client, model, version)
+        want = request or state.request
+        if state.handled_request == want and state.status in ledger.TERMINAL:
+            return state.to_dict()
+        if time.time() > deadline:
+            raise ValueError(f"{model}/{version}: no answer within {timeout_s:.0f} s (status {state.status!r}); "
+                             f"is `mlflow-unlearn hook serve` (or a worker) running against this registry?")
+        time.sleep(poll_s)

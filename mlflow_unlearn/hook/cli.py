@@ -9,10 +9,10 @@ import sys
 import time
 
 
-def _int(value: str) -> int:
-    from ..cli import _int as cli_int
+from ..cli_types import whole_number as _int
 
-    return cli_int(value)
+
+from .attach import wait_for  # noqa: E402  (`attach --wait` and `hook status --wait`)
 
 
 def _config_args(p, *, workers_default=None, reconcile_default=None):
@@ -43,28 +43,6 @@ def _config(a, **extra):
         device=getattr(a, "device", None), seed=getattr(a, "seed", None),
         reconcile_interval_s=getattr(a, "reconcile_interval", None), lock_ttl_s=getattr(a, "lock_ttl", None),
         **extra)
-
-
-def wait_for(model: str, version, *, timeout_s: float = 600.0, poll_s: float = 0.5, tracking_uri: str | None = None,
-             request: str | None = None) -> dict:
-    """Poll the ledger until the request now attached (or `request`) is answered; return its state."""
-    from mlflow import MlflowClient
-
-    from .. import tracking
-    from . import ledger
-
-    tracking.connect(tracking_uri)
-    client = MlflowClient()
-    deadline = time.time() + timeout_s
-    while True:
-        state = ledger.read_state(client, model, version)
-        want = request or state.request
-        if state.handled_request == want and state.status in ledger.TERMINAL:
-            return state.to_dict()
-        if time.time() > deadline:
-            raise ValueError(f"{model}/{version}: no answer within {timeout_s:.0f} s (status {state.status!r}); "
-                               f"is `mlflow-unlearn hook serve` (or a worker) running against this registry?")
-        time.sleep(poll_s)
 
 
 def add_attach(sub):

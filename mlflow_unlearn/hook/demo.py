@@ -17,8 +17,7 @@ def run_demo(*, workdir: str = "hook-demo", forget: str = "mix:30", epochs: int 
              timeout_s: float = 600.0) -> dict:
     import mlflow
 
-    from .attach import attach
-    from .cli import wait_for
+    from .attach import attach, wait_for
     from .webhooks import install_webhook
 
     workdir = Path(workdir).resolve()

@@ -1,0 +1,66 @@
+"""Argument types shared by the `mlflow-unlearn` command line and the hook's subcommands: each
+parses one command-line value (MLproject passes every parameter as text: `none`, `15.0`) or raises
+`argparse.ArgumentTypeError` naming the bad value."""
+from __future__ import annotations
+
+import argparse
+
+
+def none_or(cast):
+    def parse(value: str):
+        if value is None or value.strip().lower() in ("", "none", "null"):
+            return None
+        return cast(value)
+
+    parse.__name__ = cast.__name__
+    return parse
+
+
+def whole_number(value: str) -> int:
+    """An integer; MLproject passes float parameters as '15.0', which is accepted when whole."""
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if f != int(f):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}")
+    return int(f)
+
+
+whole_number.__name__ = "int"
+
+
+def boolean(value: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {value!r}")
+
+
+def algorithm_list(value: str) -> list[str] | None:
+    """`default` (or empty) -> None; otherwise registered algorithm names, comma-separated."""
+    from .algorithms import ALGORITHMS
+
+    if value is None or value.strip().lower() in ("", "default"):
+        return None
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    unknown = [n for n in names if n not in ALGORITHMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {unknown}; registered: {', '.join(ALGORITHMS.names())}")
+    return names
+
+
+algorithm_list.__name__ = "algorithm list"
+
+
+def device(value: str) -> str:
+    """auto | cpu | cuda | cuda:N | mps"""
+    v = str(value).strip().lower()
+    if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+        return v
+    raise argparse.ArgumentTypeError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+device.__name__ = "device"
