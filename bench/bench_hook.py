@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     from mlflow_unlearn.hook.webhooks import install_webhook
     from mlflow_unlearn.rum import Plan
     from mlflow_unlearn.tracking import run_model_id
-    from mlflow_unlearn.steps import PLAN_TAG, train_step
+    from mlflow_unlearn.steps import train_step
+    from mlflow_unlearn.tracking import Tag
 
     workdir = Path(args.workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         trained = train_step(dataset="digits", model="small_cnn", width=args.width, epochs=args.epochs, subset=args.subset,
                              registered_model_name=model, progress=False)
         if args.plan != "default":
-            client.set_registered_model_tag(model, PLAN_TAG, Plan.parse(args.plan).to_json(indent=None))
+            client.set_registered_model_tag(model, Tag.SEARCHED_PLAN, Plan.parse(args.plan).to_json(indent=None))
         results["source"] = trained.model_uri
 
         _, manifest, _ = validate_request(client, model, trained.version, [0])

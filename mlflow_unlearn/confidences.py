@@ -102,9 +102,3 @@ def proxies_from_history(history: dict[str, np.ndarray]) -> dict[str, np.ndarray
             "entropy": np.nanmean(history["entropy"], axis=0),
             "learning_events": np.nanmean(history["correct"], axis=0),
         }
-
-
-def memorization_order(c_proxy: np.ndarray) -> np.ndarray:
-    """Ids from least to most memorised by C-proxy (high confidence first)."""
-    return np.argsort(-np.asarray(c_proxy), kind="stable")
-

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .ids import check_something_retained, train_ids
+
 from . import memorization
 
 SPEC_PREFIXES = ("random:", "class:", "mix:", "tiers:")
@@ -60,29 +62,12 @@ def is_spec(text: str) -> bool:
 
 
 def validate_ids(ids, n_train: int, *, source: str = "forget set") -> np.ndarray:
-    """Check ids against a train split of `n_train` examples; return them sorted."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        arr = arr.reshape(-1)
-    if arr.size == 0:
-        raise ForgetSetError(f"{source} is empty: a forget set needs at least one train id")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            bad = arr[~np.isfinite(arr) | (arr != np.round(arr))][:5]
-            raise ForgetSetError(f"{source} has ids that are not integers: {bad.tolist()}")
-        arr = arr.astype(np.int64)
-    elif arr.dtype.kind not in "iu":
-        raise ForgetSetError(f"{source} must hold integer train ids, got values like {arr[:3].tolist()!r}")
-    arr = arr.astype(np.int64)
-    out = arr[(arr < 0) | (arr >= n_train)]
-    if out.size:
-        raise ForgetSetError(f"{source} has ids out of range: {sorted(set(out.tolist()))[:10]} (the training manifest has ids 0..{n_train - 1})")
-    uniq, counts = np.unique(arr, return_counts=True)
-    if uniq.size != arr.size:
-        raise ForgetSetError(f"{source} repeats ids {uniq[counts > 1][:10].tolist()}; give each id once (e.g. `sort -un`)")
-    if uniq.size == n_train:
-        raise ForgetSetError(f"{source} covers all {n_train} train examples, so nothing would be retained; train a new model instead")
-    return uniq
+    """A forget set's ids checked against a train split of `n_train` examples (`ids.train_ids`,
+    the one id check; whole-valued floats from files accepted) with at least one example left to
+    retain; returned sorted."""
+    arr = train_ids(ids, n_train, what=source, from_file=True, error=ForgetSetError)
+    check_something_retained(arr.size, n_train, what=source, error=ForgetSetError)
+    return np.sort(arr)
 
 
 def read_ids_file(path: str | Path) -> np.ndarray:

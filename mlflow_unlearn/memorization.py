@@ -45,6 +45,7 @@ from .data import DatasetSpec, ImageData, load_dataset
 from .models import build_model
 from .progress import MetricLogger, NullLogger, ProgressBar
 from .training import TrainConfig, predict_logits, train_model
+from .ids import train_ids
 
 DEFAULT_TIERS = ("low", "mid", "high")
 
@@ -74,18 +75,6 @@ def validate_tier_names(names: Sequence[str]) -> tuple[str, ...]:
     if dupes:
         raise MemorizationError(f"tier names must be unique, got {', '.join(map(repr, dupes))} more than once in {names!r}")
     return names
-
-
-def _as_ids(ids, what: str = "ids") -> np.ndarray:
-    if isinstance(ids, torch.Tensor):
-        ids = ids.detach().cpu().numpy()
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise MemorizationError(f"{what} must be a 1-d array of example ids, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.mod(arr, 1) == 0):
-            raise MemorizationError(f"{what} must be integer example ids, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
 
 
 def _as_scores(scores, what: str) -> np.ndarray:
@@ -130,11 +119,10 @@ def assign_tiers(
     """
     names = validate_tier_names(names)
     scores = _as_scores(scores, "scores")
-    ids = np.arange(len(scores), dtype=np.int64) if ids is None else _as_ids(ids)
-    if len(ids) != len(scores):
-        raise MemorizationError(f"ids ({len(ids)}) and scores ({len(scores)}) differ in length")
-    if len(np.unique(ids)) != len(ids):
-        raise MemorizationError("ids contain duplicates; a forget set lists each example once")
+    if ids is not None and len(np.asarray(ids).reshape(-1)) != len(scores):
+        raise MemorizationError(f"ids ({len(np.asarray(ids).reshape(-1))}) and scores ({len(scores)}) differ in length")
+    ids = np.arange(len(scores), dtype=np.int64) if ids is None else train_ids(
+        ids, 2 ** 62, what="ids", allow_empty=True, error=MemorizationError)
     if len(ids) < len(names):
         raise MemorizationError(
             f"cannot cut {len(ids)} example(s) into {len(names)} tiers {names!r}: need at least one example per tier"
@@ -151,12 +139,8 @@ def _c_proxy_array(c_proxy) -> np.ndarray:
     return c
 
 
-def _check_ids_in_range(ids: np.ndarray, n_train: int, what: str = "forget_ids") -> None:
-    bad = ids[(ids < 0) | (ids >= n_train)]
-    if bad.size:
-        raise MemorizationError(
-            f"{what} contains id(s) {bad[:5].tolist()} outside the train set (ids are 0..{n_train - 1})"
-        )
+def _forget_ids(forget_ids, n_train: int) -> np.ndarray:
+    return train_ids(forget_ids, n_train, what="forget_ids", allow_empty=True, error=MemorizationError)
 
 
 def tiers_from_c_proxy(forget_ids, c_proxy, names: Sequence[str] = DEFAULT_TIERS) -> dict[str, np.ndarray]:
@@ -164,8 +148,7 @@ def tiers_from_c_proxy(forget_ids, c_proxy, names: Sequence[str] = DEFAULT_TIERS
     example). Low C-proxy = high memorisation, so the lowest-C-proxy group goes to the last name
     (``high``) and the highest-C-proxy group to the first (``low``)."""
     c = _c_proxy_array(c_proxy)
-    ids = _as_ids(forget_ids, "forget_ids")
-    _check_ids_in_range(ids, len(c))
+    ids = _forget_ids(forget_ids, len(c))
     return assign_tiers(c[ids], ids=ids, names=names, higher_is_more_memorised=False)
 
 
@@ -191,8 +174,7 @@ def tier_histogram(forget_ids, c_proxy, names: Sequence[str] = DEFAULT_TIERS) ->
     reader can tell at a glance whether it is a low, high or mixed memorisation forget set."""
     names = validate_tier_names(names)
     c = _c_proxy_array(c_proxy)
-    ids = _as_ids(forget_ids, "forget_ids")
-    _check_ids_in_range(ids, len(c))
+    ids = _forget_ids(forget_ids, len(c))
     bins = train_bins_from_c_proxy(c, names)
     bin_of = np.empty(len(c), dtype=np.int64)
     for b, name in enumerate(names):
@@ -331,10 +313,7 @@ def calibration_forget_sets(c_proxy, forget_ids, k: int, *, names: Sequence[str]
     names = validate_tier_names(names)
     c = _c_proxy_array(c_proxy)
     n_train = len(c)
-    ids = _as_ids(forget_ids, "forget_ids")
-    _check_ids_in_range(ids, n_train)
-    if len(np.unique(ids)) != len(ids):
-        raise MemorizationError("forget_ids contain duplicates; a forget set lists each example once")
+    ids = _forget_ids(forget_ids, n_train)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise MemorizationError(f"the number of calibration sets must be a whole number >= 1, got {k!r}")
     order = _train_rank_order(c, seed)  # rank position -> id, least memorised first

@@ -37,6 +37,7 @@ import torch
 from scipy import special, stats
 
 from ._registry import Registry
+from .ids import train_ids
 
 __all__ = [
     "MetricInputError", "accuracy", "accuracy_gap", "disagreement", "tow", "tow_mia", "tow_pe",
@@ -474,14 +475,7 @@ ModelOutputs = Mapping[str, SplitOutputs]
 
 
 def _ids(name: str, ids: Any, n_train: int) -> np.ndarray:
-    a = _int_labels(name, ids, allow_empty=False)
-    out = (a < 0) | (a >= n_train)
-    if out.any():
-        raise MetricInputError(f"{name} must be train ids in [0, {n_train}), got {int(a[out][0])}")
-    uniq, counts = np.unique(a, return_counts=True)
-    if (counts > 1).any():
-        raise MetricInputError(f"{name} contains id {int(uniq[counts > 1][0])} more than once")
-    return a
+    return train_ids(ids, n_train, what=name, error=MetricInputError)
 
 
 def outputs_for(model: torch.nn.Module, data, forget_ids: Any, retain_ids: Any = None, *,

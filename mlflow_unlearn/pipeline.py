@@ -20,7 +20,7 @@ import numpy as np
 
 from . import steps, tracking
 from .rum import single_algorithm_plan
-from .tracking import TAG
+from .tracking import Role, Tag
 
 # (column, metric key, lower is better)
 TABLE_KEYS = (("ToW", "tow"), ("ToW-MIA", "tow_mia"), ("MIA gap", "mia/gap"), ("ToW-PE", "tow_pe"),
@@ -107,7 +107,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
     tracking.connect()
     tracking.use_experiment(experiment)
     with mlflow.start_run(run_name="main", nested=False) as parent:
-        mlflow.set_tag(TAG + "role", "pipeline")
+        mlflow.set_tag(Tag.ROLE, Role.PIPELINE)
         tracking.log_params({"forget": forget, "n_trials": n_trials, "calibration_sets": calibration_sets,
                            "max_epochs": max_epochs, "objective": objective, "unlearn_seeds": unlearn_seeds,
                            "baselines": ",".join(baselines), "search_algorithms": ",".join(algorithms)})
@@ -217,8 +217,8 @@ def _log_method(ctx, report, algorithm: str, reference_run: str, tier_reference=
     and 95% interval of each headline metric, and the per-tier forget-accuracy chart (unlearned:
     the mean over seeds)."""
     with mlflow.start_run(run_name=report.name, nested=True):
-        mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "reference_run": reference_run,
-                         TAG + "unchanged": str(report.unchanged).lower()})
+        mlflow.set_tags({**ctx.tags(Role.EVALUATE), Tag.ALGORITHM: algorithm, Tag.REFERENCE_RUN: reference_run,
+                         Tag.UNCHANGED: str(report.unchanged).lower()})
         params = {"algorithm": algorithm, "plan": report.plan.to_compact()[:500] or "-",
                   "unlearn_seeds": ",".join(map(str, report.seeds))}
         if len(report.plan.steps) == 1:

@@ -54,6 +54,7 @@ from ._registry import UnknownComponentError
 from .algorithms import HyperparameterError, TrainRecipe, UnlearnData, run_algorithm, validate_hyperparameters
 from .data import ImageData
 from .progress import MetricLogger
+from .ids import check_something_retained, train_ids
 
 RETAIN_MODES = ("exclude_all", "shrinking")
 DEFAULT_RETAIN_MODE = "exclude_all"
@@ -156,6 +157,16 @@ class Plan:
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        """From JSON text only (never a file name, never YAML tags): how a plan stored in a registry
+        tag is read, since a tag is untrusted input."""
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise PlanError(f"the stored plan {_short(text)} is not valid JSON: {exc}") from None
+        return cls.from_dict(d)
 
     def to_yaml(self) -> str:
         import yaml
@@ -559,27 +570,8 @@ class RumResult:
 
 
 def _tier_ids(ids: Any, tier: str, n: int) -> torch.Tensor:
-    """Train ids of one tier as a 1-D CPU long tensor; wrong types, out-of-range and repeated ids
-    are errors naming the tier."""
-    if isinstance(ids, np.ndarray):
-        ids = torch.from_numpy(np.ascontiguousarray(ids))
-    if isinstance(ids, torch.Tensor):
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise PlanError(f"tier {tier!r}: ids must be integer train ids, got a {ids.dtype} tensor")
-        t = ids.detach().to("cpu", torch.long).flatten()
-    else:
-        values = list(ids)
-        bad = [v for v in values if isinstance(v, bool) or not hasattr(v, "__index__")]
-        if bad:
-            raise PlanError(f"tier {tier!r}: ids must be integer train ids, got {bad[:5]!r}")
-        t = torch.as_tensor([int(v) for v in values], dtype=torch.long)
-    out = (t < 0) | (t >= n)
-    if bool(out.any()):
-        raise PlanError(f"tier {tier!r}: ids out of range {t[out][:10].tolist()} (valid train ids are 0..{n - 1})")
-    uniq, counts = torch.unique(t, return_counts=True)
-    if len(uniq) != len(t):
-        raise PlanError(f"tier {tier!r} repeats ids {uniq[counts > 1][:10].tolist()}; give each id once")
-    return t
+    """Train ids of one tier as a 1-D CPU long tensor (`ids.train_ids`, the one id check)."""
+    return torch.from_numpy(train_ids(ids, n, what=f"tier {tier!r}", allow_empty=True, error=PlanError))
 
 
 def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: Plan | str | Mapping, *,
@@ -619,9 +611,7 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
             raise PlanError(f"tiers {other!r} and {t!r} share ids {clash[:10].tolist()}; tiers must be disjoint")
         owner[ids[t]] = j
     forgotten_all = owner >= 0
-    if bool(forgotten_all.all()):
-        raise PlanError(f"the tiers cover all {n} train examples; nothing would be retained "
-                        f"(to start over, train a new model instead)")
+    check_something_retained(int(forgotten_all.sum()), n, what="the tiers", error=PlanError)
 
     started = getattr(callbacks, "step_started", None)
     finished = getattr(callbacks, "step_finished", None)

@@ -32,7 +32,7 @@ import optuna
 from . import steps, tracking
 from .algorithms import default_search_algorithms
 from .rum import Plan
-from .tracking import TAG
+from .tracking import TAG, Role, Tag
 from .tuning import (  # noqa: F401  (re-exported: the search vocabulary lives in the core)
     objective_directions,
     CalibrationScorer,
@@ -49,7 +49,7 @@ from .tuning import (  # noqa: F401  (re-exported: the search vocabulary lives i
     trial_counts,
 )
 
-CALIBRATION_TAG = TAG + "calibration_digests"
+CALIBRATION_TAG = Tag.CALIBRATION_DIGESTS
 
 
 def default_storage() -> str:
@@ -162,9 +162,9 @@ class _TrialRuns:
     def trial_started(self, trial, plan: Plan) -> None:
         mlflow.start_run(run_name=f"trial-{self.space}-{trial.number}", nested=True)
         algorithm = plan.steps[0].algorithm if len(plan.steps) == 1 else "rum"
-        mlflow.set_tags({**self.ctx.tags("trial"), TAG + "study": self.study_name, TAG + "trial": str(trial.number),
-                         TAG + "search_space": self.space, TAG + "algorithm": algorithm,
-                         TAG + "worker": f"{socket.gethostname()}:{os.getpid()}"})
+        mlflow.set_tags({**self.ctx.tags(Role.TRIAL), Tag.STUDY: self.study_name, Tag.TRIAL: str(trial.number),
+                         Tag.SEARCH_SPACE: self.space, Tag.ALGORITHM: algorithm,
+                         Tag.WORKER: f"{socket.gethostname()}:{os.getpid()}"})
         tracking.log_params({"plan": plan.to_compact()[:500], "algorithm": algorithm,
                            **{k: v for k, v in trial.params.items()}})
 
@@ -226,8 +226,8 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
     # Workers joining a named study must not replay each other's random start-up trials.
     sampler_seed = ctx.seed if not shared else ctx.seed * 1_000_003 + os.getpid()
     with steps.step_run(run_name) as run:
-        mlflow.set_tags({**ctx.tags("search"), TAG + "study": study_name, TAG + "objective": objective,
-                         TAG + "search_space": space, CALIBRATION_TAG: ",".join(calibration.digests)})
+        mlflow.set_tags({**ctx.tags(Role.SEARCH), Tag.STUDY: study_name, Tag.OBJECTIVE: objective,
+                         Tag.SEARCH_SPACE: space, CALIBRATION_TAG: ",".join(calibration.digests)})
         steps.log_forget_set(ctx)
         mlflow.log_dict({"calibration_sets": [{"digest": c.forget.digest, "ids": c.forget.ids.tolist(),
                                                "reference_run": r.run_id, "tiers": {k: v.tolist() for k, v in c.tiers.items()}}
@@ -300,8 +300,8 @@ def search(ctx: steps.ForgetContext, calibration: Calibration, *, n_trials: int 
         timeout_s=timeout_s, extra_params={"algorithms": ",".join(algorithms)})
     if attach:
         client = mlflow.MlflowClient()
-        client.set_registered_model_tag(ctx.source.name, steps.PLAN_TAG, plan.to_json(indent=None))
-        client.set_registered_model_tag(ctx.source.name, steps.PLAN_RUN_TAG, run_id)
+        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, tracking.plan_tag_value(plan.to_dict()))
+        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, run_id)
     return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests)
 
 
@@ -343,5 +343,5 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
                         max_epochs=max_epochs, storage=storage, study_name=study_name)
     print(f"best plan (mean calibration {objective} {result.best_value:.4f} over {calibration_sets} set(s); a selection "
           f"score, not a result): {result.best_plan.to_compact()}")
-    print(f"attached to registered model {ctx.source.name!r} as tag {steps.PLAN_TAG}")
+    print(f"attached to registered model {ctx.source.name!r} as tag {Tag.SEARCHED_PLAN}")
     return result

@@ -23,7 +23,7 @@ from .confidences import ConfidenceRecorder
 from .data import DatasetSpec, check_dataset, load_dataset
 from .models import build_model, validate_model_name
 from .training import TrainConfig, accuracy, train_model
-from .tracking import TAG
+from .tracking import TAG, Role, Tag
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -89,7 +89,7 @@ def train_step(
 
     tracking.use_experiment(experiment)
     with mlflow.start_run(run_name=f"train-{model}-{spec.name.split(':')[0]}", nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({TAG + "role": "original", TAG + "dataset": spec.name, TAG + "model": model})
+        mlflow.set_tags({Tag.ROLE: Role.ORIGINAL, Tag.DATASET: spec.name, Tag.MODEL: model})
         tracking.log_params({"dataset": spec.name, "model": model, "subset": subset, "val_fraction": val_fraction,
                            "train_device": str(dev), "n_train": len(data.train), "n_test": len(data.test), **model_kwargs,
                            **config.to_dict()})
@@ -111,15 +111,15 @@ def train_step(
         proxies = tracking.log_confidences(recorder)
         tracking.log_manifest(data.manifest())
         log_c_proxy_plot(proxies["c_proxy"])
-        mv = tracking.register(info.model_uri, name, {
-            TAG + "role": "original", TAG + "dataset": spec.name, TAG + "dataset_digest": data.digest,
-            TAG + "run_id": run.info.run_id, TAG + "train_acc": f"{final['train/acc_eval']:.4f}",
-            TAG + "test_acc": f"{final['test/acc']:.4f}",
+        mv = tracking.register_version(info.model_uri, name, {
+            Tag.ROLE: Role.ORIGINAL, Tag.DATASET: spec.name, Tag.DATASET_DIGEST: data.digest,
+            Tag.RUN_ID: run.info.run_id, Tag.TRAIN_ACC: f"{final['train/acc_eval']:.4f}",
+            Tag.TEST_ACC: f"{final['test/acc']:.4f}",
         }, description=(f"Original {model} trained on {spec.name} ({len(data.train)} train examples, {config.epochs} "
                         f"epochs, seed {seed}): train accuracy {final['train/acc_eval']:.4f}, test accuracy "
                         f"{final['test/acc']:.4f}. Per-example confidences and the C-proxy are in run "
                         f"{run.info.run_id} (confidences/, plots/c_proxy.png)."), aliases=("original",))
-        mlflow.set_tag(TAG + "registered_version", f"{name}/{mv.version}")
+        mlflow.set_tag(Tag.REGISTERED_VERSION, f"{name}/{mv.version}")
     print(f"registered models:/{name}/{mv.version}  train acc {final['train/acc_eval']:.4f}  test acc {final['test/acc']:.4f}  ({train_seconds:.1f} s)")
     return TrainResult(run.info.run_id, name, str(mv.version), history, net)
 
@@ -159,7 +159,7 @@ def step_run(run_name: str):
     `project_run`), else a new run, nested under any active one."""
     active = mlflow.active_run()
     if (active is not None and active.info.run_id == _project_run_id
-            and TAG + "role" not in mlflow.MlflowClient().get_run(active.info.run_id).data.tags):
+            and Tag.ROLE not in mlflow.MlflowClient().get_run(active.info.run_id).data.tags):
         return contextlib.nullcontext(active)
     return mlflow.start_run(run_name=run_name, nested=active is not None)
 
@@ -207,8 +207,8 @@ class ForgetContext:
                            config=TrainConfig(**self.source.model_spec["train_config"]))
 
     def tags(self, role: str) -> dict[str, str]:
-        return {TAG + "role": role, TAG + "source_model": self.source_tag, TAG + "forget_digest": self.forget.digest,
-                TAG + "seed": str(self.seed)}
+        return {Tag.ROLE: role, Tag.SOURCE_MODEL: self.source_tag, Tag.FORGET_DIGEST: self.forget.digest,
+                Tag.SEED: str(self.seed)}
 
     def tier_positions(self) -> dict[str, np.ndarray]:
         """Tier -> positions within the (sorted) forget set, for per-tier metrics."""
@@ -255,7 +255,7 @@ def log_forget_set(ctx: ForgetContext) -> None:
                     "forget_set/tiers.json")
     tracking.log_params({"forget_source": str(ctx.forget.source)[:500], "n_forget": len(ctx.forget), "seed": ctx.seed})
     # Constant for a request: a tag, not a metric that would add a flat chart to every run.
-    mlflow.set_tag(TAG + "tier_histogram", json.dumps(ctx.histogram))
+    mlflow.set_tag(Tag.TIER_HISTOGRAM, json.dumps(ctx.histogram))
     tracking.log_dataset_input(f"{ctx.source.dataset_spec.name}-train", ctx.source.manifest.get("dataset_digest") or "unknown",
                                "training", n_train=len(ctx.source.manifest.get("ids", [])), source_model=ctx.source_tag)
     tracking.log_dataset_input("forget-set", ctx.forget.digest, "forget", n_forget=len(ctx.forget),
@@ -295,9 +295,9 @@ def find_cached_retrain(ctx: ForgetContext, recipe: str, seed: int | None = None
     seed = ctx.seed if seed is None else int(seed)
     runs = client.search_runs(
         exp_ids,
-        filter_string=(f"tags.`{TAG}role` = 'retrain' and tags.`{TAG}source_model` = '{ctx.source_tag}' and "
-                       f"tags.`{TAG}forget_digest` = '{ctx.forget.digest}' and tags.`{TAG}seed` = '{seed}' and "
-                       f"tags.`{TAG}recipe` = '{recipe}' and attributes.status = 'FINISHED'"),
+        filter_string=(f"tags.`{Tag.ROLE}` = '{Role.RETRAIN}' and tags.`{Tag.SOURCE_MODEL}` = '{ctx.source_tag}' and "
+                       f"tags.`{Tag.FORGET_DIGEST}` = '{ctx.forget.digest}' and tags.`{Tag.SEED}` = '{seed}' and "
+                       f"tags.`{Tag.RECIPE}` = '{recipe}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0].info.run_id if runs else None
 
@@ -328,8 +328,8 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
     ud = ctx.unlearn_data()
     with mlflow.start_run(run_name=f"retrain-{ctx.source_tag}" + ("" if seed == ctx.seed else f"-seed{seed}"),
                           nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({**ctx.tags("retrain"), TAG + "algorithm": "retrain", TAG + "recipe": recipe,
-                         TAG + "seed": str(seed)})
+        mlflow.set_tags({**ctx.tags(Role.RETRAIN), Tag.ALGORITHM: "retrain", Tag.RECIPE: recipe,
+                         Tag.SEED: str(seed)})
         log_forget_set(ctx)
         tracking.log_params({f"train.{k}": v for k, v in config.to_dict().items()})
         t0 = time.perf_counter()
@@ -353,9 +353,9 @@ def register_unlearned(ctx: ForgetContext, run_id: str, model_uri: str, extra_ta
                    f"(forget digest {ctx.forget.digest[:12]}..., per memorisation tier {ctx.histogram}) by {how}. "
                    f"Run {run_id}; evaluate it against retraining with `mlflow-unlearn evaluate --model-uri "
                    f"{ctx.source.uri} --run-id {run_id} --forget <the same forget set>`.")
-    mv = tracking.register(model_uri, ctx.source.name, {
-        **ctx.tags("unlearn"), TAG + "source_version": ctx.source.version, TAG + "run_id": run_id,
-        TAG + "n_forget": str(len(ctx.forget)), **extra_tags}, description=description, aliases=("unlearned",))
+    mv = tracking.register_version(model_uri, ctx.source.name, {
+        **ctx.tags(Role.UNLEARN), Tag.SOURCE_VERSION: ctx.source.version, Tag.RUN_ID: run_id,
+        Tag.N_FORGET: str(len(ctx.forget)), **extra_tags}, description=description, aliases=("unlearned",))
     return str(mv.version)
 
 
@@ -363,10 +363,11 @@ def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = N
             run_name: str | None = None) -> StepResult:
     """Apply one algorithm to the whole forget set; log the model (and register it when asked)."""
     from .algorithms import run_algorithm, validate_hyperparameters
+    from .rum import single_algorithm_plan
 
     params = validate_hyperparameters(algorithm, hyperparameters or {})  # before any run exists
     with mlflow.start_run(run_name=run_name or f"unlearn-{algorithm}", nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({**ctx.tags("unlearn"), TAG + "algorithm": algorithm})
+        mlflow.set_tags({**ctx.tags(Role.UNLEARN), Tag.ALGORITHM: algorithm})
         log_forget_set(ctx)
         tracking.log_params({"algorithm": algorithm, **{f"hp.{k}": v for k, v in params.items()}})
         t0 = time.perf_counter()
@@ -378,10 +379,11 @@ def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = N
         model.to(ctx.data.device)
         version = None
         if register:
-            version = register_unlearned(ctx, run.info.run_id, info.model_uri, {TAG + "algorithm": algorithm,
-                                                                TAG + "plan": json.dumps({"algorithm": algorithm, "hyperparameters": params})},
+            applied = single_algorithm_plan(algorithm, params).to_dict()  # the one plan schema
+            version = register_unlearned(ctx, run.info.run_id, info.model_uri, {
+                Tag.ALGORITHM: algorithm, Tag.APPLIED_PLAN: tracking.plan_tag_value(applied)},
                                          how=f"{algorithm} {params}")
-            mlflow.set_tag(TAG + "registered_version", f"{ctx.source.name}/{version}")
+            mlflow.set_tag(Tag.REGISTERED_VERSION, f"{ctx.source.name}/{version}")
     return StepResult(run.info.run_id, model, seconds, version=version)
 
 
@@ -485,10 +487,10 @@ def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *
     metrics["time/fraction_of_retrain"] = unlearn_s / reference.seconds if reference.seconds else float("nan")
     metrics["time/speedup_vs_retrain"] = reference.seconds / unlearn_s if unlearn_s else float("nan")
     metrics["entanglement"] = entanglement(ctx)
-    algorithm = u_run.data.tags.get(TAG + "algorithm", "?")
+    algorithm = u_run.data.tags.get(Tag.ALGORITHM, "?")
     with step_run(f"evaluate-{label or algorithm}"):
-        mlflow.set_tags({**ctx.tags("evaluate"), TAG + "algorithm": algorithm, TAG + "evaluated_run": unlearned_run_id,
-                         TAG + "reference_run": reference.run_id})
+        mlflow.set_tags({**ctx.tags(Role.EVALUATE), Tag.ALGORITHM: algorithm, Tag.EVALUATED_RUN: unlearned_run_id,
+                         Tag.REFERENCE_RUN: reference.run_id})
         # What was evaluated, as params, so the compare page lines evaluate runs up by method.
         evaluated = {k: v for k, v in u_run.data.params.items() if k in ("algorithm", "plan", "plan.resolved", "retain_mode")
                      or k.startswith("hp.")}
@@ -557,7 +559,7 @@ def evaluate_step(model_uri: str, forget, run_id: str, *, seed: int = 0, device:
                   experiment: str | None = None) -> dict[str, float]:
     ctx = prepare(model_uri, forget, seed=seed, device=device)
     run = mlflow.MlflowClient().get_run(run_id)  # unknown run ids fail here, before anything is logged
-    if run.data.tags.get(TAG + "forget_digest") not in (None, ctx.forget.digest):
+    if run.data.tags.get(Tag.FORGET_DIGEST) not in (None, ctx.forget.digest):
         raise ValueError(f"run {run_id} unlearned a different forget set (digest {run.data.tags[TAG + 'forget_digest'][:12]}...) "
                          f"than {str(forget)!r} ({ctx.forget.digest[:12]}...); pass the same forget set")
     tracking.use_experiment(experiment)
@@ -575,10 +577,6 @@ def format_metrics(metrics: dict[str, float]) -> str:
 # --------------------------------------------------------------------------------------------------
 # RUM: one parent run (role rum), one nested run per tier
 
-PLAN_TAG = TAG + "plan"  # on a registered model: the searched plan (JSON) later requests reuse
-PLAN_RUN_TAG = TAG + "plan_run"  # the search run that produced it
-
-
 class _TierRuns:
     """RumCallbacks that open a nested MLflow run per tier, with its own metrics and time."""
 
@@ -587,7 +585,7 @@ class _TierRuns:
 
     def step_started(self, index, step, n_forget, n_retain):
         self.open = mlflow.start_run(run_name=f"tier-{step.tier}-{step.algorithm}", nested=True)
-        mlflow.set_tags({**self.ctx.tags("unlearn"), TAG + "tier": step.tier, TAG + "algorithm": step.algorithm})
+        mlflow.set_tags({**self.ctx.tags(Role.UNLEARN), Tag.TIER: step.tier, Tag.ALGORITHM: step.algorithm})
         tracking.log_params({"tier": step.tier, "algorithm": step.algorithm, "n_forget": n_forget, "n_retain": n_retain,
                            **{f"hp.{k}": v for k, v in step.hyperparameters.items()}})
         return tracking.MlflowLogger()
@@ -606,33 +604,68 @@ class _TierRuns:
             self.open = None
 
 
-def resolve_plan(ctx: ForgetContext, plan) -> Any:
-    """A plan by name (`default`, `registered`: the searched plan attached to the source's registered
-    model, `auto`: registered if there is one, else default), or a file / JSON / YAML / compact string."""
-    from .rum import Plan, default_plan
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A plan checked against the request's tiers, and where it came from (tagged on the result)."""
 
-    if isinstance(plan, Plan):
-        return plan
-    text = str(plan or "auto").strip()
+    plan: Any  # rum.Plan
+    source: str
+
+
+PLAN_POLICIES = ("error", "default")
+
+
+def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") -> ResolvedPlan:
+    """The one plan resolution, for the CLI, `main` and the registry hook alike.
+
+    `spec`: a `Plan`; `default` (`rum.default_plan` for the request's tiers); `registered` (the
+    searched plan on the source's registered model, tag `mlflow_unlearn.searched_plan`); `auto`
+    (registered if the model has one, else default); or a file / JSON / YAML / compact string.
+
+    `on_unfit` is the policy when a *registered* plan cannot be used for this request (unreadable,
+    or its tiers are not the request's): `error` raises PlanError naming the tiers and the fix (the
+    CLI: a user asked for it and is there to read the message); `default` falls back to the default
+    plan and says why in `source` (the hook: a request must not fail because an old search used
+    other tiers; the reason lands in the `plan_source` tag and the evidence). A plan the caller
+    gives explicitly is never replaced: it is validated and errors raise."""
+    from .rum import Plan, PlanError, default_plan
+
+    if on_unfit not in PLAN_POLICIES:
+        raise ValueError(f"unknown plan policy on_unfit={on_unfit!r}; valid: {', '.join(PLAN_POLICIES)}")
+    if isinstance(spec, Plan):
+        return ResolvedPlan(spec.validate(ctx.tiers), "given")
+    text = str(spec or "auto").strip()
+    default = lambda why: ResolvedPlan(default_plan(tuple(ctx.tiers)).validate(ctx.tiers), why)
     if text in ("auto", "registered"):
-        registered = registered_plan(ctx.source.name)
-        if registered is not None:
-            return registered
+        where = f"tag {Tag.SEARCHED_PLAN} of registered model {ctx.source.name}"
+        try:
+            registered = registered_plan(ctx.source.name)
+            if registered is not None:
+                return ResolvedPlan(registered.validate(ctx.tiers), f"registered ({where})")
+        except PlanError as exc:
+            if on_unfit == "error":
+                raise PlanError(f"the searched plan of registered model {ctx.source.name!r} cannot be used for this "
+                                f"request (tiers {list(ctx.tiers)}): {exc}; search again for this kind of request "
+                                f"(`mlflow-unlearn search`), or pass --plan default") from None
+            return default(f"default (the registered plan does not fit tiers {list(ctx.tiers)}: {exc})")
         if text == "registered":
-            raise ValueError(f"registered model {ctx.source.name!r} has no searched plan (tag {PLAN_TAG}); run "
-                             f"`mlflow-unlearn search --model-uri {ctx.source.uri} ...` first, or use --plan default")
-        text = "default"
+            raise PlanError(f"registered model {ctx.source.name!r} has no searched plan ({where}); run "
+                            f"`mlflow-unlearn search --model-uri {ctx.source.uri} ...` first, or use --plan default")
+        return default("default (no plan registered on the model)")
     if text == "default":
-        return default_plan(tuple(ctx.tiers))
-    return Plan.parse(text)
+        return default("default")
+    return ResolvedPlan(Plan.parse(text).validate(ctx.tiers), "given")
 
 
 def registered_plan(model_name: str):
+    """The searched plan on a registered model, or None. Read as data (JSON), never executed; the
+    pre-0.2 key `mlflow_unlearn.plan` is still read."""
     from .rum import Plan
 
     rm = mlflow.MlflowClient().get_registered_model(model_name)
-    text = (rm.tags or {}).get(PLAN_TAG)
-    return Plan.parse(text) if text else None
+    tags = rm.tags or {}
+    text = tags.get(Tag.SEARCHED_PLAN) or tags.get(Tag.LEGACY_PLAN)
+    return Plan.from_json(text) if text else None
 
 
 def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | None = None,
@@ -640,9 +673,12 @@ def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | Non
     """Unlearn tier by tier with `plan`; log the model and, when asked, register it as a new version."""
     from .rum import run_rum
 
-    plan = resolve_plan(ctx, plan).validate(ctx.tiers)  # errors before any run exists
+    resolved = resolve_plan(ctx, plan)  # errors before any run exists
+    plan = resolved.plan
+    applied = tracking.plan_tag_value(plan.to_dict())  # too long for a tag: an error now, not a broken tag later
     with mlflow.start_run(run_name=run_name or f"rum-{plan.name or 'plan'}", nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({**ctx.tags("rum"), TAG + "algorithm": "rum", TAG + "plan_name": plan.name or "", **(extra_tags or {})})
+        mlflow.set_tags({**ctx.tags(Role.RUM), Tag.ALGORITHM: "rum", Tag.PLAN_NAME: plan.name or "",
+                         Tag.PLAN_SOURCE: resolved.source[:500], **(extra_tags or {})})
         log_forget_set(ctx)
         mlflow.log_dict(plan.to_dict(), "plan.json")
         tracking.log_params({"algorithm": "rum", "plan": plan.to_compact()[:500], "retain_mode": plan.retain_mode})
@@ -659,9 +695,10 @@ def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | Non
         version = None
         if register:
             version = register_unlearned(ctx, run.info.run_id, info.model_uri, {
-                TAG + "algorithm": "rum", TAG + "plan": json.dumps(plan.to_dict())[:4900], **(extra_tags or {})},
+                Tag.ALGORITHM: "rum", Tag.APPLIED_PLAN: applied, Tag.PLAN_SOURCE: resolved.source[:500],
+                **(extra_tags or {})},
                 how=f"RUM, plan {plan.to_compact()[:300]}")
-            mlflow.set_tag(TAG + "registered_version", f"{ctx.source.name}/{version}")
+            mlflow.set_tag(Tag.REGISTERED_VERSION, f"{ctx.source.name}/{version}")
     return StepResult(run.info.run_id, result.model, result.seconds, version=version)
 
 
@@ -702,7 +739,7 @@ def memorization_step(model_uri: str, *, n_models: int = 16, subset_fraction: fl
     workdir = workdir or str(Path("memorization") / f"{source.name}-v{source.version}")
     tracking.use_experiment(experiment)
     with mlflow.start_run(run_name=f"memorization-{source.name}/{source.version}", nested=mlflow.active_run() is not None):
-        mlflow.set_tags({TAG + "role": "memorization", TAG + "source_model": f"{source.name}/{source.version}"})
+        mlflow.set_tags({Tag.ROLE: Role.MEMORIZATION, Tag.SOURCE_MODEL: f"{source.name}/{source.version}"})
         tracking.log_params({"n_models": n_models, "subset_fraction": subset_fraction, "n_workers": n_workers,
                            "epochs": config.epochs, "workdir": workdir})
         est = estimate_memorization(data, model_name=source.model_spec["name"], model_kwargs=source.model_spec["kwargs"],

@@ -13,7 +13,6 @@ Artifact layout of an original run (DESIGN.md section 4):
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -37,8 +36,99 @@ from .data import DatasetSpec, ImageData, load_dataset
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "mlflow-unlearn"
-TAG = "mlflow_unlearn."
-ROLES = ("original", "retrain", "unlearn", "rum", "search", "trial", "evaluate", "request")
+TAG = "mlflow_unlearn."  # the prefix of every tag this package writes
+
+
+class Role:
+    """Values of the run tag `mlflow_unlearn.role` (DESIGN.md section 4): what a run is."""
+
+    ORIGINAL = "original"  # train: the model requests are made against
+    RETRAIN = "retrain"  # trained from scratch on retain: the reference (cached per source, forget digest, seed, recipe)
+    UNLEARN = "unlearn"  # one algorithm on the whole forget set; also each tier's nested run of a RUM run
+    RUM = "rum"  # a plan applied tier by tier (the hook's job runs too)
+    SEARCH = "search"  # an Optuna study over plans, scored on calibration sets
+    TRIAL = "trial"  # one candidate plan of a search (nested)
+    EVALUATE = "evaluate"  # metrics of an unlearned run against its reference
+    REQUEST = "request"  # `attach`: the run that holds a forget-set artifact for the registry hook
+    PIPELINE = "pipeline"  # `main`: the parent of a whole train -> search -> report pipeline
+    MEMORIZATION = "memorization"  # the Feldman-Zhang estimate and its correlation with the proxies
+
+    ALL = (ORIGINAL, RETRAIN, UNLEARN, RUM, SEARCH, TRIAL, EVALUATE, REQUEST, PIPELINE, MEMORIZATION)
+
+
+class Tag:
+    """Every tag key this package writes, in one place (DESIGN.md sections 4 and 5)."""
+
+    # runs and versions alike
+    ROLE = TAG + "role"
+    ALGORITHM = TAG + "algorithm"  # an algorithm name, or `rum` for a plan
+    TIER = TAG + "tier"
+    SOURCE_MODEL = TAG + "source_model"  # name/version of the version unlearned from
+    SOURCE_VERSION = TAG + "source_version"
+    FORGET_DIGEST = TAG + "forget_digest"  # sha256 of the sorted forget ids
+    N_FORGET = TAG + "n_forget"
+    SEED = TAG + "seed"
+    RUN_ID = TAG + "run_id"  # on a version: the run that logged it
+    DATASET = TAG + "dataset"
+    DATASET_DIGEST = TAG + "dataset_digest"
+    DIGEST = TAG + "digest"  # on a dataset input: our full sha256 (MLflow's digest column holds 36 characters)
+    MODEL = TAG + "model"
+    TRAIN_ACC = TAG + "train_acc"
+    TEST_ACC = TAG + "test_acc"
+    REGISTERED_VERSION = TAG + "registered_version"  # on a run: name/version it was registered as
+    RECIPE = TAG + "recipe"  # the retrain cache key: hash of the source's training config
+    TIER_HISTOGRAM = TAG + "tier_histogram"  # forget examples per train-set memorisation bin (JSON)
+    UNCHANGED = TAG + "unchanged"  # a method whose predictions equal the original's
+    DATASET_INPUT_ERROR = TAG + "dataset_input_error"
+    # plans: the searched plan lives on the registered model, the applied plan on a version or run
+    # (both `rum.Plan.to_dict()` JSON, readable by `Plan.from_dict`)
+    SEARCHED_PLAN = TAG + "searched_plan"  # on a registered model: what `search` found, reused by later requests
+    SEARCHED_PLAN_RUN = TAG + "searched_plan_run"  # the search run that found it
+    APPLIED_PLAN = TAG + "applied_plan"  # on a version: the plan that produced it
+    PLAN_NAME = TAG + "plan_name"
+    PLAN_SOURCE = TAG + "plan_source"  # where the applied plan came from (registered, default, ...)
+    LEGACY_PLAN = TAG + "plan"  # before 0.2 the searched plan's key; still read, never written
+    # search
+    STUDY = TAG + "study"
+    TRIAL = TAG + "trial"
+    SEARCH_SPACE = TAG + "search_space"
+    OBJECTIVE = TAG + "objective"
+    WORKER = TAG + "worker"  # host:pid that ran a trial
+    CALIBRATION_DIGESTS = TAG + "calibration_digests"
+    # evaluation
+    EVALUATED_RUN = TAG + "evaluated_run"
+    REFERENCE_RUN = TAG + "reference_run"
+    # the registry hook's ledger (hook/ledger.py): on the source version
+    FORGET_SET = TAG + "forget_set"  # the request: a forget-set artifact URI
+    STATUS = TAG + "status"
+    JOB_REQUEST = TAG + "job_request"
+    JOB_DIGEST = TAG + "job_digest"
+    RESULT_VERSION = TAG + "result_version"
+    ERROR = TAG + "error"
+    QUEUED_AT = TAG + "queued_at"
+    STARTED_AT = TAG + "started_at"
+    FINISHED_AT = TAG + "finished_at"
+    JOB_RUN = TAG + "job_run"
+    REQUEST_RUN = TAG + "request_run"
+    SUPERSEDED_BY = TAG + "superseded_by"
+    # ... and on the hook's result version
+    REQUEST = TAG + "request"
+    EVIDENCE = TAG + "evidence"
+    METRICS = TAG + "metrics"
+
+
+MAX_TAG_VALUE = 5000  # characters MLflow keeps in a tag value (runs, versions, registered models)
+
+
+def plan_tag_value(plan_dict: Mapping[str, Any]) -> str:
+    """A plan (`Plan.to_dict()`) as the compact JSON a tag holds, readable by `Plan.from_json`.
+    Never truncated (half a JSON document is not a plan): too long is an error, raised before
+    anything is registered."""
+    text = json.dumps(plan_dict, separators=(",", ":"))
+    if len(text) > MAX_TAG_VALUE:
+        raise ValueError(f"the plan is {len(text)} characters of JSON, more than the {MAX_TAG_VALUE} an MLflow tag "
+                         f"holds; use fewer tiers or fewer explicit hyperparameters (the run's plan.json keeps it all)")
+    return text
 
 
 class TrackingError(RuntimeError):
@@ -390,24 +480,26 @@ def load_source(model_uri: str, *, with_confidences: bool = True, map_location="
     )
 
 
-def register(model_uri: str, name: str, tags: Mapping[str, Any], *, description: str | None = None,
-             aliases: tuple[str, ...] = ()) -> Any:
-    """Register a logged model, tag the version, describe it and move `aliases` to it. If any of
-    that fails the version is deleted, so a crash never leaves a half-described version behind."""
+def register_version(model_uri: str, name: str, tags: Mapping[str, Any], *, description: str | None = None,
+                     aliases: tuple[str, ...] = ()) -> Any:
+    """The one way this package registers a version: created with all its tags in one call (a
+    crash can never leave an untagged version; the registry hook relies on that), then described
+    and given `aliases` (`describe_version`). If describing fails the version is deleted, so no
+    half-described version is left behind either."""
     client = MlflowClient()
-    mv = mlflow.register_model(model_uri, name)
+    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     try:
-        for k, v in tags.items():
-            client.set_model_version_tag(name, mv.version, k, str(v))
-        if description:
-            client.update_model_version(name, mv.version, description=description)
-        for alias in aliases:
-            client.set_registered_model_alias(name, alias, mv.version)
+        describe_version(name, mv.version, description, aliases)
     except Exception:
         client.delete_model_version(name, mv.version)
         raise
     return client.get_model_version(name, mv.version)
 
 
-def dataclass_params(obj, prefix: str = "") -> dict[str, Any]:
-    return {prefix + k: v for k, v in dataclasses.asdict(obj).items()}
+def describe_version(name: str, version, description: str | None, aliases: tuple[str, ...] = ()) -> None:
+    """Set a version's description and move `aliases` to it."""
+    client = MlflowClient()
+    if description:
+        client.update_model_version(name, str(version), description=description)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, str(version))

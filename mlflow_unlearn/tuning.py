@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from .algorithms import FloatRange, IntRange, search_space
+from .ids import check_something_retained, train_ids
 from .metrics import BUILTIN_METRICS, MetricInputError, evaluate_unlearning, outputs_for
 from .metrics import objective as metric_objective
 from .metrics import objectives as metric_objectives
@@ -97,11 +98,10 @@ def train_reference(build: Callable[[int], nn.Module], config: TrainConfig, data
                     seed: int) -> tuple[nn.Module, float]:
     """Retrain from scratch on train minus `forget_ids` with the source's recipe (`build(seed)` a
     fresh model, `config` with its seed replaced): the exact answer. Returns (model, seconds)."""
-    forget = np.asarray(forget_ids, dtype=np.int64)
+    forget = train_ids(forget_ids, len(data.train), what="the reference's forget set", error=SearchError)
+    check_something_retained(len(forget), len(data.train), error=SearchError)
     keep = np.ones(len(data.train), dtype=bool)
     keep[forget] = False
-    if not keep.any():
-        raise SearchError("the forget set covers the whole train set; there is nothing to retrain on")
     net = build(seed).to(data.device)
     cfg = TrainConfig(**{**config.to_dict(), "seed": int(seed)})
     t0 = time.perf_counter()

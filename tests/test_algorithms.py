@@ -335,7 +335,7 @@ def test_unlearn_data_from_forget(small_data):
 @pytest.mark.parametrize("ids, fragment", [
     ([1, 50], "out of range: [50]"),
     ([-1], "out of range: [-1]"),
-    ([4, 9, 4], "duplicate ids [4]"),
+    ([4, 9, 4], "repeats ids [4]"),
     ([], "empty"),
     (list(range(50)), "all 50 train examples"),
     ([1.5], "integer"),

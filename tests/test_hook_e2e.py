@@ -103,7 +103,8 @@ def env(tmp_path_factory, sqlite_template):
 
     from mlflow_unlearn.hook.webhooks import install_webhook
     from mlflow_unlearn.rum import Plan
-    from mlflow_unlearn.steps import PLAN_TAG, train_step
+    from mlflow_unlearn.steps import train_step
+    from mlflow_unlearn.tracking import Tag
 
     workdir = tmp_path_factory.mktemp("hook")
     shutil.copy(sqlite_template, workdir / "mlflow.db")
@@ -119,9 +120,9 @@ def env(tmp_path_factory, sqlite_template):
                                  registered_model_name=MODEL, progress=False, device="cpu")
             client = mlflow.MlflowClient(url)
             plan = Plan.parse(TINY_PLAN).to_json(indent=None)
-            client.set_registered_model_tag(MODEL, PLAN_TAG, plan)
+            client.set_registered_model_tag(MODEL, Tag.SEARCHED_PLAN, plan)
             mlflow.register_model(f"models:/{run_model_id(trained.run_id)}", QUIET)
-            client.set_registered_model_tag(QUIET, PLAN_TAG, plan)
+            client.set_registered_model_tag(QUIET, Tag.SEARCHED_PLAN, plan)
             yield Env(workdir, url, hook, trained.run_id, trained.version)
             while mlflow.active_run():
                 mlflow.end_run()
@@ -181,7 +182,7 @@ def test_attach_yields_one_audited_version_and_duplicates_change_nothing(env):
     tags = mv.tags
     assert tags["mlflow_unlearn.source_version"] == v and tags["mlflow_unlearn.forget_digest"] == res.digest
     assert tags["mlflow_unlearn.n_forget"] == "24" and tags["mlflow_unlearn.request"] == res.uri
-    assert json.loads(tags["mlflow_unlearn.plan"])["steps"][2]["algorithm"] == "neggrad_plus"
+    assert json.loads(tags["mlflow_unlearn.applied_plan"])["steps"][2]["algorithm"] == "neggrad_plus"
     assert tags["mlflow_unlearn.plan_source"].startswith("registered")
     metrics = json.loads(tags["mlflow_unlearn.metrics"])
     for key in ("forget/acc", "retain/acc", "test/acc", "mia/efficacy", "mia/auc"):

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import import_graph  # noqa: E402
 
 PKG = Path(mlflow_unlearn.__file__).parent
-CORE = ["data", "models", "training", "confidences", "progress", "_registry", "memorization", "algorithms", "rum", "metrics",
+CORE = ["data", "ids", "models", "training", "confidences", "progress", "_registry", "memorization", "algorithms", "rum", "metrics",
         "forget_sets", "tuning", "plots"]
 
 

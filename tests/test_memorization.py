@@ -9,7 +9,6 @@ from mlflow_unlearn.data import DatasetSpec, Split, load_dataset
 from mlflow_unlearn.memorization import (
     DEFAULT_TIERS,
     MemorizationError,
-    MemorizationError,
     assign_tiers,
     combine_memorization,
     estimate_memorization,

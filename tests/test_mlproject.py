@@ -89,7 +89,7 @@ def test_every_entry_point_through_mlflow_run(tmp_path, sqlite_template, monkeyp
     mlflow_run(tmp_path, "search", src, forget, "algorithms=none,finetune", "n_trials=3", "max_epochs=1",
                "calibration_sets=1")
     assert entry_run("search").data.tags["mlflow_unlearn.role"] == "search"
-    assert json.loads(client.get_registered_model("mp").tags["mlflow_unlearn.plan"])  # the searched plan, attached
+    assert json.loads(client.get_registered_model("mp").tags["mlflow_unlearn.searched_plan"])  # the searched plan, attached
 
     mlflow_run(tmp_path, "memorization", "model_uri=models:/mp/1", "n_models=2")
     assert entry_run("memorization").data.tags["mlflow_unlearn.role"] == "memorization"

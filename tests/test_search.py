@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow_unlearn import pipeline, search, steps
 from mlflow_unlearn.algorithms import ALGORITHMS
 from mlflow_unlearn.rum import PlanError
+from mlflow_unlearn.tracking import Tag
 
 FORGET = "mix:30"
 
@@ -33,7 +34,7 @@ def test_rum_step_logs_nested_tier_runs_and_registers(source_model):
     plan = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/plan.json")
     assert [s["tier"] for s in plan["steps"]] == ["low", "mid", "high"]
     mv = MlflowClient().get_model_version("digits-src", result.version)
-    assert json.loads(mv.tags["mlflow_unlearn.plan"])["steps"][2]["algorithm"] == "neggrad_plus"
+    assert json.loads(mv.tags["mlflow_unlearn.applied_plan"])["steps"][2]["algorithm"] == "neggrad_plus"
     # the registered RUM version predicts on raw images exactly as the package's own model does
     from mlflow_unlearn.tracking import load_source, raw_images
     from mlflow_unlearn.training import predict_logits
@@ -115,8 +116,8 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     assert found.best_plan.to_compact() == "low=none;mid=none;high=test_oracle"
     assert found.best_value == pytest.approx(1.0)
     tags = MlflowClient().get_registered_model("digits-src").tags
-    assert json.loads(tags[steps.PLAN_TAG]) == found.best_plan.to_dict()
-    assert steps.resolve_plan(ctx, "registered").to_dict() == found.best_plan.to_dict()
+    assert json.loads(tags[Tag.SEARCHED_PLAN]) == found.best_plan.to_dict()
+    assert steps.resolve_plan(ctx, "registered").plan.to_dict() == found.best_plan.validate(ctx.tiers).to_dict()
     trials = runs(f"tags.`mlflow_unlearn.role` = 'trial' and tags.`mlflow_unlearn.study` = '{found.study_name}'")
     assert len(trials) == 16  # every trial is a nested run, pruned ones included
     assert not [t for t in trials if t.info.status == "FAILED"], "pruned trials must not look like crashes"

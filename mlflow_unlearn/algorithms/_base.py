@@ -13,11 +13,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from .._registry import Registry, keyword_defaults
+from ..ids import check_something_retained, train_ids
 from ..data import ImageData, Split, augment_batch
 from ..progress import MetricLogger, NullLogger, ProgressBar
 from ..training import TrainConfig, cosine_schedule, make_generator, sgd, use_amp
@@ -103,9 +103,7 @@ class UnlearnData:
         forget = _as_ids(forget_ids, "forget_ids", n, data.device)
         if len(forget) == 0:
             raise ValueError("the forget set is empty: give at least one train id to forget")
-        if len(forget) == n:
-            raise ValueError(f"the forget set covers all {n} train examples; nothing would be retained "
-                             f"(to start over, train a new model instead)")
+        check_something_retained(len(forget), n, error=ValueError)
         keep = torch.ones(n, dtype=torch.bool, device=data.device)
         keep[forget] = False
         return cls(data, forget, torch.nonzero(keep).flatten(), recipe=recipe, augment=augment)
@@ -128,30 +126,8 @@ class UnlearnData:
 
 
 def _as_ids(ids, what: str, n: int, device) -> torch.Tensor:
-    if isinstance(ids, np.ndarray):
-        ids = torch.from_numpy(np.ascontiguousarray(ids))
-    if isinstance(ids, torch.Tensor):
-        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dtype.is_complex:
-            raise ValueError(f"{what} must be integer train ids, got a {ids.dtype} tensor")
-        t = ids.detach().to(device=device, dtype=torch.long)
-    else:
-        values = list(ids)
-        bad = [v for v in values if isinstance(v, bool) or not hasattr(v, "__index__")]
-        if bad:
-            raise ValueError(f"{what} must be integer train ids, got {bad[:5]!r}")
-        t = torch.as_tensor([int(v) for v in values], dtype=torch.long, device=device)
-    if t.dim() != 1:
-        t = t.flatten()
-    if len(t) == 0:
-        return t
-    out = (t < 0) | (t >= n)
-    if bool(out.any()):
-        raise ValueError(f"{what} out of range: {t[out][:10].tolist()} (valid train ids are 0..{n - 1})")
-    uniq, counts = torch.unique(t, return_counts=True)
-    if len(uniq) != len(t):
-        dups = uniq[counts > 1][:10].tolist()
-        raise ValueError(f"{what} has duplicate ids {dups}; give each id once")
-    return t
+    """Train ids as a long tensor on `device` (`ids.train_ids`, the one id check)."""
+    return torch.from_numpy(train_ids(ids, n, what=what, allow_empty=True, error=ValueError)).to(device)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from .. import tracking
 from ..forget_sets import ForgetSet, load_forget_set
-from ..tracking import TAG, MissingArtifactError
+from ..tracking import MissingArtifactError, Role, Tag
 from . import ledger
 
 MANIFEST_PATH = "manifest/train_manifest.json"
@@ -112,8 +112,8 @@ def log_request(model: str, version, fs: ForgetSet, manifest: dict, *, labels=No
     name = f"forget-{fs.digest}.json"
     labels = np.asarray(manifest.get("labels", [])) if labels is None else np.asarray(labels)
     with mlflow.start_run(run_name=f"request-{model}-{version}", nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({TAG + "role": "request", TAG + "source_model": f"{model}/{version}", TAG + "forget_digest": fs.digest,
-                         TAG + "seed": str(seed)})
+        mlflow.set_tags({Tag.ROLE: Role.REQUEST, Tag.SOURCE_MODEL: f"{model}/{version}", Tag.FORGET_DIGEST: fs.digest,
+                         Tag.SEED: str(seed)})
         tracking.log_params({"forget_source": str(fs.source)[:500], "n_forget": len(fs), "source_model": f"{model}/{version}"})
         mlflow.log_dict({"ids": fs.ids.tolist(), "digest": fs.digest, "n": len(fs), "source": str(fs.source),
                          "source_model": f"{model}/{version}", "dataset": manifest.get("dataset"),
@@ -127,7 +127,7 @@ def log_request(model: str, version, fs: ForgetSet, manifest: dict, *, labels=No
                                               digest=fs.digest[:36])  # MLflow keeps 36 characters of a digest
             mlflow.log_input(dataset, context="forget")
         except Exception as exc:  # the artifact is the request; the dataset entry is a convenience
-            mlflow.set_tag(TAG + "dataset_input_error", str(exc)[:500])
+            mlflow.set_tag(Tag.DATASET_INPUT_ERROR, str(exc)[:500])
     return run.info.run_id, f"runs:/{run.info.run_id}/forget_set/{name}"
 
 

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 from ..cli_types import whole_number as _int

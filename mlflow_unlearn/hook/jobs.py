@@ -11,8 +11,8 @@ A job for (model name, version):
    is done with it (a duplicate attach, a replayed event, a crash after registering);
 4. sets status running, loads the source version, validates the ids against its training manifest
    (a bad request ends as status rejected with the reason in mlflow_unlearn.error), and picks the
-   plan: the registered model's searched plan (tag mlflow_unlearn.plan) when it fits the forget
-   set's tiers, else `rum.default_plan`;
+   plan: `steps.resolve_plan(ctx, "auto", on_unfit="default")`: the registered model's searched plan
+   (tag mlflow_unlearn.searched_plan) when it fits the forget set's tiers, else `rum.default_plan`;
 5. unlearns with RUM (one MLflow run, role rum), evaluates the source and the unlearned model
    without a retrain (forget/retain/test accuracy, MIA efficacy and AUC against test, their change,
    disagreement with the source) plus ToW etc. when a cached retrained reference exists;
@@ -30,12 +30,11 @@ import time
 import traceback
 from dataclasses import dataclass
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from .. import tracking
-from ..tracking import TAG
+from ..tracking import TAG, Role, Tag
 from . import ledger
 from .config import HookConfig, is_redis
 
@@ -360,25 +359,6 @@ def _end_orphan_runs(job: _Job, digest: str) -> None:
         pass
 
 
-def choose_plan(ctx) -> tuple:
-    """(plan, where it came from): the registered model's searched plan when it fits the forget
-    set's tiers, else `rum.default_plan` for those tiers (documented in docs/hook.md)."""
-    from ..rum import PlanError, default_plan
-    from ..steps import PLAN_TAG, registered_plan
-
-    try:
-        plan = registered_plan(ctx.source.name)
-    except PlanError as exc:
-        return default_plan(tuple(ctx.tiers)).validate(ctx.tiers), f"default (the registered plan is unreadable: {exc})"
-    if plan is not None:
-        try:
-            return plan.validate(ctx.tiers), f"registered (tag {PLAN_TAG} of registered model {ctx.source.name})"
-        except PlanError as exc:
-            return (default_plan(tuple(ctx.tiers)).validate(ctx.tiers),
-                    f"default (the registered plan does not fit tiers {list(ctx.tiers)}: {exc})")
-    return default_plan(tuple(ctx.tiers)).validate(ctx.tiers), "default (no plan registered on the model)"
-
-
 def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -> str:
     import json
 
@@ -390,13 +370,16 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
     ctx = steps.prepare(f"models:/{job.name}/{job.version}", local, seed=cfg.seed, device=cfg.device)
     if ctx.forget.digest != digest:  # cannot happen unless the artifact changed under us
         raise RuntimeError(f"forget digest changed while the job ran ({digest[:12]} -> {ctx.forget.digest[:12]})")
-    plan, plan_source = choose_plan(ctx)
+    # The hook's policy: a registered plan that does not fit this request's tiers falls back to the
+    # default plan (the reason goes into plan_source and the evidence) instead of failing the request.
+    resolved = steps.resolve_plan(ctx, "auto", on_unfit="default")
+    plan, plan_source = resolved.plan, resolved.source
     source_model = ctx.source.model.to(ctx.data.device)
     before = steps.evaluation_metrics(ctx, source_model, None)
 
     tracking.use_experiment(cfg.experiment)
     request_run = ledger.read_state(job.client, job.name, job.version).tags.get(ledger.REQUEST_RUN_TAG)
-    request_tags = {ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE], TAG + "plan_source": plan_source[:500],
+    request_tags = {ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE], Tag.PLAN_SOURCE: plan_source[:500],
                     **({ledger.REQUEST_RUN_TAG: request_run} if request_run else {})}  # job run -> request run
     result = steps.rum(ctx, plan, register=False, run_name=f"hook-{job.name}-v{job.version}-{digest[:8]}", extra_tags=request_tags)
     run_id = result.run_id
@@ -434,28 +417,28 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
     # Register, exactly once per job key (see ledger.py).
     existing = ledger.find_results(job.client, job.name, job.version, digest)
     if existing:
-        job.client.set_tag(run_id, TAG + "superseded_by", f"{job.name}/{existing[0]}")
+        job.client.set_tag(run_id, Tag.SUPERSEDED_BY, f"{job.name}/{existing[0]}")
         return job.finish(ledger.DONE, result=existing[0], digest=digest)
     headline = {k: (reference or after).get(k) for k in HEADLINE_TAG_KEYS}
     metrics_json = json.dumps({"after": _finite(after), "before": _finite(before),
                                **({"against_reference": _finite(reference)} if reference else {})})
-    tags = {**ctx.tags("unlearn"), TAG + "algorithm": "rum", ledger.SOURCE_VERSION_TAG: job.version,
-            TAG + "run_id": run_id, TAG + "n_forget": str(len(ctx.forget)),
-            TAG + "plan": json.dumps(plan.to_dict())[:ledger.MAX_TAG_VALUE], TAG + "plan_source": plan_source[:500],
+    tags = {**ctx.tags(Role.UNLEARN), Tag.ALGORITHM: "rum", ledger.SOURCE_VERSION_TAG: job.version,
+            Tag.RUN_ID: run_id, Tag.N_FORGET: str(len(ctx.forget)),
+            Tag.APPLIED_PLAN: tracking.plan_tag_value(plan.to_dict()), Tag.PLAN_SOURCE: plan_source[:500],
             ledger.METRICS_TAG: metrics_json[:ledger.MAX_TAG_VALUE], ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE],
             ledger.EVIDENCE_TAG: f"runs:/{run_id}/evidence/report.json",
             **{f"{TAG}metric.{k}": f"{v:.4f}" for k, v in headline.items() if v is not None and np.isfinite(v)}}
     logging.getLogger("mlflow.tracking._model_registry.fluent").setLevel(logging.ERROR)
     model_uri = f"models:/{tracking.run_model_id(run_id)}"
-    mv = mlflow.register_model(model_uri, job.name, tags=tags)  # one call: created with its tags
+    mv = tracking.register_version(model_uri, job.name, tags)  # one call: created with its tags (described below)
     mine = str(mv.version)
     winners = ledger.find_results(job.client, job.name, job.version, digest)
     keep = winners[0] if winners else mine
     if keep != mine:  # a racing worker registered first: keep its version, drop ours
         job.client.delete_model_version(job.name, mine)
-        job.client.set_tag(run_id, TAG + "superseded_by", f"{job.name}/{keep}")
+        job.client.set_tag(run_id, Tag.SUPERSEDED_BY, f"{job.name}/{keep}")
         return job.finish(ledger.DONE, result=keep, digest=digest)
-    job.client.set_tag(run_id, TAG + "registered_version", f"{job.name}/{mine}")
+    job.client.set_tag(run_id, Tag.REGISTERED_VERSION, f"{job.name}/{mine}")
     _describe(job, mine, ctx, plan, headline, run_id)
     report["result"]["version"] = mine
     _log_report(job.client, run_id, report)
@@ -473,8 +456,7 @@ def _describe(job, version: str, ctx, plan, headline: dict, run_id: str) -> None
             f"{ctx.forget.digest[:12]}..., per memorisation tier {ctx.histogram}) by the registry hook: RUM, plan "
             f"{plan.to_compact()[:300]}. {metrics}. Evidence: runs:/{run_id}/evidence/report.json (run {run_id}).")
     try:
-        job.client.update_model_version(job.name, version, description=text)
-        job.client.set_registered_model_alias(job.name, "unlearned", version)
+        tracking.describe_version(job.name, version, text, ("unlearned",))
     except MlflowException as exc:
         logging.getLogger(__name__).warning("could not describe %s/%s: %s", job.name, version, exc)
 

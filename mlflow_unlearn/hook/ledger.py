@@ -29,26 +29,26 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ..tracking import TAG
+from ..tracking import TAG, Tag
 
-FORGET_SET_TAG = TAG + "forget_set"
-STATUS_TAG = TAG + "status"
-JOB_REQUEST_TAG = TAG + "job_request"
-JOB_DIGEST_TAG = TAG + "job_digest"
-RESULT_VERSION_TAG = TAG + "result_version"
-ERROR_TAG = TAG + "error"
-QUEUED_AT_TAG = TAG + "queued_at"
-STARTED_AT_TAG = TAG + "started_at"
-FINISHED_AT_TAG = TAG + "finished_at"
-JOB_RUN_TAG = TAG + "job_run"
-REQUEST_RUN_TAG = TAG + "request_run"
+FORGET_SET_TAG = Tag.FORGET_SET
+STATUS_TAG = Tag.STATUS
+JOB_REQUEST_TAG = Tag.JOB_REQUEST
+JOB_DIGEST_TAG = Tag.JOB_DIGEST
+RESULT_VERSION_TAG = Tag.RESULT_VERSION
+ERROR_TAG = Tag.ERROR
+QUEUED_AT_TAG = Tag.QUEUED_AT
+STARTED_AT_TAG = Tag.STARTED_AT
+FINISHED_AT_TAG = Tag.FINISHED_AT
+JOB_RUN_TAG = Tag.JOB_RUN
+REQUEST_RUN_TAG = Tag.REQUEST_RUN
 
 # on result versions (besides the step's own source_model / forget_digest / n_forget ...)
-SOURCE_VERSION_TAG = TAG + "source_version"
-FORGET_DIGEST_TAG = TAG + "forget_digest"
-REQUEST_TAG = TAG + "request"
-EVIDENCE_TAG = TAG + "evidence"
-METRICS_TAG = TAG + "metrics"
+SOURCE_VERSION_TAG = Tag.SOURCE_VERSION
+FORGET_DIGEST_TAG = Tag.FORGET_DIGEST
+REQUEST_TAG = Tag.REQUEST
+EVIDENCE_TAG = Tag.EVIDENCE
+METRICS_TAG = Tag.METRICS
 
 QUEUED, RUNNING, DONE, FAILED, REJECTED = "queued", "running", "done", "failed", "rejected"
 STATUSES = (QUEUED, RUNNING, DONE, FAILED, REJECTED)
