@@ -18,7 +18,7 @@ from typing import Sequence
 import mlflow
 import numpy as np
 
-from . import steps, tracking
+from . import evaluation, references, request, runs, steps, tracking
 from .rum import single_algorithm_plan
 from .tracking import Role, Tag
 
@@ -114,7 +114,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         original = steps.train_step(dataset=dataset, model=model, epochs=epochs, lr=lr, batch_size=batch_size, width=width,
                                     subset=subset, val_fraction=val_fraction, seed=seed,
                                     registered_model_name=registered_model_name, device=device, progress=True)
-        ctx = steps.prepare(original.model_uri, forget, seed=seed, device=device)
+        ctx = request.prepare(original.model_uri, forget, seed=seed, device=device)
         print(f"forget set {forget}: {len(ctx.forget)} examples, tiers {ctx.histogram}")
 
         # Selection: calibration sets only (their references, the validation split).
@@ -131,10 +131,10 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
             print(f"tuned {algorithm}: {tuned[algorithm].best_plan.to_compact()}  (calibration {tuned[algorithm].best_value:.4f})")
 
         # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.
-        reference = steps.retrain(ctx, progress=True)
-        floor = steps.noise_floor(ctx, reference)
+        reference = references.retrain(ctx, progress=True)
+        floor = evaluation.noise_floor(ctx, reference)
         # Per-request constants live once, on the parent: no flat chart on every method run.
-        mlflow.log_metrics({**floor, "time/retrain_s": reference.seconds, "entanglement": steps.entanglement(ctx)})
+        mlflow.log_metrics({**floor, "time/retrain_s": reference.seconds, "entanglement": evaluation.entanglement(ctx)})
         held_out = Reference.build(reference.model, ctx.data, ctx.forget.ids, ctx.tiers, seconds=reference.seconds)
         seeds = [seed + i for i in range(unlearn_seeds)]
         methods = [("RUM (searched plan)", found.best_plan, "rum"),
@@ -155,8 +155,8 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         rum = steps.rum(ctx, found.best_plan, register=True, run_name="rum-searched")
         mlflow.MlflowClient().log_batch(rum.run_id, metrics=[
             mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
-            for k, v in steps.evaluation_metrics(ctx, rum.model, reference.model).items() if np.isfinite(v)])
-        mlflow.MlflowClient().log_figure(rum.run_id, steps.tier_chart(ctx, rum.model, reference.model, "RUM (registered)"),
+            for k, v in evaluation.evaluation_metrics(ctx, rum.model, reference.model).items() if np.isfinite(v)])
+        mlflow.MlflowClient().log_figure(rum.run_id, evaluation.tier_chart(ctx, rum.model, reference.model, "RUM (registered)"),
                                          "plots/tiers.png")
         table = format_table(reports, floor, reference.seconds)
         conclusion = verdict(reports)
@@ -175,7 +175,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
     print(summary)
     print(f"\nRUM model registered as models:/{ctx.source.name}/{rum.version} (source version {ctx.source.version}); "
           f"pipeline run {parent.info.run_id}, {time.perf_counter() - t_start:.0f} s")
-    print(steps.ui_hint())
+    print(runs.ui_hint())
     return {"original": original, "rum": rum, "reports": reports, "search": found, "tuned": tuned, "table": table,
             "floor": floor, "verdict": conclusion, "calibration": calibration, "ctx": ctx}
 
@@ -243,9 +243,9 @@ def _method_tier_chart(ctx, report, reference_model):
     from .plots import tier_accuracy_chart
 
     if "original_tier_acc" not in ctx.cache:
-        ctx.cache["original_tier_acc"] = steps.forget_tier_accuracy(ctx, ctx.source.model)
+        ctx.cache["original_tier_acc"] = evaluation.forget_tier_accuracy(ctx, ctx.source.model)
     if "reference_tier_acc" not in ctx.cache:
-        ctx.cache["reference_tier_acc"] = steps.forget_tier_accuracy(ctx, reference_model)
+        ctx.cache["reference_tier_acc"] = evaluation.forget_tier_accuracy(ctx, reference_model)
     per_tier = {}
     for tier in [*ctx.tiers, "all"]:
         key = "forget/acc" if tier == "all" else f"tier/{tier}/forget_acc"

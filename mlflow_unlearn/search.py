@@ -29,7 +29,7 @@ import mlflow
 import numpy as np
 import optuna
 
-from . import steps, tracking
+from . import references, request, runs, tracking
 from .algorithms import default_search_algorithms
 from .rum import Plan
 from .tracking import TAG, Role, Tag
@@ -101,7 +101,7 @@ class Calibration:
     references (held-out term: the validation split)."""
 
     contexts: list
-    runs: list  # steps.StepResult per set
+    runs: list  # runs.StepResult per set
     references: list[Reference]
 
     @property
@@ -109,7 +109,7 @@ class Calibration:
         return [c.forget.digest for c in self.contexts]
 
 
-def calibration_context(ctx: steps.ForgetContext, ids, source: str) -> steps.ForgetContext:
+def calibration_context(ctx: request.ForgetContext, ids, source: str) -> request.ForgetContext:
     """A context for another forget set of the same source, cut into tiers like `ctx`."""
     from .forget_sets import ForgetSet
     from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
@@ -122,7 +122,7 @@ def calibration_context(ctx: steps.ForgetContext, ids, source: str) -> steps.For
                                cache={})
 
 
-def prepare_calibration(ctx: steps.ForgetContext, k: int = 2) -> Calibration:
+def prepare_calibration(ctx: request.ForgetContext, k: int = 2) -> Calibration:
     """Draw `k` calibration forget sets for the request in `ctx` and retrain (or reuse) a reference
     for each. Fails before any training when the source has no validation split or the sets cannot
     be drawn."""
@@ -142,7 +142,7 @@ def prepare_calibration(ctx: steps.ForgetContext, k: int = 2) -> Calibration:
                 for j, ids in enumerate(sets)]
     runs, refs = [], []
     for j, c in enumerate(contexts):
-        run = steps.retrain(c, progress=True)
+        run = references.retrain(c, progress=True)
         runs.append(run)
         refs.append(Reference.build(run.model, c.data, c.forget.ids, c.tiers, seconds=run.seconds,
                                     heldout=c.data.val, name=f"calibration-{j + 1}"))
@@ -156,7 +156,7 @@ def prepare_calibration(ctx: steps.ForgetContext, k: int = 2) -> Calibration:
 class _TrialRuns:
     """A TrialObserver that logs each trial as a nested run under the active search run."""
 
-    def __init__(self, ctx: steps.ForgetContext, study_name: str, space: str):
+    def __init__(self, ctx: request.ForgetContext, study_name: str, space: str):
         self.ctx, self.study_name, self.space = ctx, study_name, space
 
     def trial_started(self, trial, plan: Plan) -> None:
@@ -225,10 +225,10 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                                 f"{'-'.join(d[:6] for d in calibration.digests)}-{objective}")
     # Workers joining a named study must not replay each other's random start-up trials.
     sampler_seed = ctx.seed if not shared else ctx.seed * 1_000_003 + os.getpid()
-    with steps.step_run(run_name) as run:
+    with runs.step_run(run_name) as run:
         mlflow.set_tags({**ctx.tags(Role.SEARCH), Tag.STUDY: study_name, Tag.OBJECTIVE: objective,
                          Tag.SEARCH_SPACE: space, CALIBRATION_TAG: ",".join(calibration.digests)})
-        steps.log_forget_set(ctx)
+        request.log_forget_set(ctx)
         mlflow.log_dict({"calibration_sets": [{"digest": c.forget.digest, "ids": c.forget.ids.tolist(),
                                                "reference_run": r.run_id, "tiers": {k: v.tolist() for k, v in c.tiers.items()}}
                                               for c, r in zip(calibration.contexts, calibration.runs)],
@@ -282,7 +282,7 @@ def log_study_plots(study, objective: str) -> None:
                 plt.close(ax.figure)
 
 
-def search(ctx: steps.ForgetContext, calibration: Calibration, *, n_trials: int = 20, objective: str = "tow",
+def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: int = 20, objective: str = "tow",
            algorithms: Sequence[str] | None = None, max_epochs: int = 3, storage: str | None = None,
            study_name: str | None = None, retain_mode: str = "exclude_all", attach: bool = True,
            timeout_s: float | None = None) -> SearchResult:
@@ -305,7 +305,7 @@ def search(ctx: steps.ForgetContext, calibration: Calibration, *, n_trials: int 
     return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests)
 
 
-def search_algorithm(ctx: steps.ForgetContext, calibration: Calibration, algorithm: str, *, n_trials: int = 20,
+def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algorithm: str, *, n_trials: int = 20,
                      objective: str = "tow", max_epochs: int = 3, storage: str | None = None,
                      timeout_s: float | None = None) -> SearchResult:
     """Tune one algorithm on the whole forget set with the same calibration sets, budget and space
@@ -330,14 +330,14 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
     _check_algorithms(algorithms)
     if storage:
         open_storage(storage)
-    ctx = steps.prepare(model_uri, forget, seed=seed, device=device)
+    ctx = request.prepare(model_uri, forget, seed=seed, device=device)
     needed = len(rum_default_trials(list(ctx.tiers), algorithms))
     if n_trials < needed:
         raise SearchError(f"n_trials={n_trials} is smaller than the {needed} known-good starting points (every "
                           f"algorithm at its defaults, whole-set and per tier, and `none`); use --n-trials >= {needed} "
                           f"or fewer --algorithms")
     tracking.use_experiment(experiment)
-    with steps.project_run():  # under `mlflow run`, the calibration retrains nest under the search run
+    with runs.project_run():  # under `mlflow run`, the calibration retrains nest under the search run
         calibration = prepare_calibration(ctx, calibration_sets)
         result = search(ctx, calibration, n_trials=n_trials, objective=objective, algorithms=algorithms,
                         max_epochs=max_epochs, storage=storage, study_name=study_name)

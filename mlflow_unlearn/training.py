@@ -191,3 +191,12 @@ def accuracy(model: nn.Module, data: ImageData, split: Split) -> float:
     if len(split) == 0:
         return float("nan")
     return (predict_logits(model, data, split).argmax(1) == split.y).float().mean().item()
+
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use device=cpu or auto")
+    return torch.device(device)

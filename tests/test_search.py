@@ -11,6 +11,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from mlflow_unlearn import request
+
 from mlflow_unlearn import pipeline, search, steps
 from mlflow_unlearn.algorithms import ALGORITHMS
 from mlflow_unlearn.rum import PlanError
@@ -47,7 +49,7 @@ def test_rum_step_logs_nested_tier_runs_and_registers(source_model):
 
 def test_rum_plan_of_none_returns_the_original_weights(source_model):
     _, uri = source_model
-    ctx = steps.prepare(uri, FORGET)
+    ctx = request.prepare(uri, FORGET)
     result = steps.rum(ctx, "low=none;mid=none;high=none")
     for k, v in ctx.source.model.state_dict().items():
         assert torch.equal(v, result.model.state_dict()[k].to(v.device)), k
@@ -57,7 +59,7 @@ def test_rum_plan_of_none_returns_the_original_weights(source_model):
                                          ("low=none;mid=none", "high")])
 def test_bad_plans_create_no_run(source_model, plan, needle):
     _, uri = source_model
-    ctx = steps.prepare(uri, FORGET)
+    ctx = request.prepare(uri, FORGET)
     before = len(runs())
     with pytest.raises((PlanError, KeyError)) as e:
         steps.rum(ctx, plan)
@@ -107,7 +109,7 @@ def diverging_algorithm():
 
 def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, oracle_algorithm, tmp_path):
     _, uri = source_model
-    ctx = steps.prepare(uri, FORGET)
+    ctx = request.prepare(uri, FORGET)
     calibration = search.prepare_calibration(ctx, 2)
     for c, ref in zip(calibration.contexts, calibration.runs):
         oracle_algorithm["references"][frozenset(c.tiers["high"].tolist())] = {k: v.clone() for k, v in ref.model.state_dict().items()}
@@ -117,7 +119,7 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     assert found.best_value == pytest.approx(1.0)
     tags = MlflowClient().get_registered_model("digits-src").tags
     assert json.loads(tags[Tag.SEARCHED_PLAN]) == found.best_plan.to_dict()
-    assert steps.resolve_plan(ctx, "registered").plan.to_dict() == found.best_plan.validate(ctx.tiers).to_dict()
+    assert request.resolve_plan(ctx, "registered").plan.to_dict() == found.best_plan.validate(ctx.tiers).to_dict()
     trials = runs(f"tags.`mlflow_unlearn.role` = 'trial' and tags.`mlflow_unlearn.study` = '{found.study_name}'")
     assert len(trials) == 16  # every trial is a nested run, pruned ones included
     assert not [t for t in trials if t.info.status == "FAILED"], "pruned trials must not look like crashes"
@@ -132,7 +134,7 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
 @pytest.mark.integration
 def test_calibration_sets_are_disjoint_from_the_request_and_logged(source_model, tmp_path):
     _, uri = source_model
-    ctx = steps.prepare(uri, FORGET)
+    ctx = request.prepare(uri, FORGET)
     before = {r.info.run_id for r in runs("tags.`mlflow_unlearn.role` = 'retrain'")}
     found = search.search_step(uri, FORGET, n_trials=3, algorithms=("none", "finetune"), max_epochs=1,
                                storage=f"sqlite:///{tmp_path}/c.db")
@@ -151,7 +153,7 @@ def test_calibration_sets_are_disjoint_from_the_request_and_logged(source_model,
 
 def test_a_diverged_trial_fails_and_the_study_goes_on(source_model, diverging_algorithm, tmp_path):
     _, uri = source_model
-    ctx = steps.prepare(uri, FORGET)
+    ctx = request.prepare(uri, FORGET)
     calibration = search.prepare_calibration(ctx, 1)
     found = search.search(ctx, calibration, n_trials=4, algorithms=("none", "test_diverge"), attach=False,
                           storage=f"sqlite:///{tmp_path}/d.db")
@@ -172,7 +174,7 @@ def test_search_refuses_a_source_without_a_validation_split(tracking):
 
 def test_a_request_too_large_for_calibration_names_sizes_and_fix(source_model):
     _, uri = source_model
-    ctx = steps.prepare(uri, "mix:150")
+    ctx = request.prepare(uri, "mix:150")
     with pytest.raises(search.SearchError) as e:
         search.prepare_calibration(ctx, 2)
     assert "bin" in str(e.value) and "--calibration-sets 1" in str(e.value)
@@ -183,7 +185,7 @@ def test_a_request_too_large_for_calibration_names_sizes_and_fix(source_model):
                                        ({"storage": "notadb://x"}, "notadb://x")])
 def test_bad_search_settings(source_model, kw, needle):
     _, uri = source_model
-    ctx = steps.prepare(uri, FORGET)
+    ctx = request.prepare(uri, FORGET)
     calibration = search.Calibration([], [], [])
     before = len(runs())
     kw = {"algorithms": ("none", "finetune"), **kw}
@@ -202,7 +204,7 @@ def _worker(uri, tracking_uri, storage, study):
 
 
 def _two_workers_share(uri, tracking_uri, storage):
-    search.prepare_calibration(steps.prepare(uri, FORGET), 1)  # both workers then hit the cached reference
+    search.prepare_calibration(request.prepare(uri, FORGET), 1)  # both workers then hit the cached reference
     procs = [_worker(uri, tracking_uri, storage, "shared") for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
@@ -268,7 +270,7 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
 
 def test_multi_objective_search_returns_a_pareto_plan(source_model, tmp_path):
     _, uri = source_model
-    ctx = steps.prepare(uri, FORGET)
+    ctx = request.prepare(uri, FORGET)
     calibration = search.prepare_calibration(ctx, 1)
     found = search.search(ctx, calibration, n_trials=4, objective="tow+time", algorithms=("none", "neggrad"), max_epochs=1,
                           storage=f"sqlite:///{tmp_path}/mo.db", attach=False)

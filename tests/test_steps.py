@@ -3,7 +3,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_unlearn import steps, tracking
+from mlflow_unlearn import evaluation, references, request, steps, tracking
 from mlflow_unlearn._registry import UnknownComponentError
 from mlflow_unlearn.algorithms import HyperparameterError
 from mlflow_unlearn.forget_sets import ForgetSetError
@@ -72,14 +72,14 @@ def test_retrain_unlearn_evaluate_with_cache_hit(source_model, monkeypatch):
 
 def test_unlearning_lowers_forget_accuracy_and_the_reference_is_the_truth(source_model):
     _, uri = source_model
-    ctx = steps.prepare(uri, "class:3")  # a whole class: the retrained reference cannot know it
-    reference = steps.retrain(ctx)
-    original = steps.evaluation_metrics(ctx, ctx.source.model, reference.model)
-    self_vs_self = steps.evaluation_metrics(ctx, reference.model, reference.model)
+    ctx = request.prepare(uri, "class:3")  # a whole class: the retrained reference cannot know it
+    reference = references.retrain(ctx)
+    original = evaluation.evaluation_metrics(ctx, ctx.source.model, reference.model)
+    self_vs_self = evaluation.evaluation_metrics(ctx, reference.model, reference.model)
     assert self_vs_self["tow"] == 1.0 and self_vs_self["tow_pe"] == 1.0
     assert original["forget/acc"] > 0.9 and self_vs_self["forget/acc"] < 0.2
     result = steps.unlearn(ctx, "random_label", {"epochs": 3, "lr": 0.1})
-    after = steps.evaluation_metrics(ctx, result.model, reference.model)
+    after = evaluation.evaluation_metrics(ctx, result.model, reference.model)
     assert after["forget/acc"] < 0.5 < original["forget/acc"]
     assert after["retain/acc"] > 0.9
 
@@ -130,7 +130,7 @@ def test_version_without_confidences_is_named(source_model):
         client.create_registered_model("digits-bare")
         bare = client.create_model_version("digits-bare", mv.source, run.info.run_id)
     with pytest.raises(MissingArtifactError, match="confidences"):
-        steps.prepare(f"models:/digits-bare/{bare.version}", "random:5")
+        request.prepare(f"models:/digits-bare/{bare.version}", "random:5")
 
 
 def test_hyperparameter_text_forms():

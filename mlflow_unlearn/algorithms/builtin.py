@@ -578,7 +578,7 @@ def retrain(model: nn.Module, data: UnlearnData, *, epochs_fraction: float = 1.0
     measured against.
 
     With `data.recipe` (a `TrainRecipe`, how the source model was made) this is exactly what the
-    pipeline's retrained reference does (`mlflow_unlearn.steps.retrain`): `recipe.build(seed)` (a
+    pipeline's retrained reference does (`mlflow_unlearn.references.retrain`): `recipe.build(seed)` (a
     fresh model of the source architecture) trained by `train_model` with `recipe.config`, its seed
     replaced by `seed`, on the retain ids. Its augmentation is the recipe's (the source training's),
     not `UnlearnData.augment`, and the batch-size rule of the unlearning algorithms does not apply.

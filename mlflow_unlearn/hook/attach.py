@@ -65,7 +65,7 @@ def load_manifest(client: MlflowClient, mv) -> tuple[dict, np.ndarray | None]:
 
 def validate_request(client: MlflowClient, model: str, version, forget, *, seed: int = 0):
     """(model version, manifest, validated ForgetSet); raises before anything is written."""
-    from ..steps import resolve_forget_source
+    from ..request import resolve_forget_source
 
     mv = tracking.resolve_version(client, f"models:/{model}/{version}")
     manifest, c_proxy = load_manifest(client, mv)
@@ -149,7 +149,7 @@ def attach(model: str, version, forget, *, seed: int = 0, experiment: str | None
 def read_request(uri: str) -> tuple[np.ndarray, str]:
     """Download the forget set a tag points to; return (raw ids, local path). Raises ForgetSetError."""
     from ..forget_sets import ForgetSetError, is_spec, read_ids_file
-    from ..steps import resolve_forget_source
+    from ..request import resolve_forget_source
 
     uri = (uri or "").strip()
     if not uri:

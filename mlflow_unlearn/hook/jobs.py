@@ -11,7 +11,7 @@ A job for (model name, version):
    is done with it (a duplicate attach, a replayed event, a crash after registering);
 4. sets status running, loads the source version, validates the ids against its training manifest
    (a bad request ends as status rejected with the reason in mlflow_unlearn.error), and picks the
-   plan: `steps.resolve_plan(ctx, "auto", on_unfit="default")`: the registered model's searched plan
+   plan: `request.resolve_plan(ctx, "auto", on_unfit="default")`: the registered model's searched plan
    (tag mlflow_unlearn.searched_plan) when it fits the forget set's tiers, else `rum.default_plan`;
 5. unlearns with RUM (one MLflow run, role rum), evaluates the source and the unlearned model
    without a retrain (forget/retain/test accuracy, MIA efficacy and AUC against test, their change,
@@ -364,36 +364,36 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
 
     import numpy as np
 
-    from .. import steps
+    from .. import evaluation, references, request, steps
     from . import evidence
 
-    ctx = steps.prepare(f"models:/{job.name}/{job.version}", local, seed=cfg.seed, device=cfg.device)
+    ctx = request.prepare(f"models:/{job.name}/{job.version}", local, seed=cfg.seed, device=cfg.device)
     if ctx.forget.digest != digest:  # cannot happen unless the artifact changed under us
         raise RuntimeError(f"forget digest changed while the job ran ({digest[:12]} -> {ctx.forget.digest[:12]})")
     # The hook's policy: a registered plan that does not fit this request's tiers falls back to the
     # default plan (the reason goes into plan_source and the evidence) instead of failing the request.
-    resolved = steps.resolve_plan(ctx, "auto", on_unfit="default")
+    resolved = request.resolve_plan(ctx, "auto", on_unfit="default")
     plan, plan_source = resolved.plan, resolved.source
     source_model = ctx.source.model.to(ctx.data.device)
-    before = steps.evaluation_metrics(ctx, source_model, None)
+    before = evaluation.evaluation_metrics(ctx, source_model, None)
 
     tracking.use_experiment(cfg.experiment)
     request_run = ledger.read_state(job.client, job.name, job.version).tags.get(ledger.REQUEST_RUN_TAG)
-    request_tags = {ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE], Tag.PLAN_SOURCE: plan_source[:500],
+    request_tags = {ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE],
                     **({ledger.REQUEST_RUN_TAG: request_run} if request_run else {})}  # job run -> request run
-    result = steps.rum(ctx, plan, register=False, run_name=f"hook-{job.name}-v{job.version}-{digest[:8]}", extra_tags=request_tags)
+    result = steps.rum(ctx, resolved, register=False, run_name=f"hook-{job.name}-v{job.version}-{digest[:8]}", extra_tags=request_tags)
     run_id = result.run_id
     ledger.set_tags(job.client, job.name, job.version, {ledger.JOB_RUN_TAG: run_id})
 
-    after = steps.evaluation_metrics(ctx, result.model, None)
-    against_source = {k: v for k, v in steps.evaluation_metrics(ctx, result.model, source_model).items()
+    after = evaluation.evaluation_metrics(ctx, result.model, None)
+    against_source = {k: v for k, v in evaluation.evaluation_metrics(ctx, result.model, source_model).items()
                       if k.startswith("disagree/")}
     reference, reference_run, reference_tier_acc = None, None, None
-    ref = steps.cached_reference(ctx)
+    ref = references.cached_reference(ctx)
     if ref is not None:
-        reference = steps.evaluation_metrics(ctx, result.model, ref.model)
+        reference = evaluation.evaluation_metrics(ctx, result.model, ref.model)
         reference_run = ref.run_id
-        reference_tier_acc = steps.forget_tier_accuracy(ctx, ref.model)
+        reference_tier_acc = evaluation.forget_tier_accuracy(ctx, ref.model)
     train_s = ctx.source.model_spec.get("train_seconds")
     times = {"unlearn_s": result.seconds, "job_s": time.perf_counter() - job.t0, "original_train_s": train_s,
              "fraction_of_original_training": (result.seconds / train_s) if train_s else None}

@@ -1,0 +1,87 @@
+"""The retrained reference: the source's architecture trained from scratch on retain with the
+source's recipe (the exact answer every unlearned model is measured against), logged as a run with
+role `retrain` and cached by source version, forget digest, seed and recipe."""
+from __future__ import annotations
+
+import json
+import time
+
+import mlflow
+
+from . import tracking
+from .request import ForgetContext, build_source_architecture, log_forget_set
+from .runs import StepResult, load_run_model
+from .tracking import Role, Tag
+from .training import TrainConfig, train_model
+
+
+def _retrain_config(ctx: ForgetContext, epochs: int | None, seed: int | None = None) -> TrainConfig:
+    cfg = dict(ctx.source.model_spec["train_config"])
+    cfg["seed"] = ctx.seed if seed is None else int(seed)
+    if epochs is not None:
+        cfg["epochs"] = int(epochs)
+    return TrainConfig(**cfg)
+
+
+def find_cached_retrain(ctx: ForgetContext, recipe: str, seed: int | None = None) -> str | None:
+    client = mlflow.MlflowClient()
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    seed = ctx.seed if seed is None else int(seed)
+    runs = client.search_runs(
+        exp_ids,
+        filter_string=(f"tags.`{Tag.ROLE}` = '{Role.RETRAIN}' and tags.`{Tag.SOURCE_MODEL}` = '{ctx.source_tag}' and "
+                       f"tags.`{Tag.FORGET_DIGEST}` = '{ctx.forget.digest}' and tags.`{Tag.SEED}` = '{seed}' and "
+                       f"tags.`{Tag.RECIPE}` = '{recipe}' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = True, progress: bool = False,
+            seed: int | None = None) -> StepResult:
+    """Train the source's architecture from scratch on retain with the source's recipe: the exact
+    answer every unlearned model is measured against. A finished run with the same key (source,
+    forget digest, seed, recipe) is reused. `seed` (default: the context's) seeds the init and the
+    data order; a second seed gives the retrain-vs-retrain noise floor."""
+    seed = ctx.seed if seed is None else int(seed)
+    config = _retrain_config(ctx, epochs, seed)
+    recipe = retrain_recipe(ctx, epochs)
+    if use_cache and (run_id := find_cached_retrain(ctx, recipe, seed)):
+        run = mlflow.MlflowClient().get_run(run_id)
+        model = load_run_model(run_id).to(ctx.data.device)
+        print(f"retrain: cache hit, run {run_id}")
+        return StepResult(run_id, model, float(run.data.metrics.get("time/retrain_s", float("nan"))), cached=True)
+    spec = ctx.source.model_spec
+    net = build_source_architecture(ctx, seed)
+    ud = ctx.unlearn_data()
+    with mlflow.start_run(run_name=f"retrain-{ctx.source_tag}" + ("" if seed == ctx.seed else f"-seed{seed}"),
+                          nested=mlflow.active_run() is not None) as run:
+        mlflow.set_tags({**ctx.tags(Role.RETRAIN), Tag.ALGORITHM: "retrain", Tag.RECIPE: recipe,
+                         Tag.SEED: str(seed)})
+        log_forget_set(ctx)
+        tracking.log_params({f"train.{k}": v for k, v in config.to_dict().items()})
+        t0 = time.perf_counter()
+        train_model(net, ctx.data, config, train_ids=ud.retain_ids, log=tracking.MlflowLogger(), progress=progress, eval_test=False)
+        seconds = time.perf_counter() - t0
+        mlflow.log_metric("time/retrain_s", seconds)
+        tracking.log_model(net, spec, ctx.data, name="retrain")
+    net.to(ctx.data.device)
+    return StepResult(run.info.run_id, net, seconds)
+
+
+def retrain_recipe(ctx: ForgetContext, epochs: int | None = None) -> str:
+    """The recipe key `retrain` caches its runs under: the source's training config with the seed
+    left out (the seed is a key of its own)."""
+    import hashlib
+
+    config = {k: v for k, v in _retrain_config(ctx, epochs).to_dict().items() if k != "seed"}
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_reference(ctx: ForgetContext, epochs: int | None = None) -> StepResult | None:
+    """The cached retrained reference for this source, forget set, seed and recipe, or None (never trains)."""
+    run_id = find_cached_retrain(ctx, retrain_recipe(ctx, epochs))
+    if run_id is None:
+        return None
+    run = mlflow.MlflowClient().get_run(run_id)
+    model = load_run_model(run_id).to(ctx.data.device)
+    return StepResult(run_id, model, float(run.data.metrics.get("time/retrain_s", float("nan"))), cached=True)

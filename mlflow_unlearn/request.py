@@ -1,0 +1,180 @@
+"""A deletion request, resolved once at the edge: the source version (model, data, manifest,
+C-proxy), a validated forget set with its digest and tiers (`prepare` -> `ForgetContext`), and the
+plan to apply (`resolve_plan`, one function and one explicit policy for the CLI and the hook).
+Everything below this trusts these values."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+
+from . import tracking
+from .models import build_model
+from .tracking import Tag
+from .training import TrainConfig, resolve_device
+
+
+@dataclass
+class ForgetContext:
+    """A source model version, its data on the device, a validated forget set and its tiers."""
+
+    source: tracking.SourceModel
+    data: Any  # ImageData
+    forget: Any  # ForgetSet
+    tiers: dict[str, np.ndarray]  # tier name -> forget ids, by C-proxy rank within the forget set
+    histogram: dict[str, int]  # forget examples per train-set memorisation bin
+    seed: int
+    cache: dict = dataclasses.field(default_factory=dict)  # values derived once per request
+
+    @property
+    def source_tag(self) -> str:
+        return f"{self.source.name}/{self.source.version}"
+
+    def unlearn_data(self, retain_ids=None):
+        from .algorithms import UnlearnData
+
+        if retain_ids is None:
+            return UnlearnData.from_forget(self.data, self.forget.ids, recipe=self.recipe())
+        return UnlearnData(self.data, self.forget.ids, retain_ids, recipe=self.recipe())
+
+    def recipe(self):
+        """How the source was made (its architecture, fresh weights per seed, and its TrainConfig):
+        what the `retrain` algorithm replays, the same recipe as the retrained reference."""
+        from .algorithms import TrainRecipe
+
+        return TrainRecipe(build=lambda seed: build_source_architecture(self, seed).to(self.data.device),
+                           config=TrainConfig(**self.source.model_spec["train_config"]))
+
+    def tags(self, role: str) -> dict[str, str]:
+        return {Tag.ROLE: role, Tag.SOURCE_MODEL: self.source_tag, Tag.FORGET_DIGEST: self.forget.digest,
+                Tag.SEED: str(self.seed)}
+
+    def tier_positions(self) -> dict[str, np.ndarray]:
+        """Tier -> positions within the (sorted) forget set, for per-tier metrics."""
+        return {k: np.searchsorted(self.forget.ids, v) for k, v in self.tiers.items()}
+
+
+def resolve_forget_source(forget) -> Any:
+    """Download an MLflow artifact URI to a local file; pass specs, paths and id lists through."""
+    from .forget_sets import ForgetSetError, is_spec
+
+    if isinstance(forget, (list, tuple, np.ndarray)) or is_spec(str(forget)):
+        return forget
+    text = str(forget)
+    if re.match(r"^(runs|models|mlflow-artifacts|s3|gs|wasbs|dbfs|file)://?", text) and not Path(text).exists():
+        try:
+            return mlflow.artifacts.download_artifacts(artifact_uri=text)
+        except Exception as exc:  # MLflow raises several types for unreadable URIs
+            raise ForgetSetError(f"cannot read the forget-set artifact {text!r}: {exc}") from None
+    return text
+
+
+def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "auto", tier_names=None) -> ForgetContext:
+    """Load a registered source version and validate a forget set against its training manifest."""
+    from .forget_sets import load_forget_set
+    from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
+
+    names = tuple(tier_names or DEFAULT_TIERS)
+    tracking.connect()
+    source = tracking.load_source(source_uri)
+    labels = np.asarray(source.manifest["labels"])
+    c_proxy = None if source.proxies is None else source.proxies["c_proxy"]
+    fs = load_forget_set(resolve_forget_source(forget), labels=labels, c_proxy=c_proxy,
+                         classes=source.manifest.get("classes"), tier_names=names, seed=seed)
+    data = source.load_data(resolve_device(device))
+    tiers = tiers_from_c_proxy(fs.ids, c_proxy, names=names) if len(fs) >= len(names) else {"all": fs.ids}
+    histogram = tier_histogram(fs.ids, c_proxy, names=names)
+    return ForgetContext(source=source, data=data, forget=fs, tiers=tiers, histogram=histogram, seed=seed)
+
+
+def log_forget_set(ctx: ForgetContext) -> None:
+    mlflow.log_dict({"ids": ctx.forget.ids.tolist(), "digest": ctx.forget.digest, "source": str(ctx.forget.source),
+                     "source_model": ctx.source_tag}, "forget_set/ids.json")
+    mlflow.log_dict({"tier_histogram": ctx.histogram, "tiers": {k: v.tolist() for k, v in ctx.tiers.items()}},
+                    "forget_set/tiers.json")
+    tracking.log_params({"forget_source": str(ctx.forget.source)[:500], "n_forget": len(ctx.forget), "seed": ctx.seed})
+    # Constant for a request: a tag, not a metric that would add a flat chart to every run.
+    mlflow.set_tag(Tag.TIER_HISTOGRAM, json.dumps(ctx.histogram))
+    tracking.log_dataset_input(f"{ctx.source.dataset_spec.name}-train", ctx.source.manifest.get("dataset_digest") or "unknown",
+                               "training", n_train=len(ctx.source.manifest.get("ids", [])), source_model=ctx.source_tag)
+    tracking.log_dataset_input("forget-set", ctx.forget.digest, "forget", n_forget=len(ctx.forget),
+                               source=str(ctx.forget.source)[:200], tiers=json.dumps(ctx.histogram))
+    tracking.log_model_input(ctx.source.model_id)
+
+
+def build_source_architecture(ctx: ForgetContext, seed: int) -> torch.nn.Module:
+    """A freshly initialised model of the source's architecture (what a retrain starts from)."""
+    spec = ctx.source.model_spec
+    return build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]), seed=seed,
+                       **spec["kwargs"])
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """A plan checked against the request's tiers, and where it came from (tagged on the result)."""
+
+    plan: Any  # rum.Plan
+    source: str
+
+
+PLAN_POLICIES = ("error", "default")
+
+
+def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") -> ResolvedPlan:
+    """The one plan resolution, for the CLI, `main` and the registry hook alike.
+
+    `spec`: a `Plan`; `default` (`rum.default_plan` for the request's tiers); `registered` (the
+    searched plan on the source's registered model, tag `mlflow_unlearn.searched_plan`); `auto`
+    (registered if the model has one, else default); or a file / JSON / YAML / compact string.
+
+    `on_unfit` is the policy when a *registered* plan cannot be used for this request (unreadable,
+    or its tiers are not the request's): `error` raises PlanError naming the tiers and the fix (the
+    CLI: a user asked for it and is there to read the message); `default` falls back to the default
+    plan and says why in `source` (the hook: a request must not fail because an old search used
+    other tiers; the reason lands in the `plan_source` tag and the evidence). A plan the caller
+    gives explicitly is never replaced: it is validated and errors raise."""
+    from .rum import Plan, PlanError, default_plan
+
+    if on_unfit not in PLAN_POLICIES:
+        raise ValueError(f"unknown plan policy on_unfit={on_unfit!r}; valid: {', '.join(PLAN_POLICIES)}")
+    if isinstance(spec, Plan):
+        return ResolvedPlan(spec.validate(ctx.tiers), "given")
+    text = str(spec or "auto").strip()
+    default = lambda why: ResolvedPlan(default_plan(tuple(ctx.tiers)).validate(ctx.tiers), why)
+    if text in ("auto", "registered"):
+        where = f"tag {Tag.SEARCHED_PLAN} of registered model {ctx.source.name}"
+        try:
+            registered = registered_plan(ctx.source.name)
+            if registered is not None:
+                return ResolvedPlan(registered.validate(ctx.tiers), f"registered ({where})")
+        except PlanError as exc:
+            if on_unfit == "error":
+                raise PlanError(f"the searched plan of registered model {ctx.source.name!r} cannot be used for this "
+                                f"request (tiers {list(ctx.tiers)}): {exc}; search again for this kind of request "
+                                f"(`mlflow-unlearn search`), or pass --plan default") from None
+            return default(f"default (the registered plan does not fit tiers {list(ctx.tiers)}: {exc})")
+        if text == "registered":
+            raise PlanError(f"registered model {ctx.source.name!r} has no searched plan ({where}); run "
+                            f"`mlflow-unlearn search --model-uri {ctx.source.uri} ...` first, or use --plan default")
+        return default("default (no plan registered on the model)")
+    if text == "default":
+        return default("default")
+    return ResolvedPlan(Plan.parse(text).validate(ctx.tiers), "given")
+
+
+def registered_plan(model_name: str):
+    """The searched plan on a registered model, or None. Read as data (JSON), never executed; the
+    pre-0.2 key `mlflow_unlearn.plan` is still read."""
+    from .rum import Plan
+
+    rm = mlflow.MlflowClient().get_registered_model(model_name)
+    tags = rm.tags or {}
+    text = tags.get(Tag.SEARCHED_PLAN) or tags.get(Tag.LEGACY_PLAN)
+    return Plan.from_json(text) if text else None
