@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))
 from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe  # noqa: E402
 from mlflow_unlearn.confidences import ConfidenceRecorder  # noqa: E402
 from mlflow_unlearn.data import DatasetSpec, load_dataset  # noqa: E402
-from mlflow_unlearn.memorization import calibration_forget_sets, mix_forget_set, tiers_from_c_proxy  # noqa: E402
+from mlflow_unlearn.memorization import tiers_from_c_proxy
+from mlflow_unlearn.forget_sets import calibration_forget_sets, mix_forget_set  # noqa: E402
 from mlflow_unlearn.metrics import evaluate_unlearning, mean_ci, outputs_for, paired_test  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
 from mlflow_unlearn.rum import Plan, single_algorithm_plan  # noqa: E402

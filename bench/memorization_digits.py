@@ -2,7 +2,7 @@
 
 Trains the original small_cnn on the full digits train split (1437 examples) with a
 ConfidenceRecorder, then estimates memorisation with K models on random 70% subsets
-(`mlflow_unlearn.memorization.estimate_memorization`) and prints the Spearman correlation of
+(`mlflow_unlearn.memorization_estimate.estimate_memorization`) and prints the Spearman correlation of
 C-proxy, max_conf, entropy and learning_events with the estimate. The RUM paper reports about -0.9
 for C-proxy on CIFAR-10 (confidences correlate negatively with memorisation).
 
@@ -24,7 +24,7 @@ from scipy.stats import mannwhitneyu
 
 from mlflow_unlearn.confidences import ConfidenceRecorder
 from mlflow_unlearn.data import load_dataset
-from mlflow_unlearn.memorization import estimate_memorization, proxy_correlations
+from mlflow_unlearn.memorization_estimate import estimate_memorization, proxy_correlations
 from mlflow_unlearn.models import build_model
 from mlflow_unlearn.training import TrainConfig, accuracy, train_model
 

@@ -20,15 +20,25 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .ids import check_something_retained, train_ids
-
-from . import memorization
+from .memorization import (
+    DEFAULT_TIERS,
+    MemorizationError,
+    _c_proxy_array,
+    _forget_ids,
+    _seed_seq,
+    memorization_rank_order,
+    train_bins_from_c_proxy,
+    validate_tier_names,
+)
 
 SPEC_PREFIXES = ("random:", "class:", "mix:", "tiers:")
 FILE_SUFFIXES = (".txt", ".json", ".npy", ".csv")
@@ -115,7 +125,7 @@ def _positive_int(text: str, what: str) -> int:
 
 
 def from_spec(spec: str, *, labels: np.ndarray, c_proxy: np.ndarray | None = None, classes: list[str] | None = None,
-              tier_names=memorization.DEFAULT_TIERS, seed: int = 0) -> np.ndarray:
+              tier_names=DEFAULT_TIERS, seed: int = 0) -> np.ndarray:
     """Turn a `random:`, `class:`, `mix:` or `tiers:` spec into train ids."""
     labels = np.asarray(labels)
     n_train = len(labels)
@@ -142,7 +152,7 @@ def from_spec(spec: str, *, labels: np.ndarray, c_proxy: np.ndarray | None = Non
             raise ForgetSetError(f"{spec} needs the C-proxy of the source model; it has no confidences/ artifact")
         try:
             if kind == "mix":
-                return memorization.mix_forget_set(c_proxy, _positive_int(arg, "mix:N"), names=tier_names, seed=seed)
+                return mix_forget_set(c_proxy, _positive_int(arg, "mix:N"), names=tier_names, seed=seed)
             counts = {}
             for part in filter(None, arg.split(",")):
                 name, eq, value = part.partition("=")
@@ -150,7 +160,7 @@ def from_spec(spec: str, *, labels: np.ndarray, c_proxy: np.ndarray | None = Non
                     raise ForgetSetError(f"tiers spec part {part!r} is not name=N (e.g. tiers:low=10,mid=10,high=10)")
                 counts[name.strip()] = int(value)
             names = tuple(counts) if set(counts) - set(tier_names) else tier_names
-            return memorization.tiered_forget_set(c_proxy, counts, names=names, seed=seed)
+            return tiered_forget_set(c_proxy, counts, names=names, seed=seed)
         except ForgetSetError:
             raise
         except ValueError as exc:
@@ -159,7 +169,7 @@ def from_spec(spec: str, *, labels: np.ndarray, c_proxy: np.ndarray | None = Non
 
 
 def load_forget_set(source, *, labels: np.ndarray, c_proxy: np.ndarray | None = None, classes: list[str] | None = None,
-                    tier_names=memorization.DEFAULT_TIERS, seed: int = 0) -> ForgetSet:
+                    tier_names=DEFAULT_TIERS, seed: int = 0) -> ForgetSet:
     """The one entry point: a spec, a local file, or a sequence of ids -> a validated ForgetSet."""
     n_train = len(labels)
     if isinstance(source, (list, tuple, np.ndarray)):
@@ -170,3 +180,169 @@ def load_forget_set(source, *, labels: np.ndarray, c_proxy: np.ndarray | None = 
     else:
         ids = read_ids_file(source)
     return ForgetSet(validate_ids(ids, n_train, source=f"forget set {source!r}"), source=source)
+
+
+# --------------------------------------------------------------------------------------------------
+# Forget sets chosen by memorisation rank (the paper's `mix`, per-bin `tiers`, calibration sets)
+
+
+def _check_forget_size(n, n_train: int, what: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise MemorizationError(f"{what} must be a whole number of examples, got {n!r}")
+    n = int(n)
+    if n <= 0:
+        raise MemorizationError(f"{what} must be positive, got {n}")
+    if n > n_train - 1:
+        raise MemorizationError(
+            f"{what}={n} is too large for a train set of {n_train} examples: at most {n_train - 1}, "
+            f"so that the retain set is not empty"
+        )
+    return n
+
+
+def _split_count(n: int, k: int) -> list[int]:
+    """n split into k near-equal parts, the remainder going to the first parts."""
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
+def _train_rank_order(c: np.ndarray, seed: int | None) -> np.ndarray:
+    """Train ids from least to most memorised (decreasing C-proxy). With a seed, exact ties are
+    broken by a seeded permutation instead of by id."""
+    if seed is None:
+        return memorization_rank_order(-c)
+    tiebreak = np.random.default_rng(_seed_seq(seed, "tiebreak")).permutation(len(c))
+    return np.lexsort((tiebreak, -c))
+
+
+def mix_forget_set(c_proxy, n: int, *, names: Sequence[str] = DEFAULT_TIERS, seed: int = 0) -> np.ndarray:
+    """The paper's "mix" forget set: the same number of examples from the least, the middle and the
+    most memorised ranks of the whole train set (ranked by -C-proxy; `c_proxy` is indexed by id).
+
+    With 3 tiers that is the n/3 highest-C-proxy examples, the n/3 around the median and the n/3
+    lowest-C-proxy. With T tiers, window t (t = 0..T-1) is centred at rank position
+    t*(N-1)/(T-1) of the N train examples (T=1: the median), so the first and last windows are the
+    two extremes. When n is not divisible by T the remainder goes to the first (least memorised)
+    windows, one each; when n < T the last windows are empty. Windows never overlap.
+    `seed` only breaks exact ties in C-proxy (a seeded order instead of by id); with distinct
+    C-proxy values the result does not depend on it. Returns sorted int64 ids.
+    """
+    names = validate_tier_names(names)
+    c = _c_proxy_array(c_proxy)
+    n_train = len(c)
+    n = _check_forget_size(n, n_train)
+    order = _train_rank_order(c, seed)
+    sizes = _split_count(n, len(names))
+    T = len(names)
+    chosen = []
+    prev_end = 0
+    for t, k in enumerate(sizes):
+        centre = (n_train - 1) / 2 if T == 1 else t * (n_train - 1) / (T - 1)
+        start = int(math.floor(centre - (k - 1) / 2 + 0.5))
+        later = sum(sizes[t + 1:])
+        start = max(start, prev_end, 0)
+        start = min(start, n_train - later - k)
+        chosen.append(order[start:start + k])
+        prev_end = start + k
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def tiered_forget_set(
+    c_proxy,
+    counts: Mapping[str, int],
+    seed: int = 0,
+    *,
+    names: Sequence[str] = DEFAULT_TIERS,
+) -> np.ndarray:
+    """A forget set with ``counts[name]`` random examples from each train-set memorisation bin
+    (``tiers:low=N,mid=N,high=N``). Bins are the train set's -C-proxy rank cut into ``len(names)``
+    equal groups (see :func:`train_bins_from_c_proxy`); names missing from `counts` contribute 0.
+    The draw is seeded: one ``numpy`` generator per (seed, tier name). Returns sorted int64 ids.
+    """
+    names = validate_tier_names(names)
+    c = _c_proxy_array(c_proxy)
+    if not isinstance(counts, Mapping) or not counts:
+        raise MemorizationError(f"counts must be a non-empty mapping of tier name to count, got {counts!r}")
+    unknown = [k for k in counts if k not in names]
+    if unknown:
+        raise MemorizationError(f"unknown tier name(s) {', '.join(map(repr, unknown))} in counts; valid: {', '.join(names)}")
+    for name, k in counts.items():
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise MemorizationError(f"count for tier {name!r} must be a non-negative whole number, got {k!r}")
+    _check_forget_size(sum(int(k) for k in counts.values()), len(c), "the total count")
+    bins = train_bins_from_c_proxy(c, names)
+    chosen = []
+    for name in names:
+        k = int(counts.get(name, 0))
+        pool = bins[name]
+        if k > len(pool):
+            raise MemorizationError(
+                f"tier {name!r} asks for {k} examples but its train-set bin holds only {len(pool)} "
+                f"(train set of {len(c)} cut into {len(names)} bins)"
+            )
+        if k:
+            rng = np.random.default_rng(_seed_seq(seed, "tier", name))
+            chosen.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def calibration_forget_sets(c_proxy, forget_ids, k: int, *, names: Sequence[str] = DEFAULT_TIERS,
+                            seed: int = 0) -> list[np.ndarray]:
+    """`k` calibration forget sets with the same memorisation composition as `forget_ids`, disjoint
+    from it and from each other (DESIGN.md section 2: select on calibration, report on held-out).
+
+    Every forget example gets one stand-in per calibration set: the unused train example nearest to
+    it in the train-set memorisation rank (by -C-proxy, `seed` breaking exact ties), within the same
+    train-set bin (the rank cut into ``len(names)`` equal groups). So each calibration set has the
+    forget set's size, its bin histogram and, up to the neighbouring ranks, its C-proxy profile;
+    its tiers (cut from its own ranking) match the forget set's tiers. A `mix` forget set gets the
+    neighbouring ranks of each of its three windows, a `random` one a set spread like it.
+
+    Raises MemorizationError naming the sizes when a bin cannot hold the forget set's examples plus
+    `k` stand-ins for each (the fix: fewer calibration sets, or a smaller forget set).
+    Returns `k` sorted int64 id arrays.
+    """
+    names = validate_tier_names(names)
+    c = _c_proxy_array(c_proxy)
+    n_train = len(c)
+    ids = _forget_ids(forget_ids, n_train)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise MemorizationError(f"the number of calibration sets must be a whole number >= 1, got {k!r}")
+    order = _train_rank_order(c, seed)  # rank position -> id, least memorised first
+    rank = np.empty(n_train, dtype=np.int64)
+    rank[order] = np.arange(n_train)
+    bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(n_train), len(names))])
+    bin_of_rank = np.searchsorted(bounds, np.arange(n_train), side="right") - 1
+    forget_ranks = np.sort(rank[ids])
+    for b, name in enumerate(names):
+        size = int(bounds[b + 1] - bounds[b])
+        taken = int(np.sum(bin_of_rank[forget_ranks] == b))
+        if taken * (k + 1) > size:
+            fits = size // max(taken, 1) - 1  # calibration sets this bin can hold
+            fix = (f"use --calibration-sets {fits} or a smaller forget set" if fits >= 1 else
+                   f"use a smaller forget set (at most {size // 2} of its examples in this bin, for one calibration set)")
+            raise MemorizationError(
+                f"cannot draw {k} calibration forget set(s) of {len(ids)} examples with the same memorisation "
+                f"composition: train-set bin {name!r} holds {size} examples, the forget set takes {taken} of them "
+                f"and {k} calibration set(s) need {taken * k} more (train set of {n_train}, {len(names)} bins); "
+                f"{fix}")
+    used = np.zeros(n_train, dtype=bool)
+    used[forget_ranks] = True
+    sets = []
+    for _ in range(int(k)):
+        chosen = []
+        for r in forget_ranks:
+            lo_bound, hi_bound = bounds[bin_of_rank[r]], bounds[bin_of_rank[r] + 1] - 1
+            for d in range(1, n_train):  # nearest unused rank, alternating below/above
+                below, above = r - d, r + d
+                if below < lo_bound and above > hi_bound:
+                    raise MemorizationError(f"no unused train example left near rank {r}")  # excluded by the count check
+                if below >= lo_bound and not used[below]:
+                    pick = below
+                    break
+                if above <= hi_bound and not used[above]:
+                    pick = above
+                    break
+            used[pick] = True
+            chosen.append(order[pick])
+        sets.append(np.sort(np.asarray(chosen, dtype=np.int64)))
+    return sets

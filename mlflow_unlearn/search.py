@@ -126,7 +126,8 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = 2) -> Calibration:
     """Draw `k` calibration forget sets for the request in `ctx` and retrain (or reuse) a reference
     for each. Fails before any training when the source has no validation split or the sets cannot
     be drawn."""
-    from .memorization import MemorizationError, calibration_forget_sets
+    from .memorization import MemorizationError
+    from .forget_sets import calibration_forget_sets
 
     if ctx.data.val is None or len(ctx.data.val) == 0:
         raise SearchError(f"{ctx.source.uri} was trained without a validation split, and selection must not look at "

@@ -324,7 +324,7 @@ def memorization_step(model_uri: str, *, n_models: int = 16, subset_fraction: fl
     with its recipe, estimate per-example memorisation, and log it with the Spearman correlation of
     each proxy against it. With `workdir` an interrupted run resumes where it stopped (default: a
     folder keyed by the source version under ./memorization)."""
-    from .memorization import estimate_memorization, proxy_correlations
+    from .memorization_estimate import estimate_memorization, proxy_correlations
 
     tracking.connect()
     source = tracking.load_source(model_uri)

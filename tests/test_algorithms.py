@@ -36,7 +36,7 @@ from mlflow_unlearn.algorithms import (
 )
 from mlflow_unlearn.confidences import ConfidenceRecorder
 from mlflow_unlearn.data import DatasetSpec, load_dataset
-from mlflow_unlearn.memorization import mix_forget_set
+from mlflow_unlearn.forget_sets import mix_forget_set
 from mlflow_unlearn.models import build_model
 from mlflow_unlearn.progress import ListLogger
 from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model

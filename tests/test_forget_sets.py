@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from mlflow_unlearn.forget_sets import ForgetSetError, forget_digest, load_forget_set
+from mlflow_unlearn.forget_sets import ForgetSetError, forget_digest, load_forget_set, mix_forget_set, tiered_forget_set
+from mlflow_unlearn.memorization import MemorizationError, tier_histogram, tiers_from_c_proxy
 
 LABELS = np.repeat(np.arange(5), 20)  # 100 train examples, 5 classes
 C_PROXY = np.linspace(0.01, 0.99, 100)  # id 0 is the most memorised
@@ -72,3 +73,116 @@ def test_missing_and_unknown_files(tmp_path):
     garbage.write_text("1 2 three")
     with pytest.raises(ForgetSetError, match="three"):
         load_forget_set(garbage, labels=LABELS)
+
+
+# ------------------------------------------------------------ chosen by memorisation rank: mix, tiers, calibration sets
+
+
+def _c_proxy(n=600, seed=0):
+    return np.random.default_rng(seed).random(n)
+
+
+# ---------------------------------------------------------------- forget-set selection
+
+
+def test_mix_takes_extremes_and_median_ranks():
+    rng = np.random.default_rng(2)
+    c = rng.permutation(100) / 100.0
+    rank = np.empty(100, int)
+    rank[np.argsort(-c)] = np.arange(100)  # 0 = highest C-proxy = least memorised
+    ids = mix_forget_set(c, 9)
+    assert ids.dtype == np.int64 and len(ids) == 9 and np.all(np.diff(ids) > 0)
+    r = sorted(rank[ids].tolist())
+    assert r[:3] == [0, 1, 2]  # the 3 highest C-proxy
+    assert r[-3:] == [97, 98, 99]  # the 3 lowest C-proxy
+    assert r[3:6] == [49, 50, 51]  # around the median (ranks 49.5 +- 1)
+    # remainder to the first tiers: 10 = 4 + 3 + 3
+    r = sorted(rank[mix_forget_set(c, 10)].tolist())
+    assert r[:4] == [0, 1, 2, 3] and r[-3:] == [97, 98, 99] and all(47 <= x <= 52 for x in r[4:7])
+    assert tier_histogram(mix_forget_set(c, 30), c) == {"low": 10, "mid": 10, "high": 10}
+    # four tiers: windows centred on ranks 0, 33, 66, 99
+    r = sorted(rank[mix_forget_set(c, 8, names=("a", "b", "c", "d"))].tolist())
+    assert r == [0, 1, 33, 34, 66, 67, 98, 99]
+
+
+def test_mix_near_whole_train_set_and_limits():
+    c = np.linspace(1, 0, 10)  # id 0 least memorised
+    assert len(np.unique(mix_forget_set(c, 9))) == 9  # windows never overlap
+    for bad in (0, -3, 10, 11, 2.5):
+        with pytest.raises(MemorizationError) as e:
+            mix_forget_set(c, bad)
+        assert repr(bad) in str(e.value) or str(bad) in str(e.value)
+
+
+def test_mix_seed_only_breaks_ties():
+    c = np.linspace(0, 1, 60)
+    assert np.array_equal(mix_forget_set(c, 9, seed=0), mix_forget_set(c, 9, seed=5))
+    flat = np.full(60, 0.5)
+    a, b = mix_forget_set(flat, 9, seed=0), mix_forget_set(flat, 9, seed=1)
+    assert np.array_equal(a, mix_forget_set(flat, 9, seed=0)) and not np.array_equal(a, b)
+
+
+def test_tiered_forget_set_counts_per_train_bin():
+    rng = np.random.default_rng(3)
+    c = rng.random(300)
+    counts = {"low": 4, "mid": 0, "high": 11}
+    ids = tiered_forget_set(c, counts, seed=7)
+    assert ids.dtype == np.int64 and len(np.unique(ids)) == 15
+    assert tier_histogram(ids, c) == {"low": 4, "mid": 0, "high": 11}
+    assert np.array_equal(ids, tiered_forget_set(c, counts, seed=7))
+    assert not np.array_equal(ids, tiered_forget_set(c, counts, seed=8))
+    # omitted names count 0; key order does not matter
+    assert tier_histogram(tiered_forget_set(c, {"high": 5, "low": 2}), c) == {"low": 2, "mid": 0, "high": 5}
+
+
+@pytest.mark.parametrize("counts,needles", [
+    ({"low": 101}, ["'low'", "101", "100"]),
+    ({"low": -1}, ["'low'", "-1"]),
+    ({"medium": 3}, ["'medium'", "low, mid, high"]),
+    ({"low": 0, "high": 0}, ["total", "0"]),
+    ({"low": 1.5}, ["'low'", "1.5"]),
+])
+def test_tiered_forget_set_errors_name_tier_and_sizes(counts, needles):
+    with pytest.raises(MemorizationError) as e:
+        tiered_forget_set(np.random.default_rng(0).random(300), counts)
+    assert all(n in str(e.value) for n in needles), str(e.value)
+
+
+def test_calibration_sets_mirror_the_request_and_are_disjoint():
+    from mlflow_unlearn.forget_sets import calibration_forget_sets
+
+    c = _c_proxy()
+    forget = mix_forget_set(c, 60)
+    sets = calibration_forget_sets(c, forget, 2)
+    assert [len(s) for s in sets] == [60, 60]
+    assert not set(sets[0]) & set(sets[1]) and not (set(sets[0]) | set(sets[1])) & set(forget)
+    for s in sets:
+        assert tier_histogram(s, c) == tier_histogram(forget, c)  # the same composition by train-set bin
+        # tier by tier, the stand-ins sit next to the request's examples in C-proxy
+        for name, ids in tiers_from_c_proxy(s, c).items():
+            target = tiers_from_c_proxy(forget, c)[name]
+            assert abs(c[ids].mean() - c[target].mean()) < 0.1
+
+
+def test_calibration_sets_are_deterministic_and_work_for_random_requests():
+    from mlflow_unlearn.forget_sets import calibration_forget_sets
+
+    c = _c_proxy()
+    forget = np.sort(np.random.default_rng(1).choice(600, 45, replace=False))
+    a, b = calibration_forget_sets(c, forget, 3), calibration_forget_sets(c, forget, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(tier_histogram(x, c) == tier_histogram(forget, c) for x in a)
+
+
+def test_calibration_request_too_large_names_sizes_and_fix():
+    from mlflow_unlearn.forget_sets import calibration_forget_sets
+
+    c = _c_proxy()
+    with pytest.raises(MemorizationError) as e:
+        calibration_forget_sets(c, mix_forget_set(c, 240), 2)  # 80 per bin of 200: 3 x 80 > 200
+    msg = str(e.value)
+    assert "200" in msg and "80" in msg and "--calibration-sets 1" in msg
+    with pytest.raises(MemorizationError, match="smaller forget set"):
+        calibration_forget_sets(c, mix_forget_set(c, 360), 1)  # 120 per bin: not even one set fits
+    with pytest.raises(MemorizationError, match="calibration sets"):
+        calibration_forget_sets(c, mix_forget_set(c, 30), 0)

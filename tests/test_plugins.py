@@ -135,7 +135,8 @@ def test_example_plugin_declares_its_search_space_and_is_searched_like_a_builtin
     from mlflow_unlearn.algorithms import FloatRange, IntRange, search_space
     from mlflow_unlearn.confidences import ConfidenceRecorder
     from mlflow_unlearn.data import DatasetSpec, load_dataset
-    from mlflow_unlearn.memorization import calibration_forget_sets, mix_forget_set, tiers_from_c_proxy
+    from mlflow_unlearn.memorization import tiers_from_c_proxy
+    from mlflow_unlearn.forget_sets import calibration_forget_sets, mix_forget_set
     from mlflow_unlearn.models import build_model
     from mlflow_unlearn.training import TrainConfig, train_model
 

@@ -8,7 +8,8 @@ from mlflow_unlearn import tuning
 from mlflow_unlearn.algorithms import ALGORITHMS
 from mlflow_unlearn.confidences import ConfidenceRecorder
 from mlflow_unlearn.data import DatasetSpec, load_dataset
-from mlflow_unlearn.memorization import calibration_forget_sets, mix_forget_set, tiers_from_c_proxy
+from mlflow_unlearn.memorization import tiers_from_c_proxy
+from mlflow_unlearn.forget_sets import calibration_forget_sets, mix_forget_set
 from mlflow_unlearn.models import build_model
 from mlflow_unlearn.rum import single_algorithm_plan
 from mlflow_unlearn.training import TrainConfig, train_model
