@@ -119,3 +119,22 @@ def test_bad_entry_point_parameters_fail_before_any_work(tracking, tmp_path, ent
     assert [r.data.tags.get("mlflow_unlearn.role") for r in runs] == [None] * len(runs)
     assert all(r.info.status == "FAILED" for r in runs)
     assert MlflowClient().search_registered_models() == []
+
+
+@pytest.mark.integration
+def test_mlflow_run_train_entry_point_at_its_defaults(tracking, tmp_path):
+    """`mlflow run . -e train` at its defaults (one epoch to keep it short): MLflow has already logged
+    the entry point's parameters in its own spelling (`subset=none`), and the step must not trip
+    MLflow's no-change rule on them."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
+                          "-P", "epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow_unlearn.role"] == "original"
+    assert run.data.params["subset"] == "none" and run.data.params["width"] == "none"
+    assert run.data.params["epochs"] == "1" and run.data.params["dataset"] == "digits"
+    # registered_model_name=none: registered under the default name <dataset>-<model>
+    (mv,) = MlflowClient().search_model_versions("name='digits-small_cnn'")
+    assert mv.run_id == run.info.run_id

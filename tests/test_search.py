@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import mlflow
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -13,9 +12,8 @@ from mlflow import MlflowClient
 
 from mlflow_unlearn import request
 
-from mlflow_unlearn import pipeline, search, steps
+from mlflow_unlearn import search, steps
 from mlflow_unlearn.algorithms import ALGORITHMS
-from mlflow_unlearn.rum import PlanError
 from mlflow_unlearn.tracking import Tag
 
 FORGET = "mix:30"
@@ -23,48 +21,6 @@ FORGET = "mix:30"
 
 def runs(filter_string=""):
     return mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
-
-
-def test_rum_step_logs_nested_tier_runs_and_registers(source_model):
-    _, uri = source_model
-    result = steps.rum_step(uri, FORGET, "low=none;mid=finetune(epochs=1);high=neggrad_plus(epochs=1,alpha=0.9)", register=True)
-    parent = MlflowClient().get_run(result.run_id)
-    assert parent.data.tags["mlflow_unlearn.role"] == "rum"
-    children = runs(f"tags.`mlflow.parentRunId` = '{result.run_id}'")
-    assert sorted(c.data.tags["mlflow_unlearn.tier"] for c in children) == ["high", "low", "mid"]
-    assert all("time/unlearn_s" in c.data.metrics for c in children)
-    plan = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/plan.json")
-    assert [s["tier"] for s in plan["steps"]] == ["low", "mid", "high"]
-    mv = MlflowClient().get_model_version("digits-src", result.version)
-    assert json.loads(mv.tags["mlflow_unlearn.applied_plan"])["steps"][2]["algorithm"] == "neggrad_plus"
-    # the registered RUM version predicts on raw images exactly as the package's own model does
-    from mlflow_unlearn.tracking import load_source, raw_images
-    from mlflow_unlearn.training import predict_logits
-
-    data = load_source(uri, with_confidences=False).load_data()
-    served = mlflow.pyfunc.load_model(f"models:/digits-src/{result.version}").predict(raw_images(data, data.test))
-    np.testing.assert_array_equal(served, predict_logits(result.model.cpu(), data, data.test).argmax(1).numpy())
-    assert mv.tags["mlflow_unlearn.role"] == "unlearn" and "RUM, plan" in mv.description
-
-
-def test_rum_plan_of_none_returns_the_original_weights(source_model):
-    _, uri = source_model
-    ctx = request.prepare(uri, FORGET)
-    result = steps.rum(ctx, "low=none;mid=none;high=none")
-    for k, v in ctx.source.model.state_dict().items():
-        assert torch.equal(v, result.model.state_dict()[k].to(v.device)), k
-
-
-@pytest.mark.parametrize("plan,needle", [("low=none;mid=none;top=none", "top"), ("low=none;mid=none;high=frob", "frob"),
-                                         ("low=none;mid=none", "high")])
-def test_bad_plans_create_no_run(source_model, plan, needle):
-    _, uri = source_model
-    ctx = request.prepare(uri, FORGET)
-    before = len(runs())
-    with pytest.raises((PlanError, KeyError)) as e:
-        steps.rum(ctx, plan)
-    assert needle in str(e.value)
-    assert len(runs()) == before
 
 
 @pytest.fixture
@@ -226,48 +182,6 @@ def test_two_workers_share_one_study_on_postgres(source_model, postgres_db):
     _two_workers_share(uri, tracking_uri, postgres_db())
 
 
-@pytest.mark.integration
-def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(tracking):
-    out = pipeline.main_step(subset=300, width=8, epochs=6, forget="mix:30", n_trials=5, max_epochs=1, unlearn_seeds=2,
-                             baselines=("finetune", "neggrad"), registered_model_name="main-digits")
-    table = out["table"]
-    for row in ("RUM (searched plan)", "none (no unlearning)", "finetune (defaults)", "finetune (tuned)",
-                "neggrad (defaults)", "neggrad (tuned)", "retrain vs retrain (noise floor)"):
-        assert row in table
-    assert "none (no unlearning) (unchanged)" in table  # doing nothing is flagged as such
-    assert "does NOT beat" in out["verdict"] or "beats doing nothing" in out["verdict"]
-    assert str(out["rum"].version) == "2"
-    mv = MlflowClient().get_model_version("main-digits", out["rum"].version)
-    assert mv.tags["mlflow_unlearn.algorithm"] == "rum"
-    rum = next(r for r in out["reports"] if r.name == "RUM (searched plan)")
-    assert len(rum.per_seed) == 2 and all(0 < m["tow"] <= 1 for m in rum.per_seed)
-    # selection and reporting saw different forget sets
-    search_runs = runs("tags.`mlflow_unlearn.role` = 'search'")
-    assert len(search_runs) == 3  # RUM and one per baseline, with the same budget
-    target = out["ctx"].forget.digest
-    for r in search_runs:
-        assert int(r.data.params["n_trials"]) == 5
-        assert target not in r.data.tags[search.CALIBRATION_TAG]
-    assert 0 < out["floor"]["floor/tow"] <= 1
-    parent = runs("tags.`mlflow_unlearn.role` = 'pipeline'")[0]
-    assert parent.data.metrics["time/pipeline_s"] > 0 and "floor/tow" in parent.data.metrics
-    assert "entanglement" in parent.data.metrics
-    method = runs("attributes.run_name = 'finetune (tuned)'")[0]
-    assert method.data.params["algorithm"] == "finetune" and "tow" in method.data.metrics
-    client = MlflowClient()
-    assert "plots/methods.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
-    table = mlflow.load_table("summary_table.json", run_ids=[parent.info.run_id])
-    assert "RUM (searched plan)" in set(table["method"]) and "tow ci95_low" in table.columns
-    assert "RUM (searched plan)" in parent.data.tags["mlflow.note.content"]  # the description on the run page
-    rum_search = next(r for r in search_runs if r.data.tags["mlflow_unlearn.search_space"] == "rum")
-    plots = [a.path for a in client.list_artifacts(rum_search.info.run_id, "plots")]
-    assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots
-    for run in (method, runs("tags.`mlflow_unlearn.role` = 'rum'")[0]):  # per-tier charts on every method and on RUM
-        assert "plots/tiers.png" in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
-    original = runs("tags.`mlflow_unlearn.role` = 'original'")[0]
-    assert "plots/c_proxy.png" in [a.path for a in client.list_artifacts(original.info.run_id, "plots")]
-
-
 def test_multi_objective_search_returns_a_pareto_plan(source_model, tmp_path):
     _, uri = source_model
     ctx = request.prepare(uri, FORGET)
@@ -277,17 +191,3 @@ def test_multi_objective_search_returns_a_pareto_plan(source_model, tmp_path):
     study = optuna.load_study(study_name=found.study_name, storage=found.storage)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert found.best_value == max(t.values[0] for t in study.best_trials)
-
-
-def test_memorization_step_logs_estimate_and_correlations(source_model, tmp_path):
-    _, uri = source_model
-    metrics = steps.memorization_step(uri, n_models=3, epochs=2, workdir=str(tmp_path / "mem"))
-    assert metrics["memorization/n_models"] == 3
-    assert -1 <= metrics["spearman/c_proxy"] <= 1
-    run = runs("tags.`mlflow_unlearn.role` = 'memorization'")[0]
-    assert "spearman/c_proxy" in run.data.metrics
-    est = np.load(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/memorization/memorization.npz"))
-    assert est["mem"].shape == (360,)  # 400 minus the 10% validation split
-    # resumable: the same workdir trains nothing again
-    again = steps.memorization_step(uri, n_models=3, epochs=2, workdir=str(tmp_path / "mem"))
-    assert again["spearman/c_proxy"] == pytest.approx(metrics["spearman/c_proxy"])

@@ -1,12 +1,18 @@
-"""retrain / unlearn / evaluate end to end on digits through the real MLflow API."""
+"""The step functions end to end on digits through the real MLflow API: retrain / unlearn /
+evaluate / rum (nested tier runs, registration, served predictions) / memorization, and bad input."""
+import json
+
 import mlflow
+import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from mlflow_unlearn import evaluation, references, request, steps, tracking
 from mlflow_unlearn._registry import UnknownComponentError
 from mlflow_unlearn.algorithms import HyperparameterError
 from mlflow_unlearn.forget_sets import ForgetSetError
+from mlflow_unlearn.rum import PlanError
 from mlflow_unlearn.tracking import MissingArtifactError
 
 FORGET = "mix:30"
@@ -138,3 +144,63 @@ def test_hyperparameter_text_forms():
     assert steps.parse_hyperparameters('{"lr": 0.01}') == {"lr": 0.01}
     with pytest.raises(ValueError, match="'lr'"):
         steps.parse_hyperparameters("lr")
+
+
+def runs(filter_string=""):
+    return mlflow.search_runs(search_all_experiments=True, filter_string=filter_string, output_format="list")
+
+
+def test_rum_step_logs_nested_tier_runs_and_registers(source_model):
+    _, uri = source_model
+    result = steps.rum_step(uri, FORGET, "low=none;mid=finetune(epochs=1);high=neggrad_plus(epochs=1,alpha=0.9)", register=True)
+    parent = MlflowClient().get_run(result.run_id)
+    assert parent.data.tags["mlflow_unlearn.role"] == "rum"
+    children = runs(f"tags.`mlflow.parentRunId` = '{result.run_id}'")
+    assert sorted(c.data.tags["mlflow_unlearn.tier"] for c in children) == ["high", "low", "mid"]
+    assert all("time/unlearn_s" in c.data.metrics for c in children)
+    plan = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/plan.json")
+    assert [s["tier"] for s in plan["steps"]] == ["low", "mid", "high"]
+    mv = MlflowClient().get_model_version("digits-src", result.version)
+    assert json.loads(mv.tags["mlflow_unlearn.applied_plan"])["steps"][2]["algorithm"] == "neggrad_plus"
+    # the registered RUM version predicts on raw images exactly as the package's own model does
+    from mlflow_unlearn.tracking import load_source, raw_images
+    from mlflow_unlearn.training import predict_logits
+
+    data = load_source(uri, with_confidences=False).load_data()
+    served = mlflow.pyfunc.load_model(f"models:/digits-src/{result.version}").predict(raw_images(data, data.test))
+    np.testing.assert_array_equal(served, predict_logits(result.model.cpu(), data, data.test).argmax(1).numpy())
+    assert mv.tags["mlflow_unlearn.role"] == "unlearn" and "RUM, plan" in mv.description
+
+
+def test_rum_plan_of_none_returns_the_original_weights(source_model):
+    _, uri = source_model
+    ctx = request.prepare(uri, FORGET)
+    result = steps.rum(ctx, "low=none;mid=none;high=none")
+    for k, v in ctx.source.model.state_dict().items():
+        assert torch.equal(v, result.model.state_dict()[k].to(v.device)), k
+
+
+@pytest.mark.parametrize("plan,needle", [("low=none;mid=none;top=none", "top"), ("low=none;mid=none;high=frob", "frob"),
+                                         ("low=none;mid=none", "high")])
+def test_bad_plans_create_no_run(source_model, plan, needle):
+    _, uri = source_model
+    ctx = request.prepare(uri, FORGET)
+    before = len(runs())
+    with pytest.raises((PlanError, KeyError)) as e:
+        steps.rum(ctx, plan)
+    assert needle in str(e.value)
+    assert len(runs()) == before
+
+
+def test_memorization_step_logs_estimate_and_correlations(source_model, tmp_path):
+    _, uri = source_model
+    metrics = steps.memorization_step(uri, n_models=3, epochs=2, workdir=str(tmp_path / "mem"))
+    assert metrics["memorization/n_models"] == 3
+    assert -1 <= metrics["spearman/c_proxy"] <= 1
+    run = runs("tags.`mlflow_unlearn.role` = 'memorization'")[0]
+    assert "spearman/c_proxy" in run.data.metrics
+    est = np.load(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/memorization/memorization.npz"))
+    assert est["mem"].shape == (360,)  # 400 minus the 10% validation split
+    # resumable: the same workdir trains nothing again
+    again = steps.memorization_step(uri, n_models=3, epochs=2, workdir=str(tmp_path / "mem"))
+    assert again["spearman/c_proxy"] == pytest.approx(metrics["spearman/c_proxy"])

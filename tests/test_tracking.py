@@ -1,5 +1,4 @@
 """The train step, the registry round trip and bad input, through the real MLflow API."""
-import os
 import subprocess
 import sys
 import time
@@ -128,33 +127,6 @@ def test_remote_tracking_server_works_the_same(tracking, mlflow_server, monkeypa
 
 def run_cli(args, cwd, env):
     return subprocess.run([sys.executable, "-m", "mlflow_unlearn.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.integration
-def test_cli_bad_dataset_exits_2_and_names_it(tracking, tmp_path):
-    out = run_cli(["train", "--dataset", "mnist"], tmp_path, {**os.environ})
-    assert out.returncode == 2
-    assert "mnist" in out.stderr and "digits" in out.stderr
-    assert_nothing_created()
-
-
-@pytest.mark.integration
-def test_mlflow_run_train_entry_point_at_its_defaults(tracking, tmp_path):
-    """`mlflow run . -e train` at its defaults (one epoch to keep it short): MLflow has already logged
-    the entry point's parameters in its own spelling (`subset=none`), and the step must not trip
-    MLflow's no-change rule on them."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    out = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "--env-manager", "local",
-                          "-P", "epochs=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["mlflow_unlearn.role"] == "original"
-    assert run.data.params["subset"] == "none" and run.data.params["width"] == "none"
-    assert run.data.params["epochs"] == "1" and run.data.params["dataset"] == "digits"
-    # registered_model_name=none: registered under the default name <dataset>-<model>
-    (mv,) = MlflowClient().search_model_versions("name='digits-small_cnn'")
-    assert mv.run_id == run.info.run_id
 
 
 def test_step_params_next_to_mlflow_run_spellings(tracking):
