@@ -81,32 +81,41 @@ def validate_ids(ids, n_train: int, *, source: str = "forget set") -> np.ndarray
 
 
 def read_ids_file(path: str | Path) -> np.ndarray:
+    """The ids in a forget-set file (see the module doc for the formats); not yet validated."""
+    return read_ids_and_digest(path)[0]
+
+
+def read_ids_and_digest(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """(ids, the digest the file records or None), reading and parsing the file once. A JSON
+    object may record `digest` beside `ids` (what `attach` logs), so a changed artifact is caught."""
     path = Path(path)
     if not path.exists():
         raise ForgetSetError(f"forget-set file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False), None
         if suffix == ".json":
             obj = json.loads(path.read_text())
+            recorded = None
             if isinstance(obj, dict):
                 if "ids" not in obj:
                     raise ForgetSetError(f"{path} is a JSON object without an 'ids' list (keys: {sorted(obj)})")
+                recorded = obj.get("digest") if isinstance(obj.get("digest"), str) else None
                 obj = obj["ids"]
-            return np.asarray(obj)
+            return np.asarray(obj), recorded
         if suffix == ".csv":
             rows = list(csv.reader(path.read_text().splitlines()))
             rows = [r for r in rows if r and any(c.strip() for c in r)]
             if not rows:
-                return np.asarray([], dtype=np.int64)
+                return np.asarray([], dtype=np.int64), None
             header = [c.strip().lower() for c in rows[0]]
             has_header = not re.fullmatch(r"-?\d+", header[0])
             col = header.index("id") if has_header and "id" in header else 0
-            return np.asarray([int(r[col]) for r in rows[1 if has_header else 0:]])
+            return np.asarray([int(r[col]) for r in rows[1 if has_header else 0:]]), None
         if suffix in (".txt", ""):
             tokens = [t for t in re.split(r"[\s,]+", path.read_text()) if t]
-            return np.asarray([int(t) for t in tokens])
+            return np.asarray([int(t) for t in tokens]), None
     except ForgetSetError:
         raise
     except (ValueError, OSError) as exc:

@@ -210,3 +210,23 @@ def test_evidence_embeds_the_per_tier_chart():
     assert sorted(round(p.get_height(), 2) for p in ax.patches) == [0.2, 0.25, 0.95, 0.97, 1.0, 1.0]
     assert "<img alt='forget accuracy per tier'" in evidence.to_html(report)
     assert evidence.tier_figure(_report()) is None  # no finite per-tier value: no chart, no broken image
+
+
+def test_a_request_is_read_once_and_a_tampered_artifact_is_rejected(tracking, tmp_path):
+    """read_request downloads, parses and hashes the forget-set artifact once (the job passes the ids
+    on); an artifact whose ids no longer match the digest recorded beside them is refused."""
+    import mlflow
+
+    from mlflow_unlearn.forget_sets import ForgetSetError, forget_digest
+    from mlflow_unlearn.hook.attach import read_request
+
+    good = {"ids": [5, 1, 3], "digest": forget_digest([1, 3, 5])}
+    with mlflow.start_run() as run:
+        mlflow.log_dict(good, "forget_set/good.json")
+        mlflow.log_dict({**good, "ids": [5, 1, 4]}, "forget_set/changed.json")
+    req = read_request(f"runs:/{run.info.run_id}/forget_set/good.json")
+    assert req.ids.tolist() == [5, 1, 3] and req.digest == good["digest"]
+    with pytest.raises(ForgetSetError, match="changed after logging"):
+        read_request(f"runs:/{run.info.run_id}/forget_set/changed.json")
+    with pytest.raises(ForgetSetError, match="is a spec"):
+        read_request("mix:30")

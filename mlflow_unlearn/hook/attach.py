@@ -14,7 +14,6 @@ done changes nothing (pass force=True to make a new request anyway).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,9 +145,20 @@ def attach(model: str, version, forget, *, seed: int = 0, experiment: str | None
     return AttachResult(mv.name, str(mv.version), uri, fs.digest, len(fs), run_id)
 
 
-def read_request(uri: str) -> tuple[np.ndarray, str]:
-    """Download the forget set a tag points to; return (raw ids, local path). Raises ForgetSetError."""
-    from ..forget_sets import ForgetSetError, is_spec, read_ids_file
+@dataclass(frozen=True)
+class RequestIds:
+    """A forget-set artifact read once: its raw ids (validated against the manifest later, by
+    `request.prepare`), their digest, and the URI they came from."""
+
+    ids: np.ndarray
+    digest: str
+    uri: str
+
+
+def read_request(uri: str) -> RequestIds:
+    """Download the forget set a tag points to and read it, parsing and hashing it once. Raises
+    ForgetSetError (with the reason) for an empty tag, a spec, an unreadable or tampered artifact."""
+    from ..forget_sets import ForgetSetError, forget_digest, is_spec, read_ids_and_digest
     from ..request import resolve_forget_source
 
     uri = (uri or "").strip()
@@ -163,22 +173,15 @@ def read_request(uri: str) -> tuple[np.ndarray, str]:
         if len(files) != 1:
             raise ForgetSetError(f"the forget-set URI {uri!r} is a folder with {len(files)} id files; point it at one file")
         local = str(files[0])
-    ids = read_ids_file(local)
-    if Path(str(local)).suffix.lower() == ".json":
-        obj = json.loads(Path(local).read_text())
-        if isinstance(obj, dict) and obj.get("digest") and obj["digest"] != _digest_or_none(ids):
-            raise ForgetSetError(f"the forget-set artifact {uri!r} records digest {obj['digest'][:12]}... but its ids "
-                                 f"hash to {str(_digest_or_none(ids))[:12]}...; it was changed after logging")
-    return np.asarray(ids), str(local)
-
-
-def _digest_or_none(ids) -> str | None:
-    from ..forget_sets import forget_digest
-
+    ids, recorded = read_ids_and_digest(local)
     try:
-        return forget_digest(ids)
+        digest = forget_digest(ids)
     except (TypeError, ValueError):
-        return None
+        raise ForgetSetError(f"the forget set {uri!r} does not hold integer ids") from None
+    if recorded and recorded != digest:
+        raise ForgetSetError(f"the forget-set artifact {uri!r} records digest {recorded[:12]}... but its ids hash to "
+                             f"{digest[:12]}...; it was changed after logging")
+    return RequestIds(np.asarray(ids), digest, uri)
 
 
 def wait_for(model: str, version, *, timeout_s: float = 600.0, poll_s: float = 0.5, tracking_uri: str | None = None,

@@ -283,8 +283,6 @@ class _Job:
 
 def run_job(name: str, version) -> str:
     """Answer the request attached to name/version (see the module doc); returns what happened."""
-    from ..forget_sets import forget_digest
-
     cfg = current_config()
     tracking.connect(cfg.tracking_uri)
     client = MlflowClient()
@@ -300,8 +298,8 @@ def run_job(name: str, version) -> str:
     try:
         from .attach import read_request
 
-        ids, local = read_request(job.uri)
-        digest = forget_digest(ids)
+        req = read_request(job.uri)  # the artifact is downloaded, parsed and hashed once, here
+        digest = req.digest
     except _rejections() as exc:
         return job.finish(ledger.REJECTED, error=_message(exc))
     except (TypeError, ValueError) as exc:
@@ -311,12 +309,13 @@ def run_job(name: str, version) -> str:
     except JobLocked:
         return "skipped: another worker holds the job lock"
     try:
-        return _run_locked(job, cfg, digest, local)
+        return _run_locked(job, cfg, req)
     finally:
         lock.clear()
 
 
-def _run_locked(job: _Job, cfg: HookConfig, digest: str, local: str) -> str:
+def _run_locked(job: _Job, cfg: HookConfig, req) -> str:
+    digest = req.digest
     state = ledger.read_state(job.client, job.name, job.version)
     if state.request != job.uri:
         return "skipped: a newer request replaced this one"
@@ -331,7 +330,7 @@ def _run_locked(job: _Job, cfg: HookConfig, digest: str, local: str) -> str:
         ledger.JOB_REQUEST_TAG: job.uri, ledger.JOB_DIGEST_TAG: digest, ledger.STARTED_AT_TAG: ledger.now(),
         ledger.ERROR_TAG: None, ledger.RESULT_VERSION_TAG: None, ledger.FINISHED_AT_TAG: None})
     try:
-        return _unlearn_and_register(job, cfg, digest, local)
+        return _unlearn_and_register(job, cfg, req)
     except _rejections() as exc:
         return job.finish(ledger.REJECTED, error=_message(exc), digest=digest)
     except Exception as exc:
@@ -359,7 +358,7 @@ def _end_orphan_runs(job: _Job, digest: str) -> None:
         pass
 
 
-def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -> str:
+def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
     import json
 
     import numpy as np
@@ -367,9 +366,10 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, digest: str, local: str) -
     from .. import evaluation, references, request, steps
     from . import evidence
 
-    ctx = request.prepare(f"models:/{job.name}/{job.version}", local, seed=cfg.seed, device=cfg.device)
-    if ctx.forget.digest != digest:  # cannot happen unless the artifact changed under us
-        raise RuntimeError(f"forget digest changed while the job ran ({digest[:12]} -> {ctx.forget.digest[:12]})")
+    digest = req.digest
+    # the ids read once by read_request, validated here against the source's training manifest
+    ctx = request.prepare(f"models:/{job.name}/{job.version}", req.ids, seed=cfg.seed, device=cfg.device)
+    ctx.forget.source = req.uri  # what was requested, not "ids"
     # The hook's policy: a registered plan that does not fit this request's tiers falls back to the
     # default plan (the reason goes into plan_source and the evidence) instead of failing the request.
     resolved = request.resolve_plan(ctx, "auto", on_unfit="default")
