@@ -1,4 +1,4 @@
-"""Registry-hook latency and throughput, end to end on one machine (docs/hook.md, bench/README.md).
+"""Registry-hook latency and throughput, end to end on one machine (README.md "The registry hook", bench/README.md).
 
     .venv/bin/python bench/bench_hook.py                       # 20 requests per phase, ~10 min on 2 cores
     .venv/bin/python bench/bench_hook.py --requests 5 --quick  # smoke run

@@ -22,6 +22,7 @@ and `mlflow_unlearn.tracking.log_confidences(recorder)` logs the same artifacts 
 from __future__ import annotations
 
 import warnings
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -102,3 +103,23 @@ def proxies_from_history(history: dict[str, np.ndarray]) -> dict[str, np.ndarray
             "entropy": np.nanmean(history["entropy"], axis=0),
             "learning_events": np.nanmean(history["correct"], axis=0),
         }
+
+
+def save_confidences(recorder: "ConfidenceRecorder | Mapping[str, np.ndarray]", folder) -> dict[str, np.ndarray]:
+    """Write a training run's confidences into `folder` (the layout of an original run's
+    `confidences/` artifacts, DESIGN.md section 4) and return the proxies:
+    `true_class_prob.npy` float16 [epochs, n_train], `history.npz` (max_prob, entropy, correct;
+    float16), `proxies.npz` float32 [n_train] and `proxies.csv` (one row per id, readable in the UI)."""
+    from pathlib import Path
+
+    history = recorder.history() if isinstance(recorder, ConfidenceRecorder) else dict(recorder)
+    proxies = proxies_from_history(history)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "true_class_prob.npy", history["true_prob"].astype(np.float16))
+    np.savez_compressed(folder / "history.npz", **{k: history[k].astype(np.float16) for k in ("max_prob", "entropy", "correct")})
+    np.savez(folder / "proxies.npz", **{k: v.astype(np.float32) for k, v in proxies.items()})
+    rows = ["id," + ",".join(PROXY_NAMES)]
+    rows += [f"{i}," + ",".join(f"{proxies[k][i]:.6f}" for k in PROXY_NAMES) for i in range(len(proxies["c_proxy"]))]
+    (folder / "proxies.csv").write_text("\n".join(rows) + "\n")
+    return proxies

@@ -13,7 +13,6 @@ Artifact layout of an original run (DESIGN.md section 4):
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -31,7 +30,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from .confidences import PROXY_NAMES, ConfidenceRecorder, proxies_from_history
+from .confidences import ConfidenceRecorder, save_confidences
 from .data import DatasetSpec, ImageData, load_dataset
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -368,23 +367,14 @@ def run_model_id(run_id: str) -> str:
 
 
 def log_confidences(recorder: ConfidenceRecorder | Mapping[str, np.ndarray], *, artifact_path: str = "confidences") -> dict[str, np.ndarray]:
-    """Log per-example, per-epoch confidences and the derived proxy scores to the active run.
+    """Log per-example, per-epoch confidences and the derived proxy scores to the active run: a thin
+    wrapper over the core's `confidences.save_confidences` (the files it writes are the artifacts).
 
     Accepts a ConfidenceRecorder (or its `history()` dict) from any training loop, so teams with their
     own trainer get the artifacts the `train` step logs. Returns the proxies."""
-    history = recorder.history() if isinstance(recorder, ConfidenceRecorder) else dict(recorder)
-    proxies = proxies_from_history(history)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        np.save(tmp / "true_class_prob.npy", history["true_prob"].astype(np.float16))
-        np.savez_compressed(tmp / "history.npz", **{k: history[k].astype(np.float16) for k in ("max_prob", "entropy", "correct")})
-        np.savez(tmp / "proxies.npz", **{k: v.astype(np.float32) for k, v in proxies.items()})
-        buf = io.StringIO()
-        buf.write("id," + ",".join(PROXY_NAMES) + "\n")
-        for i in range(len(proxies["c_proxy"])):
-            buf.write(f"{i}," + ",".join(f"{proxies[k][i]:.6f}" for k in PROXY_NAMES) + "\n")
-        (tmp / "proxies.csv").write_text(buf.getvalue())
-        mlflow.log_artifacts(str(tmp), artifact_path)
+        proxies = save_confidences(recorder, tmp)
+        mlflow.log_artifacts(tmp, artifact_path)
     return proxies
 
 

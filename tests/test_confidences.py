@@ -73,3 +73,21 @@ def test_recorder_rejects_mismatched_batches():
         rec.end_epoch()
     with pytest.raises(ValueError, match="n_samples"):
         ConfidenceRecorder(0)
+
+
+def test_save_confidences_writes_the_artifact_layout(tmp_path):
+    """The pure half of tracking.log_confidences: the files an original run's confidences/ holds."""
+    from mlflow_unlearn.confidences import PROXY_NAMES, save_confidences
+
+    rec = ConfidenceRecorder(4)
+    for epoch in range(2):
+        rec.update(torch.arange(4), torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 1, 0, 0]))
+        rec.end_epoch()
+    proxies = save_confidences(rec, tmp_path / "confidences")
+    assert sorted(p.name for p in (tmp_path / "confidences").iterdir()) == [
+        "history.npz", "proxies.csv", "proxies.npz", "true_class_prob.npy"]
+    prob = np.load(tmp_path / "confidences" / "true_class_prob.npy")
+    assert prob.dtype == np.float16 and prob.shape == (2, 4)
+    lines = (tmp_path / "confidences" / "proxies.csv").read_text().splitlines()
+    assert lines[0] == "id," + ",".join(PROXY_NAMES) and len(lines) == 5
+    assert proxies["c_proxy"][3] < 0.1 < 0.8 < proxies["c_proxy"][0]  # id 3 is confidently wrong: memorised-looking
