@@ -10,17 +10,20 @@ import numpy as np
 import torch
 
 from . import tracking
+from .metrics import METRICS, embeddings, entanglement_score, evaluate_unlearning, outputs_for
+from .plots import tier_accuracy_chart
 from .references import retrain
 from .request import ForgetContext
 from .runs import StepResult, load_run_model, step_run
 from .tracking import Role, Tag
+from .training import predict_logits
+from .tuning import Reference, noise_floor as floor_of
 
 
 def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: torch.nn.Module | None,
                        metrics=None) -> dict[str, float]:
     """The metrics of `model` against `reference`: the built-ins plus `metrics` (registered names;
     default: every registered metric, plugins included)."""
-    from .metrics import METRICS, evaluate_unlearning, outputs_for
 
     u = outputs_for(model, ctx.data, ctx.forget.ids)
     r = outputs_for(reference, ctx.data, ctx.forget.ids) if reference is not None else None
@@ -30,7 +33,6 @@ def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: to
 
 def forget_tier_accuracy(ctx: ForgetContext, model: torch.nn.Module) -> dict[str, float]:
     """Accuracy of `model` on each tier of the forget set, and on all of it (`all`)."""
-    from .training import predict_logits
 
     ids = torch.as_tensor(ctx.forget.ids, device=ctx.data.device)
     split = ctx.data.train.subset(ids)
@@ -43,7 +45,6 @@ def forget_tier_accuracy(ctx: ForgetContext, model: torch.nn.Module) -> dict[str
 
 def tier_chart(ctx: ForgetContext, model: torch.nn.Module, reference: torch.nn.Module, label: str):
     """The per-tier forget accuracy of the original, `model` and the reference, as a figure."""
-    from .plots import tier_accuracy_chart
 
     if "original_tier_acc" not in ctx.cache:
         ctx.cache["original_tier_acc"] = forget_tier_accuracy(ctx, ctx.source.model)
@@ -57,7 +58,6 @@ def tier_chart(ctx: ForgetContext, model: torch.nn.Module, reference: torch.nn.M
 def entanglement(ctx: ForgetContext) -> float:
     """Entanglement score of forget vs retain in the source model's penultimate layer (DESIGN.md
     section 2: higher = harder to unlearn); a property of the request, computed once per context."""
-    from .metrics import embeddings, entanglement_score
 
     if "entanglement" not in ctx.cache:
         ud = ctx.unlearn_data()
@@ -70,7 +70,6 @@ def noise_floor(ctx: ForgetContext, reference: StepResult) -> dict[str, float]:
     """Retrain vs retrain: a second reference (seed + 1, cached like every retrain) scored against
     `reference`, so a reader sees what "as close as retraining" means for ToW, ToW-PE and the MIA
     gap (`floor/*` keys). Computed once per context and reference."""
-    from .tuning import noise_floor as floor_of
 
     key = ("floor", reference.run_id)
     if key not in ctx.cache:
@@ -84,14 +83,10 @@ def noise_floor(ctx: ForgetContext, reference: StepResult) -> dict[str, float]:
 
 
 def outputs_of(ctx: ForgetContext, model: torch.nn.Module) -> dict:
-    from .metrics import outputs_for
-
     return outputs_for(model, ctx.data, ctx.forget.ids)
 
 
 def _as_reference(ctx: ForgetContext, result: StepResult, outputs: dict):
-    from .tuning import Reference
-
     return Reference(np.asarray(ctx.forget.ids), dict(ctx.tiers), result.model, outputs, result.seconds)
 
 

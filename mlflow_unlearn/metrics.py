@@ -38,6 +38,7 @@ from scipy import special, stats
 
 from ._registry import Registry
 from .ids import train_ids
+from .training import eval_outputs, predict_logits
 
 __all__ = [
     "MetricInputError", "accuracy", "accuracy_gap", "disagreement", "tow", "tow_mia", "tow_pe",
@@ -487,7 +488,6 @@ def outputs_for(model: torch.nn.Module, data, forget_ids: Any, retain_ids: Any =
     while selecting, so the reported test split is never used to choose anything; DESIGN.md
     section 2). Uses `training.predict_logits`; the model's mode is restored.
     """
-    from .training import predict_logits
 
     n_train = len(data.train)
     forget = _ids("forget_ids", forget_ids, n_train)
@@ -506,7 +506,6 @@ def outputs_for(model: torch.nn.Module, data, forget_ids: Any, retain_ids: Any =
 def embeddings(model: torch.nn.Module, data, split, *, batch_size: int = 1024) -> np.ndarray:
     """Penultimate-layer embeddings [N, D] (float32, CPU) of a split, via the model's `embed`
     method, in eval mode (the mode is restored). Feed them to `entanglement_score`."""
-    from .training import eval_outputs
 
     if not callable(getattr(model, "embed", None)):
         raise MetricInputError(f"model {type(model).__name__} has no embed() method for penultimate-layer features")

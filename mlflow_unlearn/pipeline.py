@@ -19,8 +19,13 @@ import mlflow
 import numpy as np
 
 from . import evaluation, references, request, runs, steps, tracking
+from .algorithms import ALGORITHMS, default_search_algorithms
+from .metrics import METRICS, paired_test
+from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
+from .search import SearchError, prepare_calibration, rum_default_trials, search, search_algorithm
 from .tracking import Role, Tag
+from .tuning import Reference, objective_directions, report_plan
 
 # (column, metric key, lower is better)
 TABLE_KEYS = (("ToW", "tow"), ("ToW-MIA", "tow_mia"), ("MIA gap", "mia/gap"), ("ToW-PE", "tow_pe"),
@@ -52,7 +57,6 @@ def format_table(reports, floor: dict[str, float], reference_seconds: float) -> 
 
 def verdict(reports) -> str:
     """Does the searched plan beat doing nothing on the held-out request? A paired test over seeds."""
-    from .metrics import paired_test
 
     by = {r.name: r for r in reports}
     rum, none = by.get("RUM (searched plan)"), by.get("none (no unlearning)")
@@ -80,10 +84,6 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
     """Run the pipeline; `n_trials` is the budget of the RUM search and of each baseline's search
     alike. `baselines` (default: the registry's default search space but `none`) are reported at
     their defaults and tuned; `algorithms`: the RUM search space (default `none` plus the baselines)."""
-    from .algorithms import ALGORITHMS, default_search_algorithms
-    from .search import SearchError, prepare_calibration, rum_default_trials, search, search_algorithm
-    from .metrics import METRICS
-    from .tuning import Reference, objective_directions, report_plan
 
     # Validate what would otherwise fail minutes in.
     baselines = list(baselines) if baselines is not None else [a for a in default_search_algorithms() if a != "none"]
@@ -204,8 +204,6 @@ def summary_table(reports, floor: dict[str, float]) -> dict[str, list]:
 
 
 def comparison_figure(reports, floor: dict[str, float], n_forget: int, n_seeds: int):
-    from .plots import method_comparison
-
     rows = [{"name": r.name + (" (unchanged)" if r.unchanged else ""), "tow": r.summary("tow"),
              "mia/gap": r.summary("mia/gap")} for r in reports]
     return method_comparison(rows, floor, title=f"Methods on the held-out request ({n_forget} examples), mean and 95% "
@@ -240,8 +238,6 @@ def _log_method(ctx, report, algorithm: str, reference_run: str, tier_reference=
 
 
 def _method_tier_chart(ctx, report, reference_model):
-    from .plots import tier_accuracy_chart
-
     if "original_tier_acc" not in ctx.cache:
         ctx.cache["original_tier_acc"] = evaluation.forget_tier_accuracy(ctx, ctx.source.model)
     if "reference_tier_acc" not in ctx.cache:

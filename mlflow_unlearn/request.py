@@ -16,7 +16,11 @@ import numpy as np
 import torch
 
 from . import tracking
+from .algorithms import TrainRecipe, UnlearnData
+from .forget_sets import ForgetSetError, is_spec, load_forget_set
+from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
 from .models import build_model
+from .rum import Plan, PlanError, default_plan
 from .tracking import Tag
 from .training import TrainConfig, resolve_device
 
@@ -38,8 +42,6 @@ class ForgetContext:
         return f"{self.source.name}/{self.source.version}"
 
     def unlearn_data(self, retain_ids=None):
-        from .algorithms import UnlearnData
-
         if retain_ids is None:
             return UnlearnData.from_forget(self.data, self.forget.ids, recipe=self.recipe())
         return UnlearnData(self.data, self.forget.ids, retain_ids, recipe=self.recipe())
@@ -47,7 +49,6 @@ class ForgetContext:
     def recipe(self):
         """How the source was made (its architecture, fresh weights per seed, and its TrainConfig):
         what the `retrain` algorithm replays, the same recipe as the retrained reference."""
-        from .algorithms import TrainRecipe
 
         return TrainRecipe(build=lambda seed: build_source_architecture(self, seed).to(self.data.device),
                            config=TrainConfig(**self.source.model_spec["train_config"]))
@@ -63,7 +64,6 @@ class ForgetContext:
 
 def resolve_forget_source(forget) -> Any:
     """Download an MLflow artifact URI to a local file; pass specs, paths and id lists through."""
-    from .forget_sets import ForgetSetError, is_spec
 
     if isinstance(forget, (list, tuple, np.ndarray)) or is_spec(str(forget)):
         return forget
@@ -78,8 +78,6 @@ def resolve_forget_source(forget) -> Any:
 
 def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "auto", tier_names=None) -> ForgetContext:
     """Load a registered source version and validate a forget set against its training manifest."""
-    from .forget_sets import load_forget_set
-    from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
 
     names = tuple(tier_names or DEFAULT_TIERS)
     tracking.connect()
@@ -140,7 +138,6 @@ def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") ->
     plan and says why in `source` (the hook: a request must not fail because an old search used
     other tiers; the reason lands in the `plan_source` tag and the evidence). A plan the caller
     gives explicitly is never replaced: it is validated and errors raise."""
-    from .rum import Plan, PlanError, default_plan
 
     if on_unfit not in PLAN_POLICIES:
         raise ValueError(f"unknown plan policy on_unfit={on_unfit!r}; valid: {', '.join(PLAN_POLICIES)}")
@@ -172,7 +169,6 @@ def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") ->
 def registered_plan(model_name: str):
     """The searched plan on a registered model, or None. Read as data (JSON), never executed; the
     pre-0.2 key `mlflow_unlearn.plan` is still read."""
-    from .rum import Plan
 
     rm = mlflow.MlflowClient().get_registered_model(model_name)
     tags = rm.tags or {}

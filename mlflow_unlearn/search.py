@@ -30,19 +30,21 @@ import numpy as np
 import optuna
 
 from . import references, request, runs, tracking
-from .algorithms import default_search_algorithms
+from .algorithms import ALGORITHMS, default_search_algorithms
+from .forget_sets import ForgetSet, calibration_forget_sets
+from .memorization import DEFAULT_TIERS, MemorizationError, tier_histogram, tiers_from_c_proxy
 from .rum import Plan
 from .tracking import TAG, Role, Tag
-from .tuning import (  # noqa: F401  (re-exported: the search vocabulary lives in the core)
-    objective_directions,
+from .tuning import (
+    TOW_TIME,
     CalibrationScorer,
     Reference,
     SearchError,
-    TOW_TIME,
     algorithm_candidates,
     algorithm_default_trials,
     best_plan,
     make_study,
+    objective_directions,
     optimize,
     rum_candidates,
     rum_default_trials,
@@ -111,8 +113,6 @@ class Calibration:
 
 def calibration_context(ctx: request.ForgetContext, ids, source: str) -> request.ForgetContext:
     """A context for another forget set of the same source, cut into tiers like `ctx`."""
-    from .forget_sets import ForgetSet
-    from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
 
     c_proxy = ctx.source.proxies["c_proxy"]
     names = tuple(ctx.tiers) if list(ctx.tiers) != ["all"] else DEFAULT_TIERS
@@ -126,8 +126,6 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = 2) -> Calibration:
     """Draw `k` calibration forget sets for the request in `ctx` and retrain (or reuse) a reference
     for each. Fails before any training when the source has no validation split or the sets cannot
     be drawn."""
-    from .memorization import MemorizationError
-    from .forget_sets import calibration_forget_sets
 
     if ctx.data.val is None or len(ctx.data.val) == 0:
         raise SearchError(f"{ctx.source.uri} was trained without a validation split, and selection must not look at "
@@ -199,8 +197,6 @@ class SearchResult:
 
 
 def _check_algorithms(algorithms: Sequence[str]) -> None:
-    from .algorithms import ALGORITHMS
-
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown or not algorithms:
         raise SearchError(f"unknown algorithm(s) {unknown} in the search space; registered: {', '.join(ALGORITHMS.names())}")

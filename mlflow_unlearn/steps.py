@@ -15,12 +15,17 @@ import numpy as np
 import torch
 
 from . import tracking
+from .algorithms import validate_hyperparameters
 from .confidences import ConfidenceRecorder
 from .data import DatasetSpec, check_dataset, load_dataset
 from .evaluation import evaluate, format_metrics
+from .memorization import DEFAULT_TIERS, tier_cut_points
+from .memorization_estimate import estimate_memorization, proxy_correlations
 from .models import build_model, validate_model_name
+from .plots import c_proxy_histogram
 from .references import retrain
 from .request import ForgetContext, ResolvedPlan, log_forget_set, prepare, resolve_plan
+from .rum import run_rum, single_algorithm_plan
 from .runs import StepResult, project_run
 from .tracking import TAG, Role, Tag
 from .training import TrainConfig, accuracy, resolve_device, train_model
@@ -118,8 +123,6 @@ def train_step(
 
 def log_c_proxy_plot(c_proxy: np.ndarray) -> None:
     """plots/c_proxy.png on the active run: the C-proxy histogram with the train-set tier cuts."""
-    from .memorization import DEFAULT_TIERS, tier_cut_points
-    from .plots import c_proxy_histogram
 
     fig = c_proxy_histogram(c_proxy, tier_cut_points(c_proxy, DEFAULT_TIERS), DEFAULT_TIERS,
                             title=f"C-proxy of the {len(c_proxy)} train examples and the memorisation tiers")
@@ -145,8 +148,6 @@ def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = N
     """Apply one algorithm to the whole forget set: the one-step plan `all=<algorithm>` through the
     same executor as `rum` (a run with role `unlearn`, per-epoch metrics on it, no tier runs); log
     the model (and register it when asked)."""
-    from .algorithms import validate_hyperparameters
-    from .rum import single_algorithm_plan
 
     params = validate_hyperparameters(algorithm, hyperparameters or {})  # before any run exists
     plan = single_algorithm_plan(algorithm, params)
@@ -161,7 +162,6 @@ def _apply_plan(ctx: ForgetContext, resolved: ResolvedPlan, *, role: str, algori
                 extra_tags: dict[str, str] | None = None) -> StepResult:
     """The one executor of `unlearn` and `rum`: a run, `rum.run_rum` over the request's tiers, the
     logged model, and (when asked) a registered version tagged with the applied plan."""
-    from .rum import run_rum
 
     plan = resolved.plan
     applied = tracking.plan_tag_value(plan.to_dict())  # too long for a tag: an error now, not a broken tag later
@@ -232,8 +232,6 @@ def retrain_step(model_uri: str, forget, *, seed: int = 0, epochs: int | None = 
 
 def unlearn_step(model_uri: str, forget, algorithm: str, hyperparameters=None, *, seed: int = 0, register: bool = False,
                  evaluate_against_retrain: bool = False, device: str | None = "auto", experiment: str | None = None) -> StepResult:
-    from .algorithms import validate_hyperparameters
-
     params = validate_hyperparameters(algorithm, parse_hyperparameters(hyperparameters))
     ctx = prepare(model_uri, forget, seed=seed, device=device)
     tracking.use_experiment(experiment)
@@ -278,8 +276,6 @@ class _TierRuns:
         return tracking.MlflowLogger()
 
     def step_finished(self, index, step, record, model):
-        from .training import accuracy
-
         tier_split = self.ctx.data.train.subset(torch.as_tensor(record.forget_ids, device=self.ctx.data.device))
         mlflow.log_metrics({"time/unlearn_s": record.seconds, f"tier/{step.tier}/forget_acc": accuracy(model, self.ctx.data, tier_split)})
         mlflow.end_run()
@@ -324,7 +320,6 @@ def memorization_step(model_uri: str, *, n_models: int = 16, subset_fraction: fl
     with its recipe, estimate per-example memorisation, and log it with the Spearman correlation of
     each proxy against it. With `workdir` an interrupted run resumes where it stopped (default: a
     folder keyed by the source version under ./memorization)."""
-    from .memorization_estimate import estimate_memorization, proxy_correlations
 
     tracking.connect()
     source = tracking.load_source(model_uri)

@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 
 from .confidences import ConfidenceRecorder, save_confidences
 from .data import DatasetSpec, ImageData, load_dataset
+from .models import load_classifier, save_classifier
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "mlflow-unlearn"
@@ -291,7 +292,6 @@ def log_model(model: torch.nn.Module, model_spec: dict, data: ImageData, *, name
     takes raw uint8 images and does its own normalisation, with a signature, an input example from
     the test split, and the `classifier` artifact (weights + spec) the package reloads from. The
     builder spec is also logged on the run (`model_spec.json`: the recipe a retrain replays)."""
-    from .models import save_classifier
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_classifier(Path(tmp) / "classifier", model, name=model_spec["name"], kwargs=model_spec["kwargs"],
@@ -318,7 +318,6 @@ def version_model_id(mv) -> str:
 def load_logged_classifier(model_id: str, *, map_location="cpu") -> torch.nn.Module:
     """The bare network of a model logged by `log_model` (`m-...` or `models:/m-...`), rebuilt from
     its weights and spec: never unpickled, never run as code."""
-    from .models import load_classifier
 
     model_id = _logged_model_id(model_id)
     try:

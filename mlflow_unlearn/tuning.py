@@ -53,9 +53,15 @@ from torch import nn
 
 from .algorithms import FloatRange, IntRange, search_space
 from .ids import check_something_retained, train_ids
-from .metrics import BUILTIN_METRICS, MetricInputError, evaluate_unlearning, outputs_for
-from .metrics import objective as metric_objective
-from .metrics import objectives as metric_objectives
+from .metrics import (
+    BUILTIN_METRICS,
+    MetricInputError,
+    evaluate_unlearning,
+    mean_ci,
+    objective as metric_objective,
+    objectives as metric_objectives,
+    outputs_for,
+)
 from .rum import ALL_TIER, Plan, PlanStep, run_rum
 from .training import TrainConfig, train_model
 
@@ -414,7 +420,6 @@ def trial_counts(study: optuna.Study) -> dict[str, float]:
 
 def mean_ci_row(values: Sequence[float]) -> tuple[float, float, float]:
     """(mean, low, high) of a 95% Student-t interval; a single value has no interval (NaN bounds)."""
-    from .metrics import mean_ci
 
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:

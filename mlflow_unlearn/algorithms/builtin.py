@@ -60,10 +60,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._base import ALGORITHMS, Loop, UnlearnData, progress_enabled, seeded
 from ..progress import MetricLogger
-from ..training import TrainConfig, train_model
-from ._base import ALGORITHMS, Loop, UnlearnData, seeded
 from .space import EPOCHS, Choice, FloatRange, IntRange
+from ..training import TrainConfig, train_model
 
 MIN_RETAIN_BATCHES = 64  # an epoch over the retain set (or retain + forget) has at least this many batches
 MIN_FORGET_BATCHES = 8  # an epoch over the forget set has at least this many batches
@@ -503,7 +503,6 @@ def influence(model: nn.Module, data: UnlearnData, *, scale: float = 2.5, fisher
     """Influence unlearning (IU; Koh & Liang 2017, Izzo et al. 2021): one Newton-style step that
     removes the forget set's first-order influence, as `wfisher` in the SalUn/RUM code
     (`Classification/unlearn/Wfisher.py` in github.com/OPTML-Group/Unlearn-Saliency):
-
         v = (n_f / n) * (mean forget gradient - mean retain gradient),    n = n_f + n_r
         w <- w + scale * H^-1 v
 
@@ -622,8 +621,6 @@ def retrain(model: nn.Module, data: UnlearnData, *, epochs_fraction: float = 1.0
 
 
 def _progress() -> bool:
-    from ._base import progress_enabled
-
     return progress_enabled()
 
 

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
+from ._base import ALGORITHMS, HyperparameterError, validate_hyperparameters
 from .._registry import declare
 
 
@@ -97,7 +98,6 @@ def declare_algorithm(*, search_space: Mapping[str, Range] | None = None,
 def search_space(name: str) -> dict[str, Range]:
     """The searched hyperparameters of algorithm `name` with their ranges ({}: defaults only),
     checked against the algorithm's hyperparameters and their validity rules."""
-    from ._base import ALGORITHMS, HyperparameterError, validate_hyperparameters
 
     space = dict(ALGORITHMS.declared(name).get("search_space") or {})
     defaults = validate_hyperparameters(name, {})
@@ -121,7 +121,6 @@ def search_space(name: str) -> dict[str, Range]:
 def default_search_algorithms() -> tuple[str, ...]:
     """The search space used when none is given: `none`, then every registered algorithm (built-in
     or plugin) that declared `default_search=True`, in registration order."""
-    from ._base import ALGORITHMS
 
     names = [n for n in ALGORITHMS.registered() if n != "none" and ALGORITHMS.declared(n).get("default_search")]
     return ("none", *names) if "none" in ALGORITHMS else tuple(names)

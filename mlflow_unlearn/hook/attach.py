@@ -24,10 +24,11 @@ from mlflow import MlflowClient
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.exceptions import MlflowException
 
-from .. import tracking
-from ..forget_sets import ForgetSet, load_forget_set
-from ..tracking import MissingArtifactError, Role, Tag
 from . import ledger
+from .. import tracking
+from ..forget_sets import ForgetSet, ForgetSetError, forget_digest, is_spec, load_forget_set, read_ids_and_digest
+from ..request import resolve_forget_source
+from ..tracking import MissingArtifactError, Role, Tag
 
 MANIFEST_PATH = "manifest/train_manifest.json"
 NO_MANIFEST_FIX = ("attach needs a version logged by `mlflow-unlearn train` (or one whose run has "
@@ -64,7 +65,6 @@ def load_manifest(client: MlflowClient, mv) -> tuple[dict, np.ndarray | None]:
 
 def validate_request(client: MlflowClient, model: str, version, forget, *, seed: int = 0):
     """(model version, manifest, validated ForgetSet); raises before anything is written."""
-    from ..request import resolve_forget_source
 
     mv = tracking.resolve_version(client, f"models:/{model}/{version}")
     manifest, c_proxy = load_manifest(client, mv)
@@ -158,8 +158,6 @@ class RequestIds:
 def read_request(uri: str) -> RequestIds:
     """Download the forget set a tag points to and read it, parsing and hashing it once. Raises
     ForgetSetError (with the reason) for an empty tag, a spec, an unreadable or tampered artifact."""
-    from ..forget_sets import ForgetSetError, forget_digest, is_spec, read_ids_and_digest
-    from ..request import resolve_forget_source
 
     uri = (uri or "").strip()
     if not uri:

@@ -11,14 +11,15 @@ import secrets
 from pathlib import Path
 
 from . import local
+from ..steps import train_step
+from .attach import attach, wait_for
+from .webhooks import install_webhook
 
 
 def run_demo(*, workdir: str = "hook-demo", forget: str = "mix:30", epochs: int = 10, subset: int | None = 600,
              timeout_s: float = 600.0) -> dict:
     import mlflow
 
-    from .attach import attach, wait_for
-    from .webhooks import install_webhook
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -33,8 +34,6 @@ def run_demo(*, workdir: str = "hook-demo", forget: str = "mix:30", epochs: int 
         hook, hook_url = local.start_hook_service(workdir, url, secret, workers=1, reconcile_interval_s=10)
         install_webhook(hook_url + "/webhook", secret, tracking_uri=url)  # before any event: servers cache the list 60 s
         print("3/6 training and registering a digits model ...", flush=True)
-        from ..steps import train_step
-
         trained = train_step(dataset="digits", model="small_cnn", epochs=epochs, subset=subset,
                              registered_model_name="digits-hook-demo", progress=False)
         print(f"4/6 attaching forget set {forget!r} to {trained.model_uri} ...", flush=True)

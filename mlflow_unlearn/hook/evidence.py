@@ -12,6 +12,7 @@ import platform
 import sys
 import time
 from typing import Any
+from ..plots import tier_accuracy_chart
 
 SCHEMA = "mlflow_unlearn.evidence/1"
 HEADLINE = ("forget/acc", "retain/acc", "test/acc", "mia/efficacy", "mia/auc")
@@ -123,7 +124,6 @@ def to_markdown(report: dict) -> str:
 def tier_figure(report: dict):
     """Forget accuracy per memorisation tier of the source version, the result and (when a
     reference was cached) the retrained reference, from the report's metrics; None without tiers."""
-    from ..plots import tier_accuracy_chart
 
     def tiers(metrics: dict | None) -> dict[str, float]:
         return {k.split("/")[1]: v for k, v in (metrics or {}).items()

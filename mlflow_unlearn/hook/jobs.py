@@ -33,10 +33,17 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from .. import tracking
-from ..tracking import TAG, Role, Tag
-from . import ledger
+from . import evidence, ledger
+from .. import evaluation, references, request, steps, tracking
+from .attach import read_request
+from .._registry import UnknownComponentError
+from ..algorithms import HyperparameterError
 from .config import HookConfig, is_redis
+from ..data import DatasetError
+from ..forget_sets import ForgetSetError
+from ..memorization import MemorizationError
+from ..rum import PlanError
+from ..tracking import TAG, MissingArtifactError, ModelURIError, Role, Tag
 
 log = logging.getLogger("mlflow_unlearn.hook")
 
@@ -48,14 +55,6 @@ _STATE: dict = {"config": None, "huey": None, "task": None}
 
 
 def _rejections() -> tuple[type[BaseException], ...]:
-    from .._registry import UnknownComponentError
-    from ..algorithms import HyperparameterError
-    from ..data import DatasetError
-    from ..forget_sets import ForgetSetError
-    from ..memorization import MemorizationError
-    from ..rum import PlanError
-    from ..tracking import MissingArtifactError, ModelURIError
-
     return (ForgetSetError, MissingArtifactError, ModelURIError, PlanError, DatasetError, MemorizationError,
             HyperparameterError, UnknownComponentError)
 
@@ -296,8 +295,6 @@ def run_job(name: str, version) -> str:
         return f"skipped: already {state.status}"
     job = _Job(client, state.name, state.version, state.request, time.perf_counter())
     try:
-        from .attach import read_request
-
         req = read_request(job.uri)  # the artifact is downloaded, parsed and hashed once, here
         digest = req.digest
     except _rejections() as exc:
@@ -363,8 +360,6 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
 
     import numpy as np
 
-    from .. import evaluation, references, request, steps
-    from . import evidence
 
     digest = req.digest
     # the ids read once by read_request, validated here against the source's training manifest
@@ -468,8 +463,6 @@ def _finite(d: dict | None) -> dict:
 
 
 def _log_report(client: MlflowClient, run_id: str, report: dict) -> None:
-    from . import evidence
-
     client.log_dict(run_id, report, "evidence/report.json")
     client.log_text(run_id, evidence.to_markdown(report), "evidence/report.md")
     client.log_text(run_id, evidence.to_html(report), "evidence/report.html")

@@ -23,7 +23,9 @@ from fastapi import BackgroundTasks, FastAPI, Request  # module level: FastAPI r
 from fastapi.responses import JSONResponse
 
 from . import jobs, ledger
+from .. import tracking
 from .config import HookConfig, is_redis
+from .reconcile import Reconciler
 from .signature import SignatureError, verify
 
 log = logging.getLogger("mlflow_unlearn.hook")
@@ -105,8 +107,6 @@ def serve(config: HookConfig, *, host: str = "127.0.0.1", port: int = 8765, log_
     """Run the webhook receiver with embedded workers and the reconciler until SIGINT/SIGTERM."""
     import uvicorn
 
-    from .. import tracking
-    from .reconcile import Reconciler
 
     config.validate(need_secret=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -130,8 +130,6 @@ def serve(config: HookConfig, *, host: str = "127.0.0.1", port: int = 8765, log_
 
 def run_worker(config: HookConfig, *, reconcile: bool = False) -> None:
     """`mlflow-unlearn hook worker`: huey consumer(s) on the shared queue, in the foreground."""
-    from .. import tracking
-    from .reconcile import Reconciler
 
     config.validate()
     if config.workers < 1:
