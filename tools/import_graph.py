@@ -5,6 +5,8 @@ functions (lazy ones), each marked as such.
     python tools/import_graph.py              # one line per module: what it imports from the package
     python tools/import_graph.py --mermaid    # a mermaid flowchart (the picture in README's Layout)
     python tools/import_graph.py --cycles     # module-level import cycles, if any
+    python tools/import_graph.py --reduced    # mermaid, hook/ and algorithms/ as one node each, implied edges left out
+                                              # (README's Layout picture)
 
 `tests/test_layering.py` uses `imports()` to keep the core free of mlflow and of the edge modules.
 """
@@ -125,11 +127,41 @@ def short(m: str) -> str:
     return m[len(PACKAGE) + 1:] if m.startswith(PACKAGE + ".") else m
 
 
-def mermaid(edges: dict[str, set[str]], groups: dict[str, str] | None = None) -> str:
-    lines = ["flowchart LR"]
+def collapsed(edges: dict[str, set[str]], folders=("hook", "algorithms")) -> dict[str, set[str]]:
+    """Short names, each folder of `folders` as one node, and only the edges not implied by a longer
+    path (transitive reduction): the picture a newcomer can read."""
+    def node(m):
+        s = short(m)
+        return next((f for f in folders if s == f or s.startswith(f + ".")), s)
+
+    out: dict[str, set[str]] = {}
+    for src, dsts in edges.items():
+        for dst in dsts:
+            a, b = node(src), node(dst)
+            if a != b:
+                out.setdefault(a, set()).add(b)
+            out.setdefault(b, set())
+
+    def reaches(a, b, skip):
+        seen, stack = set(), [x for x in out.get(a, ()) if (a, x) != skip]
+        while stack:
+            n = stack.pop()
+            if n == b:
+                return True
+            if n not in seen:
+                seen.add(n)
+                stack.extend(out.get(n, ()))
+        return False
+
+    return {a: {b for b in bs if not reaches(a, b, (a, b))} for a, bs in out.items()}
+
+
+def mermaid(edges: dict[str, set[str]], *, direction: str = "LR") -> str:
+    ident = lambda m: short(m).replace(".", "_")
+    lines = [f"flowchart {direction}"]
     for src in sorted(edges):
         for dst in sorted(edges[src]):
-            lines.append(f"  {short(src).replace('.', '_')}[{short(src)}] --> {short(dst).replace('.', '_')}[{short(dst)}]")
+            lines.append(f"  {ident(src)}[{short(src)}] --> {ident(dst)}[{short(dst)}]")
     return "\n".join(lines)
 
 
@@ -138,6 +170,7 @@ def main(argv=None) -> int:
     p.add_argument("--mermaid", action="store_true")
     p.add_argument("--cycles", action="store_true", help="module-level (non-lazy) import cycles")
     p.add_argument("--no-lazy", action="store_true", help="leave out imports inside functions")
+    p.add_argument("--reduced", action="store_true", help="mermaid of the collapsed, transitively reduced graph")
     a = p.parse_args(argv)
     edges = graph(lazy=not a.no_lazy)
     if a.cycles:
@@ -145,6 +178,9 @@ def main(argv=None) -> int:
         for c in found:
             print(" -> ".join(map(short, c + c[:1])))
         print(f"{len(found)} module-level cycle(s)")
+        return 0
+    if a.reduced:
+        print(mermaid(collapsed(edges), direction="BT"))
         return 0
     if a.mermaid:
         print(mermaid(edges))
