@@ -15,7 +15,6 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 
 class ModelError(ValueError):
@@ -107,10 +106,14 @@ def _small_cnn(num_classes, in_channels, image_size, width: int = 32):
 
 
 def _resnet18(num_classes, in_channels, image_size, width: int = 64):
+    from torchvision.models.resnet import BasicBlock  # heavy (torchvision pulls in torch._dynamo): only when built
+
     return CifarResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, width)
 
 
 def _resnet50(num_classes, in_channels, image_size, width: int = 64):
+    from torchvision.models.resnet import Bottleneck  # heavy: only when built
+
     return CifarResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, width)
 
 

@@ -179,6 +179,7 @@ def _redis_or_skip(url="redis://127.0.0.1:6379/15"):
     return url
 
 
+@pytest.mark.integration  # a real Redis server
 def test_redis_queue_lock_ttl_and_delivery_dedup():
     from huey.exceptions import TaskLockedException
 

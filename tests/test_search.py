@@ -63,6 +63,7 @@ def diverging_algorithm():
     ALGORITHMS._items.pop("test_diverge", None)
 
 
+@pytest.mark.integration  # the whole search step: calibration retrains, trials as runs, the plan on the model
 def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, oracle_algorithm, tmp_path):
     _, uri = source_model
     ctx = request.prepare(uri, FORGET)

@@ -23,6 +23,7 @@ def runs_with_role(role):
                               output_format="list")
 
 
+@pytest.mark.integration  # a chain of steps through MLflow: two retrains, unlearn + register, two evaluations
 def test_retrain_unlearn_evaluate_with_cache_hit(source_model, monkeypatch):
     _, uri = source_model
     first = steps.retrain_step(uri, FORGET)
@@ -192,6 +193,7 @@ def test_bad_plans_create_no_run(source_model, plan, needle):
     assert len(runs()) == before
 
 
+@pytest.mark.integration  # six trainings through the memorization step, twice (resume)
 def test_memorization_step_logs_estimate_and_correlations(source_model, tmp_path):
     _, uri = source_model
     metrics = steps.memorization_step(uri, n_models=3, epochs=2, workdir=str(tmp_path / "mem"))

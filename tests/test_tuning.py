@@ -109,7 +109,7 @@ def test_duplicate_enqueued_points_do_not_eat_the_budget(setup):
     """Two workers joining a fresh study may both enqueue the starting points (the check is not
     atomic); the budget counts trials that ran, so the study still runs n_trials of them."""
     data, build, config, model, c, forget, calibration = setup
-    tiers, algorithms = ["low", "mid", "high"], ["none", "finetune"]
+    tiers, algorithms = ["low", "mid", "high"], ["none", "neggrad"]  # neggrad: ascent on forget only, quick
     enqueue = tuning.rum_default_trials(tiers, algorithms)
     study = optuna.create_study(direction="maximize")
     for params in enqueue:  # what the other worker left behind
@@ -137,9 +137,9 @@ def test_a_registered_metric_key_is_an_objective_in_its_declared_direction(setup
     assert objectives()["tow"] == ("accuracy", True) and objectives()["mia/gap"] == ("mia", False)
     study = tuning.make_study(None, None, seed=0, objective="forget_confidence")
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
-    cands = tuning.algorithm_candidates("random_label", max_epochs=1)
+    cands = tuning.algorithm_candidates("neggrad", max_epochs=1)
     tuning.optimize(study, cands, tuning.CalibrationScorer(model, data, [calibration]), n_trials=3,
-                    objective="forget_confidence", enqueue=tuning.algorithm_default_trials("random_label"))
+                    objective="forget_confidence", enqueue=tuning.algorithm_default_trials("neggrad"))
     values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert values and study.best_value == min(values) and 0 < study.best_value < 1
 

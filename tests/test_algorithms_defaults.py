@@ -1,0 +1,68 @@
+"""The defaults contract (algorithms/builtin.py): every registered algorithm but `none`, plugins
+included, at its default hyperparameters on the digits setup the defaults were measured on (the full
+digits train split with a 0.1 validation split, small_cnn at its default width trained 15 epochs,
+forget set `mix_forget_set(c_proxy, 90)`): forget predictions change and retain accuracy stays >= 0.95.
+Its own module so the unit run can give it a worker of its own."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe, UnlearnData, run_algorithm
+from mlflow_unlearn.confidences import ConfidenceRecorder
+from mlflow_unlearn.data import DatasetSpec, load_dataset
+from mlflow_unlearn.forget_sets import mix_forget_set
+from mlflow_unlearn.models import build_model
+from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model
+
+
+@pytest.fixture(scope="module")
+def digits_setup():
+    """Exactly the setup the defaults were measured on (builtin.py): full digits train split with a
+    0.1 validation split, small_cnn at its default width, 15 epochs at lr 0.05, batch 64, seed 0,
+    C-proxy recorded during that training, forget set mix:90."""
+    data = load_dataset(DatasetSpec("digits", val_fraction=0.1))
+    config = TrainConfig(epochs=15, lr=0.05, batch_size=64, seed=0)
+    build = lambda seed: build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=seed)
+    model = build(0)
+    recorder = ConfidenceRecorder(len(data.train))
+    train_model(model, data, config, recorder=recorder, progress=False, eval_test=False)
+    model.eval()
+    forget = mix_forget_set(recorder.proxies()["c_proxy"], 90)
+    udata = UnlearnData.from_forget(data, forget, recipe=TrainRecipe(build, config))
+    assert len(udata.forget_ids) == 90 and len(udata.retain_ids) == 1204
+    predictions = predict_logits(model, data, udata.forget).argmax(1)
+    assert bool((predictions == udata.forget.y).all()) and accuracy(model, data, udata.retain) == 1.0
+    return model, udata, predictions
+
+
+def _contract_cases():
+    return [n for n in ALGORITHMS.names() if n != "none"]
+
+
+@pytest.mark.parametrize("name", _contract_cases())
+def test_defaults_change_forget_predictions_and_keep_retain(digits_setup, name):
+    """At its default hyperparameters every algorithm (plugins included) changes at least one of the
+    90 forget predictions (the retrained reference changes about 10) and keeps retain accuracy
+    >= 0.95. Before the batch-size rule, five built-ins changed none here."""
+    model, udata, before = digits_setup
+    out = run_algorithm(name, model, udata, seed=0)
+    after = predict_logits(out, udata.data, udata.forget).argmax(1)
+    flips = int((after != before).sum())
+    retain = accuracy(out, udata.data, udata.retain)
+    assert flips >= 1, f"{name} at its defaults changed no forget prediction (retain accuracy {retain:.4f})"
+    assert retain >= 0.95, f"{name} at its defaults: {flips} flips but retain accuracy {retain:.4f}"
+
+
+def test_influence_scale_moves_the_weights_proportionally(digits_setup):
+    model, udata, before = digits_setup
+    base = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    deltas, flips = {}, {}
+    for scale in (1.0, 2.5, 5.0):
+        out = run_algorithm("influence", model, udata, {"scale": scale}, seed=0)
+        deltas[scale] = torch.cat([p.detach().reshape(-1) for p in out.parameters()]) - base
+        flips[scale] = int((predict_logits(out, udata.data, udata.forget).argmax(1) != before).sum())
+    for scale in (2.5, 5.0):
+        expected = deltas[1.0] * scale  # no clamp: exactly proportional, up to float32 rounding of w + delta
+        assert float((deltas[scale] - expected).norm() / expected.norm()) < 1e-3
+    assert flips[1.0] <= flips[2.5] < flips[5.0]
