@@ -208,16 +208,10 @@ class Target:
 def make_target(name: str, data, original: Original, forget_ids, scale: Scale, seed: int, *, heldout=None,
                 init_seed: int | None = None) -> Target:
     forget_ids = np.sort(np.asarray(forget_ids, dtype=np.int64))
-    keep = np.ones(len(data.train), dtype=bool)
-    keep[forget_ids] = False
     init_seed = seed + 1000 if init_seed is None else init_seed  # its own init: a retrain is a fresh run
-    reference = new_model(data, scale, init_seed)
-    sync(data.device)
-    t0 = time.perf_counter()
-    train_model(reference, data, train_config(scale, init_seed), train_ids=torch.from_numpy(np.flatnonzero(keep)),
-                progress=False, eval_test=False)
-    sync(data.device)
-    retrain_s = time.perf_counter() - t0
+    # the package's own retrain (the same one `search` and the references use): fresh init, retain only
+    reference, retrain_s = tuning.train_reference(lambda s: new_model(data, scale, s), train_config(scale, init_seed),
+                                                  data, forget_ids, seed=init_seed)
     eval_batch = 4096 if data.device.type == "cuda" else 1024
     target = Target(name, forget_ids, tiers_from_c_proxy(forget_ids, original.c_proxy, TIERS), reference,
                     outputs_for(reference, data, forget_ids, batch_size=eval_batch, heldout=heldout), retrain_s,

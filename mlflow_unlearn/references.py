@@ -3,6 +3,7 @@ source's recipe (the exact answer every unlearned model is measured against), lo
 role `retrain` and cached by source version, forget digest, seed and recipe."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -45,11 +46,9 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
     seed = ctx.seed if seed is None else int(seed)
     config = _retrain_config(ctx, epochs, seed)
     recipe = retrain_recipe(ctx, epochs)
-    if use_cache and (run_id := find_cached_retrain(ctx, recipe, seed)):
-        run = mlflow.MlflowClient().get_run(run_id)
-        model = load_run_model(run_id).to(ctx.data.device)
-        print(f"retrain: cache hit, run {run_id}")
-        return StepResult(run_id, model, float(run.data.metrics.get("time/retrain_s", float("nan"))), cached=True)
+    if use_cache and (hit := cached_reference(ctx, epochs, seed=seed)) is not None:
+        print(f"retrain: cache hit, run {hit.run_id}")
+        return hit
     spec = ctx.source.model_spec
     net = build_source_architecture(ctx, seed)
     ud = ctx.unlearn_data()
@@ -71,15 +70,14 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
 def retrain_recipe(ctx: ForgetContext, epochs: int | None = None) -> str:
     """The recipe key `retrain` caches its runs under: the source's training config with the seed
     left out (the seed is a key of its own)."""
-    import hashlib
-
     config = {k: v for k, v in _retrain_config(ctx, epochs).to_dict().items() if k != "seed"}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached_reference(ctx: ForgetContext, epochs: int | None = None) -> StepResult | None:
-    """The cached retrained reference for this source, forget set, seed and recipe, or None (never trains)."""
-    run_id = find_cached_retrain(ctx, retrain_recipe(ctx, epochs))
+def cached_reference(ctx: ForgetContext, epochs: int | None = None, *, seed: int | None = None) -> StepResult | None:
+    """The cached retrained reference for this source, forget set, seed (default: the context's)
+    and recipe, or None (never trains): the one cache loader, used by `retrain` and the hook."""
+    run_id = find_cached_retrain(ctx, retrain_recipe(ctx, epochs), seed)
     if run_id is None:
         return None
     run = mlflow.MlflowClient().get_run(run_id)
