@@ -40,7 +40,11 @@ def sqlite_template(tmp_path_factory) -> Path:
     from mlflow.tracking._tracking_service.utils import _get_store
 
     db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    _get_store(f"sqlite:///{db}")  # creates and migrates the schema
+    # The Default experiment's artifact location is ./mlruns of the working directory at creation:
+    # create it inside the template folder, or every copy would write artifacts into the checkout.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(db.parent)
+        _get_store(f"sqlite:///{db}")  # creates and migrates the schema
     mlflow.set_tracking_uri(None)
     return db
 

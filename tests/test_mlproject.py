@@ -91,7 +91,8 @@ def test_every_entry_point_through_mlflow_run(tmp_path, sqlite_template, monkeyp
     assert entry_run("search").data.tags["mlflow_unlearn.role"] == "search"
     assert json.loads(client.get_registered_model("mp").tags["mlflow_unlearn.searched_plan"])  # the searched plan, attached
 
-    mlflow_run(tmp_path, "memorization", "model_uri=models:/mp/1", "n_models=2")
+    # `mlflow run` runs the command in the project folder: the resume folder goes to tmp, not the checkout
+    mlflow_run(tmp_path, "memorization", "model_uri=models:/mp/1", "n_models=2", f"workdir={tmp_path / 'mem'}")
     assert entry_run("memorization").data.tags["mlflow_unlearn.role"] == "memorization"
 
     mlflow_run(tmp_path, "attach", "model=mp", "version=1", "forget=random:5")
