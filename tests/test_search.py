@@ -108,6 +108,7 @@ def test_calibration_sets_are_disjoint_from_the_request_and_logged(source_model,
     assert ctx.forget.digest not in {r.data.tags["mlflow_unlearn.forget_digest"] for r in new}
 
 
+@pytest.mark.integration  # the search step with a calibration retrain (the core's check: test_tuning)
 def test_a_diverged_trial_fails_and_the_study_goes_on(source_model, diverging_algorithm, tmp_path):
     _, uri = source_model
     ctx = request.prepare(uri, FORGET)
@@ -183,6 +184,7 @@ def test_two_workers_share_one_study_on_postgres(source_model, postgres_db):
     _two_workers_share(uri, tracking_uri, postgres_db())
 
 
+@pytest.mark.integration  # the search step with a calibration retrain
 def test_multi_objective_search_returns_a_pareto_plan(source_model, tmp_path):
     _, uri = source_model
     ctx = request.prepare(uri, FORGET)
