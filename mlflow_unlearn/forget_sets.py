@@ -112,15 +112,30 @@ def read_ids_and_digest(path: str | Path) -> tuple[np.ndarray, str | None]:
             header = [c.strip().lower() for c in rows[0]]
             has_header = not re.fullmatch(r"-?\d+", header[0])
             col = header.index("id") if has_header and "id" in header else 0
-            return np.asarray([int(r[col]) for r in rows[1 if has_header else 0:]]), None
+            values = [r[col] if col < len(r) else "" for r in rows[1 if has_header else 0:]]
+            return _integers(values, path, "row"), None
         if suffix in (".txt", ""):
             tokens = [t for t in re.split(r"[\s,]+", path.read_text()) if t]
-            return np.asarray([int(t) for t in tokens]), None
+            return _integers(tokens, path, "value"), None
     except ForgetSetError:
         raise
     except (ValueError, OSError) as exc:
-        raise ForgetSetError(f"cannot read forget-set file {str(path)!r}: {exc}") from None
+        # the exception type only: a parser's message can quote the file, and these messages end up
+        # in public tags (the registry hook's mlflow_unlearn.error)
+        raise ForgetSetError(f"cannot read forget-set file {path.name!r}: {type(exc).__name__}") from None
     raise ForgetSetError(f"forget-set file {str(path)!r} has an unknown suffix; use one of {', '.join(FILE_SUFFIXES)}")
+
+
+def _integers(tokens: list[str], path: Path, unit: str) -> np.ndarray:
+    """Whole numbers from text tokens; a bad one is named by position, never quoted (it could be
+    any file's content)."""
+    out = []
+    for i, token in enumerate(tokens):
+        if not re.fullmatch(r"\s*-?\d+\s*", token):
+            raise ForgetSetError(f"forget-set file {path.name!r}: {unit} {i + 1} is not an integer train id "
+                                 f"(a forget set is whole numbers, one per line or comma-separated)")
+        out.append(int(token))
+    return np.asarray(out, dtype=np.int64)
 
 
 def _positive_int(text: str, what: str) -> int:

@@ -71,7 +71,7 @@ def test_missing_and_unknown_files(tmp_path):
         load_forget_set(bad, labels=LABELS)
     garbage = tmp_path / "ids.txt"
     garbage.write_text("1 2 three")
-    with pytest.raises(ForgetSetError, match="three"):
+    with pytest.raises(ForgetSetError, match="value 3 is not an integer"):  # named by position: never quoted
         load_forget_set(garbage, labels=LABELS)
 
 

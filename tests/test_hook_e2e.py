@@ -136,7 +136,8 @@ def wait_answer(env: Env, version, *, name=MODEL, timeout=JOB_TIMEOUT, want=ledg
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = ledger.read_state(env.client, name, version)
-        if state.is_current and state.status in want:
+        blank_answered = not state.request and state.handled_request == ""  # a whitespace-only tag, rejected
+        if (state.is_current or blank_answered) and state.status in want:
             return state
         time.sleep(0.3)
     raise AssertionError(f"{name}/{version} not answered in {timeout} s: {state.tags}\n--- hook log ---\n{env.hook.log()}")
@@ -295,6 +296,13 @@ def test_bad_forget_sets_are_rejected_with_the_reason_and_no_new_version(env):
         "unknown ids": (log_ids_artifact(env, [1, 2, 99999]), "out of range"),
         "empty": (log_ids_artifact(env, []), "empty"),
         "unreadable URI": ("runs:/0123456789abcdef0123456789abcdef/forget_set/nothing.json", "cannot read"),
+        # a tag is untrusted: paths and files on the worker's host are never opened (issue 11, part 4)
+        "/etc/passwd": ("/etc/passwd", "MLflow artifact URI"),
+        "/proc/self/environ": ("/proc/self/environ", "MLflow artifact URI"),
+        "relative path": ("ids.txt", "MLflow artifact URI"),
+        "directory": ("/usr", "MLflow artifact URI"),
+        "file URI": ("file:///etc/passwd", "MLflow artifact URI"),
+        "whitespace": ("   ", "empty"),
     }
     versions = {}
     for what, (uri, _) in cases.items():
@@ -315,6 +323,7 @@ def test_bad_forget_sets_are_rejected_with_the_reason_and_no_new_version(env):
         state = wait_answer(env, v)
         assert state.status == "rejected", (what, state.tags)
         assert cases[what][1] in state.tags[ledger.ERROR_TAG], (what, state.tags[ledger.ERROR_TAG])
+        assert "root:" not in state.tags[ledger.ERROR_TAG] and "SECRET" not in state.tags[ledger.ERROR_TAG]
         assert ledger.RESULT_VERSION_TAG not in state.tags
         assert results_of(env, v) == []
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == n_sources

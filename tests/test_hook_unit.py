@@ -231,3 +231,42 @@ def test_a_request_is_read_once_and_a_tampered_artifact_is_rejected(tracking, tm
         read_request(f"runs:/{run.info.run_id}/forget_set/changed.json")
     with pytest.raises(ForgetSetError, match="is a spec"):
         read_request("mix:30")
+
+
+@pytest.mark.parametrize("tag", ["/etc/passwd", "/proc/self/environ", "relative/ids.txt", "/usr", "file:///etc/passwd",
+                                 "s3://bucket/ids.txt", "   ", ""])
+def test_a_forget_set_tag_that_is_not_an_artifact_uri_is_refused_unread(tag, monkeypatch):
+    """A tag is untrusted: anything but runs:/, models:/ or mlflow-artifacts:/ is refused before any
+    download or file access, and the message does not quote a file."""
+    import builtins
+
+    import mlflow
+
+    from mlflow_unlearn.forget_sets import ForgetSetError
+    from mlflow_unlearn.hook.attach import read_request
+
+    def forbidden(*a, **k):
+        raise AssertionError(f"read_request touched {a[:1]} for tag {tag!r}")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", forbidden)
+    monkeypatch.setattr(builtins, "open", forbidden)
+    with pytest.raises(ForgetSetError) as info:
+        read_request(tag)
+    message = str(info.value)
+    assert ("MLflow artifact URI" in message) if tag.strip() else ("empty" in message)
+    assert "root:" not in message and "PATH=" not in message
+
+
+def test_parse_errors_name_the_position_not_the_content(tmp_path):
+    from mlflow_unlearn.forget_sets import ForgetSetError, read_ids_file
+
+    secret = tmp_path / "leak.txt"
+    secret.write_text("1\n2\nroot:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ForgetSetError, match="value 3 is not an integer train id") as info:
+        read_ids_file(secret)
+    assert "root" not in str(info.value).replace("leak.txt", "")
+    table = tmp_path / "leak.csv"
+    table.write_text("id\n1\nMLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=abc\n")
+    with pytest.raises(ForgetSetError, match="row 2 is not an integer train id") as info:
+        read_ids_file(table)
+    assert "abc" not in str(info.value) and "SECRET" not in str(info.value)

@@ -155,30 +155,45 @@ class RequestIds:
     uri: str
 
 
-def read_request(uri: str) -> RequestIds:
-    """Download the forget set a tag points to and read it, parsing and hashing it once. Raises
-    ForgetSetError (with the reason) for an empty tag, a spec, an unreadable or tampered artifact."""
+ARTIFACT_URI_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")  # what a forget-set tag may name
 
+
+def read_request(uri: str) -> RequestIds:
+    """Download the forget set a tag points to and read it, parsing and hashing it once.
+
+    A tag is untrusted input (anyone who can tag a version writes it): only MLflow artifact URIs
+    (`runs:/`, `models:/`, `mlflow-artifacts:/`) are read. A local path, a `file:` URI, a folder or
+    any other scheme is refused before anything is opened, and no message quotes what a file holds.
+    Raises ForgetSetError with the reason (an empty tag, a spec, another scheme, an unreadable or
+    tampered artifact)."""
     uri = (uri or "").strip()
     if not uri:
-        raise ForgetSetError("the forget-set tag is empty")
+        raise ForgetSetError("the forget-set tag is empty (or only whitespace); attach a forget set with "
+                             "`mlflow-unlearn attach --forget <file or spec>`")
     if is_spec(uri):
-        raise ForgetSetError(f"the forget-set tag {uri!r} is a spec, not a forget-set artifact; run "
-                             f"`mlflow-unlearn attach --forget {uri}` so the ids are logged and auditable")
-    local = resolve_forget_source(uri)
-    if Path(str(local)).is_dir():
+        raise ForgetSetError(f"the forget-set tag {uri[:100]!r} is a spec, not a forget-set artifact; run "
+                             f"`mlflow-unlearn attach --forget {uri[:100]}` so the ids are logged and auditable")
+    if not uri.startswith(ARTIFACT_URI_SCHEMES):
+        raise ForgetSetError(f"the forget-set tag must be an MLflow artifact URI ({', '.join(ARTIFACT_URI_SCHEMES)}), "
+                             f"got {uri[:100]!r}; the hook never reads local paths or file: URIs on its host: run "
+                             f"`mlflow-unlearn attach --forget <file>`, which logs the ids as an artifact first")
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    except Exception as exc:  # MLflow raises several types for unreadable URIs
+        raise ForgetSetError(f"cannot read the forget-set artifact {uri[:200]!r}: {type(exc).__name__}") from None
+    if Path(str(local)).is_dir():  # an artifact folder (downloaded, never a path on this host)
         files = sorted(p for p in Path(local).rglob("*") if p.suffix.lower() in (".json", ".txt", ".csv", ".npy"))
         if len(files) != 1:
-            raise ForgetSetError(f"the forget-set URI {uri!r} is a folder with {len(files)} id files; point it at one file")
+            raise ForgetSetError(f"the forget-set URI {uri[:200]!r} is a folder with {len(files)} id files; point it at one file")
         local = str(files[0])
     ids, recorded = read_ids_and_digest(local)
     try:
         digest = forget_digest(ids)
     except (TypeError, ValueError):
-        raise ForgetSetError(f"the forget set {uri!r} does not hold integer ids") from None
+        raise ForgetSetError(f"the forget set {uri[:200]!r} does not hold integer ids") from None
     if recorded and recorded != digest:
-        raise ForgetSetError(f"the forget-set artifact {uri!r} records digest {recorded[:12]}... but its ids hash to "
-                             f"{digest[:12]}...; it was changed after logging")
+        raise ForgetSetError(f"the forget-set artifact {uri[:200]!r} records digest {recorded[:12]}... but its ids hash "
+                             f"to {digest[:12]}...; it was changed after logging")
     return RequestIds(np.asarray(ids), digest, uri)
 
 

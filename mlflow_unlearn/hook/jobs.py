@@ -229,8 +229,13 @@ def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowCli
         state = ledger.read_state(client, name, version)
     except MlflowException as exc:
         return f"ignored ({exc.error_code}: no such version)"
-    if not state.request:
+    if ledger.FORGET_SET_TAG not in state.tags:
         return "ignored (no forget set attached)"
+    if not state.request:  # a tag of only whitespace: the job answers it (rejected, with the reason)
+        if state.status == ledger.REJECTED and state.handled_request == "":
+            return "already rejected"
+        enqueue(name, state.version)
+        return "queued (an empty tag, to be rejected)"
     if state.is_current:
         if state.status in ledger.TERMINAL:
             return f"already {state.status}"
@@ -289,8 +294,14 @@ def run_job(name: str, version) -> str:
         state = ledger.read_state(client, name, version)
     except MlflowException as exc:
         return f"skipped: {exc.message}"
-    if not state.request:
+    if ledger.FORGET_SET_TAG not in state.tags:
         return "skipped: no forget set attached"
+    if not state.request:  # a tag of only whitespace is a request too: answer it, or it never gets a status
+        if state.status == ledger.REJECTED and state.handled_request == "":
+            return "skipped: already rejected"
+        blank = _Job(client, state.name, state.version, "", time.perf_counter())
+        return blank.finish(ledger.REJECTED, error="the forget-set tag is empty (or only whitespace); attach a forget "
+                                                   "set with `mlflow-unlearn attach --forget <file or spec>`")
     if state.is_current and state.status in ledger.TERMINAL:
         return f"skipped: already {state.status}"
     job = _Job(client, state.name, state.version, state.request, time.perf_counter())
