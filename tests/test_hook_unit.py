@@ -270,3 +270,20 @@ def test_parse_errors_name_the_position_not_the_content(tmp_path):
     with pytest.raises(ForgetSetError, match="row 2 is not an integer train id") as info:
         read_ids_file(table)
     assert "abc" not in str(info.value) and "SECRET" not in str(info.value)
+
+
+def test_short_secrets_are_refused_and_the_receiver_has_no_api_pages():
+    from mlflow_unlearn.hook.config import HookConfig
+    from mlflow_unlearn.hook.service import create_app
+    from mlflow_unlearn.hook.webhooks import install_webhook
+
+    for short in ("x", "15-bytes-secret"):
+        with pytest.raises(ValueError, match=r"at least 16"):
+            HookConfig(secret=short).validate(need_secret=True)
+        with pytest.raises(ValueError, match=r"at least 16"):
+            install_webhook("http://127.0.0.1:1/webhook", short)  # refused before any connection
+    HookConfig(secret="sixteen-byte-key").validate(need_secret=True)
+    app = create_app(HookConfig(secret="sixteen-byte-key"))
+    paths = {getattr(r, "path", None) for r in app.routes}
+    assert app.openapi_url is None and app.docs_url is None and app.redoc_url is None
+    assert not paths & {"/docs", "/redoc", "/openapi.json"} and "/webhook" in paths

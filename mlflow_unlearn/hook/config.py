@@ -82,6 +82,8 @@ class HookConfig:
         if need_secret and not self.secret:
             raise ValueError("no webhook secret: pass --secret or set MLFLOW_UNLEARN_HOOK_SECRET "
                              "(the same value `mlflow-unlearn hook install` gives the MLflow webhook)")
+        if need_secret:
+            check_secret(self.secret)
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 or more, got {self.workers}")
         if self.worker_type not in ("thread", "process"):
@@ -89,3 +91,16 @@ class HookConfig:
         if self.reconcile_interval_s < 0:
             raise ValueError(f"--reconcile-interval must be 0 (off) or more seconds, got {self.reconcile_interval_s}")
         return self
+
+
+MIN_SECRET_BYTES = 16  # an HMAC key anyone can guess in a few tries is no key (issue 11)
+
+
+def check_secret(secret: str | None) -> None:
+    """A webhook secret must be at least MIN_SECRET_BYTES bytes; the message says how to make one."""
+    n = len((secret or "").encode())
+    if n < MIN_SECRET_BYTES:
+        raise ValueError(f"the webhook secret is {n} byte(s); use at least {MIN_SECRET_BYTES} (for example "
+                         f"`python -c \"import secrets; print(secrets.token_hex(16))\"`), the same value for "
+                         f"`hook serve` and `hook install`")
+

@@ -49,7 +49,9 @@ def target_of(payload: dict) -> tuple[str, str] | None:
 
 
 def create_app(config: HookConfig):
-    app = FastAPI(title="mlflow-unlearn registry hook", version="1")
+    # no /docs, /redoc or /openapi.json: the receiver answers signed webhook calls, and an interactive
+    # API page is one more unauthenticated surface on it
+    app = FastAPI(title="mlflow-unlearn registry hook", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     delivery_ttl = int(2 * config.tolerance_s) + 60 if is_redis(config.resolved_queue()) else None
 
     def first_delivery(delivery_id: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from mlflow import MlflowClient
 
 from .. import tracking
-from .config import DEFAULT_WEBHOOK_NAME, EVENTS
+from .config import DEFAULT_WEBHOOK_NAME, EVENTS, check_secret
 
 
 def install_webhook(url: str, secret: str, *, name: str = DEFAULT_WEBHOOK_NAME, tracking_uri: str | None = None,
@@ -18,6 +18,7 @@ def install_webhook(url: str, secret: str, *, name: str = DEFAULT_WEBHOOK_NAME, 
     """Create or update the webhook; returns {"id", "name", "url", "events", "action", "test"?}."""
     if not secret:
         raise ValueError("no webhook secret: pass --secret or set MLFLOW_UNLEARN_HOOK_SECRET (the hook service verifies it)")
+    check_secret(secret)
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"webhook URL {url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8765/webhook)")
     client: MlflowClient = tracking.connect(tracking_uri)
