@@ -3,6 +3,7 @@ ledger's naming, configuration defaults, the evidence report and the huey queue 
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -165,6 +166,37 @@ def test_job_lock_names_its_owner_and_a_dead_owners_lock_is_cleared(tmp_path):
     # the queue knows what is waiting
     jobs.enqueue("m", 7)
     assert jobs.queued_targets() == {("m", "7")} and jobs.pending() == 1
+
+
+def test_a_lock_whose_pid_was_reused_is_stale_and_the_job_can_be_taken(tmp_path):
+    """Containers reuse pids: a lock names its owner by (host, boot id, pid, start time), so a live
+    process that merely got the dead owner's pid does not keep the job `running` forever."""
+    from mlflow_unlearn.hook import jobs
+
+    h = jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    me = jobs.process_identity()
+    if me["started"] is None:
+        pytest.skip("no /proc here: pid start times are unknown, liveness falls back to a pid check")
+    assert me["pid"] == os.getpid() and me["boot_id"]
+    key = jobs._lock("m/3/d")._key
+    # the same pid, alive, but started at another time: the owner is gone and its pid was reused (by us)
+    h.put_if_empty(key, {**me, "started": me["started"] - 1, "since": 0.0})
+    assert jobs.owner_is_alive(h.get(key, peek=True)) is False
+    assert not jobs.lock_is_live("m/3/d") and not h.is_locked("m/3/d")
+    lock = jobs.acquire_job_lock("m/3/d")  # the job resumes in a new worker
+    assert h.get(key, peek=True)["started"] == me["started"]
+    lock.clear()
+    # the owner itself (same pid and start time) is live; a lock from an earlier boot is not
+    h.put_if_empty(key, {**me, "since": 0.0})
+    assert jobs.lock_is_live("m/3/d")
+    with pytest.raises(jobs.JobLocked):
+        jobs.acquire_job_lock("m/3/d")
+    lock.clear()
+    h.put_if_empty(key, {**me, "boot_id": "an-earlier-boot", "since": 0.0})
+    assert not jobs.lock_is_live("m/3/d")
+    # a lock of another host is left alone (Redis expires it after lock_ttl_s)
+    h.put_if_empty(key, {**me, "host": "another-host", "since": 0.0})
+    assert jobs.owner_is_alive(h.get(key, peek=True)) is None and jobs.lock_is_live("m/3/d")
 
 
 def _redis_or_skip(url="redis://127.0.0.1:6379/15"):
