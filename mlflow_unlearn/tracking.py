@@ -111,6 +111,7 @@ class Tag:
     JOB_RUN = TAG + "job_run"
     REQUEST_RUN = TAG + "request_run"
     SUPERSEDED_BY = TAG + "superseded_by"
+    HOOK_WATCH = TAG + "hook_watch"  # on a registered model: "true" opts it in to the hook (besides --models)
     # ... and on the hook's result version
     REQUEST = TAG + "request"
     EVIDENCE = TAG + "evidence"

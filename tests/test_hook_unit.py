@@ -319,3 +319,121 @@ def test_short_secrets_are_refused_and_the_receiver_has_no_api_pages():
     paths = {getattr(r, "path", None) for r in app.routes}
     assert app.openapi_url is None and app.docs_url is None and app.redoc_url is None
     assert not paths & {"/docs", "/redoc", "/openapi.json"} and "/webhook" in paths
+
+
+def test_delivery_ids_expire_and_a_released_id_gets_in_again(tmp_path):
+    from mlflow_unlearn.hook.deliveries import SqliteDeliveries, delivery_ttl, for_queue
+
+    seen = for_queue(str(tmp_path / "q.db"), None, tolerance_s=300)
+    assert isinstance(seen, SqliteDeliveries) and seen.ttl_s == delivery_ttl(300) == 660
+    assert seen.claim("d1", now=1000.0) and not seen.claim("d1", now=1001.0)  # a retry or replay
+    assert seen.claim("d2", now=1500.0) and seen.count() == 2
+    # past the TTL an id is dropped (its call would fail the timestamp check by then anyway)
+    assert seen.claim("d3", now=1000.0 + 661) and seen.count() == 2
+    assert seen.claim("d1", now=1000.0 + 662)
+    seen.release("d2")
+    assert seen.claim("d2", now=1700.0)
+
+
+@pytest.mark.integration  # a real Redis server
+def test_redis_delivery_ids_expire_and_release():
+    from mlflow_unlearn.hook.deliveries import RedisDeliveries
+    from mlflow_unlearn.hook.jobs import make_huey
+
+    h = make_huey(_redis_or_skip(), name=f"mlflow-unlearn-test-{time.time_ns()}")
+    try:
+        seen = RedisDeliveries(h, ttl_s=1)
+        assert seen.claim("d1") and not seen.claim("d1")
+        seen.release("d1")
+        assert seen.claim("d1")
+        time.sleep(1.5)
+        assert seen.claim("d1")
+    finally:
+        h.storage.flush_all()
+
+
+@pytest.fixture
+def receiver(tmp_path, tracking):
+    """The receiver app in-process (FastAPI's TestClient), on a SQLite queue, with no worker."""
+    from fastapi.testclient import TestClient
+
+    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook.service import create_app
+
+    secret = "a-secret-of-32-bytes-for-the-tests"
+    cfg = HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=tracking, secret=secret, models=["m"],
+                     reconcile_interval_s=0)
+    jobs.configure(cfg)
+    with TestClient(create_app(cfg)) as client:
+        yield client, secret
+
+
+def _delivery(secret: str, delivery_id: str = "delivery-1", name: str = "m") -> tuple[bytes, dict]:
+    body = json.dumps({"entity": "model_version_tag", "action": "set", "timestamp": "2026-01-01T00:00:00+00:00",
+                       "data": {"name": name, "version": "3", "key": ledger.FORGET_SET_TAG,
+                                "value": "runs:/r/x.json"}}).encode()
+    return body, signed_headers(secret, body, delivery_id=delivery_id)
+
+
+def test_a_delivery_is_seen_only_once_its_job_is_queued(receiver, monkeypatch):
+    from mlflow_unlearn.hook import jobs
+
+    client, secret = receiver
+    body, headers = _delivery(secret, "d-fails-first")
+    real_enqueue = jobs.enqueue
+
+    def queue_down(*a, **k):
+        raise ConnectionError("queue storage unreachable")
+
+    monkeypatch.setattr(jobs, "enqueue", queue_down)
+    r = client.post("/webhook", content=body, headers=headers)
+    assert r.status_code == 503 and "retry" in r.json()["error"] and jobs.pending() == 0
+    monkeypatch.setattr(jobs, "enqueue", real_enqueue)
+    r = client.post("/webhook", content=body, headers=headers)  # MLflow's retry of the same delivery
+    assert r.status_code == 202 and r.json()["status"] == "accepted"
+    assert jobs.queued_targets() == {("m", "3")}  # queued before the answer, not after it
+    r = client.post("/webhook", content=body, headers=headers)
+    assert r.status_code == 200 and r.json()["status"] == "duplicate" and jobs.pending() == 1
+
+
+def test_status_needs_the_secret_and_health_names_no_model(receiver):
+    client, secret = receiver
+    health = client.get("/health")
+    assert health.status_code == 200 and "models" not in health.json() and "m" not in json.dumps(health.json())
+    assert client.get("/status/m/3").status_code == 401
+    assert client.get("/status/m/3", headers={"Authorization": "Bearer wrong-secret-of-some-length"}).status_code == 401
+    r = client.get("/status/m/3", headers={"Authorization": f"Bearer {secret}"})
+    assert r.status_code == 404  # authorised; no such version in the empty registry
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 404
+
+
+def test_binding_beyond_loopback_warns():
+    from mlflow_unlearn.hook.service import bind_warning
+
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.5"):
+        assert bind_warning(host) is None, host
+    for host in ("0.0.0.0", "10.1.2.3", "::", "hook.example.com"):
+        assert "beyond this machine" in bind_warning(host) and host in bind_warning(host)
+
+
+def test_only_named_or_opted_in_models_are_watched(tracking, tmp_path):
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.tracking import Tag
+
+    client = MlflowClient()
+    for name in ("named", "opted-in", "other"):
+        client.create_registered_model(name)
+    client.set_registered_model_tag("opted-in", Tag.HOOK_WATCH, "true")
+    client.set_registered_model_tag("other", Tag.HOOK_WATCH, "no")
+    jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=tracking, models=["named"]))
+    assert [jobs.is_watched(client, n) for n in ("named", "opted-in", "other", "absent")] == [True, True, False, False]
+    out = jobs.submit("other", 1, client=client)
+    assert out.startswith("ignored (model not watched") and "hook_watch=true" in out and jobs.pending() == 0
+    assert jobs.run_job("other", 1).startswith("skipped: model not watched")
+    jobs.configure(HookConfig(queue=str(tmp_path / "q2.db"), tracking_uri=tracking))  # no --models: tags only
+    assert [jobs.is_watched(client, n) for n in ("named", "opted-in")] == [False, True]
+    jobs.configure(HookConfig(queue=str(tmp_path / "q3.db"), tracking_uri=tracking, models=["*"]))
+    assert all(jobs.is_watched(client, n) for n in ("named", "other", "absent"))

@@ -22,7 +22,8 @@ def _config_args(p, *, workers_default=None, reconcile_default=None):
     p.add_argument("--workers", type=_int, default=workers_default,
                    help="jobs run at once (huey consumer workers); env MLFLOW_UNLEARN_HOOK_WORKERS, default 1")
     p.add_argument("--worker-type", choices=("thread", "process"), default=None, help="huey worker type (default thread)")
-    p.add_argument("--models", default=None, help="comma-separated registered model names to watch (default: all); "
+    p.add_argument("--models", default=None, help="comma-separated registered model names to watch, * for all (default: only models tagged "
+                                                  "mlflow_unlearn.hook_watch=true); "
                                                   "env MLFLOW_UNLEARN_HOOK_MODELS")
     p.add_argument("--experiment", default=None, help="experiment of the job runs (default mlflow-unlearn, beside the request runs)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")

@@ -8,7 +8,9 @@ agree by sharing an environment.
                                     redis://host:port/db URL; default: mlflow-unlearn-hook.db next to
                                     a SQLite tracking database, else in the working directory
     MLFLOW_UNLEARN_HOOK_WORKERS     jobs run at once by `serve` (embedded consumer) or `worker` (default 1)
-    MLFLOW_UNLEARN_HOOK_MODELS      comma-separated registered model names to watch (default: all)
+    MLFLOW_UNLEARN_HOOK_MODELS      comma-separated registered model names to watch, or * for every
+                                    model; besides these, a registered model tagged
+                                    mlflow_unlearn.hook_watch=true is watched (default: only those)
     MLFLOW_UNLEARN_HOOK_EXPERIMENT  experiment of the job runs (default mlflow-unlearn, beside the request runs)
 """
 from __future__ import annotations
@@ -48,7 +50,10 @@ class HookConfig:
     secret: str | None = None
     workers: int = 1
     worker_type: str = "thread"  # huey: thread | process
-    models: list[str] = field(default_factory=list)  # empty: every registered model
+    # Watched registered models: these names ("*": all), plus any tagged mlflow_unlearn.hook_watch=true.
+    # Not "all" by default: a job loads and runs a registered model, so which models a hook acts on is
+    # an explicit decision (issue 11), not whatever anyone with registry write access registers.
+    models: list[str] = field(default_factory=list)
     experiment: str = DEFAULT_EXPERIMENT
     seed: int = 0
     device: str = "auto"
@@ -75,8 +80,14 @@ class HookConfig:
     def resolved_queue(self) -> str:
         return self.queue or default_queue(self.tracking_uri)
 
-    def watches(self, model_name: str) -> bool:
-        return not self.models or model_name in self.models
+    @property
+    def watches_all(self) -> bool:
+        return "*" in self.models
+
+    def watches(self, model_name: str) -> bool | None:
+        """True for a model named by --models (or all with *), None when only the registered model's
+        opt-in tag can tell (see jobs.is_watched)."""
+        return True if (self.watches_all or model_name in self.models) else None
 
     def validate(self, *, need_secret: bool = False) -> "HookConfig":
         if need_secret and not self.secret:

@@ -15,6 +15,8 @@ from ..steps import train_step
 from .attach import attach, wait_for
 from .webhooks import install_webhook
 
+MODEL = "digits-hook-demo"  # the one registered model the demo's hook watches (--models)
+
 
 def run_demo(*, workdir: str = "hook-demo", forget: str = "mix:30", epochs: int = 10, subset: int | None = 600,
              timeout_s: float = 600.0) -> dict:
@@ -31,11 +33,11 @@ def run_demo(*, workdir: str = "hook-demo", forget: str = "mix:30", epochs: int 
         server, url = local.start_mlflow_server(workdir)
         os.environ["MLFLOW_TRACKING_URI"] = url
         print(f"2/6 starting the hook service and installing the webhook on {url} ...", flush=True)
-        hook, hook_url = local.start_hook_service(workdir, url, secret, workers=1, reconcile_interval_s=10)
+        hook, hook_url = local.start_hook_service(workdir, url, secret, workers=1, reconcile_interval_s=10, models=[MODEL])
         install_webhook(hook_url + "/webhook", secret, tracking_uri=url)  # before any event: servers cache the list 60 s
         print("3/6 training and registering a digits model ...", flush=True)
         trained = train_step(dataset="digits", model="small_cnn", epochs=epochs, subset=subset,
-                             registered_model_name="digits-hook-demo", progress=False)
+                             registered_model_name=MODEL, progress=False)
         print(f"4/6 attaching forget set {forget!r} to {trained.model_uri} ...", flush=True)
         res = attach(trained.model_name, trained.version, forget, tracking_uri=url)
         print(f"    tag mlflow_unlearn.forget_set = {res.uri}", flush=True)

@@ -267,14 +267,42 @@ def make_consumer(huey, config: HookConfig):
 # Submitting a request (webhook, reconciler)
 
 
-def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowClient | None = None) -> str:
+def is_watched(client: MlflowClient, name: str, *, cache: dict | None = None) -> bool:
+    """Whether the hook acts on registered model `name`: named by --models (or --models '*'), or opted
+    in by its tag mlflow_unlearn.hook_watch=true. `cache` (name -> bool) spares a scan repeated reads."""
+    if current_config().watches(name):
+        return True
+    if cache is not None and name in cache:
+        return cache[name]
+    try:
+        tags = client.get_registered_model(name).tags or {}
+        watched = str(tags.get(Tag.HOOK_WATCH, "")).strip().lower() == "true"
+    except MlflowException:
+        watched = False
+    if cache is not None:
+        cache[name] = watched
+    return watched
+
+
+NOT_WATCHED = ("model not watched: name it with `hook serve --models` (or MLFLOW_UNLEARN_HOOK_MODELS) or tag the "
+               f"registered model {Tag.HOOK_WATCH}=true")
+
+
+def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowClient | None = None,
+           enqueued: bool = False) -> str:
     """Queue the request attached to name/version unless it is answered, queued or running already.
     `force_enqueue` (the reconciler) also re-queues a queued or running one (its worker died, or the
-    queue lost it); a duplicate job is harmless: it stops at the lock or at the done status."""
-    cfg = current_config()
-    if not cfg.watches(name):
-        return "ignored (model not watched)"
+    queue lost it); a duplicate job is harmless: it stops at the lock or at the done status.
+    `enqueued` (the webhook receiver, which queues the job before it answers): only write the status."""
     client = client or MlflowClient()
+    if not is_watched(client, name):
+        return f"ignored ({NOT_WATCHED})"
+
+    def queue(outcome: str) -> str:
+        if not enqueued:
+            enqueue(name, state.version)
+        return outcome
+
     try:
         state = ledger.read_state(client, name, version)
     except MlflowException as exc:
@@ -284,15 +312,13 @@ def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowCli
     if not state.request:  # a tag of only whitespace: the job answers it (rejected, with the reason)
         if state.status == ledger.REJECTED and state.handled_request == "":
             return "already rejected"
-        enqueue(name, state.version)
-        return "queued (an empty tag, to be rejected)"
+        return queue("queued (an empty tag, to be rejected)")
     if state.is_current:
         if state.status in ledger.TERMINAL:
             return f"already {state.status}"
         if state.status in (ledger.QUEUED, ledger.RUNNING) and not force_enqueue:
             return f"already {state.status}"
-        enqueue(name, state.version)
-        return f"re-queued ({state.status or 'no status'})"
+        return queue(f"re-queued ({state.status or 'no status'})")
     # A new request: status first, then the request it refers to (see ledger: a crash in between
     # leaves a state the reconciler re-queues, never one that looks answered).
     ledger.set_tags(client, name, state.version, {ledger.STATUS_TAG: ledger.QUEUED})
@@ -300,8 +326,7 @@ def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowCli
         ledger.JOB_REQUEST_TAG: state.request, ledger.QUEUED_AT_TAG: ledger.now(), ledger.RESULT_VERSION_TAG: None,
         ledger.ERROR_TAG: None, ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request),
         ledger.STARTED_AT_TAG: None, ledger.FINISHED_AT_TAG: None})
-    enqueue(name, state.version)
-    return "queued"
+    return queue("queued")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +365,8 @@ def run_job(name: str, version) -> str:
     cfg = current_config()
     tracking.connect(cfg.tracking_uri)
     client = MlflowClient()
+    if not is_watched(client, name):
+        return f"skipped: {NOT_WATCHED}"
     try:
         state = ledger.read_state(client, name, version)
     except MlflowException as exc:

@@ -41,8 +41,10 @@ class Reconciler:
         """One pass; returns (name, version, action) for each version it queued."""
         client = MlflowClient()
         waiting = jobs.queued_targets()
-        actions = []
-        for state in ledger.attached_versions(client, self.config.models or None):
+        actions, watched = [], {}
+        for state in ledger.attached_versions(client):
+            if not jobs.is_watched(client, state.name, cache=watched):  # --models, or the opt-in tag
+                continue
             if state.is_current and state.status in ledger.TERMINAL:
                 continue
             if (state.name, state.version) in waiting:

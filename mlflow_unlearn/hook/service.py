@@ -3,26 +3,31 @@
 POST /webhook   an MLflow webhook delivery. Unsigned, wrongly signed or stale (timestamp outside the
                 tolerance): 401 and nothing else. Signed events that do not concern a forget set
                 (other tags, other entities, the webhook test payload): 200 `ignored`. A delivery id
-                seen before: 200 `duplicate`. Otherwise 202 `accepted`, and after the response the
-                request is queued (status tag `queued`, huey task); the job runs in a worker.
-GET  /health    {"status": "ok", "pending": jobs waiting in the queue, ...}
-GET  /status/{name}/{version}   the ledger tags of a version
+                seen before: 200 `duplicate`. Otherwise the job is queued (huey task) and the answer
+                is 202 `accepted`; the job runs in a worker.
+GET  /health    {"status": "ok", "pending": jobs waiting in the queue, ...}; names no model
+GET  /status/{name}/{version}   the ledger tags of a version; needs `Authorization: Bearer <secret>`
 
-The answer never waits for a job or a registry write: verification, one small write to the queue
-storage (the delivery id) and the response. Embedded huey workers (`--workers N`, default 1) run the
-jobs in the same process; `--workers 0` leaves them to `mlflow-unlearn hook worker` processes sharing
-the queue. A reconciler thread scans the registry at startup and every `--reconcile-interval` s.
+The answer never waits for a job or a registry write: verification, the delivery id claimed and the
+job put in the queue (two small writes to the queue storage), then the response; the `queued` status
+tag is written after it. A delivery is only marked seen once its job is queued: if queueing fails,
+the id is released and the answer is 503, so MLflow's retry of it gets in.
+
+Embedded huey workers (`--workers N`, default 1) run the jobs in the same process; `--workers 0`
+leaves them to `mlflow-unlearn hook worker` processes sharing the queue. A reconciler thread scans
+the registry at startup and every `--reconcile-interval` s.
 """
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import logging
-import time
 
 from fastapi import BackgroundTasks, FastAPI, Request  # module level: FastAPI resolves the annotations here
 from fastapi.responses import JSONResponse
 
-from . import jobs, ledger
+from . import deliveries, jobs, ledger
 from .. import tracking
 from .config import HookConfig, is_redis
 from .reconcile import Reconciler
@@ -52,19 +57,21 @@ def create_app(config: HookConfig):
     # no /docs, /redoc or /openapi.json: the receiver answers signed webhook calls, and an interactive
     # API page is one more unauthenticated surface on it
     app = FastAPI(title="mlflow-unlearn registry hook", version="1", docs_url=None, redoc_url=None, openapi_url=None)
-    delivery_ttl = int(2 * config.tolerance_s) + 60 if is_redis(config.resolved_queue()) else None
+    queue = config.resolved_queue()
+    delivery_log: list = []  # created on the first call, once jobs.configure has made the queue
 
-    def first_delivery(delivery_id: str) -> bool:
-        # Shared by every service replica on the same queue; a delivery older than the timestamp
-        # tolerance is rejected as stale anyway, so Redis forgets the id after twice that.
-        return bool(jobs.current_huey().put_if_empty(f"delivery.{delivery_id}", time.time(), delivery_ttl))
+    def seen():
+        if not delivery_log:
+            delivery_log.append(deliveries.for_queue(queue, jobs.current_huey(), tolerance_s=config.tolerance_s))
+        return delivery_log[0]
 
-    def submit_safely(name: str, version: str, delivery_id: str) -> None:
+    def mark_queued(name: str, version: str, delivery_id: str) -> None:
+        """After the answer: the ledger's `queued` status (a registry write the answer does not wait for)."""
         try:
-            outcome = jobs.submit(name, version)
+            outcome = jobs.submit(name, version, enqueued=True)
             log.info("delivery %s: %s/%s %s", delivery_id, name, version, outcome)
-        except Exception:  # the reconciler picks the request up later
-            log.exception("delivery %s: submitting %s/%s failed", delivery_id, name, version)
+        except Exception:  # cosmetic: the job itself sets `running`, and the reconciler re-checks
+            log.exception("delivery %s: writing the queued status of %s/%s failed", delivery_id, name, version)
 
     @app.post("/webhook")
     async def webhook(request: Request, background: BackgroundTasks):
@@ -79,21 +86,35 @@ def create_app(config: HookConfig):
         except ValueError:
             return JSONResponse({"error": "body is not JSON"}, status_code=400)
         target = target_of(payload) if isinstance(payload, dict) else None
-        if target is None or not config.watches(target[0]):
+        if target is None:
             return {"status": "ignored", "delivery_id": delivery_id}
-        if not first_delivery(delivery_id):
+        # Whether the model is watched (--models, or its opt-in tag) is the job's first check: the
+        # answer never waits for a registry read.
+        if not seen().claim(delivery_id):
             return {"status": "duplicate", "delivery_id": delivery_id}
-        background.add_task(submit_safely, target[0], target[1], delivery_id)
+        try:  # queued before the answer: a 202 means the job is in the queue, whatever happens next
+            jobs.enqueue(*target)
+        except Exception as exc:
+            seen().release(delivery_id)  # not queued, so not seen: MLflow's retry of this delivery gets in
+            log.exception("delivery %s: queueing %s/%s failed", delivery_id, *target)
+            return JSONResponse({"error": f"could not queue the job ({type(exc).__name__}); retry the delivery"},
+                                status_code=503)
+        background.add_task(mark_queued, target[0], target[1], delivery_id)
         return JSONResponse({"status": "accepted", "delivery_id": delivery_id, "model": target[0], "version": target[1]},
                             status_code=202)
 
     @app.get("/health")
-    def health():
+    def health():  # unauthenticated, so it names no model and no version
         return {"status": "ok", "pending": jobs.pending(), "workers": config.workers, "worker_type": config.worker_type,
-                "queue": "redis" if is_redis(config.resolved_queue()) else "sqlite", "models": config.models or "all"}
+                "queue": "redis" if is_redis(queue) else "sqlite"}
 
     @app.get("/status/{name}/{version}")
-    def status(name: str, version: str):
+    def status(name: str, version: str, request: Request):
+        # the ledger of a version names its requests and errors: behind the webhook secret
+        # (`Authorization: Bearer <secret>`); `mlflow-unlearn hook status` reads the registry instead
+        if not bearer_matches(request.headers.get("authorization"), config.secret):
+            return JSONResponse({"error": "send the webhook secret as `Authorization: Bearer <secret>`"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
@@ -105,6 +126,25 @@ def create_app(config: HookConfig):
     return app
 
 
+def bearer_matches(header: str | None, secret: str | None) -> bool:
+    if not secret or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer "):].strip().encode(), secret.encode())
+
+
+def bind_warning(host: str) -> str | None:
+    """A warning when the receiver listens beyond this machine: its /webhook is signed, but /health and the
+    port itself are then reachable by anyone on the network."""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        if host == "localhost":
+            return None
+    return (f"the hook service binds {host}, reachable beyond this machine: put it behind TLS and a firewall that "
+            f"lets only the MLflow server in, or bind 127.0.0.1 (the default) when MLflow runs on the same host")
+
+
 def serve(config: HookConfig, *, host: str = "127.0.0.1", port: int = 8765, log_level: str = "info") -> None:
     """Run the webhook receiver with embedded workers and the reconciler until SIGINT/SIGTERM."""
     import uvicorn
@@ -112,6 +152,12 @@ def serve(config: HookConfig, *, host: str = "127.0.0.1", port: int = 8765, log_
 
     config.validate(need_secret=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warning = bind_warning(host)
+    if warning:
+        log.warning(warning)
+    if not config.models:
+        log.warning("no --models: only registered models tagged %s=true are watched (--models '*' watches all)",
+                    tracking.Tag.HOOK_WATCH)
     h = jobs.configure(config)
     tracking.connect(config.tracking_uri)
     consumer = jobs.make_consumer(h, config)
