@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -236,7 +238,14 @@ def load_classifier(path, *, raw_input: bool = False, map_location="cpu") -> nn.
     spec = read_classifier_spec(path)
     net = build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]),
                       **spec["kwargs"])
-    state = torch.load(Path(path) / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(Path(path) / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # a pickle that would build more than tensors: never run
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]{1,200})", str(exc))  # what it would call, not how to allow it
+        why = f"it calls {found.group(1)}" if found else "it needs unpickling"
+        raise ModelError(f"{WEIGHTS_FILE} is not a plain state_dict of tensors ({why}); "
+                         f"models are loaded with torch.load(weights_only=True) and never unpickled: log the model "
+                         f"again with mlflow_unlearn.tracking.log_model") from None
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

@@ -100,7 +100,7 @@ def test_pickled_weights_are_not_loaded(tmp_path, digits):
     """weights.pt is read with weights_only=True: a pickle that would run code is refused."""
     import pickle
 
-    from mlflow_unlearn.models import WEIGHTS_FILE, load_classifier
+    from mlflow_unlearn.models import WEIGHTS_FILE, ModelError, load_classifier
 
     _, path = _saved(tmp_path, digits)
 
@@ -109,5 +109,5 @@ def test_pickled_weights_are_not_loaded(tmp_path, digits):
             return (print, ("pwned",))
 
     torch.save({"x": Evil()}, path / WEIGHTS_FILE, pickle_module=pickle)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(ModelError, match=r"weights.pt is not a plain state_dict of tensors \(it calls print\).*never unpickled"):
         load_classifier(path)
