@@ -25,8 +25,8 @@ def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: to
     """The metrics of `model` against `reference`: the built-ins plus `metrics` (registered names;
     default: every registered metric, plugins included)."""
 
-    u = outputs_for(model, ctx.data, ctx.forget.ids)
-    r = outputs_for(reference, ctx.data, ctx.forget.ids) if reference is not None else None
+    u = outputs_of(ctx, model)
+    r = outputs_of(ctx, reference) if reference is not None else None
     return evaluate_unlearning(u, r, tiers=ctx.tier_positions(), seed=ctx.seed,
                                metrics=METRICS.registered() if metrics is None else metrics)
 
@@ -83,7 +83,8 @@ def noise_floor(ctx: ForgetContext, reference: StepResult) -> dict[str, float]:
 
 
 def outputs_of(ctx: ForgetContext, model: torch.nn.Module) -> dict:
-    return outputs_for(model, ctx.data, ctx.forget.ids)
+    """Forget / retain / test outputs; retain leaves out what earlier requests forgot (ctx.retain_ids)."""
+    return outputs_for(model, ctx.data, ctx.forget.ids, ctx.retain_ids)
 
 
 def _as_reference(ctx: ForgetContext, result: StepResult, outputs: dict):

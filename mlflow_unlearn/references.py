@@ -63,6 +63,7 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
         seconds = time.perf_counter() - t0
         mlflow.log_metric("time/retrain_s", seconds)
         tracking.log_model(net, spec, ctx.data, name="retrain")
+        tracking.log_lineage(ctx.lineage_after(run.info.run_id, how="retrain"))
     net.to(ctx.data.device)
     return StepResult(run.info.run_id, net, seconds)
 

@@ -18,6 +18,8 @@ import torch
 from . import tracking
 from .algorithms import TrainRecipe, UnlearnData
 from .forget_sets import ForgetSetError, is_spec, load_forget_set
+from .ids import check_something_retained
+from .lineage import Lineage
 from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
 from .models import build_model
 from .rum import Plan, PlanError, default_plan
@@ -36,15 +38,37 @@ class ForgetContext:
     histogram: dict[str, int]  # forget examples per train-set memorisation bin
     seed: int
     cache: dict = dataclasses.field(default_factory=dict)  # values derived once per request
+    # Requests accumulate (issue 11): ids earlier requests already removed from the source. They are
+    # never retained; requested ids among them are reported (`already_forgotten`), not unlearned again.
+    forgotten_before: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    already_forgotten: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def new_ids(self) -> np.ndarray:
+        """The requested ids this request removes (the tiers partition them)."""
+        return np.setdiff1d(self.forget.ids, self.already_forgotten)
+
+    @property
+    def retain_ids(self) -> np.ndarray:
+        """Train minus this request minus everything forgotten before: what the model may still learn from."""
+        keep = np.ones(len(self.data.train), dtype=bool)
+        keep[np.asarray(self.forget.ids, dtype=np.int64)] = False
+        keep[self.forgotten_before] = False
+        return np.flatnonzero(keep)
+
+    def lineage_after(self, run_id: str, how: str) -> Lineage:
+        """The lineage of the model this request produces (logged with it as manifest/lineage.json)."""
+        base = self.source.lineage or Lineage.original(self.source.run_id, self.source_tag)
+        return base.after(source=self.source_tag, forget_ids=self.forget.ids, run_id=run_id, how=how)
 
     @property
     def source_tag(self) -> str:
         return f"{self.source.name}/{self.source.version}"
 
     def unlearn_data(self, retain_ids=None):
-        if retain_ids is None:
-            return UnlearnData.from_forget(self.data, self.forget.ids, recipe=self.recipe())
-        return UnlearnData(self.data, self.forget.ids, retain_ids, recipe=self.recipe())
+        """Forget the request; retain `retain_ids` (default: `self.retain_ids`)."""
+        return UnlearnData(self.data, self.forget.ids, self.retain_ids if retain_ids is None else retain_ids,
+                           recipe=self.recipe())
 
     def recipe(self):
         """How the source was made (its architecture, fresh weights per seed, and its TrainConfig):
@@ -86,10 +110,27 @@ def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "aut
     c_proxy = None if source.proxies is None else source.proxies["c_proxy"]
     fs = load_forget_set(resolve_forget_source(forget), labels=labels, c_proxy=c_proxy,
                          classes=source.manifest.get("classes"), tier_names=names, seed=seed)
+    new, already = (source.lineage.split(fs.ids) if source.lineage is not None
+                    else (np.asarray(fs.ids, dtype=np.int64), np.zeros(0, dtype=np.int64)))
+    if len(new) == 0:
+        raise AlreadyForgotten(source.uri, len(fs), fs.digest)
+    check_something_retained(len(new) + len(source.forgotten), len(labels), what="this request and the earlier ones",
+                             error=ForgetSetError)
     data = source.load_data(resolve_device(device))
-    tiers = tiers_from_c_proxy(fs.ids, c_proxy, names=names) if len(fs) >= len(names) else {"all": fs.ids}
+    tiers = tiers_from_c_proxy(new, c_proxy, names=names) if len(new) >= len(names) else {"all": new}
     histogram = tier_histogram(fs.ids, c_proxy, names=names)
-    return ForgetContext(source=source, data=data, forget=fs, tiers=tiers, histogram=histogram, seed=seed)
+    return ForgetContext(source=source, data=data, forget=fs, tiers=tiers, histogram=histogram, seed=seed,
+                         forgotten_before=source.forgotten, already_forgotten=already)
+
+
+class AlreadyForgotten(ForgetSetError):
+    """Every id of a request was forgotten by an earlier request on the chain that made the source:
+    nothing to unlearn, and the source itself is the answer (the hook answers `done` with it)."""
+
+    def __init__(self, source_uri: str, n: int, digest: str):
+        self.source_uri, self.n, self.digest = source_uri, n, digest
+        super().__init__(f"all {n} ids of this request (digest {digest[:12]}...) were already forgotten by an "
+                         f"earlier request on {source_uri}: nothing to unlearn; {source_uri} is the model without them")
 
 
 def log_forget_set(ctx: ForgetContext) -> None:

@@ -576,7 +576,7 @@ def _tier_ids(ids: Any, tier: str, n: int) -> torch.Tensor:
 
 def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: Plan | str | Mapping, *,
             seed: int = 0, callbacks: RumCallbacks | None = None, recipe: TrainRecipe | None = None,
-            augment: bool = False) -> RumResult:
+            augment: bool = False, forgotten: Any = None) -> RumResult:
     """Unlearn every tier of `tiers` (name -> train ids) from a copy of `model`, following `plan`.
 
     The plan is validated against the tiers before anything runs (see `Plan.validate`); the tiers
@@ -588,6 +588,8 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
 
     `recipe` (how the source model was trained, a `mlflow_unlearn.algorithms.TrainRecipe`) and
     `augment` (augment unlearning batches; off by default) go into every step's `UnlearnData`.
+    `forgotten`: train ids earlier requests already removed from `model` (requests accumulate on
+    the served version): never in any step's retain set, and never in a tier.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -610,13 +612,20 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
             other = names[int(owner[clash[0]])]
             raise PlanError(f"tiers {other!r} and {t!r} share ids {clash[:10].tolist()}; tiers must be disjoint")
         owner[ids[t]] = j
-    forgotten_all = owner >= 0
-    check_something_retained(int(forgotten_all.sum()), n, what="the tiers", error=PlanError)
+    earlier = torch.zeros(n, dtype=torch.bool)
+    if forgotten is not None:
+        earlier[_tier_ids(forgotten, "forgotten", n)] = True
+        again = torch.nonzero(earlier & (owner >= 0)).flatten()
+        if len(again):
+            raise PlanError(f"ids {again[:10].tolist()} were forgotten by an earlier request and are in a tier again; "
+                            f"leave them out of the tiers (they are no longer in the model's training data)")
+    forgotten_all = (owner >= 0) | earlier
+    check_something_retained(int(forgotten_all.sum()), n, what="the tiers and earlier requests", error=PlanError)
 
     started = getattr(callbacks, "step_started", None)
     finished = getattr(callbacks, "step_finished", None)
     current, records = model, []
-    excluded = torch.zeros(n, dtype=torch.bool)
+    excluded = earlier.clone()
     for k, step in enumerate(plan.steps):
         forget = ids[step.tier]
         excluded[forget] = True

@@ -19,6 +19,7 @@ from .algorithms import validate_hyperparameters
 from .confidences import ConfidenceRecorder
 from .data import DatasetSpec, check_dataset, load_dataset
 from .evaluation import evaluate, format_metrics
+from .lineage import Lineage
 from .memorization import DEFAULT_TIERS, tier_cut_points
 from .memorization_estimate import estimate_memorization, proxy_correlations
 from .models import build_model, validate_model_name
@@ -117,6 +118,7 @@ def train_step(
                         f"{final['test/acc']:.4f}. Per-example confidences and the C-proxy are in run "
                         f"{run.info.run_id} (confidences/, plots/c_proxy.png)."), aliases=("original",))
         mlflow.set_tag(Tag.REGISTERED_VERSION, f"{name}/{mv.version}")
+        tracking.log_lineage(Lineage.original(run.info.run_id, f"{name}/{mv.version}"))
     print(f"registered models:/{name}/{mv.version}  train acc {final['train/acc_eval']:.4f}  test acc {final['test/acc']:.4f}  ({train_seconds:.1f} s)")
     return TrainResult(run.info.run_id, name, str(mv.version), history, net)
 
@@ -174,12 +176,13 @@ def _apply_plan(ctx: ForgetContext, resolved: ResolvedPlan, *, role: str, algori
         callbacks = _TierRuns(ctx) if tier_runs else _ThisRun()
         try:
             result = run_rum(ctx.source.model.to(ctx.data.device), ctx.data, ctx.tiers, plan, seed=ctx.seed,
-                             callbacks=callbacks, recipe=ctx.recipe())
+                             callbacks=callbacks, recipe=ctx.recipe(), forgotten=ctx.forgotten_before)
         except BaseException:
             callbacks.abort()
             raise
         mlflow.log_metric("time/unlearn_s", result.seconds)
         info = tracking.log_model(result.model, ctx.source.model_spec, ctx.data, name=model_name)
+        tracking.log_lineage(ctx.lineage_after(run.info.run_id, how=algorithm))
         result.model.to(ctx.data.device)
         version = None
         if register:

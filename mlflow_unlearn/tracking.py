@@ -10,6 +10,11 @@ Artifact layout of an original run (DESIGN.md section 4):
     confidences/history.npz     max_prob, entropy, correct, float16 [epochs, n_train]
     confidences/proxies.npz     c_proxy, max_conf, entropy, learning_events, float32 [n_train]
     confidences/proxies.csv     the same, one row per id, readable in the MLflow UI
+    manifest/lineage.json       lineage.Lineage: nothing forgotten yet, the chain starts here
+
+Every run that logs a model made from a registered version (unlearn, rum, retrain) logs its own
+manifest/lineage.json (what that model has forgotten so far, naming this training run), so a
+request on such a version accumulates on it; its manifest and C-proxy are read from the training run.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from .confidences import ConfidenceRecorder, save_confidences
 from .data import DatasetSpec, ImageData, load_dataset
 from .models import load_classifier, save_classifier
+from .lineage import LINEAGE_PATH, Lineage, LineageError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "mlflow-unlearn"
@@ -105,6 +111,7 @@ class Tag:
     JOB_DIGEST = TAG + "job_digest"
     RESULT_VERSION = TAG + "result_version"
     ERROR = TAG + "error"
+    NOTE = TAG + "note"  # status done without a new version: why
     QUEUED_AT = TAG + "queued_at"
     STARTED_AT = TAG + "started_at"
     FINISHED_AT = TAG + "finished_at"
@@ -379,7 +386,46 @@ def log_confidences(recorder: ConfidenceRecorder | Mapping[str, np.ndarray], *, 
 
 
 def log_manifest(manifest: dict) -> None:
-    mlflow.log_dict(manifest, "manifest/train_manifest.json")
+    mlflow.log_dict(manifest, MANIFEST_PATH)
+
+
+def log_lineage(lineage: Lineage) -> None:
+    """`manifest/lineage.json` on the active run: what the model logged with it has forgotten so far."""
+    mlflow.log_dict(lineage.to_dict(), LINEAGE_PATH)
+
+
+MANIFEST_PATH = "manifest/train_manifest.json"
+_NO_MANIFEST_FIX = ("it was not logged by `mlflow-unlearn train` (or an unlearning step of this package); log it "
+                    "with mlflow_unlearn.tracking.log_manifest/log_confidences in the original run")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def read_lineage(client: MlflowClient, mv) -> tuple[Lineage, dict]:
+    """(lineage, training manifest) of a registered version. A version made by this package carries
+    `manifest/lineage.json` in its run, naming the training run that holds the manifest and the
+    C-proxy; a trained version without one (before 0.3) is its own original with nothing forgotten.
+    The lineage is read as checked JSON (lineage.Lineage.from_dict), never as a path or code."""
+    where = f"models:/{mv.name}/{mv.version}"
+    if not mv.run_id:
+        raise MissingArtifactError(f"{where} has no source run, so no training manifest; {_NO_MANIFEST_FIX}")
+    raw = None
+    try:
+        local = client.download_artifacts(mv.run_id, LINEAGE_PATH)
+    except (MlflowException, OSError):
+        local = None
+    if local is not None:
+        try:
+            raw = json.loads(Path(local).read_text())
+        except (OSError, ValueError):
+            raise LineageError(f"the lineage of {where} ({LINEAGE_PATH} in run {mv.run_id}) is not JSON") from None
+    original_run = raw.get("original_run") if isinstance(raw, dict) else mv.run_id
+    if not isinstance(original_run, str) or not _RUN_ID.match(original_run):
+        raise LineageError(f"the lineage of {where}: original_run is not an MLflow run id (32 hex digits)")
+    manifest = _download_json(client, original_run, MANIFEST_PATH, "training manifest", _NO_MANIFEST_FIX)
+    n_train = len(manifest.get("labels") or manifest.get("ids") or [])
+    if raw is None:
+        return Lineage.original(mv.run_id, f"{mv.name}/{mv.version}"), manifest
+    return Lineage.from_dict(raw, n_train=n_train, where=f"the lineage of {where}"), manifest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,6 +449,12 @@ class SourceModel:
     proxies: dict[str, np.ndarray] | None
     tags: dict[str, str]
     model_id: str | None = None  # the MLflow logged model behind the version
+    lineage: Lineage | None = None  # what it has forgotten so far (None: an original built in memory)
+
+    @property
+    def forgotten(self) -> np.ndarray:
+        """Train ids earlier requests removed from this version (empty for an original)."""
+        return self.lineage.forgotten if self.lineage is not None else np.zeros(0, dtype=np.int64)
 
     @property
     def uri(self) -> str:
@@ -450,23 +502,24 @@ def load_source(model_uri: str, *, with_confidences: bool = True, map_location="
     trained as), its dataset spec, the train manifest, and the confidence and proxy scores."""
     client = MlflowClient()
     mv = resolve_version(client, model_uri)
-    fix = "it was not logged by `mlflow-unlearn train`; log it with mlflow_unlearn.tracking.log_manifest/log_confidences in the original run"
-    manifest = _download_json(client, mv.run_id, "manifest/train_manifest.json", "training manifest", fix)
-    model_spec = _download_json(client, mv.run_id, "model_spec.json", "model spec", fix)
+    lineage, manifest = read_lineage(client, mv)
+    fix, original = _NO_MANIFEST_FIX, lineage.original_run  # the spec and the C-proxy are the original's
+    model_spec = _download_json(client, original, "model_spec.json", "model spec", fix)
     model_id = version_model_id(mv)
     model = load_logged_classifier(model_id, map_location=map_location)
     true_prob, proxies = None, None
     if with_confidences:
         try:
-            true_prob = np.load(client.download_artifacts(mv.run_id, "confidences/true_class_prob.npy"))
-            with np.load(client.download_artifacts(mv.run_id, "confidences/proxies.npz")) as z:
+            true_prob = np.load(client.download_artifacts(original, "confidences/true_class_prob.npy"))
+            with np.load(client.download_artifacts(original, "confidences/proxies.npz")) as z:
                 proxies = {k: z[k] for k in z.files}
         except (MlflowException, OSError):
-            raise MissingArtifactError(f"run {mv.run_id} of {model_uri} has no confidences/ artifacts; {fix}") from None
+            raise MissingArtifactError(f"run {original} (the training run of {model_uri}) has no confidences/ "
+                                       f"artifacts; {fix}") from None
     return SourceModel(
         name=mv.name, version=str(mv.version), run_id=mv.run_id, model=model, model_spec=model_spec,
         dataset_spec=DatasetSpec.from_dict(manifest["dataset_spec"]), manifest=manifest,
-        true_class_prob=true_prob, proxies=proxies, tags=dict(mv.tags or {}), model_id=model_id,
+        true_class_prob=true_prob, proxies=proxies, tags=dict(mv.tags or {}), model_id=model_id, lineage=lineage,
     )
 
 

@@ -432,6 +432,168 @@ def test_reconcile_cli_and_a_standalone_process_worker(env, capsys):
             worker.kill()
 
 
+def _forget_accuracy(env, version: str, ids) -> float:
+    from mlflow_unlearn import tracking
+    from mlflow_unlearn.training import accuracy
+
+    src = tracking.load_source(f"models:/{MODEL}/{version}", with_confidences=False)
+    data = src.load_data("cpu")
+    return accuracy(src.model, data, data.train.subset(__import__("torch").as_tensor(ids)))
+
+
+def test_requests_accumulate_on_the_served_version(env):
+    """v1 -> v2 (request A) -> v3 (request B on v2, four ids of A again) through the webhook: v3's
+    lineage and evidence list both requests, B's repeats are reported, and a request of only
+    forgotten ids is answered with the version that already lacks them."""
+    import mlflow
+
+    from mlflow_unlearn import tracking
+    from mlflow_unlearn.hook.attach import attach
+    from mlflow_unlearn.tracking import Tag
+
+    client = env.client
+    v1 = env.new_version()
+    a = list(range(100, 112))
+    b = a[:4] + list(range(200, 208))
+    attach(MODEL, v1, a, tracking_uri=env.url)
+    v2 = wait_answer(env, v1).tags[ledger.RESULT_VERSION_TAG]
+    attach(MODEL, v2, b, tracking_uri=env.url)  # an unlearned version takes requests like an original
+    state = wait_answer(env, v2)
+    assert state.status == ledger.DONE, state.tags
+    v3 = state.tags[ledger.RESULT_VERSION_TAG]
+    mv3 = client.get_model_version(MODEL, v3)
+    lineage, _ = tracking.read_lineage(client, mv3)
+    assert lineage.forgotten.tolist() == sorted(set(a) | set(b))
+    assert [(r["source"], r["n_forget"], r["n_new"]) for r in lineage.requests] == [(f"{MODEL}/{v1}", 12, 12),
+                                                                                     (f"{MODEL}/{v2}", 12, 8)]
+    report = json.loads(mlflow.artifacts.load_text(mv3.tags[ledger.EVIDENCE_TAG]))
+    assert report["forget"]["already_forgotten"] == 4 and report["forget"]["already_forgotten_ids"] == a[:4]
+    assert [r["source"] for r in report["lineage"]["requests"]] == [f"{MODEL}/{v1}", f"{MODEL}/{v2}"]
+    assert mv3.tags[Tag.SOURCE_VERSION] == v2
+    accuracy = {(v, name): _forget_accuracy(env, v, ids) for v in (v1, v3) for name, ids in (("A", a), ("B", b))}
+    print("forget accuracy", accuracy)
+    assert accuracy[(v3, "A")] <= accuracy[(v1, "A")] and accuracy[(v3, "B")] <= accuracy[(v1, "B")], accuracy
+    # every id already forgotten: answered with v3 itself, no new version
+    attach(MODEL, v3, a[:6], tracking_uri=env.url)
+    state = wait_answer(env, v3)
+    assert state.status == ledger.DONE and state.tags[ledger.RESULT_VERSION_TAG] == v3, state.tags
+    assert "already forgotten" in state.tags[ledger.NOTE_TAG] and results_of(env, v3) == []
+
+
+def _in_process_jobs(env, tmp_path, model: str):
+    """This process as a hook worker for `model` only (a SQLite queue of its own; jobs run by run_job)."""
+    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook.config import HookConfig
+
+    jobs.configure(HookConfig(tracking_uri=env.url, queue=str(tmp_path / "jobs.db"), models=[model],
+                              reconcile_interval_s=0, device="cpu"))
+    return jobs
+
+
+def test_a_rerun_repairs_what_a_crash_after_registering_left_unwritten(env, tmp_path):
+    """Killed between registering the result and finishing: the version exists (created with its tags
+    in one call), but the run tag, the evidence's result.version, the description and the alias are
+    missing and the source still says running. The re-run finds the version and writes the rest."""
+    import mlflow
+
+    from mlflow_unlearn.hook.attach import attach
+    from mlflow_unlearn.tracking import Tag
+
+    jobs = _in_process_jobs(env, tmp_path, QUIET)
+    client = env.client
+    v = env.new_version(QUIET)
+    attach(QUIET, v, "random:9", tracking_uri=env.url)
+    assert jobs.run_job(QUIET, v).startswith("done -> version ")
+    result = ledger.read_state(client, QUIET, v).tags[ledger.RESULT_VERSION_TAG]
+    run_id = client.get_model_version(QUIET, result).tags[Tag.RUN_ID]
+    # the state a kill right after tracking.register_version leaves
+    client.delete_tag(run_id, Tag.REGISTERED_VERSION)
+    report = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/evidence/report.json"))
+    report["result"]["version"] = None
+    client.log_dict(run_id, report, "evidence/report.json")
+    client.update_model_version(QUIET, result, description="")
+    client.delete_registered_model_alias(QUIET, "unlearned")
+    ledger.set_tags(client, QUIET, v, {ledger.STATUS_TAG: ledger.RUNNING, ledger.RESULT_VERSION_TAG: None,
+                                       ledger.FINISHED_AT_TAG: None})
+
+    assert jobs.run_job(QUIET, v) == f"done -> version {result}"
+    assert [str(r.version) for r in results_of(env, v, QUIET)] == [result]  # nothing registered twice
+    assert client.get_run(run_id).data.tags[Tag.REGISTERED_VERSION] == f"{QUIET}/{result}"
+    repaired = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/evidence/report.json"))
+    assert repaired["result"]["version"] == result and repaired["forget"] == report["forget"]
+    mv = client.get_model_version(QUIET, result)
+    assert "9 training examples unlearned" in mv.description and f"runs:/{run_id}/evidence" in mv.description
+    assert str(client.get_model_version_by_alias(QUIET, "unlearned").version) == result
+    state = ledger.read_state(client, QUIET, v)
+    assert state.status == ledger.DONE and state.tags[ledger.RESULT_VERSION_TAG] == result
+
+
+def test_the_crafted_pickle_attack_runs_nothing(env, tmp_path):
+    """Issue 11's attack replayed: a version whose model is a pickle that creates a file when loaded
+    (as `mlflow.pytorch` models are), and one whose weights.pt is such a pickle. Both are rejected with
+    the reason; no file appears, no version is registered."""
+    import pickle
+
+    import mlflow
+    import torch
+
+    from mlflow_unlearn.hook.attach import attach
+    from mlflow_unlearn.tracking import CLASSIFIER_ARTIFACT, version_model_id
+
+    crafted = "hooktiny-crafted"
+    jobs = _in_process_jobs(env, tmp_path, crafted)
+    client = env.client
+    marker = tmp_path / "pwned"
+
+    class Payload:  # unpickling calls open(marker, "w"): the file appears if anything unpickles it
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    # the trained run's manifest, spec and confidences, so that only the model is forged
+    src = Path(mlflow.artifacts.download_artifacts(f"runs:/{env.run_id}/", dst_path=str(tmp_path / "src")))
+    exp = client.get_experiment_by_name("external-tool") or client.get_experiment(client.create_experiment("external-tool"))
+    run = client.create_run(exp.experiment_id)
+    for item in ("manifest", "confidences", "model_spec.json"):
+        if (src / item).is_dir():
+            client.log_artifacts(run.info.run_id, str(src / item), item)
+        else:
+            client.log_artifact(run.info.run_id, str(src / item))
+    client.set_terminated(run.info.run_id)
+    location = mlflow.get_logged_model(version_model_id(client.get_model_version(MODEL, env.version))).artifact_location
+    real_spec = Path(mlflow.artifacts.download_artifacts(f"{location.rstrip('/')}/{CLASSIFIER_ARTIFACT}/classifier.json",
+                                                        dst_path=str(tmp_path / "spec")))
+
+    def forged_version(files: dict[str, object]) -> str:
+        folder = tmp_path / f"forged-{len(list(tmp_path.glob('forged-*')))}"
+        for rel, content in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copy(content, folder / rel)
+            else:
+                torch.save(content, folder / rel, pickle_module=pickle)
+        logged = client.create_logged_model(exp.experiment_id, name="forged", source_run_id=run.info.run_id)
+        client.log_model_artifacts(logged.model_id, str(folder))
+        client.finalize_logged_model(logged.model_id, "READY")
+        mv = client.create_model_version(crafted, f"models:/{logged.model_id}", run_id=run.info.run_id,
+                                         model_id=logged.model_id)
+        return str(mv.version)
+
+    client.create_registered_model(crafted)
+    cases = {  # what an `mlflow.pytorch` pickle model holds; our own layout with pickled weights
+        forged_version({"data/model.pth": {"model": Payload()}}): "has no artifacts/classifier/",
+        forged_version({f"{CLASSIFIER_ARTIFACT}/weights.pt": {"x": Payload()},
+                        f"{CLASSIFIER_ARTIFACT}/classifier.json": real_spec}): "(it calls ",
+    }
+    for v, reason in cases.items():
+        attach(crafted, v, "random:9", tracking_uri=env.url)
+        outcome = jobs.run_job(crafted, v)
+        state = ledger.read_state(client, crafted, v)
+        assert state.status == ledger.REJECTED, (outcome, state.tags)
+        assert reason in state.tags[ledger.ERROR_TAG], state.tags[ledger.ERROR_TAG]
+        assert not marker.exists(), "a registry version ran code in the worker"
+        assert results_of(env, v, crafted) == []
+
+
 @pytest.mark.slow
 def test_burst_of_20_attach_requests_gives_20_result_versions(env):
     from mlflow_unlearn.hook.attach import attach

@@ -135,6 +135,21 @@ def test_steps_follow_plan_order_with_the_retain_set_of_the_mode(data, model, ti
     json.dumps(result.to_dict())  # plain data
 
 
+@pytest.mark.parametrize("retain_mode", RETAIN_MODES)
+def test_ids_forgotten_by_earlier_requests_are_never_retained(data, model, tiers, recorder, retain_mode):
+    """Requests accumulate: a model that already forgot some ids must not be fine-tuned on them again."""
+    algo, calls = recorder
+    tiered = set().union(*(set(torch.as_tensor(v).tolist()) for v in tiers.values()))
+    earlier = sorted(i for i in range(len(data.train)) if i not in tiered)[:7]
+    plan = Plan([PlanStep(t, algo, {}) for t in ("low", "mid", "high")], retain_mode=retain_mode)
+    run_rum(model, data, tiers, plan, forgotten=earlier)
+    assert calls and all(not set(earlier) & set(c["retain"]) for c in calls)
+    assert len(calls[-1]["retain"]) == len(data.train) - len(tiered) - len(earlier)
+    again = sorted(torch.as_tensor(tiers["mid"]).tolist())[0]
+    with pytest.raises(PlanError, match=rf"ids \[{again}\] were forgotten by an earlier request"):
+        run_rum(model, data, tiers, plan, forgotten=[again])
+
+
 def test_model_is_carried_from_step_to_step(data, model, tiers, register):
     def add_one(model, data, *, seed: int = 0, log=None):
         with torch.no_grad():

@@ -206,3 +206,36 @@ def test_memorization_step_logs_estimate_and_correlations(source_model, tmp_path
     # resumable: the same workdir trains nothing again
     again = steps.memorization_step(uri, n_models=3, epochs=2, workdir=str(tmp_path / "mem"))
     assert again["spearman/c_proxy"] == pytest.approx(metrics["spearman/c_proxy"])
+
+
+@pytest.mark.integration  # two RUM runs registered through MLflow, one on the other's result
+def test_requests_accumulate_on_an_unlearned_version(source_model):
+    """v1 -> v2 (request A) -> v3 (request B, partly A again): v3 forgets A and B, its retain set never
+    holds an id of A, the ids of B already forgotten are reported, and a request of only forgotten
+    ids is answered by the version that lacks them."""
+    _, uri = source_model
+    client = MlflowClient()
+    src = tracking.load_source(uri)
+    n_train = len(src.manifest["labels"])
+    a = [0, 4, 8, 12, 16, 20, 24, 28]
+    b = [0, 4, 8, 1, 2, 3, 5]  # three of A again, four new
+    plan = "all=finetune(epochs=1)"
+    first = steps.rum_step(uri, a, plan, register=True, device="cpu")
+    v2 = f"models:/digits-src/{first.version}"
+    ctx = request.prepare(v2, b, device="cpu")
+    assert ctx.forgotten_before.tolist() == a and ctx.already_forgotten.tolist() == [0, 4, 8]
+    assert ctx.new_ids.tolist() == [1, 2, 3, 5] and sorted(np.concatenate(list(ctx.tiers.values())).tolist()) == [1, 2, 3, 5]
+    assert not set(ctx.retain_ids.tolist()) & set(a) and len(ctx.retain_ids) == n_train - len(set(a) | set(b))
+    assert ctx.source.proxies is not None and np.array_equal(ctx.source.proxies["c_proxy"], src.proxies["c_proxy"])
+    second = steps.rum(ctx, plan, register=True)
+    mv3 = client.get_model_version("digits-src", second.version)
+    lineage, manifest = tracking.read_lineage(client, mv3)
+    assert lineage.forgotten.tolist() == sorted(set(a) | set(b)) and lineage.original_run == src.run_id
+    assert [(r["source"], r["n_forget"], r["n_new"]) for r in lineage.requests] == [
+        ("digits-src/1", 8, 8), (f"digits-src/{first.version}", 7, 4)]
+    assert manifest["labels"] == src.manifest["labels"]
+    tier_run = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string=(
+        f"tags.`mlflow_unlearn.source_model` = 'digits-src/{first.version}' and tags.`mlflow_unlearn.tier` = 'all'"))[0]
+    assert int(tier_run.data.params["n_retain"]) == n_train - len(set(a) | set(b))  # A never retained again
+    with pytest.raises(request.AlreadyForgotten, match=rf"all 5 ids .* already forgotten .* models:/digits-src/{second.version}"):
+        request.prepare(f"models:/digits-src/{second.version}", [0, 1, 2, 4, 28], device="cpu")

@@ -53,10 +53,10 @@ def load_manifest(client: MlflowClient, mv) -> tuple[dict, np.ndarray | None]:
     """A version's training manifest and (when logged) its C-proxy, without loading the model."""
     if not mv.run_id:
         raise MissingArtifactError(f"models:/{mv.name}/{mv.version} has no source run, so no training manifest; {NO_MANIFEST_FIX}")
-    manifest = tracking._download_json(client, mv.run_id, MANIFEST_PATH, "training manifest", NO_MANIFEST_FIX)
+    lineage, manifest = tracking.read_lineage(client, mv)  # an unlearned version: its training run's manifest
     c_proxy = None
     try:
-        with np.load(client.download_artifacts(mv.run_id, "confidences/proxies.npz")) as z:
+        with np.load(client.download_artifacts(lineage.original_run, "confidences/proxies.npz")) as z:
             c_proxy = z["c_proxy"] if "c_proxy" in z.files else None
     except (MlflowException, OSError):
         pass

@@ -45,7 +45,9 @@ def _clean(v: Any) -> Any:
 
 def build_report(*, request: dict, forget: dict, plan: dict, plan_source: str, before: dict, after: dict,
                  against_source: dict, reference: dict | None, reference_run: str | None, times: dict,
-                 result: dict, reference_tier_acc: dict | None = None) -> dict:
+                 result: dict, reference_tier_acc: dict | None = None, lineage: dict | None = None) -> dict:
+    """`lineage`: the result's chain of requests (lineage.Lineage.to_dict() without the id list):
+    every request applied since the original, this one last, and how many ids were forgotten."""
     change = {k: after[k] - before[k] for k in after if k in before and isinstance(after[k], (int, float))
               and isinstance(before[k], (int, float)) and not k.startswith("tier/")}
     return _clean({
@@ -60,6 +62,7 @@ def build_report(*, request: dict, forget: dict, plan: dict, plan_source: str, b
                     "reference_tier_acc": reference_tier_acc},
         "time": times,
         "result": result,
+        "lineage": lineage,
         "software": software_versions(),
     })
 
@@ -80,8 +83,10 @@ def _rows(report: dict) -> dict[str, list[tuple[str, ...]]]:
                     ("request run", req.get("request_run")), ("result version", report["result"].get("version")),
                     ("job run", report["result"].get("run_id"))],
         "Forget set": [("digest (sha256 of sorted ids)", fg.get("digest")), ("examples", fg.get("count")),
+                       ("already forgotten by an earlier request", fg.get("already_forgotten", 0)),
                        *[(f"train-set memorisation bin `{k}`", v) for k, v in (fg.get("tier_histogram") or {}).items()],
                        *[(f"tier `{k}` (unlearned as)", v) for k, v in (fg.get("tiers") or {}).items()]],
+        "Lineage (every request on the way to the result, oldest first)": _lineage_rows(report.get("lineage")),
         "Plan": [("source", report["plan_source"]), ("retain mode", report["plan"].get("retain_mode")),
                  *[(f"tier `{s['tier']}`", f"{s['algorithm']} {json.dumps(s.get('hyperparameters') or {})}")
                    for s in report["plan"].get("steps", [])]],
@@ -102,6 +107,18 @@ def _rows(report: dict) -> dict[str, list[tuple[str, ...]]]:
     sections["Time (seconds)"] = [(k, _fmt(v)) for k, v in t.items()]
     sections["Software"] = list(report["software"].items())
     return sections
+
+
+def _lineage_rows(lineage: dict | None) -> list[tuple[str, ...]]:
+    if not lineage:
+        return [("lineage", "n/a")]
+    rows = [("request", "applied to", "forget digest", "ids", "new", "how", "run")]
+    for k, r in enumerate(lineage.get("requests") or []):
+        rows.append((str(k + 1), r.get("source"), str(r.get("forget_digest", ""))[:12] + "...", r.get("n_forget"),
+                     r.get("n_new"), r.get("how"), r.get("run_id")))
+    rows.append(("total", lineage.get("original_model") or lineage.get("original_run"), "", lineage.get("n_forgotten"),
+                 "", "forgotten since the original", ""))
+    return rows
 
 
 def to_markdown(report: dict) -> str:

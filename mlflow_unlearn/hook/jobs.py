@@ -348,12 +348,13 @@ class _Job:
         except MlflowException:
             return False
 
-    def finish(self, status: str, *, result: str | None = None, error: str | None = None, digest: str | None = None) -> str:
+    def finish(self, status: str, *, result: str | None = None, error: str | None = None, digest: str | None = None,
+               note: str | None = None) -> str:
         """Write a final status, unless a newer request replaced this one meanwhile (its own job answers it)."""
         if not self.still_current():
             return f"{status} (superseded by a newer request; tags left to its job)"
         tags = {ledger.JOB_DIGEST_TAG: digest, ledger.FINISHED_AT_TAG: ledger.now(),
-                ledger.RESULT_VERSION_TAG: result, ledger.ERROR_TAG: error}
+                ledger.RESULT_VERSION_TAG: result, ledger.ERROR_TAG: error, ledger.NOTE_TAG: note}
         if digest is None:
             tags.pop(ledger.JOB_DIGEST_TAG)
         ledger.set_tags(self.client, self.name, self.version, tags)
@@ -418,6 +419,8 @@ def _run_locked(job: _Job, cfg: HookConfig, req) -> str:
         ledger.ERROR_TAG: None, ledger.RESULT_VERSION_TAG: None, ledger.FINISHED_AT_TAG: None})
     try:
         return _unlearn_and_register(job, cfg, req)
+    except request.AlreadyForgotten as exc:  # the source already lacks every id: it is the answer
+        return job.finish(ledger.DONE, result=job.version, digest=digest, note=_message(exc))
     except _rejections() as exc:
         return job.finish(ledger.REJECTED, error=_message(exc), digest=digest)
     except Exception as exc:
@@ -492,7 +495,10 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
                  "request_run": state.tags.get(ledger.REQUEST_RUN_TAG), "queued_at": state.tags.get(ledger.QUEUED_AT_TAG),
                  "started_at": state.tags.get(ledger.STARTED_AT_TAG)},
         forget={"digest": digest, "count": len(ctx.forget), "tier_histogram": ctx.histogram,
-                "tiers": {k: int(len(v)) for k, v in ctx.tiers.items()}},
+                "tiers": {k: int(len(v)) for k, v in ctx.tiers.items()},
+                "already_forgotten": int(len(ctx.already_forgotten)),
+                "already_forgotten_ids": ctx.already_forgotten[:100].tolist()},
+        lineage={k: v for k, v in ctx.lineage_after(run_id, "rum").to_dict().items() if k != "forgotten"},
         plan=plan.to_dict(), plan_source=plan_source, before=before, after=after, against_source=against_source,
         reference=reference, reference_run=reference_run, times=times, reference_tier_acc=reference_tier_acc)
     report = evidence.build_report(**report_args, result={"version": None, "run_id": run_id})

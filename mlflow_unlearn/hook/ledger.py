@@ -9,6 +9,7 @@ On the source version (the one a forget set is attached to):
     mlflow_unlearn.job_digest      sha256 of the request's sorted ids (the job key is name, version, digest)
     mlflow_unlearn.result_version  the unlearned version (status done)
     mlflow_unlearn.error           why (status rejected or failed)
+    mlflow_unlearn.note            status done without a new version: why (every id was already forgotten)
     mlflow_unlearn.queued_at / started_at / finished_at   unix seconds
     mlflow_unlearn.job_run         the MLflow run of the job (role rum)
 
@@ -37,6 +38,7 @@ JOB_REQUEST_TAG = Tag.JOB_REQUEST
 JOB_DIGEST_TAG = Tag.JOB_DIGEST
 RESULT_VERSION_TAG = Tag.RESULT_VERSION
 ERROR_TAG = Tag.ERROR
+NOTE_TAG = Tag.NOTE
 QUEUED_AT_TAG = Tag.QUEUED_AT
 STARTED_AT_TAG = Tag.STARTED_AT
 FINISHED_AT_TAG = Tag.FINISHED_AT
@@ -98,7 +100,7 @@ class VersionState:
         return bool(self.request) and self.handled_request == self.request
 
     def to_dict(self) -> dict:
-        keys = (FORGET_SET_TAG, STATUS_TAG, RESULT_VERSION_TAG, ERROR_TAG, JOB_REQUEST_TAG, JOB_DIGEST_TAG,
+        keys = (FORGET_SET_TAG, STATUS_TAG, RESULT_VERSION_TAG, ERROR_TAG, NOTE_TAG, JOB_REQUEST_TAG, JOB_DIGEST_TAG,
                 QUEUED_AT_TAG, STARTED_AT_TAG, FINISHED_AT_TAG, JOB_RUN_TAG)
         return {"name": self.name, "version": self.version,
                 **{k[len(TAG):]: self.tags[k] for k in keys if k in self.tags}}
