@@ -10,6 +10,7 @@ import time
 import mlflow
 
 from . import tracking
+from .gate import NeverSeen
 from .request import ForgetContext, build_source_architecture, log_forget_set
 from .runs import StepResult, load_run_model
 from .tracking import Role, Tag
@@ -84,3 +85,38 @@ def cached_reference(ctx: ForgetContext, epochs: int | None = None, *, seed: int
     run = mlflow.MlflowClient().get_run(run_id)
     model = load_run_model(run_id).to(ctx.data.device)
     return StepResult(run_id, model, float(run.data.metrics.get("time/retrain_s", float("nan"))), cached=True)
+
+
+def calibration_never_seen(ctx: ForgetContext) -> NeverSeen | None:
+    """The never-seen estimate of the acceptance gate (gate.py): the calibration references of the
+    search whose plan the source's registered model carries (tag searched_plan_run, its
+    calibration.json), as (C-proxy, correct) pairs. None when there was no search, or it predates
+    this record. Read as checked JSON; ids outside the source's train set make it None."""
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        run_id = (client.get_registered_model(ctx.source.name).tags or {}).get(Tag.SEARCHED_PLAN_RUN)
+        if not run_id or ctx.source.proxies is None:
+            return None
+        record = json.loads(open(client.download_artifacts(run_id, "calibration.json")).read())
+    except (MlflowException, OSError, ValueError):
+        return None
+    c_proxy = np.asarray(ctx.source.proxies["c_proxy"], dtype=np.float64)
+    cs, ys, aucs = [], [], []
+    for entry in (record.get("calibration_sets") or []) if isinstance(record, dict) else []:
+        seen = entry.get("never_seen") if isinstance(entry, dict) else None
+        if not isinstance(seen, dict):
+            continue
+        ids, correct = np.asarray(seen.get("ids", []), dtype=np.int64), np.asarray(seen.get("correct", []))
+        if len(ids) == 0 or len(ids) != len(correct) or ids.min() < 0 or ids.max() >= len(c_proxy):
+            return None
+        cs.append(c_proxy[ids])
+        ys.append(correct.astype(np.float64))
+        if isinstance(seen.get("auc"), (int, float)):
+            aucs.append(float(seen["auc"]))
+    if not cs:
+        return None
+    return NeverSeen(np.concatenate(cs), np.concatenate(ys), float(np.mean(aucs)) if aucs else None,
+                     source=f"{len(cs)} calibration reference(s) of search run {run_id}")

@@ -481,6 +481,25 @@ def default_plan(tier_names: Sequence[str] = DEFAULT_TIERS) -> Plan:
     return Plan(steps, DEFAULT_RETAIN_MODE, "default")
 
 
+def stronger_plan(plan: Plan) -> Plan:
+    """The registry hook's first escalation when a result fails the acceptance gate: the same plan
+    with every step twice as long (`epochs` doubled where the algorithm has it) and a `none` step
+    replaced by the default plan's step for a tier in that position (`neggrad_plus`). Validated."""
+    tiers = [s.tier for s in plan.steps]
+    fallback = {s.tier: s for s in default_plan(tiers).steps} if ALL_TIER not in tiers else {
+        ALL_TIER: PlanStep(ALL_TIER, "neggrad_plus", {})}
+    steps = []
+    for s in plan.validate().steps:
+        if s.algorithm == "none":
+            steps.append(fallback[s.tier])
+            continue
+        hp = dict(s.hyperparameters)
+        if isinstance(hp.get("epochs"), int):
+            hp["epochs"] = 2 * hp["epochs"]
+        steps.append(PlanStep(s.tier, s.algorithm, hp))
+    return Plan(steps, plan.retain_mode, f"{plan.name or 'plan'}-stronger").validate()
+
+
 def single_algorithm_plan(algorithm: str, hyperparameters: Mapping[str, Any] | None = None,
                           tier_names: Sequence[str] = (ALL_TIER,), *, retain_mode: str = DEFAULT_RETAIN_MODE) -> Plan:
     """The same algorithm and hyperparameters on every tier, in the given order. With the default
@@ -667,4 +686,5 @@ __all__ = [
     "default_plan",
     "run_rum",
     "single_algorithm_plan",
+    "stronger_plan",
 ]

@@ -33,6 +33,7 @@ from . import references, request, runs, tracking
 from .algorithms import ALGORITHMS, default_search_algorithms
 from .forget_sets import ForgetSet, calibration_forget_sets
 from .memorization import DEFAULT_TIERS, MemorizationError, tier_histogram, tiers_from_c_proxy
+from .metrics import mia_auc
 from .rum import Plan
 from .tracking import TAG, Role, Tag
 from .tuning import (
@@ -227,8 +228,10 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                          Tag.SEARCH_SPACE: space, CALIBRATION_TAG: ",".join(calibration.digests)})
         request.log_forget_set(ctx)
         mlflow.log_dict({"calibration_sets": [{"digest": c.forget.digest, "ids": c.forget.ids.tolist(),
-                                               "reference_run": r.run_id, "tiers": {k: v.tolist() for k, v in c.tiers.items()}}
-                                              for c, r in zip(calibration.contexts, calibration.runs)],
+                                               "reference_run": r.run_id, "tiers": {k: v.tolist() for k, v in c.tiers.items()},
+                                               "never_seen": never_seen_record(ref)}
+                                              for c, r, ref in zip(calibration.contexts, calibration.runs,
+                                                                   calibration.references)],
                          "heldout": "validation split"}, "calibration.json")
         tracking.log_params({"n_trials": n_trials, "objective": objective, "max_epochs": max_epochs,
                            "storage": _redact(storage), "study_name": study_name,
@@ -245,6 +248,14 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
         mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study)})
         log_study_plots(study, objective)
     return plan, value, run.info.run_id, study_name
+
+
+def never_seen_record(ref: Reference) -> dict:
+    """What a model that never saw a calibration set gets on it: per id (sorted), whether the
+    reference classifies it correctly, and the forget-vs-held-out attack AUC. The registry hook's
+    acceptance gate reads it back (`references.calibration_never_seen`) as its never-seen estimate."""
+    return {"ids": ref.forget_ids.tolist(), "correct": ref.outputs["forget"].correct.astype(int).tolist(),
+            "auc": mia_auc(ref.outputs["forget"].true_conf, ref.outputs["test"].true_conf)}
 
 
 def log_study_plots(study, objective: str) -> None:

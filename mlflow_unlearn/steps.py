@@ -182,7 +182,8 @@ def _apply_plan(ctx: ForgetContext, resolved: ResolvedPlan, *, role: str, algori
             raise
         mlflow.log_metric("time/unlearn_s", result.seconds)
         info = tracking.log_model(result.model, ctx.source.model_spec, ctx.data, name=model_name)
-        tracking.log_lineage(ctx.lineage_after(run.info.run_id, how=algorithm))
+        exact = all(s.algorithm == "retrain" for s in plan.steps)  # the retrain_after policy counts from these
+        tracking.log_lineage(ctx.lineage_after(run.info.run_id, how="retrain" if exact else algorithm))
         result.model.to(ctx.data.device)
         version = None
         if register:

@@ -112,6 +112,8 @@ class Tag:
     RESULT_VERSION = TAG + "result_version"
     ERROR = TAG + "error"
     NOTE = TAG + "note"  # status done without a new version: why
+    GATE = TAG + "gate"  # on a result version: passed | escalated | retrained; on an attempt run: its verdict
+    GATE_CHECKS = TAG + "gate_checks"  # JSON: check name -> [value, passed]
     QUEUED_AT = TAG + "queued_at"
     STARTED_AT = TAG + "started_at"
     FINISHED_AT = TAG + "finished_at"

@@ -31,6 +31,16 @@ def _config_args(p, *, workers_default=None, reconcile_default=None):
     p.add_argument("--reconcile-interval", type=float, default=reconcile_default,
                    help="seconds between registry scans for requests without an answer (0: none)")
     p.add_argument("--lock-ttl", type=_int, default=None, help="Redis queue: a dead worker's job lock expires after this (s)")
+    p.add_argument("--gate", default=None, metavar="KEY=VALUE,...",
+                   help="acceptance-gate thresholds (fractions): retain_drop, heldout_drop, forget_tolerance, "
+                        "mia_tolerance, neighbours (defaults 0.05, 0.05, 0.10, 0.05, 50; see mlflow_unlearn/gate.py)")
+    p.add_argument("--escalate", default=None, metavar="STAGES",
+                   help="what a job does when a result fails the gate: stronger,retrain (default), retrain, or none "
+                        "(then nothing is registered and the request ends failed)")
+    p.add_argument("--retrain-after-fraction", type=float, default=None,
+                   help="retrain exactly instead of unlearning once this fraction of the train set is forgotten in total")
+    p.add_argument("--retrain-after-requests", type=_int, default=None,
+                   help="retrain exactly after this many approximate requests since the last retrain")
 
 
 def _config(a, **extra):
@@ -42,7 +52,30 @@ def _config(a, **extra):
         worker_type=getattr(a, "worker_type", None), models=models, experiment=getattr(a, "experiment", None),
         device=getattr(a, "device", None), seed=getattr(a, "seed", None),
         reconcile_interval_s=getattr(a, "reconcile_interval", None), lock_ttl_s=getattr(a, "lock_ttl", None),
-        **extra)
+        gate=_gate_thresholds(getattr(a, "gate", None)), escalation=_escalation(getattr(a, "escalate", None)),
+        retrain_after_fraction=getattr(a, "retrain_after_fraction", None),
+        retrain_after_requests=getattr(a, "retrain_after_requests", None), **extra)
+
+
+def _gate_thresholds(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ValueError(f"--gate {part!r} is not key=value (e.g. --gate retain_drop=0.03,forget_tolerance=0.15)")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--gate {key.strip()}={value!r}: not a number") from None
+    return out
+
+
+def _escalation(text: str | None) -> tuple | None:
+    if text is None:
+        return None
+    return () if text.strip().lower() in ("none", "") else tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def add_attach(sub):

@@ -60,6 +60,15 @@ class HookConfig:
     reconcile_interval_s: float = 30.0  # 0: no periodic scan
     tolerance_s: float = 300.0  # accepted webhook timestamp skew
     lock_ttl_s: int = 3600  # Redis only: the lock of a worker on a lost host expires after this
+    # The acceptance gate (mlflow_unlearn/gate.py) and what a job does when a result fails it: each
+    # stage in order until one passes; "retrain" (an exact retrain on retain with the source's
+    # recipe) is always accepted. An empty tuple: a failed result ends `failed`, nothing registered.
+    gate: dict = field(default_factory=dict)  # GateThresholds overrides, e.g. {"retain_drop": 0.03}
+    escalation: tuple = ("stronger", "retrain")
+    # Exact retrain instead of approximate unlearning once this fraction of the train set is forgotten
+    # in total, or after this many approximate requests since the last retrain (None: never).
+    retrain_after_fraction: float | None = None
+    retrain_after_requests: int | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> "HookConfig":
@@ -99,10 +108,25 @@ class HookConfig:
             raise ValueError(f"--workers must be 0 or more, got {self.workers}")
         if self.worker_type not in ("thread", "process"):
             raise ValueError(f"--worker-type must be thread or process, got {self.worker_type!r}")
+        from ..gate import GateThresholds
+
+        GateThresholds.from_dict(self.gate)  # raises GateError naming the bad threshold
+        self.escalation = tuple(self.escalation)
+        bad = [e for e in self.escalation if e not in ESCALATIONS]
+        if bad or len(set(self.escalation)) != len(self.escalation):
+            raise ValueError(f"--escalate {','.join(self.escalation)!r}: give stages from {', '.join(ESCALATIONS)} at most "
+                             f"once each, in order (or none)")
+        if self.retrain_after_fraction is not None and not 0 < self.retrain_after_fraction <= 1:
+            raise ValueError(f"--retrain-after-fraction must be a fraction in (0, 1] of the train set, got "
+                             f"{self.retrain_after_fraction!r}")
+        if self.retrain_after_requests is not None and self.retrain_after_requests < 1:
+            raise ValueError(f"--retrain-after-requests must be 1 or more, got {self.retrain_after_requests!r}")
         if self.reconcile_interval_s < 0:
             raise ValueError(f"--reconcile-interval must be 0 (off) or more seconds, got {self.reconcile_interval_s}")
         return self
 
+
+ESCALATIONS = ("stronger", "retrain")
 
 MIN_SECRET_BYTES = 16  # an HMAC key anyone can guess in a few tries is no key (issue 11)
 

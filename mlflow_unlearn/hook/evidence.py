@@ -45,7 +45,8 @@ def _clean(v: Any) -> Any:
 
 def build_report(*, request: dict, forget: dict, plan: dict, plan_source: str, before: dict, after: dict,
                  against_source: dict, reference: dict | None, reference_run: str | None, times: dict,
-                 result: dict, reference_tier_acc: dict | None = None, lineage: dict | None = None) -> dict:
+                 result: dict, reference_tier_acc: dict | None = None, lineage: dict | None = None,
+                 gate: dict | None = None) -> dict:
     """`lineage`: the result's chain of requests (lineage.Lineage.to_dict() without the id list):
     every request applied since the original, this one last, and how many ids were forgotten."""
     change = {k: after[k] - before[k] for k in after if k in before and isinstance(after[k], (int, float))
@@ -63,6 +64,7 @@ def build_report(*, request: dict, forget: dict, plan: dict, plan_source: str, b
         "time": times,
         "result": result,
         "lineage": lineage,
+        "gate": gate,
         "software": software_versions(),
     })
 
@@ -87,6 +89,7 @@ def _rows(report: dict) -> dict[str, list[tuple[str, ...]]]:
                        *[(f"train-set memorisation bin `{k}`", v) for k, v in (fg.get("tier_histogram") or {}).items()],
                        *[(f"tier `{k}` (unlearned as)", v) for k, v in (fg.get("tiers") or {}).items()]],
         "Lineage (every request on the way to the result, oldest first)": _lineage_rows(report.get("lineage")),
+        "Acceptance gate (no retrain needed; see mlflow_unlearn/gate.py)": _gate_rows(report.get("gate")),
         "Plan": [("source", report["plan_source"]), ("retain mode", report["plan"].get("retain_mode")),
                  *[(f"tier `{s['tier']}`", f"{s['algorithm']} {json.dumps(s.get('hyperparameters') or {})}")
                    for s in report["plan"].get("steps", [])]],
@@ -107,6 +110,19 @@ def _rows(report: dict) -> dict[str, list[tuple[str, ...]]]:
     sections["Time (seconds)"] = [(k, _fmt(v)) for k, v in t.items()]
     sections["Software"] = list(report["software"].items())
     return sections
+
+
+def _gate_rows(gate: dict | None) -> list[tuple[str, ...]]:
+    if not gate:
+        return [("gate", "n/a")]
+    rows = [("attempt", "check", "value", "limit", "verdict")]
+    for a in gate.get("attempts") or []:
+        for c in (a.get("gate") or {}).get("checks") or []:
+            verdict = {True: "pass", False: "FAIL", None: "not checked"}[c.get("passed")]
+            rows.append((a.get("stage"), c.get("name"), _fmt(c.get("value")), c.get("limit"),
+                         verdict + (f" ({c['detail']})" if c.get("detail") and c.get("passed") is None else "")))
+    rows.append(("result", "path", gate.get("path"), "", "never-seen estimate: " + str(gate.get("never_seen") or "none")))
+    return rows
 
 
 def _lineage_rows(lineage: dict | None) -> list[tuple[str, ...]]:

@@ -1,0 +1,179 @@
+"""The acceptance gate: is an unlearned model good enough to become a version, judged without a
+retrain (issue 11)? Pure functions on metrics the job computes anyway (no mlflow here).
+
+Checks, each with its value, limit and verdict:
+
+- `retain`: retain accuracy may drop at most `retain_drop` (absolute) below the source's: unlearning
+  must not break what the model should still know.
+- `heldout`: the same for held-out accuracy (the job's test split), limit `heldout_drop`.
+- `forget/<tier>`: per memorisation tier, forget accuracy within `forget_tolerance` + 2 binomial
+  standard errors of what a model that never saw those examples gets on them. That expectation
+  comes from the search's calibration references (retrained without their calibration forget sets,
+  so their accuracy on those sets *is* never-seen accuracy), as a function of the C-proxy: each
+  example of the tier is given the mean correctness of the `k` calibration examples nearest in
+  C-proxy. Without calibration references (no `mlflow-unlearn search` run for the model) these
+  checks are skipped and the report says so: no honest per-tier estimate exists without one
+  (held-out examples have no training-time C-proxy).
+- `mia`: the attack AUC of forget vs held-out may exceed the never-seen expectation (the
+  calibration references' AUC, else 0.5) by at most `mia_tolerance` + 2 standard errors
+  (Hanley-McNeil): above that, the forget set still looks like training data.
+
+Tolerances are absolute accuracy / AUC units. The standard-error terms make small tiers (30 examples:
+SE up to 0.09) judged no more strictly than their size allows.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+
+class GateError(ValueError):
+    """Invalid gate thresholds or inputs; the message names the value."""
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    retain_drop: float = 0.05  # accuracy (fraction): a retain set loses at most 5 points
+    heldout_drop: float = 0.05  # accuracy: held-out loses at most 5 points (generalisation kept)
+    forget_tolerance: float = 0.10  # accuracy: per-tier distance from never-seen, before the 2-SE term
+    mia_tolerance: float = 0.05  # AUC above the never-seen expectation, before the 2-SE term
+    neighbours: int = 50  # calibration examples averaged per forget example (by C-proxy)
+
+    def __post_init__(self):
+        for name in ("retain_drop", "heldout_drop", "forget_tolerance", "mia_tolerance"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1 or math.isnan(value):
+                raise GateError(f"gate threshold {name} must be a fraction in [0, 1] (accuracy/AUC units, not percent), "
+                                f"got {value!r}")
+        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 1:
+            raise GateError(f"gate threshold neighbours must be a positive integer, got {self.neighbours!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "GateThresholds":
+        d = dict(d or {})
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise GateError(f"unknown gate threshold(s) {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+        return cls(**{k: (int(v) if k == "neighbours" else float(v)) for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class NeverSeen:
+    """Never-seen correctness of calibration examples (1 = a reference that did not train on it
+    classifies it correctly) with their C-proxy, and the references' forget-vs-held-out AUC."""
+
+    c_proxy: np.ndarray
+    correct: np.ndarray
+    auc: float | None = None
+    source: str = "calibration references"
+
+    def __post_init__(self):
+        c, y = np.asarray(self.c_proxy, dtype=np.float64), np.asarray(self.correct, dtype=np.float64)
+        if c.ndim != 1 or c.shape != y.shape or len(c) == 0:
+            raise GateError(f"never-seen data needs equal-length, non-empty c_proxy and correct (got {c.shape}, {y.shape})")
+        if not np.all(np.isfinite(c)) or not np.all((y == 0) | (y == 1)):
+            raise GateError("never-seen data: c_proxy must be finite and correct 0/1")
+        order = np.argsort(c, kind="stable")
+        object.__setattr__(self, "c_proxy", c[order])
+        object.__setattr__(self, "correct", y[order])
+
+    def accuracy_at(self, c_values, neighbours: int = 50) -> np.ndarray:
+        """Expected never-seen accuracy of examples with these C-proxy values: the mean correctness of
+        the `neighbours` calibration examples nearest in C-proxy (a window in the sorted order)."""
+        c = np.asarray(c_values, dtype=np.float64).reshape(-1)
+        n, k = len(self.c_proxy), min(int(neighbours), len(self.c_proxy))
+        prefix = np.concatenate([[0.0], np.cumsum(self.correct)])
+        pos = np.searchsorted(self.c_proxy, c)
+        start = np.clip(pos - k // 2, 0, n - k)
+        return (prefix[start + k] - prefix[start]) / k
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    value: float | None
+    limit: str
+    passed: bool | None  # None: not checked (the detail says why)
+    detail: str = ""
+
+
+@dataclass
+class GateReport:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed is not False for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.passed is False]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+
+    def summary(self) -> str:
+        if self.passed:
+            return "passed (" + ", ".join(c.name for c in self.checks if c.passed) + ")"
+        return "failed: " + "; ".join(f"{c.name} {'n/a' if c.value is None else f'{c.value:.4f}'} (limit {c.limit}"
+                                      f"{'; ' + c.detail if c.detail else ''})" for c in self.failed)
+
+
+def _binomial_se(p: float, n: int) -> float:
+    p = min(max(p, 0.0), 1.0)
+    return math.sqrt(max(p * (1 - p), 1.0 / (4 * max(n, 1))) / max(n, 1))  # floor: never 0 for p of 0 or 1
+
+
+def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC from n_pos positives and n_neg negatives."""
+    a = min(max(auc, 1e-6), 1 - 1e-6)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / max(n_pos * n_neg, 1)
+    return math.sqrt(max(var, 0.0))
+
+
+def check_result(before: Mapping[str, float], after: Mapping[str, float], tiers: Mapping[str, Any], c_proxy, *,
+                 n_heldout: int, never_seen: NeverSeen | None = None,
+                 thresholds: GateThresholds | None = None) -> GateReport:
+    """Run every check on the metrics of the source (`before`) and the unlearned model (`after`):
+    keys `retain/acc`, `test/acc`, `mia/auc` and `tier/<tier>/forget_acc` (as
+    `evaluation.evaluation_metrics` computes them). `tiers`: tier name -> forget ids (train ids);
+    `c_proxy`: the source's C-proxy, indexed by train id."""
+    t = thresholds or GateThresholds()
+    report = GateReport()
+    for key, name, drop in (("retain/acc", "retain", t.retain_drop), ("test/acc", "heldout", t.heldout_drop)):
+        if key not in before or key not in after:
+            raise GateError(f"the gate needs {key!r} before and after unlearning")
+        floor = before[key] - drop
+        report.checks.append(Check(name, float(after[key]), f">= {floor:.4f} (source {before[key]:.4f} - {drop})",
+                                   bool(after[key] >= floor)))
+    c = np.asarray(c_proxy, dtype=np.float64)
+    n_forget = 0
+    for tier, ids in tiers.items():
+        ids = np.asarray(ids, dtype=np.int64)
+        n_forget += len(ids)
+        key = f"tier/{tier}/forget_acc"
+        value = after.get(key)
+        if value is None and len(tiers) == 1:
+            value = after.get("forget/acc")
+        if never_seen is None:
+            report.checks.append(Check(f"forget/{tier}", None if value is None else float(value), "n/a", None,
+                                       "not checked: no calibration references to estimate never-seen accuracy "
+                                       "(run `mlflow-unlearn search` for this model once)"))
+            continue
+        expected = float(np.mean(never_seen.accuracy_at(c[ids], t.neighbours))) if len(ids) else float("nan")
+        band = t.forget_tolerance + 2 * _binomial_se(expected, len(ids))
+        ok = value is not None and abs(float(value) - expected) <= band
+        report.checks.append(Check(f"forget/{tier}", None if value is None else float(value),
+                                   f"{expected:.4f} +- {band:.4f}", bool(ok),
+                                   f"{len(ids)} examples; never-seen estimate from {never_seen.source}"))
+    auc = after.get("mia/auc")
+    if auc is not None and np.isfinite(auc):
+        expected_auc = never_seen.auc if never_seen is not None and never_seen.auc is not None else 0.5
+        band = t.mia_tolerance + 2 * auc_standard_error(float(auc), max(n_forget, 1), max(int(n_heldout), 1))
+        report.checks.append(Check("mia", float(auc), f"<= {expected_auc + band:.4f} (never-seen {expected_auc:.4f})",
+                                   bool(auc <= expected_auc + band), "AUC of forget vs held-out by true-class confidence"))
+    return report

@@ -1,0 +1,94 @@
+"""The acceptance gate (gate.py): each check moves the verdict the right way, tolerances follow tier
+size, and bad thresholds are refused by name."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlflow_unlearn.gate import GateError, GateThresholds, NeverSeen, auc_standard_error, check_result
+from mlflow_unlearn.rum import Plan, stronger_plan
+
+BEFORE = {"retain/acc": 0.99, "test/acc": 0.90, "mia/auc": 0.70, "forget/acc": 0.99}
+
+
+def _never_seen():
+    # calibration examples: C-proxy below 0.5 is never-seen wrong (memorised), above it right
+    c = np.linspace(0, 1, 400)
+    return NeverSeen(c, (c > 0.5).astype(float), auc=0.52)
+
+
+def _tiers():
+    c_proxy = np.linspace(0, 1, 1000)  # train id i has C-proxy i / 999
+    return {"low": np.arange(900, 930), "high": np.arange(0, 30)}, c_proxy  # 30-example tiers
+
+
+def test_a_result_that_forgot_like_never_seen_passes_and_one_that_kept_the_high_tier_fails():
+    tiers, c = _tiers()
+    good = {"retain/acc": 0.985, "test/acc": 0.89, "mia/auc": 0.55, "tier/low/forget_acc": 1.0, "tier/high/forget_acc": 0.05}
+    report = check_result(BEFORE, good, tiers, c, n_heldout=500, never_seen=_never_seen())
+    assert report.passed and [ch.name for ch in report.checks] == ["retain", "heldout", "forget/low", "forget/high", "mia"]
+    kept = dict(good, **{"tier/high/forget_acc": 0.9})  # the memorised tier is still recognised
+    report = check_result(BEFORE, kept, tiers, c, n_heldout=500, never_seen=_never_seen())
+    assert not report.passed and [ch.name for ch in report.failed] == ["forget/high"]
+    assert "forget/high 0.9000" in report.summary()
+
+
+@pytest.mark.parametrize("change, failing", [
+    ({"retain/acc": 0.90}, "retain"),  # unlearning broke what it should keep
+    ({"test/acc": 0.80}, "heldout"),
+    ({"mia/auc": 0.95}, "mia"),  # forget still separable from held-out
+    ({"tier/low/forget_acc": 0.3}, "forget/low"),  # over-forgetting is visible too
+])
+def test_each_check_fails_on_its_own(change, failing):
+    tiers, c = _tiers()
+    good = {"retain/acc": 0.985, "test/acc": 0.89, "mia/auc": 0.55, "tier/low/forget_acc": 1.0, "tier/high/forget_acc": 0.05}
+    report = check_result(BEFORE, {**good, **change}, tiers, c, n_heldout=500, never_seen=_never_seen())
+    assert [ch.name for ch in report.failed] == [failing]
+
+
+def test_without_calibration_references_the_tier_checks_are_skipped_and_said_so():
+    tiers, c = _tiers()
+    after = {"retain/acc": 0.985, "test/acc": 0.89, "mia/auc": 0.6, "tier/low/forget_acc": 1.0, "tier/high/forget_acc": 0.9}
+    report = check_result(BEFORE, after, tiers, c, n_heldout=500)
+    skipped = [ch for ch in report.checks if ch.passed is None]
+    assert [ch.name for ch in skipped] == ["forget/low", "forget/high"] and "mlflow-unlearn search" in skipped[0].detail
+    assert report.passed  # nothing it could check failed
+    assert report.checks[-1].name == "mia" and report.checks[-1].limit.endswith("(never-seen 0.5000)")  # no estimate: 0.5
+
+
+def test_small_tiers_get_a_wider_band():
+    ns = _never_seen()
+    c = np.linspace(0, 1, 1000)
+    limits = {}
+    for n in (5, 30, 300):
+        ids = np.arange(700, 700 + n)
+        r = check_result(BEFORE, {"retain/acc": 0.99, "test/acc": 0.9, "tier/t/forget_acc": 1.0}, {"t": ids}, c,
+                         n_heldout=500, never_seen=ns)
+        limits[n] = float(r.checks[2].limit.split("+-")[1])
+    assert limits[5] > limits[30] > limits[300] >= 0.10
+    assert auc_standard_error(0.7, 10, 500) > auc_standard_error(0.7, 300, 500)
+
+
+def test_never_seen_accuracy_follows_the_c_proxy():
+    ns = _never_seen()
+    assert ns.accuracy_at([0.05], 20)[0] == 0.0 and ns.accuracy_at([0.95], 20)[0] == 1.0
+    assert 0.3 < ns.accuracy_at([0.5], 100)[0] < 0.7
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"retain_drop": 5}, r"retain_drop must be a fraction in \[0, 1\] .*not percent.*got 5"),
+    ({"mia_tolerance": -0.1}, "mia_tolerance"),
+    ({"neighbours": 0}, "neighbours must be a positive integer"),
+    ({"retian_drop": 0.1}, r"unknown gate threshold\(s\) \['retian_drop'\]"),
+])
+def test_bad_thresholds_are_refused_by_name(bad, needle):
+    with pytest.raises(GateError, match=needle):
+        GateThresholds.from_dict(bad)
+
+
+def test_a_stronger_plan_doubles_epochs_and_fills_none_steps():
+    base = Plan.parse("low=none;mid=finetune(epochs=1);high=neggrad_plus(epochs=2)")
+    stronger = stronger_plan(base)
+    by_tier = {s.tier: s for s in stronger.steps}
+    assert by_tier["low"].algorithm == "finetune" and by_tier["mid"].hyperparameters["epochs"] == 2
+    assert by_tier["high"].hyperparameters["epochs"] == 4 and stronger.retain_mode == base.retain_mode
