@@ -1,12 +1,14 @@
 """The defaults contract (algorithms/builtin.py): every registered algorithm but `none`, plugins
 included, at its default hyperparameters on the digits setup the defaults were measured on (the full
 digits train split with a 0.1 validation split, small_cnn at its default width trained 15 epochs,
-forget set `mix_forget_set(c_proxy, 90)`): forget predictions change and retain accuracy stays >= 0.95.
+forget set `mix_forget_set(c_proxy, 90)`): the forget set's cross-entropy at least doubles and retain
+accuracy stays >= 0.95.
 Its own module so the unit run can give it a worker of its own."""
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe, UnlearnData, run_algorithm
 from mlflow_unlearn.confidences import ConfidenceRecorder
@@ -41,17 +43,25 @@ def _contract_cases():
 
 
 @pytest.mark.parametrize("name", _contract_cases())
-def test_defaults_change_forget_predictions_and_keep_retain(digits_setup, name):
-    """At its default hyperparameters every algorithm (plugins included) changes at least one of the
-    90 forget predictions (the retrained reference changes about 10) and keeps retain accuracy
-    >= 0.95. Before the batch-size rule, five built-ins changed none here."""
+def test_defaults_act_on_the_forget_set_and_keep_retain(digits_setup, name):
+    """At its default hyperparameters every algorithm (plugins included) at least doubles the
+    cross-entropy on the 90 forget examples (the retrained reference: about x32) and keeps retain
+    accuracy >= 0.95. Before the batch-size rule, five built-ins left the forget set untouched here.
+
+    Measured as forget cross-entropy, not as flipped predictions: the weakest defaults (neggrad,
+    scrub, the example plugin) flip 0 to 5 of 90 depending on the CPU's numerics alone (thread
+    count, AVX2 vs AVX-512 kernels change the 15-epoch source model), while their forget CE moves
+    x2.7 to x20 on every machine measured (2026-12-02: 1 and 2 threads, AVX-512 and AVX2)."""
     model, udata, before = digits_setup
+    ce_before = float(F.cross_entropy(predict_logits(model, udata.data, udata.forget).float(), udata.forget.y))
     out = run_algorithm(name, model, udata, seed=0)
-    after = predict_logits(out, udata.data, udata.forget).argmax(1)
-    flips = int((after != before).sum())
+    logits = predict_logits(out, udata.data, udata.forget)
+    ce_after = float(F.cross_entropy(logits.float(), udata.forget.y))
+    flips = int((logits.argmax(1) != before).sum())
     retain = accuracy(out, udata.data, udata.retain)
-    assert flips >= 1, f"{name} at its defaults changed no forget prediction (retain accuracy {retain:.4f})"
-    assert retain >= 0.95, f"{name} at its defaults: {flips} flips but retain accuracy {retain:.4f}"
+    assert ce_after >= 2 * ce_before, (f"{name} at its defaults barely moved the forget set: cross-entropy "
+                                       f"{ce_before:.4f} -> {ce_after:.4f}, {flips} of 90 predictions flipped")
+    assert retain >= 0.95, f"{name} at its defaults: forget CE x{ce_after / ce_before:.1f} but retain accuracy {retain:.4f}"
 
 
 def test_influence_scale_moves_the_weights_proportionally(digits_setup):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -12,7 +13,7 @@ from mlflow import MlflowClient
 
 from mlflow_unlearn import request
 
-from mlflow_unlearn import search, steps
+from mlflow_unlearn import references, search, steps
 from mlflow_unlearn.algorithms import ALGORITHMS
 from mlflow_unlearn.tracking import Tag
 
@@ -103,6 +104,14 @@ def test_calibration_sets_are_disjoint_from_the_request_and_logged(source_model,
     sets = [set(c["ids"]) for c in cal["calibration_sets"]]
     assert not (sets[0] & sets[1]) and not (sets[0] & set(ctx.forget.ids.tolist()))
     assert all(len(x) == len(ctx.forget) for x in sets)
+    # what a model that never saw each calibration set gets on it: the acceptance gate's estimate
+    for c in cal["calibration_sets"]:
+        seen = c["never_seen"]
+        assert seen["ids"] == sorted(c["ids"]) and len(seen["correct"]) == len(c["ids"]) and set(seen["correct"]) <= {0, 1}
+        assert 0 <= seen["auc"] <= 1
+    estimate = references.calibration_never_seen(ctx)  # the search registered its plan run on the model
+    assert estimate is not None and len(estimate.correct) == sum(len(x) for x in sets)
+    assert estimate.auc == pytest.approx(np.mean([c["never_seen"]["auc"] for c in cal["calibration_sets"]]))
     # the request's own reference was never trained by the search: only the calibration sets' were
     new = [r for r in runs("tags.`mlflow_unlearn.role` = 'retrain'") if r.info.run_id not in before]
     assert ctx.forget.digest not in {r.data.tags["mlflow_unlearn.forget_digest"] for r in new}
