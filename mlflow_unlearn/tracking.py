@@ -119,6 +119,10 @@ class Tag:
     FINISHED_AT = TAG + "finished_at"
     JOB_RUN = TAG + "job_run"
     REQUEST_RUN = TAG + "request_run"
+    FOLLOW_ALIAS = TAG + "follow_alias"  # on the tagged version: apply the request to this alias's version at job time
+    PROMOTE = TAG + "promote"  # "true": move that alias to the result
+    REQUEST_VERSION = TAG + "request_version"  # on a result: the version the request was attached to
+    STILL_CONTAINS = TAG + "still_contains"  # on a version an alias moved away from: what it still holds
     SUPERSEDED_BY = TAG + "superseded_by"
     HOOK_WATCH = TAG + "hook_watch"  # on a registered model: "true" opts it in to the hook (besides --models)
     # ... and on the hook's result version

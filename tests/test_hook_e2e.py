@@ -494,6 +494,55 @@ def _in_process_jobs(env, tmp_path, model: str, **config):
     return jobs
 
 
+def test_a_request_on_the_serving_alias_follows_it_and_promotes_the_result(env, tmp_path):
+    """attach --alias champion: the job applies the request to the version the alias names when it
+    runs (here: moved after attaching), registers the result from that version, moves the alias to
+    it and tags the version it left; a re-run changes nothing; --no-promote leaves the alias."""
+    import mlflow
+
+    from mlflow_unlearn import tracking
+    from mlflow_unlearn.hook.attach import attach
+    from mlflow_unlearn.tracking import Tag
+
+    served = "hooktiny-served"
+    client = env.client
+    va = str(mlflow.register_model(f"models:/{run_model_id(env.run_id)}", served).version)
+    vb = str(mlflow.register_model(f"models:/{run_model_id(env.run_id)}", served).version)
+    client.set_registered_model_alias(served, "champion", va)
+    jobs = _in_process_jobs(env, tmp_path, served, gate={"retain_drop": 0.3, "heldout_drop": 0.3, "mia_tolerance": 0.3})
+    res = attach(served, None, list(range(30, 40)), alias="champion", tracking_uri=env.url)
+    assert res.version == va  # tagged where the alias pointed at attach time
+    client.set_registered_model_alias(served, "champion", vb)  # promoted meanwhile, before the job runs
+    assert jobs.run_job(served, va).startswith("done -> version ")
+    result = ledger.read_state(client, served, va).tags[ledger.RESULT_VERSION_TAG]
+    mv = client.get_model_version(served, result)
+    assert mv.tags[Tag.SOURCE_VERSION] == vb and mv.tags[Tag.REQUEST_VERSION] == va  # applied to what was served
+    assert tracking.read_lineage(client, mv)[0].requests[-1]["source"] == f"{served}/{vb}"
+    assert str(client.get_model_version_by_alias(served, "champion").version) == result
+    assert f"forgotten in version {result}" in client.get_model_version(served, vb).tags[Tag.STILL_CONTAINS]
+    # a re-run (say after a crash) finds the result through the request's version and moves nothing
+    ledger.set_tags(client, served, va, {ledger.STATUS_TAG: ledger.RUNNING})
+    assert jobs.run_job(served, va) == f"done -> version {result}"
+    assert len(client.search_model_versions(f"name = '{served}'")) == 3
+    # the next request on the alias accumulates on the result; --no-promote leaves the alias
+    from mlflow_unlearn import cli
+
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(str(i) for i in range(50, 56)))
+    assert cli.main(["attach", "--model", served, "--alias", "champion", "--forget", str(ids_file), "--no-promote",
+                     "--tracking-uri", env.url]) == 0  # the README's command
+    assert ledger.read_state(client, served, result).tags[Tag.FOLLOW_ALIAS] == "champion"
+    assert jobs.run_job(served, result).startswith("done -> version ")
+    second = ledger.read_state(client, served, result).tags[ledger.RESULT_VERSION_TAG]
+    assert tracking.read_lineage(client, client.get_model_version(served, second))[0].forgotten.tolist() == [
+        *range(30, 40), *range(50, 56)]
+    assert str(client.get_model_version_by_alias(served, "champion").version) == result
+    with pytest.raises(ValueError, match=r"no alias 'prod'"):
+        attach(served, None, [1], alias="prod", tracking_uri=env.url)
+    with pytest.raises(ValueError, match="not both"):
+        attach(served, va, [1], alias="champion", tracking_uri=env.url)
+
+
 def test_a_result_that_fails_the_gate_escalates_to_an_exact_retrain(env, tmp_path):
     """A plan that wrecks the model (gradient ascent at lr 1) fails the acceptance gate; so does its
     stronger variant; the job then retrains on retain with the source's recipe and registers that,

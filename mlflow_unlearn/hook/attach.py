@@ -131,16 +131,32 @@ def log_request(model: str, version, fs: ForgetSet, manifest: dict, *, labels=No
 
 
 def attach(model: str, version, forget, *, seed: int = 0, experiment: str | None = None, tracking_uri: str | None = None,
-           force: bool = False) -> AttachResult:
-    """Validate `forget` against models:/model/version, log it and tag the version (see module doc)."""
+           force: bool = False, alias: str | None = None, promote: bool = True) -> AttachResult:
+    """Validate `forget` against models:/model/version, log it and tag the version (see module doc).
+
+    With `alias` (and `version=None`) the request follows the serving alias: it is tagged on the
+    version the alias names now, and the job applies it to whatever version the alias names when it
+    runs (requests accumulate there); with `promote` the alias then moves to the result."""
     client = tracking.connect(tracking_uri)
+    if alias is not None:
+        if version not in (None, ""):
+            raise ValueError("give --version or --alias, not both: an alias request goes to the version the alias "
+                             "names when the job runs")
+        try:
+            version = client.get_model_version_by_alias(model, alias).version
+        except MlflowException as exc:
+            raise ValueError(f"registered model {model!r} has no alias {alias!r} ({exc.error_code}); set it with "
+                             f"MlflowClient().set_registered_model_alias({model!r}, {alias!r}, <version>)") from None
+    elif version in (None, ""):
+        raise ValueError("give --version (a model version) or --alias (a serving alias such as champion)")
     mv, manifest, fs = validate_request(client, model, version, forget, seed=seed)
     state = ledger.VersionState(mv.name, str(mv.version), dict(mv.tags or {}))
     if (not force and state.request and ledger.digest_from_uri(state.request) == fs.digest
             and state.status not in (ledger.FAILED, ledger.REJECTED)):
         return AttachResult(mv.name, str(mv.version), state.request, fs.digest, len(fs), None, already_attached=True)
     run_id, uri = log_request(mv.name, mv.version, fs, manifest, experiment=experiment, seed=seed)
-    ledger.set_tags(client, mv.name, mv.version, {ledger.REQUEST_RUN_TAG: run_id})
+    ledger.set_tags(client, mv.name, mv.version, {ledger.REQUEST_RUN_TAG: run_id, Tag.FOLLOW_ALIAS: alias,
+                                                  Tag.PROMOTE: None if alias is None else str(bool(promote)).lower()})
     ledger.set_tags(client, mv.name, mv.version, {ledger.FORGET_SET_TAG: uri})  # last: this one triggers the hook
     return AttachResult(mv.name, str(mv.version), uri, fs.digest, len(fs), run_id)
 

@@ -81,7 +81,11 @@ def _escalation(text: str | None) -> tuple | None:
 def add_attach(sub):
     p = sub.add_parser("attach", help="attach a forget set to a registered model version (the registry hook unlearns it)")
     p.add_argument("--model", required=True, help="registered model name")
-    p.add_argument("--version", required=True, help="model version")
+    p.add_argument("--version", default=None, help="model version (or --alias)")
+    p.add_argument("--alias", default=None,
+                   help="a serving alias (e.g. champion): the request applies to the version the alias names when the "
+                        "job runs, and the alias moves to the result (unless --no-promote)")
+    p.add_argument("--no-promote", action="store_true", help="with --alias: leave the alias where it is")
     p.add_argument("--forget", required=True,
                    help="a file of ids (.txt/.json/.npy/.csv), an MLflow artifact URI, or random:N | class:K | mix:N | tiers:...")
     p.add_argument("--seed", type=_int, default=0, help="seed for random:/mix:/tiers: specs")
@@ -95,7 +99,7 @@ def add_attach(sub):
         from .attach import attach
 
         res = attach(a.model, a.version, a.forget, seed=a.seed, experiment=a.experiment, tracking_uri=a.tracking_uri,
-                     force=a.force)
+                     force=a.force, alias=a.alias, promote=not a.no_promote)
         what = "already attached (same ids), nothing new" if res.already_attached else f"attached in request run {res.run_id}"
         print(f"{res.model}/{res.version}: {res.n_forget} ids, digest {res.digest[:12]}..., {what}")
         print(f"  mlflow_unlearn.forget_set = {res.uri}")

@@ -411,6 +411,7 @@ def _run_locked(job: _Job, cfg: HookConfig, req) -> str:
     existing = ledger.find_results(job.client, job.name, job.version, digest)
     if existing:
         repair_result(job, existing[0], digest)
+        promote(job, existing[0])
         return job.finish(ledger.DONE, result=existing[0], digest=digest)
     _end_orphan_runs(job, digest)
     ledger.set_tags(job.client, job.name, job.version, {ledger.STATUS_TAG: ledger.RUNNING})
@@ -420,7 +421,7 @@ def _run_locked(job: _Job, cfg: HookConfig, req) -> str:
     try:
         return _unlearn_and_register(job, cfg, req)
     except request.AlreadyForgotten as exc:  # the source already lacks every id: it is the answer
-        return job.finish(ledger.DONE, result=job.version, digest=digest, note=_message(exc))
+        return job.finish(ledger.DONE, result=exc.source_uri.rsplit("/", 1)[1], digest=digest, note=_message(exc))
     except _rejections() as exc:
         return job.finish(ledger.REJECTED, error=_message(exc), digest=digest)
     except Exception as exc:
@@ -455,8 +456,9 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
 
 
     digest = req.digest
+    source_version = follow_alias(job)  # the tagged version, or the one its alias names now
     # the ids read once by read_request, validated here against the source's training manifest
-    ctx = request.prepare(f"models:/{job.name}/{job.version}", req.ids, seed=cfg.seed, device=cfg.device)
+    ctx = request.prepare(f"models:/{job.name}/{source_version}", req.ids, seed=cfg.seed, device=cfg.device)
     ctx.forget.source = req.uri  # what was requested, not "ids"
     # The hook's policy: a registered plan that does not fit this request's tiers falls back to the
     # default plan (the reason goes into plan_source and the evidence) instead of failing the request.
@@ -513,7 +515,8 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
     headline = {k: (reference or after).get(k) for k in HEADLINE_TAG_KEYS}
     metrics_json = json.dumps({"after": _finite(after), "before": _finite(before),
                                **({"against_reference": _finite(reference)} if reference else {})})
-    tags = {**ctx.tags(Role.UNLEARN), Tag.ALGORITHM: gated.algorithm, ledger.SOURCE_VERSION_TAG: job.version,
+    tags = {**ctx.tags(Role.UNLEARN), Tag.ALGORITHM: gated.algorithm, ledger.SOURCE_VERSION_TAG: ctx.source.version,
+            Tag.REQUEST_VERSION: job.version,
             Tag.GATE: gated.path, Tag.GATE_CHECKS: gated.checks_tag(),
             Tag.RUN_ID: run_id, Tag.N_FORGET: str(len(ctx.forget)),
             Tag.APPLIED_PLAN: tracking.plan_tag_value(plan.to_dict()), Tag.PLAN_SOURCE: plan_source[:500],
@@ -532,9 +535,56 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
         return job.finish(ledger.DONE, result=keep, digest=digest)
     job.client.set_tag(run_id, Tag.REGISTERED_VERSION, f"{job.name}/{mine}")
     _describe(job, mine, ctx, plan, headline, run_id)
+    promote(job, mine)
     report["result"]["version"] = mine
     _log_report(job.client, run_id, report)
     return job.finish(ledger.DONE, result=mine, digest=digest)
+
+
+def follow_alias(job: _Job) -> str:
+    """The version a request applies to: the tagged one, or (tag mlflow_unlearn.follow_alias) the one
+    that alias names now, so a request attached to the serving alias accumulates on what is served
+    when the job runs, not when it was attached."""
+    alias = ledger.read_state(job.client, job.name, job.version).tags.get(Tag.FOLLOW_ALIAS)
+    if not alias:
+        return job.version
+    try:
+        return str(job.client.get_model_version_by_alias(job.name, alias).version)
+    except MlflowException:
+        raise ForgetSetError(f"the request follows alias {alias!r}, which registered model {job.name!r} no longer has; "
+                             f"set the alias again, or attach to a version") from None
+
+
+def promote(job: _Job, result: str) -> str | None:
+    """With tags follow_alias + promote=true: move the alias to `result` and tag the version it leaves
+    (which still contains the forgotten examples). Idempotent (a re-run finds the alias moved); an
+    alias someone moved elsewhere meanwhile is left alone. Returns what was done."""
+    tags = ledger.read_state(job.client, job.name, job.version).tags
+    alias = tags.get(Tag.FOLLOW_ALIAS)
+    if not alias or tags.get(Tag.PROMOTE) != "true":
+        return None
+    try:
+        mv = job.client.get_model_version(job.name, result)
+        source = (mv.tags or {}).get(Tag.SOURCE_VERSION)
+        try:
+            current = str(job.client.get_model_version_by_alias(job.name, alias).version)
+        except MlflowException:
+            current = None
+        if current == str(result):
+            return "already promoted"
+        if current not in (None, source):
+            log.warning("job %s/%s: alias %r moved to version %s meanwhile; not moving it to %s", job.name, job.version,
+                        alias, current, result)
+            return f"alias {alias} left on version {current}"
+        job.client.set_registered_model_alias(job.name, alias, str(result))
+        if source:
+            job.client.set_model_version_tag(job.name, source, Tag.STILL_CONTAINS, (
+                f"{(mv.tags or {}).get(Tag.N_FORGET, '?')} examples forgotten in version {result} (forget digest "
+                f"{(mv.tags or {}).get(Tag.FORGET_DIGEST, '')[:12]}...): alias {alias} moved there"))
+        return f"alias {alias} -> version {result}"
+    except MlflowException as exc:
+        log.warning("job %s/%s: could not promote alias %r to %s: %s", job.name, job.version, alias, result, exc)
+        return None
 
 
 class GateFailed(Exception):
@@ -667,7 +717,8 @@ def repair_result(job: _Job, version: str, digest: str) -> list[str]:
         if not run_id:
             return repaired
         run_tags = job.client.get_run(run_id).data.tags
-        if (run_tags.get(Tag.SOURCE_MODEL) != f"{job.name}/{job.version}" or run_tags.get(Tag.FORGET_DIGEST) != digest
+        made_from = (mv.tags or {}).get(Tag.SOURCE_VERSION, job.version)  # another version when an alias was followed
+        if (run_tags.get(Tag.SOURCE_MODEL) != f"{job.name}/{made_from}" or run_tags.get(Tag.FORGET_DIGEST) != digest
                 or run_tags.get(Tag.SUPERSEDED_BY)):
             return repaired
         if run_tags.get(Tag.REGISTERED_VERSION) != f"{job.name}/{version}":

@@ -12,6 +12,8 @@ On the source version (the one a forget set is attached to):
     mlflow_unlearn.note            status done without a new version: why (every id was already forgotten)
     mlflow_unlearn.queued_at / started_at / finished_at   unix seconds
     mlflow_unlearn.job_run         the MLflow run of the job (role rum)
+    mlflow_unlearn.follow_alias    (optional) apply the request to the version this alias names when the
+                                   job runs; mlflow_unlearn.promote=true moves the alias to the result
 
 On the result version: role, source_model, source_version, forget_digest, n_forget, plan, plan_source,
 metrics (JSON), metric.<key> for the headline metrics, request (the forget_set URI), evidence (URI).
@@ -124,11 +126,13 @@ def set_tags(client: MlflowClient, name: str, version, tags: dict[str, str | Non
 
 
 def find_results(client: MlflowClient, name: str, version, digest: str) -> list[str]:
-    """Result versions of (name, version, digest), lowest version first."""
-    flt = (f"name = '{_q(name)}' and tags.`{SOURCE_VERSION_TAG}` = '{version}' and "
-           f"tags.`{FORGET_DIGEST_TAG}` = '{digest}'")
-    found = client.search_model_versions(flt)
-    return sorted({str(mv.version) for mv in found}, key=int)
+    """Result versions of the request (name, version, digest), lowest version first: those made from
+    `version`, and those made for a request attached to `version` that followed an alias elsewhere."""
+    found = set()
+    for key in (SOURCE_VERSION_TAG, Tag.REQUEST_VERSION):
+        flt = f"name = '{_q(name)}' and tags.`{key}` = '{version}' and tags.`{FORGET_DIGEST_TAG}` = '{digest}'"
+        found |= {str(mv.version) for mv in client.search_model_versions(flt)}
+    return sorted(found, key=int)
 
 
 def attached_versions(client: MlflowClient, models: list[str] | None = None) -> list[VersionState]:
