@@ -14,9 +14,11 @@ Checks, each with its value, limit and verdict:
   C-proxy. Without calibration references (no `mlflow-unlearn search` run for the model) these
   checks are skipped and the report says so: no honest per-tier estimate exists without one
   (held-out examples have no training-time C-proxy).
-- `mia`: the attack AUC of forget vs held-out may exceed the never-seen expectation (the
-  calibration references' AUC, else 0.5) by at most `mia_tolerance` + 2 standard errors
-  (Hanley-McNeil): above that, the forget set still looks like training data.
+- `mia`: the attack AUC of forget vs held-out may exceed the never-seen expectation by at most
+  `mia_tolerance` + 2 standard errors (Hanley-McNeil): above that, the forget set still looks like
+  training data. The expectation follows the request's mix (`NeverSeen.expected_auc`: the
+  calibration references' never-seen confidences of C-proxy-matched examples against their held-out
+  confidences; a set of easy examples scores high even unseen), else the references' AUC, else 0.5.
 
 Tolerances are absolute accuracy / AUC units. The standard-error terms make small tiers (30 examples:
 SE up to 0.09) judged no more strictly than their size allows.
@@ -69,6 +71,8 @@ class NeverSeen:
     correct: np.ndarray
     auc: float | None = None
     source: str = "calibration references"
+    conf: np.ndarray | None = None  # never-seen true-class confidence per example (same order as c_proxy)
+    heldout_conf: np.ndarray | None = None  # the references' true-class confidence on held-out examples
 
     def __post_init__(self):
         c, y = np.asarray(self.c_proxy, dtype=np.float64), np.asarray(self.correct, dtype=np.float64)
@@ -79,16 +83,41 @@ class NeverSeen:
         order = np.argsort(c, kind="stable")
         object.__setattr__(self, "c_proxy", c[order])
         object.__setattr__(self, "correct", y[order])
+        if self.conf is not None or self.heldout_conf is not None:
+            conf = np.asarray(self.conf if self.conf is not None else [], dtype=np.float64)
+            held = np.asarray(self.heldout_conf if self.heldout_conf is not None else [], dtype=np.float64)
+            if conf.shape != c.shape or held.ndim != 1 or len(held) == 0 or not (np.all(np.isfinite(conf)) and
+                                                                                np.all(np.isfinite(held))):
+                raise GateError("never-seen data: conf needs one finite value per example and heldout_conf at least one")
+            object.__setattr__(self, "conf", conf[order])
+            object.__setattr__(self, "heldout_conf", held)
+
+    def _windows(self, c_values, neighbours: int) -> tuple[np.ndarray, int]:
+        c = np.asarray(c_values, dtype=np.float64).reshape(-1)
+        n, k = len(self.c_proxy), min(int(neighbours), len(self.c_proxy))
+        pos = np.searchsorted(self.c_proxy, c)
+        return np.clip(pos - k // 2, 0, n - k), k
 
     def accuracy_at(self, c_values, neighbours: int = 50) -> np.ndarray:
         """Expected never-seen accuracy of examples with these C-proxy values: the mean correctness of
         the `neighbours` calibration examples nearest in C-proxy (a window in the sorted order)."""
-        c = np.asarray(c_values, dtype=np.float64).reshape(-1)
-        n, k = len(self.c_proxy), min(int(neighbours), len(self.c_proxy))
+        start, k = self._windows(c_values, neighbours)
         prefix = np.concatenate([[0.0], np.cumsum(self.correct)])
-        pos = np.searchsorted(self.c_proxy, c)
-        start = np.clip(pos - k // 2, 0, n - k)
         return (prefix[start + k] - prefix[start]) / k
+
+    def expected_auc(self, c_values, neighbours: int = 50) -> float | None:
+        """The attack AUC (forget vs held-out) a never-seen model would give a forget set with these
+        C-proxy values: each example stands for the never-seen confidences of its `neighbours`
+        nearest calibration examples, against the references' held-out confidences. It follows the
+        request's mix: a set of easy examples is confidently classified even unseen (AUC > 0.5).
+        Without stored confidences: the references' own AUC (or None)."""
+        if self.conf is None or self.heldout_conf is None:
+            return self.auc
+        from .metrics import mia_auc
+
+        start, k = self._windows(c_values, neighbours)
+        matched = self.conf[(start[:, None] + np.arange(k)[None, :]).reshape(-1)]
+        return mia_auc(matched, self.heldout_conf)
 
 
 @dataclass(frozen=True)
@@ -172,7 +201,9 @@ def check_result(before: Mapping[str, float], after: Mapping[str, float], tiers:
                                    f"{len(ids)} examples; never-seen estimate from {never_seen.source}"))
     auc = after.get("mia/auc")
     if auc is not None and np.isfinite(auc):
-        expected_auc = never_seen.auc if never_seen is not None and never_seen.auc is not None else 0.5
+        all_ids = np.concatenate([np.asarray(v, dtype=np.int64) for v in tiers.values()]) if tiers else np.zeros(0, np.int64)
+        expected_auc = never_seen.expected_auc(c[all_ids], t.neighbours) if never_seen is not None and len(all_ids) else None
+        expected_auc = 0.5 if expected_auc is None else float(expected_auc)
         band = t.mia_tolerance + 2 * auc_standard_error(float(auc), max(n_forget, 1), max(int(n_heldout), 1))
         report.checks.append(Check("mia", float(auc), f"<= {expected_auc + band:.4f} (never-seen {expected_auc:.4f})",
                                    bool(auc <= expected_auc + band), "AUC of forget vs held-out by true-class confidence"))

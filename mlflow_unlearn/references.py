@@ -10,7 +10,7 @@ import time
 import mlflow
 
 from . import tracking
-from .gate import NeverSeen
+from .gate import GateError, NeverSeen
 from .request import ForgetContext, build_source_architecture, log_forget_set
 from .runs import StepResult, load_run_model
 from .tracking import Role, Tag
@@ -104,7 +104,7 @@ def calibration_never_seen(ctx: ForgetContext) -> NeverSeen | None:
     except (MlflowException, OSError, ValueError):
         return None
     c_proxy = np.asarray(ctx.source.proxies["c_proxy"], dtype=np.float64)
-    cs, ys, aucs = [], [], []
+    cs, ys, aucs, confs, held = [], [], [], [], []
     for entry in (record.get("calibration_sets") or []) if isinstance(record, dict) else []:
         seen = entry.get("never_seen") if isinstance(entry, dict) else None
         if not isinstance(seen, dict):
@@ -116,7 +116,16 @@ def calibration_never_seen(ctx: ForgetContext) -> NeverSeen | None:
         ys.append(correct.astype(np.float64))
         if isinstance(seen.get("auc"), (int, float)):
             aucs.append(float(seen["auc"]))
+        conf = np.asarray(seen.get("conf", []), dtype=np.float64)
+        confs.append(conf if len(conf) == len(ids) else None)
+        held.append(np.asarray(seen.get("heldout_conf", []), dtype=np.float64))
     if not cs:
         return None
-    return NeverSeen(np.concatenate(cs), np.concatenate(ys), float(np.mean(aucs)) if aucs else None,
-                     source=f"{len(cs)} calibration reference(s) of search run {run_id}")
+    with_conf = all(c is not None for c in confs) and all(len(h) for h in held)
+    try:
+        return NeverSeen(np.concatenate(cs), np.concatenate(ys), float(np.mean(aucs)) if aucs else None,
+                         source=f"{len(cs)} calibration reference(s) of search run {run_id}",
+                         conf=np.concatenate(confs) if with_conf else None,
+                         heldout_conf=np.concatenate(held) if with_conf else None)
+    except GateError:
+        return None

@@ -255,7 +255,9 @@ def never_seen_record(ref: Reference) -> dict:
     reference classifies it correctly, and the forget-vs-held-out attack AUC. The registry hook's
     acceptance gate reads it back (`references.calibration_never_seen`) as its never-seen estimate."""
     return {"ids": ref.forget_ids.tolist(), "correct": ref.outputs["forget"].correct.astype(int).tolist(),
-            "auc": mia_auc(ref.outputs["forget"].true_conf, ref.outputs["test"].true_conf)}
+            "auc": mia_auc(ref.outputs["forget"].true_conf, ref.outputs["test"].true_conf),
+            "conf": [round(float(x), 5) for x in ref.outputs["forget"].true_conf],
+            "heldout_conf": [round(float(x), 5) for x in ref.outputs["test"].true_conf]}
 
 
 def log_study_plots(study, objective: str) -> None:

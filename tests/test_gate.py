@@ -92,3 +92,22 @@ def test_a_stronger_plan_doubles_epochs_and_fills_none_steps():
     by_tier = {s.tier: s for s in stronger.steps}
     assert by_tier["low"].algorithm == "finetune" and by_tier["mid"].hyperparameters["epochs"] == 2
     assert by_tier["high"].hyperparameters["epochs"] == 4 and stronger.retain_mode == base.retain_mode
+
+
+def test_the_expected_mia_auc_follows_the_requests_mix():
+    """Never-seen confidence rises with the C-proxy (easy examples are recognised even unseen), so a
+    request of easy examples has an expected AUC above 0.5 and one of memorised examples below it;
+    the gate compares against that, not against 0.5."""
+    c = np.linspace(0, 1, 400)
+    conf = 0.05 + 0.9 * c  # never-seen confidence of each calibration example
+    held = np.linspace(0.05, 0.95, 300)  # the references' held-out confidences
+    ns = NeverSeen(c, (c > 0.5).astype(float), auc=0.5, conf=conf, heldout_conf=held)
+    easy, hard = np.linspace(0.9, 1.0, 30), np.linspace(0.0, 0.1, 30)
+    assert ns.expected_auc(easy, 20) > 0.85 and ns.expected_auc(hard, 20) < 0.15
+    tiers, c_proxy = {"low": np.arange(900, 930)}, np.linspace(0, 1, 1000)  # an easy-only request
+    after = {"retain/acc": 0.99, "test/acc": 0.9, "mia/auc": 0.9, "tier/low/forget_acc": 1.0}
+    assert check_result(BEFORE, after, tiers, c_proxy, n_heldout=300, never_seen=ns).passed
+    assert not check_result(BEFORE, after, tiers, c_proxy, n_heldout=300,
+                            never_seen=NeverSeen(c, (c > 0.5).astype(float), auc=0.5)).passed  # 0.5 would misfire
+    with pytest.raises(GateError, match="conf needs one finite value per example"):
+        NeverSeen(c, (c > 0.5).astype(float), conf=conf[:10], heldout_conf=held)

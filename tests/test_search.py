@@ -108,10 +108,11 @@ def test_calibration_sets_are_disjoint_from_the_request_and_logged(source_model,
     for c in cal["calibration_sets"]:
         seen = c["never_seen"]
         assert seen["ids"] == sorted(c["ids"]) and len(seen["correct"]) == len(c["ids"]) and set(seen["correct"]) <= {0, 1}
-        assert 0 <= seen["auc"] <= 1
+        assert 0 <= seen["auc"] <= 1 and len(seen["conf"]) == len(c["ids"]) and len(seen["heldout_conf"]) > 0
     estimate = references.calibration_never_seen(ctx)  # the search registered its plan run on the model
     assert estimate is not None and len(estimate.correct) == sum(len(x) for x in sets)
     assert estimate.auc == pytest.approx(np.mean([c["never_seen"]["auc"] for c in cal["calibration_sets"]]))
+    assert estimate.conf is not None and 0 <= estimate.expected_auc(ctx.source.proxies["c_proxy"][ctx.forget.ids]) <= 1
     # the request's own reference was never trained by the search: only the calibration sets' were
     new = [r for r in runs("tags.`mlflow_unlearn.role` = 'retrain'") if r.info.run_id not in before]
     assert ctx.forget.digest not in {r.data.tags["mlflow_unlearn.forget_digest"] for r in new}
