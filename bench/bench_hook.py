@@ -51,6 +51,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "hook"))
     ap.add_argument("--quick", action="store_true", help="skip the latency phase")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--backend", default="sqlite", choices=("sqlite", "postgres"),
+                    help="the MLflow server's backend store: SQLite in --workdir, or a fresh database on the "
+                         "PostgreSQL at 127.0.0.1:5432 (dropped at the end)")
+    ap.add_argument("--queue", default="sqlite", choices=("sqlite", "redis"),
+                    help="the hook's job queue: a SQLite file per phase, or Redis db 14 at 127.0.0.1:6379 (flushed per phase)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -75,15 +80,33 @@ def main(argv=None) -> int:
     hook_port = local.free_port()
     results = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}, "config": vars(args), "phases": {}}
 
+    redis_url = "redis://127.0.0.1:6379/14"
+
     def start_hook(workers: int, tag: str):
+        if args.queue == "redis":
+            import redis
+
+            redis.Redis.from_url(redis_url).flushdb()
+        queue = redis_url if args.queue == "redis" else str(workdir / f"queue-{tag}.db")
         proc, url = local.start_hook_service(workdir, server_url, secret, port=hook_port, workers=workers,
-                                             worker_type=args.worker_type, queue=str(workdir / f"queue-{tag}.db"),
+                                             worker_type=args.worker_type, queue=queue,
                                              reconcile_interval_s=30, models=[model], log_name=f"hook-{tag}.log")
         return proc, url
 
+    pg_db = None
+    backend_uri = None
+    if args.backend == "postgres":
+        import psycopg
+
+        pg_db = f"mlflow_hook_bench_{os.getpid()}"
+        with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {pg_db}")
+        backend_uri = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_db}"
+    results["config"]["backend_store_uri"] = backend_uri or "sqlite"
     try:
-        print("starting mlflow server ...", flush=True)
-        server, server_url = local.start_mlflow_server(workdir, env={"MLFLOW_WEBHOOK_CACHE_TTL": "2"})
+        print(f"starting mlflow server ({args.backend} backend, {args.queue} queue) ...", flush=True)
+        server, server_url = local.start_mlflow_server(workdir, env={"MLFLOW_WEBHOOK_CACHE_TTL": "2"},
+                                                       backend_store_uri=backend_uri)
         install_webhook(f"http://127.0.0.1:{hook_port}/webhook", secret, tracking_uri=server_url)
         os.environ["MLFLOW_TRACKING_URI"] = server_url
         mlflow.set_tracking_uri(server_url)
@@ -134,13 +157,15 @@ def main(argv=None) -> int:
                 res = client.get_model_version(model, st.tags[ledger.RESULT_VERSION_TAG])
                 rows.append({"version": v, "to_start_s": float(st.tags[ledger.STARTED_AT_TAG]) - t_set[v],
                              "to_registered_s": res.creation_timestamp / 1000.0 - t_set[v],
-                             "registered_at": res.creation_timestamp / 1000.0})
+                             "registered_at": res.creation_timestamp / 1000.0,
+                             "gate": (res.tags or {}).get(Tag.GATE)})
             return rows
 
         def summary(rows, span=None):
             out = {k: {"p50": pct([r[k] for r in rows], 0.5), "p95": pct([r[k] for r in rows], 0.95)}
                    for k in ("to_start_s", "to_registered_s")}
             out["n"] = len(rows)
+            out["gate_paths"] = {p: sum(1 for r in rows if r["gate"] == p) for p in sorted({r["gate"] for r in rows}, key=str)}
             if span:
                 out["span_s"] = span
                 out["throughput_per_min"] = 60.0 * len(rows) / span
@@ -184,18 +209,25 @@ def main(argv=None) -> int:
     finally:
         local.stop(hook)
         local.stop(server)
+        if pg_db is not None:
+            import psycopg
+
+            with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {pg_db} WITH (FORCE)")
 
     print()
     print(f"Machine: {results['machine']['cpus']} CPUs, load average {results['machine']['load_avg_start'][0]:.1f} at start, "
           f"{results['machine'].get('load_avg_end', [float('nan')])[0]:.1f} at end; {args.worker_type} workers; "
           f"plan {args.plan!r}; {args.forget} ids per request; small_cnn width {args.width} on digits")
     print()
-    print("| phase | n | tag -> start p50 (s) | p95 (s) | tag -> registered p50 (s) | p95 (s) | results/min |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"backend {args.backend}, queue {args.queue}")
+    print("| phase | n | tag -> start p50 (s) | p95 (s) | tag -> registered p50 (s) | p95 (s) | results/min | gate paths |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, s in results["phases"].items():
         tp = f"{s['throughput_per_min']:.1f}" if "throughput_per_min" in s else "-"
+        paths = ", ".join(f"{k} {v}" for k, v in s.get("gate_paths", {}).items())
         print(f"| {name} | {s['n']} | {s['to_start_s']['p50']:.2f} | {s['to_start_s']['p95']:.2f} | "
-              f"{s['to_registered_s']['p50']:.2f} | {s['to_registered_s']['p95']:.2f} | {tp} |")
+              f"{s['to_registered_s']['p50']:.2f} | {s['to_registered_s']['p95']:.2f} | {tp} | {paths} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str))
     return 0

@@ -58,13 +58,16 @@ def webhook_server_env(workdir: str | Path, *, cache_ttl_s: int | None = None) -
     return env
 
 
-def start_mlflow_server(workdir: str | Path, *, port: int | None = None, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def start_mlflow_server(workdir: str | Path, *, port: int | None = None, env: dict | None = None,
+                        backend_store_uri: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` with webhooks enabled; backend: SQLite in `workdir` unless `backend_store_uri`."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = workdir / "mlflow-server.log"
+    backend = backend_store_uri or f"sqlite:///{workdir / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination", str(workdir / "mlartifacts"),
+           "--backend-store-uri", backend, "--artifacts-destination", str(workdir / "mlartifacts"),
            "--workers", "1"]
     return _serve(cmd, workdir, port, log, {**os.environ, **webhook_server_env(workdir), **(env or {})})
 
