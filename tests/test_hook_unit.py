@@ -437,3 +437,25 @@ def test_only_named_or_opted_in_models_are_watched(tracking, tmp_path):
     assert [jobs.is_watched(client, n) for n in ("named", "opted-in")] == [False, True]
     jobs.configure(HookConfig(queue=str(tmp_path / "q3.db"), tracking_uri=tracking, models=["*"]))
     assert all(jobs.is_watched(client, n) for n in ("named", "other", "absent"))
+
+
+def test_the_receivers_queued_status_never_clears_a_started_jobs_tags(tracking, tmp_path):
+    """The receiver queues the job before answering and writes the `queued` status after: a worker may
+    have started meanwhile (started_at written). That write must not erase it."""
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn.hook import jobs
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+    v = client.create_model_version("m", "runs:/0123456789abcdef0123456789abcdef/model").version
+    jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=tracking, models=["m"]))
+    uri = "runs:/0123456789abcdef0123456789abcdef/forget_set/ids.json"
+    ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri, ledger.STARTED_AT_TAG: "123.000"})  # the job began
+    assert jobs.submit("m", v, client=client, enqueued=True) == "queued" and jobs.pending() == 0  # not queued twice
+    state = ledger.read_state(client, "m", v)
+    assert state.tags[ledger.STARTED_AT_TAG] == "123.000" and state.is_current
+    # the reconciler's path queues itself, so it clears the last answer before queueing
+    ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri + "?2"})
+    assert jobs.submit("m", v, client=client) == "queued" and jobs.pending() == 1
+    assert ledger.STARTED_AT_TAG not in ledger.read_state(client, "m", v).tags

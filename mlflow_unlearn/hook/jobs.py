@@ -323,10 +323,14 @@ def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowCli
     # A new request: status first, then the request it refers to (see ledger: a crash in between
     # leaves a state the reconciler re-queues, never one that looks answered).
     ledger.set_tags(client, name, state.version, {ledger.STATUS_TAG: ledger.QUEUED})
-    ledger.set_tags(client, name, state.version, {
-        ledger.JOB_REQUEST_TAG: state.request, ledger.QUEUED_AT_TAG: ledger.now(), ledger.RESULT_VERSION_TAG: None,
-        ledger.ERROR_TAG: None, ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request),
-        ledger.STARTED_AT_TAG: None, ledger.FINISHED_AT_TAG: None})
+    tags = {ledger.JOB_REQUEST_TAG: state.request, ledger.QUEUED_AT_TAG: ledger.now(),
+            ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request)}
+    if not enqueued:  # the job is not in the queue yet, so it cannot have started: clear the last answer
+        tags.update({ledger.RESULT_VERSION_TAG: None, ledger.ERROR_TAG: None, ledger.STARTED_AT_TAG: None,
+                     ledger.FINISHED_AT_TAG: None})
+    # With `enqueued` (the receiver queued the job before answering) a worker may already have started
+    # it and written started_at: never clear that (the job clears the last answer itself when it starts).
+    ledger.set_tags(client, name, state.version, tags)
     return queue("queued")
 
 
