@@ -125,6 +125,10 @@ class Tag:
     STILL_CONTAINS = TAG + "still_contains"  # on a version an alias moved away from: what it still holds
     SUPERSEDED_BY = TAG + "superseded_by"
     HOOK_WATCH = TAG + "hook_watch"  # on a registered model: "true" opts it in to the hook (besides --models)
+    # on the tagged version: earlier requests (JSON list of URIs) not answered when a newer one replaced
+    # them; the next job unlearns their union. On a result version: every request it answers.
+    MERGED_REQUESTS = TAG + "merged_requests"
+    ANSWER = TAG + "answer"  # on a request run: what answered it (status, name/version)
     # ... and on the hook's result version
     REQUEST = TAG + "request"
     EVIDENCE = TAG + "evidence"

@@ -543,6 +543,57 @@ def test_a_request_on_the_serving_alias_follows_it_and_promotes_the_result(env, 
         attach(served, va, [1], alias="champion", tracking_uri=env.url)
 
 
+def test_requests_waiting_on_a_version_are_merged_into_one_job(env, tmp_path):
+    """Requests that arrive for a version while its job waits are merged (issue 11, part 2): `attach`
+    carries the waiting one along, the receiver carries one replaced by hand; one job unlearns the
+    union, registers one version and answers every request with it. A forged entry in the merged
+    list is refused unread and does not sink the others."""
+    import mlflow
+
+    from mlflow_unlearn import tracking
+    from mlflow_unlearn.hook.attach import attach, wait_for
+
+    merged_model = "hooktiny-merge"
+    client = env.client
+    v = env.new_version(merged_model)
+    jobs = _in_process_jobs(env, tmp_path, merged_model, gate={"retain_drop": 0.3, "heldout_drop": 0.3, "mia_tolerance": 0.3})
+    a = attach(merged_model, v, list(range(60, 66)), tracking_uri=env.url)
+    assert jobs.submit(merged_model, v, client=client) == "queued"  # what the receiver does on a's webhook
+    b = attach(merged_model, v, list(range(70, 76)), tracking_uri=env.url)  # a still waits: merged, not replaced
+    assert b.merged_with == (a.uri,)
+    assert jobs.submit(merged_model, v, client=client) == "queued, with 1 earlier request(s) merged"
+    c_uri = log_ids_artifact(env, [80, 81, 82, 83, 60])  # set by hand (the UI): the receiver carries b along
+    client.set_model_version_tag(merged_model, v, ledger.FORGET_SET_TAG, c_uri)
+    assert jobs.submit(merged_model, v, client=client) == "queued, with 2 earlier request(s) merged"
+    state = ledger.read_state(client, merged_model, v)
+    assert ledger.merged_requests(state.tags) == [a.uri, b.uri]
+    # a forged entry (a path on the worker) rides along in the list: refused unread, the others go on
+    ledger.set_tags(client, merged_model, v, {ledger.MERGED_TAG: json.dumps([a.uri, b.uri, "/etc/passwd"])})
+
+    outcome = jobs.run_job(merged_model, v)
+    assert outcome.startswith("done -> version ") and "answering 2 merged request(s)" in outcome, outcome
+    state = ledger.read_state(client, merged_model, v)
+    result = state.tags[ledger.RESULT_VERSION_TAG]
+    assert state.status == ledger.DONE and ledger.MERGED_TAG not in state.tags
+    union = sorted({*range(60, 66), *range(70, 76), 80, 81, 82, 83})
+    mv = client.get_model_version(merged_model, result)
+    assert tracking.read_lineage(client, mv)[0].forgotten.tolist() == union and mv.tags[tracking.Tag.N_FORGET] == "16"
+    assert json.loads(mv.tags[ledger.MERGED_TAG]) == [c_uri, a.uri, b.uri]
+    report = json.loads(mlflow.artifacts.load_text(mv.tags[ledger.EVIDENCE_TAG]))
+    assert report["forget"]["requests"] == [c_uri, a.uri, b.uri]
+    assert [r["uri"] for r in report["forget"]["refused_requests"]] == ["/etc/passwd"]
+    assert "MLflow artifact URI" in report["forget"]["refused_requests"][0]["reason"]
+    for uri in (a.uri, b.uri, c_uri):  # every request answered with the one version, on its own run
+        answer = client.get_run(ledger.request_run_id(uri)).data.tags[ledger.ANSWER_TAG]
+        assert answer == f"{merged_model}/{v}: done -> version {result}", answer
+        assert wait_for(merged_model, v, request=uri, timeout_s=5, tracking_uri=env.url)["result_version"] == result
+    assert jobs.run_job(merged_model, v) == "skipped: already done"
+    assert len(client.search_model_versions(f"name = '{merged_model}'")) == 2  # the source and one result
+    # answered: the next request starts a fresh list
+    d = attach(merged_model, v, [90, 91], tracking_uri=env.url)
+    assert d.merged_with == () and ledger.MERGED_TAG not in ledger.read_state(client, merged_model, v).tags
+
+
 def test_a_result_that_fails_the_gate_escalates_to_an_exact_retrain(env, tmp_path):
     """A plan that wrecks the model (gradient ascent at lr 1) fails the acceptance gate; so does its
     stronger variant; the job then retrains on retain with the source's recipe and registers that,

@@ -459,3 +459,85 @@ def test_the_receivers_queued_status_never_clears_a_started_jobs_tags(tracking, 
     ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri + "?2"})
     assert jobs.submit("m", v, client=client) == "queued" and jobs.pending() == 1
     assert ledger.STARTED_AT_TAG not in ledger.read_state(client, "m", v).tags
+
+
+def test_requests_carried_into_the_next_job():
+    """Which earlier requests a new one carries (ledger.carried_requests): waiting ones (queued,
+    running, not yet seen) and the merged list, never an answered one; a list too long for a tag is
+    an error that says what to do, not a silent drop."""
+    def state(request, status=None, handled=None, merged=None):
+        tags = {ledger.FORGET_SET_TAG: request}
+        tags.update({k: v for k, v in ((ledger.STATUS_TAG, status), (ledger.JOB_REQUEST_TAG, handled),
+                                         (ledger.MERGED_TAG, merged)) if v is not None})
+        return ledger.VersionState("m", "1", tags)
+
+    # attach, about to replace the request attached now
+    assert ledger.carried_requests(state("A"), replacing=True) == ["A"]  # not seen by the hook yet
+    assert ledger.carried_requests(state("A", "queued", "A"), replacing=True) == ["A"]
+    assert ledger.carried_requests(state("A", "running", "A"), replacing=True) == ["A"]
+    for answered in ("done", "failed", "rejected"):
+        assert ledger.carried_requests(state("A", answered, "A"), replacing=True) == []
+    assert ledger.carried_requests(state("B", "queued", "A", '["X"]'), replacing=True) == ["X", "A", "B"]
+    # the receiver and the job: the request attached now is the job's own, never carried
+    assert ledger.carried_requests(state("B", "queued", "A")) == ["A"]
+    assert ledger.carried_requests(state("B", "done", "A")) == []
+    assert ledger.carried_requests(state("B", "queued", "B", '["A", "B"]')) == ["A"]
+    for forged in ('{"a": 1}', "not json", '[1, "", "  "]'):  # an untrusted tag: nothing usable, no crash
+        assert ledger.carried_requests(state("B", "done", "A", forged)) == []
+    assert ledger.merged_tag_value([]) is None
+    many = [f"runs:/{i:032x}/forget_set/forget-{'0' * 64}.json" for i in range(60)]
+    with pytest.raises(ValueError, match=r"60 requests are already waiting.*wait for the hook"):
+        ledger.merged_tag_value(many)
+    assert ledger.request_run_id(many[1]) == f"{1:032x}" and ledger.request_run_id("/etc/passwd") is None
+
+
+def test_a_merged_job_reads_every_request_once_and_answers_each(tracking, tmp_path):
+    """The job's side of merging (jobs._merge_carried, _Job.finish): the union of the request attached
+    now and the carried ones, keyed by the union's digest; an unreadable carried request (a forged
+    path) is refused unread without sinking the others; the request attached now being unreadable
+    leaves the carried ones to be answered; each request's run gets its own answer."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn.forget_sets import ForgetSetError, forget_digest
+    from mlflow_unlearn.hook import jobs
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+    v = client.create_model_version("m", "runs:/0123456789abcdef0123456789abcdef/model").version
+    uris = {}
+    for name, ids in (("a", [1, 2, 3]), ("b", [3, 4]), ("c", [9]), ("dup", [5, 5, 6])):
+        with mlflow.start_run() as run:
+            mlflow.log_dict({"ids": ids}, f"forget_set/{name}.json")
+        uris[name] = f"runs:/{run.info.run_id}/forget_set/{name}.json"
+
+    def job(uri):
+        ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri})
+        return jobs._Job(client, "m", v, uri, 0.0)
+
+    j = job(uris["c"])
+    req = jobs._merge_carried(j, [uris["a"], "/etc/passwd", uris["b"], uris["dup"]])
+    assert req.ids.tolist() == [1, 2, 3, 4, 9] and req.digest == forget_digest([1, 2, 3, 4, 9]) and req.uri == uris["c"]
+    assert j.all_requests() == [uris["c"], uris["a"], uris["b"]]
+    reasons = dict(j.refused)
+    assert "MLflow artifact URI" in reasons["/etc/passwd"] and "repeats ids [5]" in reasons[uris["dup"]]
+    ledger.set_tags(client, "m", v, {ledger.MERGED_TAG: json.dumps([uris["a"], uris["b"]])})
+    assert j.finish(ledger.DONE, result="7", digest=req.digest) == "done -> version 7 (answering 2 merged request(s) too)"
+    state = ledger.read_state(client, "m", v)
+    assert state.status == ledger.DONE and ledger.MERGED_TAG not in state.tags and state.is_current
+
+    def answer(uri):
+        return client.get_run(ledger.request_run_id(uri)).data.tags.get(ledger.ANSWER_TAG)
+
+    assert [answer(uris[k]) for k in "cab"] == ["m/1: done -> version 7"] * 3
+    assert answer(uris["dup"]).startswith("m/1: rejected: ") and "repeats ids" in answer(uris["dup"])
+    # the request attached now is unreadable: the carried ones are still unlearned, and the note says why
+    j = job(uris["dup"])
+    assert jobs._merge_carried(j, [uris["c"]]).ids.tolist() == [9] and j.all_requests() == [uris["c"]]
+    assert j.finish(ledger.DONE, result="8").startswith("done -> version 8")
+    assert "the forget set attached now was refused" in ledger.read_state(client, "m", v).tags[ledger.NOTE_TAG]
+    # nothing readable at all: the reason of the request attached now
+    with pytest.raises(ForgetSetError, match="repeats ids"):
+        jobs._merge_carried(job(uris["dup"]), [])
+    with pytest.raises(ForgetSetError, match="repeats ids"):
+        jobs._merge_carried(job(uris["dup"]), ["/etc/passwd"])

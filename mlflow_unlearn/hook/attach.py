@@ -10,7 +10,10 @@ logged in a run with role `request` (artifact `forget_set/forget-<digest>.json`,
 dataset input carrying the digest), and the version gets the tag
 `mlflow_unlearn.forget_set = runs:/<request run>/forget_set/forget-<digest>.json`; the hook service
 takes it from there. Attaching the same ids again while the first request is queued, running or
-done changes nothing (pass force=True to make a new request anyway).
+done changes nothing (pass force=True to make a new request anyway). Attaching other ids while a
+request is still waiting merges them: the tag `mlflow_unlearn.merged_requests` lists the waiting
+requests, the next job unlearns the union, and every request's run gets the tag
+`mlflow_unlearn.answer` naming the version that answers it.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class AttachResult:
     n_forget: int
     run_id: str | None  # the request run (None when nothing new was attached)
     already_attached: bool = False
+    merged_with: tuple[str, ...] = ()  # earlier requests still waiting on the version, now answered together
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,11 +158,16 @@ def attach(model: str, version, forget, *, seed: int = 0, experiment: str | None
     if (not force and state.request and ledger.digest_from_uri(state.request) == fs.digest
             and state.status not in (ledger.FAILED, ledger.REJECTED)):
         return AttachResult(mv.name, str(mv.version), state.request, fs.digest, len(fs), None, already_attached=True)
+    # A request still waiting here (queued, running, or not yet seen by the hook) is not replaced but
+    # merged: the next job unlearns the union and answers each request with the same new version.
+    merged = ledger.merged_tag_value(ledger.carried_requests(state, replacing=True))  # too many: raises, nothing written
     run_id, uri = log_request(mv.name, mv.version, fs, manifest, experiment=experiment, seed=seed)
     ledger.set_tags(client, mv.name, mv.version, {ledger.REQUEST_RUN_TAG: run_id, Tag.FOLLOW_ALIAS: alias,
-                                                  Tag.PROMOTE: None if alias is None else str(bool(promote)).lower()})
+                                                  Tag.PROMOTE: None if alias is None else str(bool(promote)).lower(),
+                                                  ledger.MERGED_TAG: merged})
     ledger.set_tags(client, mv.name, mv.version, {ledger.FORGET_SET_TAG: uri})  # last: this one triggers the hook
-    return AttachResult(mv.name, str(mv.version), uri, fs.digest, len(fs), run_id)
+    return AttachResult(mv.name, str(mv.version), uri, fs.digest, len(fs), run_id,
+                        merged_with=tuple(ledger.merged_requests({ledger.MERGED_TAG: merged or "[]"})))
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,8 @@ def read_request(uri: str) -> RequestIds:
 
 def wait_for(model: str, version, *, timeout_s: float = 600.0, poll_s: float = 0.5, tracking_uri: str | None = None,
              request: str | None = None) -> dict:
-    """Poll the ledger until the request now attached (or `request`) is answered; return its state."""
+    """Poll the ledger until the request now attached (or `request`) is answered; return its state.
+    A request merged into a later one is answered when that one is (its run's `answer` tag)."""
     tracking.connect(tracking_uri)
     client = MlflowClient()
     deadline = time.time() + timeout_s
@@ -224,6 +234,17 @@ def wait_for(model: str, version, *, timeout_s: float = 600.0, poll_s: float = 0
         want = request or state.request
         if state.handled_request == want and state.status in ledger.TERMINAL:
             return state.to_dict()
+        if request and request != state.request and ledger.request_run_id(request):
+            try:
+                answer = client.get_run(ledger.request_run_id(request)).data.tags.get(ledger.ANSWER_TAG)
+            except MlflowException:
+                answer = None
+            if answer:  # "<name>/<version>: <status>[ -> version N][: error]" (jobs._Job.finish)
+                outcome = answer.split(": ", 1)[-1]
+                status = outcome.split(" ", 1)[0].rstrip(":")
+                result = outcome.split("-> version ", 1)[1].split()[0] if "-> version " in outcome else None
+                return {"name": model, "version": str(version), "forget_set": request, "status": status,
+                        "result_version": result, "answer": answer, "merged_into": state.request}
         if time.time() > deadline:
             raise ValueError(f"{model}/{version}: no answer within {timeout_s:.0f} s (status {state.status!r}); "
                              f"is `mlflow-unlearn hook serve` (or a worker) running against this registry?")

@@ -103,8 +103,10 @@ def add_attach(sub):
         what = "already attached (same ids), nothing new" if res.already_attached else f"attached in request run {res.run_id}"
         print(f"{res.model}/{res.version}: {res.n_forget} ids, digest {res.digest[:12]}..., {what}")
         print(f"  mlflow_unlearn.forget_set = {res.uri}")
+        if res.merged_with:
+            print(f"  merged with {len(res.merged_with)} request(s) still waiting on this version: one job answers them all")
         if a.wait > 0:
-            state = wait_for(res.model, res.version, timeout_s=a.wait, tracking_uri=a.tracking_uri)
+            state = wait_for(res.model, res.version, timeout_s=a.wait, tracking_uri=a.tracking_uri, request=res.uri)
             print(json.dumps(state, indent=2))
             if state.get("status") != "done":
                 raise ValueError(f"request {state.get('status')}: {state.get('error')}")

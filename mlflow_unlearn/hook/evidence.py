@@ -86,6 +86,9 @@ def _rows(report: dict) -> dict[str, list[tuple[str, ...]]]:
                     ("job run", report["result"].get("run_id"))],
         "Forget set": [("digest (sha256 of sorted ids)", fg.get("digest")), ("examples", fg.get("count")),
                        ("already forgotten by an earlier request", fg.get("already_forgotten", 0)),
+                       *[(f"request {k + 1} answered by this job", uri) for k, uri in enumerate(fg.get("requests") or [])
+                         if len(fg.get("requests") or []) > 1],
+                       *[("request refused (unreadable)", f"{r['uri']}: {r['reason']}") for r in fg.get("refused_requests") or []],
                        *[(f"train-set memorisation bin `{k}`", v) for k, v in (fg.get("tier_histogram") or {}).items()],
                        *[(f"tier `{k}` (unlearned as)", v) for k, v in (fg.get("tiers") or {}).items()]],
         "Lineage (every request on the way to the result, oldest first)": _lineage_rows(report.get("lineage")),

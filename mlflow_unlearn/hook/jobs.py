@@ -322,16 +322,25 @@ def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowCli
         return queue(f"re-queued ({state.status or 'no status'})")
     # A new request: status first, then the request it refers to (see ledger: a crash in between
     # leaves a state the reconciler re-queues, never one that looks answered).
+    # Requests replaced before they were answered (set by hand, so `attach` did not merge them) are
+    # carried into this one's job: one new version answers them all (see ledger.carried_requests).
+    outcome = "queued"
+    carried = ledger.carried_requests(state)
+    try:
+        merged = ledger.merged_tag_value(carried)
+    except ValueError as exc:
+        log.error("%s/%s: %s", name, state.version, exc)
+        merged, outcome = state.tags.get(ledger.MERGED_TAG), f"queued (not merged: {exc})"
     ledger.set_tags(client, name, state.version, {ledger.STATUS_TAG: ledger.QUEUED})
     tags = {ledger.JOB_REQUEST_TAG: state.request, ledger.QUEUED_AT_TAG: ledger.now(),
-            ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request)}
+            ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request), ledger.MERGED_TAG: merged}
     if not enqueued:  # the job is not in the queue yet, so it cannot have started: clear the last answer
         tags.update({ledger.RESULT_VERSION_TAG: None, ledger.ERROR_TAG: None, ledger.STARTED_AT_TAG: None,
                      ledger.FINISHED_AT_TAG: None})
     # With `enqueued` (the receiver queued the job before answering) a worker may already have started
     # it and written started_at: never clear that (the job clears the last answer itself when it starts).
     ledger.set_tags(client, name, state.version, tags)
-    return queue("queued")
+    return queue(outcome + (f", with {len(carried)} earlier request(s) merged" if carried and outcome == "queued" else ""))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,6 +354,8 @@ class _Job:
     version: str
     uri: str
     t0: float
+    merged: tuple[str, ...] = ()  # earlier requests on this version this job also answers (readable ones)
+    refused: tuple[tuple[str, str], ...] = ()  # (uri, reason) of carried requests that could not be read
 
     def still_current(self) -> bool:
         try:
@@ -357,13 +368,32 @@ class _Job:
         """Write a final status, unless a newer request replaced this one meanwhile (its own job answers it)."""
         if not self.still_current():
             return f"{status} (superseded by a newer request; tags left to its job)"
+        own_refusal = dict(self.refused).get(self.uri)
+        if own_refusal and status == ledger.DONE and note is None:
+            note = f"the forget set attached now was refused ({own_refusal}); this answers the merged requests"
         tags = {ledger.JOB_DIGEST_TAG: digest, ledger.FINISHED_AT_TAG: ledger.now(),
                 ledger.RESULT_VERSION_TAG: result, ledger.ERROR_TAG: error, ledger.NOTE_TAG: note}
         if digest is None:
             tags.pop(ledger.JOB_DIGEST_TAG)
+        if self.merged or self.refused:  # every carried request is answered below, with this outcome
+            tags[ledger.MERGED_TAG] = None
         ledger.set_tags(self.client, self.name, self.version, tags)
         ledger.set_tags(self.client, self.name, self.version, {ledger.STATUS_TAG: status, ledger.JOB_REQUEST_TAG: self.uri})
-        return status + (f" -> version {result}" if result else "") + (f": {error}" if error else "")
+        outcome = status + (f" -> version {result}" if result else "") + (f": {error}" if error else "")
+        self.answer_requests(outcome)
+        return outcome + (f" (answering {len(self.merged)} merged request(s) too)" if self.merged else "")
+
+    def answer_requests(self, outcome: str) -> None:
+        """Tag each request's run with its answer: a merged request has no status tag of its own."""
+        for uri in self.all_requests():
+            ledger.answer_request_run(self.client, uri, f"{self.name}/{self.version}: {outcome}")
+        for uri, reason in self.refused:
+            ledger.answer_request_run(self.client, uri, f"{self.name}/{self.version}: rejected: {reason}")
+
+    def all_requests(self) -> list[str]:
+        """The requests this job unlearns (the one attached now unless it was refused, then the merged ones)."""
+        refused = {u for u, _ in self.refused}
+        return [u for u in (self.uri, *self.merged) if u not in refused]
 
 
 def run_job(name: str, version) -> str:
@@ -388,13 +418,11 @@ def run_job(name: str, version) -> str:
     if state.is_current and state.status in ledger.TERMINAL:
         return f"skipped: already {state.status}"
     job = _Job(client, state.name, state.version, state.request, time.perf_counter())
-    try:
-        req = read_request(job.uri)  # the artifact is downloaded, parsed and hashed once, here
-        digest = req.digest
-    except _rejections() as exc:
+    try:  # every artifact is downloaded, parsed and hashed once, here
+        req = _merge_carried(job, ledger.carried_requests(state))
+    except ForgetSetError as exc:
         return job.finish(ledger.REJECTED, error=_message(exc))
-    except (TypeError, ValueError) as exc:
-        return job.finish(ledger.REJECTED, error=f"the forget set {job.uri!r} does not hold integer ids: {_message(exc)}")
+    digest = req.digest
     try:
         lock = acquire_job_lock(ledger.job_key(job.name, job.version, digest))
     except JobLocked:
@@ -403,6 +431,57 @@ def run_job(name: str, version) -> str:
         return _run_locked(job, cfg, req)
     finally:
         lock.clear()
+
+
+def _read(uri: str):
+    """read_request, with every way a tag's artifact can be unusable as a ForgetSetError (repeats
+    checked here: a merged job's union would hide them)."""
+    import numpy as np
+
+    try:
+        req = read_request(uri)
+    except _rejections() as exc:
+        raise ForgetSetError(_message(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise ForgetSetError(f"the forget set {uri[:200]!r} does not hold integer ids: {_message(exc)}") from None
+    if len(req.ids) == 0:
+        raise ForgetSetError(f"the forget set {uri[:200]!r} is empty (no ids); attach at least one training-set id")
+    uniq, counts = np.unique(req.ids, return_counts=True)
+    if (counts > 1).any():
+        raise ForgetSetError(f"the forget set {uri[:200]!r} repeats ids {uniq[counts > 1][:10].tolist()}; give each id once")
+    return req
+
+
+def _merge_carried(job: _Job, carried: list[str]):
+    """The request attached now plus the earlier ones carried with it (ledger.carried_requests), read
+    once: one job unlearns the union, keyed by the union's digest. A request that cannot be read is
+    answered `rejected` on its own request run and left out; it does not sink the others. Raises
+    ForgetSetError (the reason for the request attached now) when none can be read."""
+    import numpy as np
+
+    from ..forget_sets import forget_digest
+    from .attach import RequestIds
+
+    try:
+        own = _read(job.uri)
+    except ForgetSetError as exc:
+        if not carried:
+            raise
+        own, job.refused = None, ((job.uri, _message(exc)),)
+    merged, ids = [], [] if own is None else [np.asarray(own.ids)]
+    for uri in carried:
+        try:
+            ids.append(np.asarray(_read(uri).ids))
+            merged.append(uri)
+        except ForgetSetError as exc:
+            job.refused += ((uri, _message(exc)),)
+    job.merged = tuple(merged)
+    if own is not None and not carried:
+        return own
+    if not ids:
+        raise ForgetSetError(job.refused[0][1])
+    union = np.unique(np.concatenate(ids))
+    return RequestIds(union, forget_digest(union), job.uri)
 
 
 def _run_locked(job: _Job, cfg: HookConfig, req) -> str:
@@ -502,7 +581,9 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
         forget={"digest": digest, "count": len(ctx.forget), "tier_histogram": ctx.histogram,
                 "tiers": {k: int(len(v)) for k, v in ctx.tiers.items()},
                 "already_forgotten": int(len(ctx.already_forgotten)),
-                "already_forgotten_ids": ctx.already_forgotten[:100].tolist()},
+                "already_forgotten_ids": ctx.already_forgotten[:100].tolist(),
+                # the requests this job answers: the one attached now and those merged into it
+                "requests": job.all_requests(), "refused_requests": [{"uri": u, "reason": r} for u, r in job.refused]},
         lineage={k: v for k, v in ctx.lineage_after(run_id, "rum").to_dict().items() if k != "forgotten"},
         gate=gated.evidence(), plan=plan.to_dict(), plan_source=plan_source, before=before, after=after,
         against_source=against_source,
@@ -526,6 +607,7 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
             Tag.APPLIED_PLAN: tracking.plan_tag_value(plan.to_dict()), Tag.PLAN_SOURCE: plan_source[:500],
             ledger.METRICS_TAG: metrics_json[:ledger.MAX_TAG_VALUE], ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE],
             ledger.EVIDENCE_TAG: f"runs:/{run_id}/evidence/report.json",
+            **({ledger.MERGED_TAG: _merged_list_tag(job.all_requests())} if job.merged else {}),
             **{f"{TAG}metric.{k}": f"{v:.4f}" for k, v in headline.items() if v is not None and np.isfinite(v)}}
     logging.getLogger("mlflow.tracking._model_registry.fluent").setLevel(logging.ERROR)
     model_uri = f"models:/{tracking.run_model_id(run_id)}"
@@ -543,6 +625,13 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
     report["result"]["version"] = mine
     _log_report(job.client, run_id, report)
     return job.finish(ledger.DONE, result=mine, digest=digest)
+
+
+def _merged_list_tag(uris: list[str]) -> str:
+    try:
+        return ledger.merged_tag_value(uris)
+    except ValueError:  # too many to list in a tag: the evidence (forget.requests) lists them all
+        return f"{len(uris)} requests; see the evidence, forget.requests"
 
 
 def follow_alias(job: _Job) -> str:

@@ -12,8 +12,13 @@ On the source version (the one a forget set is attached to):
     mlflow_unlearn.note            status done without a new version: why (every id was already forgotten)
     mlflow_unlearn.queued_at / started_at / finished_at   unix seconds
     mlflow_unlearn.job_run         the MLflow run of the job (role rum)
+    mlflow_unlearn.merged_requests JSON list of earlier requests on this version that were replaced before
+                                   they were answered (queued, running or not yet seen): the next job
+                                   unlearns their union with the current one and answers them all
     mlflow_unlearn.follow_alias    (optional) apply the request to the version this alias names when the
                                    job runs; mlflow_unlearn.promote=true moves the alias to the result
+
+On a request run (`attach`): mlflow_unlearn.answer, the status and version that answered it.
 
 On the result version: role, source_model, source_version, forget_digest, n_forget, plan, plan_source,
 metrics (JSON), metric.<key> for the headline metrics, request (the forget_set URI), evidence (URI).
@@ -25,6 +30,7 @@ both see both versions after registering and the higher version number deletes i
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -59,6 +65,8 @@ STATUSES = (QUEUED, RUNNING, DONE, FAILED, REJECTED)
 TERMINAL = (DONE, FAILED, REJECTED)
 
 MAX_TAG_VALUE = 4900  # MLflow's model-version tag values hold 5000 characters
+MERGED_TAG = Tag.MERGED_REQUESTS
+ANSWER_TAG = Tag.ANSWER
 
 _DIGEST_IN_URI = re.compile(r"forget-([0-9a-f]{64})\.json$")
 
@@ -106,6 +114,62 @@ class VersionState:
                 QUEUED_AT_TAG, STARTED_AT_TAG, FINISHED_AT_TAG, JOB_RUN_TAG)
         return {"name": self.name, "version": self.version,
                 **{k[len(TAG):]: self.tags[k] for k in keys if k in self.tags}}
+
+
+def merged_requests(tags: dict[str, str]) -> list[str]:
+    """The merged-requests tag as a list of URIs (a malformed value is an empty list: the tag is
+    untrusted, and every URI in it goes through the same checks as the forget-set tag)."""
+    try:
+        value = json.loads(tags.get(MERGED_TAG) or "[]")
+    except ValueError:
+        return []
+    return [u.strip() for u in value if isinstance(u, str) and u.strip()] if isinstance(value, list) else []
+
+
+def carried_requests(state: VersionState, *, replacing: bool = False) -> list[str]:
+    """The requests on this version a job for the one attached now must also answer: the merged list,
+    plus the request the status refers to while it is queued or running (a newer one replaced it
+    before its job finished). With `replacing` (`attach`, about to attach a newer request) also the
+    request attached now, unless it is answered. A running job's request is carried too: if that job
+    dies its request is not lost, and if it succeeds the next job finds those ids forgotten already
+    (on the promoted version) or unlearns the union from the same version, which honours both."""
+    out = merged_requests(state.tags)
+    candidates = [state.handled_request if state.status in (QUEUED, RUNNING) else None]
+    if replacing and state.request and not (state.is_current and state.status in TERMINAL):
+        candidates.append(state.request)
+    for uri in candidates:
+        if uri and uri not in out:
+            out.append(uri)
+    exclude = None if replacing else state.request
+    return [u for u in out if u != exclude]
+
+
+def merged_tag_value(uris: list[str]) -> str | None:
+    """The merged-requests tag for `uris` (None: delete it). Raises ValueError when the list does not
+    fit in a tag (about 50 runs:/ URIs): the caller must not drop a deletion request silently."""
+    if not uris:
+        return None
+    value = json.dumps(uris)
+    if len(value) > MAX_TAG_VALUE:
+        raise ValueError(f"{len(uris)} requests are already waiting on this version (their URIs fill the "
+                         f"{MAX_TAG_VALUE}-character tag {MERGED_TAG}); wait for the hook to answer them, then attach again")
+    return value
+
+
+def request_run_id(uri: str) -> str | None:
+    """The run of a `runs:/<run id>/...` request (what `attach` logs), else None."""
+    m = re.match(r"runs:/([0-9a-fA-F]{8,64})/", uri or "")
+    return m.group(1) if m else None
+
+
+def answer_request_run(client: MlflowClient, uri: str, answer: str) -> None:
+    """Tag the request's run with its answer (a merged request's only per-request answer; best effort)."""
+    run_id = request_run_id(uri)
+    if run_id:
+        try:
+            client.set_tag(run_id, ANSWER_TAG, answer[:MAX_TAG_VALUE])
+        except MlflowException:
+            pass
 
 
 def read_state(client: MlflowClient, name: str, version) -> VersionState:
