@@ -174,3 +174,16 @@ def postgres_db():
     with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", autocommit=True) as conn:
         for name in created:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def redis_or_skip(url: str = "redis://127.0.0.1:6379/15") -> str:
+    """The URL of a Redis server that answers (database 15: the tests' own), else skip with the reason."""
+    try:
+        import redis
+    except ImportError:
+        pytest.skip("the redis Python package is not installed (pip install redis)")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+    except Exception as exc:
+        pytest.skip(f"no Redis answers at {url}: {exc}")
+    return url

@@ -186,3 +186,18 @@ def test_calibration_request_too_large_names_sizes_and_fix():
         calibration_forget_sets(c, mix_forget_set(c, 360), 1)  # 120 per bin: not even one set fits
     with pytest.raises(MemorizationError, match="calibration sets"):
         calibration_forget_sets(c, mix_forget_set(c, 30), 0)
+
+
+def test_parse_errors_name_the_position_not_the_content(tmp_path):
+    from mlflow_unlearn.forget_sets import ForgetSetError, read_ids_file
+
+    secret = tmp_path / "leak.txt"
+    secret.write_text("1\n2\nroot:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ForgetSetError, match="value 3 is not an integer train id") as info:
+        read_ids_file(secret)
+    assert "root" not in str(info.value).replace("leak.txt", "")
+    table = tmp_path / "leak.csv"
+    table.write_text("id\n1\nMLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=abc\n")
+    with pytest.raises(ForgetSetError, match="row 2 is not an integer train id") as info:
+        read_ids_file(table)
+    assert "abc" not in str(info.value) and "SECRET" not in str(info.value)

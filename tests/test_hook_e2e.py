@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, start_mlflow_server, use_tracking
+from conftest import free_port, redis_or_skip, start_mlflow_server, use_tracking
 from mlflow_unlearn.hook import ledger, local
 from mlflow_unlearn.hook.signature import signed_headers
 from mlflow_unlearn.tracking import run_model_id
@@ -380,13 +380,11 @@ def test_hook_killed_mid_job_completes_exactly_once_after_restart(env):
 
 def test_redis_queue_runs_a_job(env):
     """The Redis path end to end: submit into a RedisExpireHuey queue and let huey execute it."""
-    from test_hook_unit import _redis_or_skip
-
     from mlflow_unlearn.hook import jobs
     from mlflow_unlearn.hook.attach import attach
     from mlflow_unlearn.hook.config import HookConfig
 
-    url = _redis_or_skip()
+    url = redis_or_skip()
     cfg = HookConfig(tracking_uri=env.url, queue=url, models=[QUIET], reconcile_interval_s=0, device="cpu")
     h = jobs.configure(cfg)
     try:
