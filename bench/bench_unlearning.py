@@ -276,9 +276,11 @@ class _PrintTrials:
 
 
 def search_plans(original, data, calibration: list, scale: Scale, seed: int, algorithms, *,
-                 timeout_s: float | None = None) -> dict[str, Plan]:
+                 timeout_s: float | None = None, values: dict | None = None) -> dict[str, Plan]:
     """The RUM plan and one tuned setting per baseline algorithm, each from a study of
-    `scale.trials` trials (at least the RUM study's known-good points) on the calibration sets."""
+    `scale.trials` trials (at least the RUM study's known-good points) on the calibration sets.
+    `values` (optional) receives each space's best calibration ToW (selection only, never reported
+    as a result)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -300,6 +302,8 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
         except tuning.SearchError:
             say(f"  search {space}: no completed trial")
             continue
+        if values is not None:
+            values[space] = value
         say(f"  search {space}: best calibration ToW {value:.4f} (selection only) after {len(study.trials)} trials: "
             f"{best[space].to_compact()}")
     return best
@@ -401,12 +405,22 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
     data = load(args, scale, seed, device)
     original = train_original(data, scale, seed)
     forget, calibration_ids = forget_sets(original, scale.forget, seed, scale.calibration_sets)
-    plans = {}
+    plans, search_record, resumed = {}, None, False
     if scale.trials > 0:
-        calibration = [make_target(f"calibration {j + 1}", data, original, ids, scale, seed, heldout=data.val)
-                       for j, ids in enumerate(calibration_ids)]
-        timeout = None if budget is None else max(min(args.search_s, budget.left() - 0.5 * args.search_s), 1.0)
-        plans = search_plans(original, data, calibration, scale, seed, args.algorithms, timeout_s=timeout)
+        search_record = stored_search(args, scale, seed)
+        resumed = search_record is not None
+        if search_record is not None:  # selection done in an earlier run: only the reporting half runs now
+            plans = {k: Plan.parse(v) for k, v in search_record["plans"].items()}
+            say(f"  search: stored in {search_path(args, seed)} ({search_record.get('finished', '?')}); plans "
+                + "; ".join(f"{k} `{v}`" for k, v in search_record["plans"].items()))
+        else:
+            calibration = [make_target(f"calibration {j + 1}", data, original, ids, scale, seed, heldout=data.val)
+                           for j, ids in enumerate(calibration_ids)]
+            timeout = None if budget is None else max(min(args.search_s, budget.left() - 0.5 * args.search_s), 1.0)
+            values = {}
+            plans = search_plans(original, data, calibration, scale, seed, args.algorithms, timeout_s=timeout,
+                                 values=values)
+            search_record = save_search(args, scale, seed, plans, values, calibration, device)
     target = make_target("evaluated", data, original, forget, scale, seed)
     second = make_target("evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000)
     floor = tuning.noise_floor(second.as_reference(), target.as_reference(), data, seed=seed)
@@ -434,7 +448,10 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
     return {"seed": seed, "machine": machine(device), "n_train": len(data.train), "n_test": len(data.test), "train_acc": original.train_acc,
             "test_acc": original.test_acc, "original_s": original.seconds, "retrain_s": target.retrain_s, "rows": rows,
             "tier_acc": target.tier_acc, "floor": floor,
-            "plans": {k: v.to_compact() for k, v in plans.items()}}
+            "plans": {k: v.to_compact() for k, v in plans.items()},
+            "search": None if search_record is None else {k: search_record.get(k) for k in (
+                "finished", "machine", "calibration_tow", "calibration", "original", "note")},
+            "search_resumed": resumed}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -469,6 +486,38 @@ def _jsonable(v):
     raise TypeError(f"not JSON-serialisable: {type(v).__name__}")
 
 
+def search_path(args, seed: int) -> Path:
+    return Path(args.results_dir) / f"seed{seed}-search.json"
+
+
+def save_search(args, scale: Scale, seed: int, plans: dict, values: dict, calibration: list, device) -> dict:
+    """The selection half of a seed (calibration references + studies: about two thirds of a CPU
+    seed's hours), stored before the reporting half runs, so a run cut short resumes from it. The
+    reporting half never reads anything but the plans."""
+    record = {"config": config_key(args, scale), "seed": seed, "machine": machine(device), "command": command_line(),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "plans": {k: v.to_compact() for k, v in plans.items()},
+              "calibration_tow": values,
+              "calibration": [{"retrain_s": t.retrain_s, "tier_acc": t.tier_acc} for t in calibration]}
+    if args.results_dir is not None:
+        path = search_path(args, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1, default=_jsonable) + "\n")
+        say(f"wrote {path}")
+    return record
+
+
+def stored_search(args, scale: Scale, seed: int) -> dict | None:
+    """The stored selection half of this seed, if one of the same configuration exists (--rerun: never)."""
+    if args.results_dir is None or args.rerun or not search_path(args, seed).is_file():
+        return None
+    record = json.loads(search_path(args, seed).read_text())
+    if record.get("config") != config_key(args, scale):
+        say(f"ignoring {search_path(args, seed)}: another configuration ({record.get('command', '?')})")
+        return None
+    return record
+
+
 def stored_seeds(args, scale: Scale) -> dict[int, dict]:
     """Every stored seed whose configuration matches this run's; a mismatching file is reported, not
     mixed into the table."""
@@ -477,6 +526,8 @@ def stored_seeds(args, scale: Scale) -> dict[int, dict]:
         return out
     want = config_key(args, scale)
     for path in sorted(Path(args.results_dir).glob("seed*.json")):
+        if not path.stem[len("seed"):].isdigit():  # seed<N>-search.json: a selection half, not a result
+            continue
         record = json.loads(path.read_text())
         if record.get("config") != want:
             say(f"ignoring {path}: another configuration ({record.get('command', '?')})")
@@ -526,6 +577,16 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
             tests.append([f"{a} - {b}", key, str(len(both)), f"{fmt(t['mean_diff'])} [{fmt(t['ci_low'])}, "
                           f"{fmt(t['ci_high'])}]", fmt(t["t"], 2), fmt(t["p"], 3), better])
     plans = [f"- seed {res['seed']}: " + "; ".join(f"{k} `{v}`" for k, v in res["plans"].items()) for res in results]
+    for res in results:  # selection stored by an earlier run (cut short after it): say so, with where it ran
+        search = res.get("search") or {}
+        if res.get("search_resumed"):
+            plans.append(f"  (seed {res['seed']}: selected in an earlier run, finished {search.get('finished')} on "
+                         f"{search.get('machine')}, stored in seed{res['seed']}-search.json; this run retrained the "
+                         f"original with the same recipe and seed and only reported; "
+                         f"{search.get('note') or 'the stored plans were applied unchanged'})")
+        if search.get("calibration_tow"):
+            plans.append(f"  (seed {res['seed']} best calibration ToW, selection only: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in search["calibration_tow"].items()) + ")")
     retrain = ", ".join(f"{res['retrain_s']:.1f}" for res in results)
     tier_acc = "; ".join("/".join(fmt(a, 2) for a in res["tier_acc"].values()) for res in results)
     return "\n".join([
