@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from mlflow_unlearn.training import TrainConfig, accuracy, train_model  # noqa: 
 from mlflow_unlearn import tuning  # noqa: E402  (the search core, the same one `mlflow-unlearn search` runs)
 
 DEFAULT_DATA = str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
+T0 = time.perf_counter()  # process start: --stop-after-s counts from here
 TIERS = ("low", "mid", "high")
 COMPARED = ("finetune", "neggrad_plus", "salun", "scrub")  # baselines: defaults and tuned; RUM searches none + these
 
@@ -225,6 +227,68 @@ def make_target(name: str, data, original: Original, forget_ids, scale: Scale, s
     return target
 
 
+class SeedCache:
+    """What a CPU seed keeps across runs under --results-dir (`seed<N>-cache/`), so a seed that takes
+    more hours than one session resumes where it stopped: the forget-set draw, every retrained
+    reference's *outputs* (scoring needs only those: ~1 MB per seed, not the weights) and the Optuna
+    studies (SQLite), trial by trial. The original is retrained each run (same recipe and seed: about
+    12 minutes here, against hours for what is kept); the cached draw and tiers are used as they are,
+    so selection and reporting sets stay disjoint even if another CPU's numerics move a C-proxy rank.
+    No --results-dir (smoke runs): nothing is kept."""
+
+    def __init__(self, root: str | None, seed: int, key: dict, *, rerun: bool = False):
+        self.dir = None if root is None else Path(root) / f"seed{seed}-cache"
+        if self.dir is None:
+            return
+        if rerun and self.dir.exists():  # --rerun: start the seed over
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        config = self.dir / "config.json"
+        if config.exists() and json.loads(config.read_text()) != key:
+            raise SystemExit(f"{self.dir} holds a seed of another configuration; remove it or pass another --results-dir")
+        config.write_text(json.dumps(key, indent=1) + "\n")
+
+    def sets(self, compute) -> tuple[np.ndarray, list[np.ndarray]]:
+        path = None if self.dir is None else self.dir / "sets.npz"
+        if path is not None and path.exists():
+            with np.load(path) as z:
+                return z["forget"], [z[f"calibration_{j}"] for j in range(int(z["k"]))]
+        forget, calibration = compute()
+        if path is not None:
+            np.savez(path, forget=forget, k=len(calibration), **{f"calibration_{j}": c for j, c in enumerate(calibration)})
+        return forget, calibration
+
+    def target(self, name: str, make, data) -> "Target":
+        """The Target `name` from the cache (reference weights not kept: None), else `make()` stored."""
+        path = None if self.dir is None else self.dir / f"target-{name.replace(' ', '_').replace('(', '').replace(')', '')}.npz"
+        if path is not None and path.exists():
+            from mlflow_unlearn.metrics import SplitOutputs
+
+            with np.load(path) as z:
+                meta = json.loads(str(z["meta"]))
+                outputs = {k: SplitOutputs(z[f"logits_{k}"], z[f"labels_{k}"]) for k in meta["splits"]}
+                tiers = {t: z[f"tier_{t}"] for t in meta["tiers"]}
+                target = Target(name, z["forget_ids"], tiers, None, outputs, meta["retrain_s"], meta["eval_batch"],
+                                tier_acc=meta["tier_acc"], heldout=data.val if meta["heldout_is_val"] else None)
+            say(f"{name}: cached ({path.name}; retrained {meta['retrain_s']:.1f} s in an earlier run); per tier "
+                f"{'/'.join(fmt(a, 2) for a in target.tier_acc.values())}")
+            return target
+        target = make()
+        if path is not None:
+            meta = {"splits": list(target.reference_outputs), "tiers": list(target.tiers), "retrain_s": target.retrain_s,
+                    "eval_batch": target.eval_batch, "tier_acc": target.tier_acc,
+                    "heldout_is_val": target.heldout is not None}
+            arrays = {f"logits_{k}": np.asarray(o.logits, dtype=np.float32) for k, o in target.reference_outputs.items()}
+            arrays.update({f"labels_{k}": np.asarray(o.labels) for k, o in target.reference_outputs.items()})
+            arrays.update({f"tier_{t}": ids for t, ids in target.tiers.items()})
+            np.savez_compressed(path, meta=json.dumps(meta), forget_ids=target.forget_ids, **arrays)
+        return target
+
+    def storage(self) -> str | None:
+        """Optuna storage for this seed's studies (None: in memory)."""
+        return None if self.dir is None else f"sqlite:///{self.dir / 'studies.db'}"
+
+
 def forget_sets(original: Original, n: int, seed: int, k: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
     """The paper's mix forget set (n/3 from the least, the middle and the most memorised ranks by
     C-proxy) and `k` calibration sets like it (`calibration_forget_sets`: neighbouring ranks, same
@@ -275,8 +339,36 @@ class _PrintTrials:
         say(f"    {self.space} trial {trial.number}: {state} {value}  {plan.to_compact()}")
 
 
+import optuna as _optuna  # noqa: E402
+
+FINISHED = (_optuna.trial.TrialState.COMPLETE, _optuna.trial.TrialState.PRUNED)
+
+
+def requeue_stale_trials(study) -> int:
+    """Trials left RUNNING by a run that was killed (the bench runs one process per study, so any
+    RUNNING trial at start is stale): mark them failed (tagged `stale`) and queue their points again."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == _optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_user_attr(t._trial_id, "stale", True)
+        study._storage.set_trial_state_values(t._trial_id, _optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(dict(t.params), skip_if_exists=False)
+    return len(stale)
+
+
+def failed_stale(study) -> int:
+    """Stale trials do not count against the budget (tuning.optimize counts failed trials)."""
+    return sum(t.state == _optuna.trial.TrialState.FAIL and bool(t.user_attrs.get("stale")) for t in study.trials)
+
+
+def counted(study) -> int:
+    """Trials that count against the budget: complete, pruned or diverged, not stale."""
+    return sum(t.state in (*FINISHED, _optuna.trial.TrialState.FAIL) and not t.user_attrs.get("stale")
+               for t in study.trials)
+
+
 def search_plans(original, data, calibration: list, scale: Scale, seed: int, algorithms, *,
-                 timeout_s: float | None = None, values: dict | None = None) -> dict[str, Plan]:
+                 timeout_s: float | None = None, values: dict | None = None, storage: str | None = None
+                 ) -> dict[str, Plan] | None:
     """The RUM plan and one tuned setting per baseline algorithm, each from a study of
     `scale.trials` trials (at least the RUM study's known-good points) on the calibration sets.
     `values` (optional) receives each space's best calibration ToW (selection only, never reported
@@ -293,10 +385,26 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
     spaces += [(a, tuning.algorithm_candidates(a, max_epochs=scale.max_epochs), tuning.algorithm_default_trials(a))
                for a in algorithms]
     best = {}
+    t0 = time.perf_counter()
     for space, candidates, first in spaces:
-        study = tuning.make_study(None, None, seed=seed)
-        tuning.optimize(study, candidates, scorer, n_trials=n_trials, enqueue=first, observer=_PrintTrials(space),
-                        timeout_s=None if timeout_s is None else timeout_s / len(spaces))
+        study = tuning.make_study(None if storage is None else space, storage, seed=seed)
+        stale = requeue_stale_trials(study)  # a trial a killed run left RUNNING: failed, its point queued again
+        done = counted(study)
+        if done:
+            say(f"  search {space}: resuming, {done} trial(s) stored" + (f", {stale} stale re-queued" if stale else ""))
+        if (storage is not None and timeout_s is not None and time.perf_counter() - t0 >= timeout_s
+                and counted(study) < n_trials):
+            return None
+        left = None if timeout_s is None else max(1.0, timeout_s - (time.perf_counter() - t0))
+        if storage is None:
+            left = None if timeout_s is None else timeout_s / len(spaces)
+        if storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
+            tuning.optimize(study, candidates, scorer, n_trials=n_trials + failed_stale(study), enqueue=first,
+                            observer=_PrintTrials(space), timeout_s=left)
+        if storage is not None and counted(study) < n_trials:
+            say(f"  search {space}: stopped with {counted(study)} of {n_trials} trials; run the same command again to "
+                "continue")
+            return None
         try:
             best[space], value = tuning.best_plan(study)
         except tuning.SearchError:
@@ -404,7 +512,8 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
     say(f"\n=== seed {seed} ===")
     data = load(args, scale, seed, device)
     original = train_original(data, scale, seed)
-    forget, calibration_ids = forget_sets(original, scale.forget, seed, scale.calibration_sets)
+    cache = SeedCache(args.results_dir, seed, config_key(args, scale), rerun=args.rerun)
+    forget, calibration_ids = cache.sets(lambda: forget_sets(original, scale.forget, seed, scale.calibration_sets))
     plans, search_record, resumed = {}, None, False
     if scale.trials > 0:
         search_record = stored_search(args, scale, seed)
@@ -414,15 +523,22 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
             say(f"  search: stored in {search_path(args, seed)} ({search_record.get('finished', '?')}); plans "
                 + "; ".join(f"{k} `{v}`" for k, v in search_record["plans"].items()))
         else:
-            calibration = [make_target(f"calibration {j + 1}", data, original, ids, scale, seed, heldout=data.val)
-                           for j, ids in enumerate(calibration_ids)]
+            calibration = [cache.target(f"calibration {j + 1}", lambda j=j, ids=ids: make_target(
+                f"calibration {j + 1}", data, original, ids, scale, seed, heldout=data.val), data)
+                for j, ids in enumerate(calibration_ids)]
             timeout = None if budget is None else max(min(args.search_s, budget.left() - 0.5 * args.search_s), 1.0)
+            if args.stop_after_s is not None:  # a run cut to fit a session: stop starting trials in time
+                left = args.stop_after_s - (time.perf_counter() - T0)
+                timeout = max(1.0, left if timeout is None else min(timeout, left))
             values = {}
             plans = search_plans(original, data, calibration, scale, seed, args.algorithms, timeout_s=timeout,
-                                 values=values)
+                                 values=values, storage=cache.storage())
+            if plans is None:  # stopped by --stop-after-s with trials left: the next run continues the studies
+                return None
             search_record = save_search(args, scale, seed, plans, values, calibration, device)
-    target = make_target("evaluated", data, original, forget, scale, seed)
-    second = make_target("evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000)
+    target = cache.target("evaluated", lambda: make_target("evaluated", data, original, forget, scale, seed), data)
+    second = cache.target("evaluated (second retrain)", lambda: make_target(
+        "evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000), data)
     floor = tuning.noise_floor(second.as_reference(), target.as_reference(), data, seed=seed)
     say(f"noise floor (retrain vs retrain): ToW {floor['floor/tow']:.4f}, ToW-PE {floor['floor/tow_pe']:.4f}, "
         f"MIA gap {floor['floor/mia_gap']:.4f}")
@@ -622,7 +738,12 @@ def mode_rum(args, scale: Scale, device) -> None:
         if args.results_dir is not None and seed_path(args, seed).exists() and seed not in stored and not args.rerun:
             raise SystemExit(f"{seed_path(args, seed)} holds seed {seed} of another configuration: pass "
                              "--results-dir DIR for this one, or --rerun to replace it")
-        stored[seed] = run_seed(args, scale, seed, device)
+        result = run_seed(args, scale, seed, device)
+        if result is None:  # --stop-after-s: the selection half is kept in seed<N>-cache/, the table waits
+            say(f"seed {seed}: selection not finished within --stop-after-s; its references and trials are kept in "
+                f"{Path(args.results_dir) / f'seed{seed}-cache'}; run the same command again to continue")
+            return
+        stored[seed] = result
         save_seed(args, scale, stored[seed], device)
     results = [stored[s] for s in sorted(stored)]  # every stored seed of this configuration, not only this run's
     text = summary_text(args, scale, device, results, "RUM: searched per-tier plan vs the best single algorithm")
@@ -693,6 +814,9 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", help="where the markdown goes (default docs/, or nothing with --smoke)")
     p.add_argument("--results-dir", help="rum mode: one JSON per seed, reused by later runs of the same "
                    "configuration and assembled into one table (default bench/results/rum-cpu; none with --smoke)")
+    p.add_argument("--stop-after-s", type=float, default=None, help="rum mode: start no new trial after this many "
+                   "seconds of the run; what is done stays in --results-dir (seed<N>-cache/) and the same command "
+                   "continues it (a CPU seed takes more hours than one session)")
     p.add_argument("--rerun", action="store_true", help="rum mode: run the requested seeds even if stored")
     args = p.parse_args(argv)
 
