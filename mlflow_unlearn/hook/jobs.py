@@ -4,7 +4,10 @@ registry as the ledger (see ledger.py), so any worker can resume any job.
 A job for (model name, version):
 
 1. reads the version's `mlflow_unlearn.forget_set` tag and downloads the forget set; an empty tag
-   or a request already answered (status done/failed/rejected for this tag value) ends it;
+   or a request already answered (status done/failed/rejected for this tag value) ends it; earlier
+   requests still waiting on the version (`ledger.carried_requests`: the merged list, a queued or
+   running one a newer tag replaced) are read too and the job unlearns the union (forget digest =
+   the union's), answering each on its own request run;
 2. takes huey's lock on the job key (name, version, forget digest); a lock held by a live worker
    ends it (that worker runs the job); a lock whose owner process is gone is cleared and taken;
 3. looks for an existing result version (tags source_version + forget_digest): found, the request
