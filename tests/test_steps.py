@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from mlflow_unlearn import evaluation, references, request, steps, tracking
+from mlflow_unlearn import request, steps, tracking
 from mlflow_unlearn._registry import UnknownComponentError
 from mlflow_unlearn.algorithms import HyperparameterError
 from mlflow_unlearn.forget_sets import ForgetSetError
@@ -75,20 +75,6 @@ def test_retrain_unlearn_evaluate_with_cache_hit(source_model, monkeypatch):
     # the per-tier chart (original, unlearned, reference) on the evaluate run and on the unlearned run
     for run_id in (ev[0].info.run_id, result.run_id):
         assert "plots/tiers.png" in [a.path for a in MlflowClient().list_artifacts(run_id, "plots")]
-
-
-def test_unlearning_lowers_forget_accuracy_and_the_reference_is_the_truth(source_model):
-    _, uri = source_model
-    ctx = request.prepare(uri, "class:3")  # a whole class: the retrained reference cannot know it
-    reference = references.retrain(ctx)
-    original = evaluation.evaluation_metrics(ctx, ctx.source.model, reference.model)
-    self_vs_self = evaluation.evaluation_metrics(ctx, reference.model, reference.model)
-    assert self_vs_self["tow"] == 1.0 and self_vs_self["tow_pe"] == 1.0
-    assert original["forget/acc"] > 0.9 and self_vs_self["forget/acc"] < 0.2
-    result = steps.unlearn(ctx, "random_label", {"epochs": 3, "lr": 0.1})
-    after = evaluation.evaluation_metrics(ctx, result.model, reference.model)
-    assert after["forget/acc"] < 0.5 < original["forget/acc"]
-    assert after["retain/acc"] > 0.9
 
 
 @pytest.mark.parametrize("forget,error,needle", [

@@ -1,0 +1,85 @@
+"""references.py: the retrained reference, cached by (source, forget digest, seed, recipe), and the
+acceptance gate's never-seen estimate read back from a search's calibration record, which is
+registry content and so checked before it is trusted."""
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from mlflow_unlearn import references, request
+from mlflow_unlearn.evaluation import forget_tier_accuracy
+from mlflow_unlearn.tracking import Role, Tag
+
+
+def retrain_runs():
+    return mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.`{Tag.ROLE}` = '{Role.RETRAIN}'")
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+@pytest.mark.integration  # three retrains, two of them logged as MLflow models
+def test_retrain_is_cached_by_seed_and_recipe_and_never_sees_the_forget_set(source_model):
+    _, uri = source_model
+    ctx = request.prepare(uri, "class:3")  # a whole class: a model that never saw it cannot know it
+    before = len(retrain_runs())
+    assert references.cached_reference(ctx, epochs=2) is None  # the lookup alone never trains
+    first = references.retrain(ctx, epochs=2)
+    again = references.retrain(ctx, epochs=2)
+    other_seed = references.retrain(ctx, epochs=2, seed=ctx.seed + 1)
+    assert len(retrain_runs()) == before + 2
+    assert again.cached and again.run_id == first.run_id and same_weights(again.model, first.model)
+    assert not other_seed.cached and not same_weights(other_seed.model, first.model)
+
+    # the seed is a key of its own, the epochs are part of the recipe
+    assert references.retrain_recipe(ctx, 2) != references.retrain_recipe(ctx, 3)
+    assert references.cached_reference(ctx, epochs=3) is None
+    run = MlflowClient().get_run(other_seed.run_id)
+    assert run.data.tags[Tag.SEED] == str(ctx.seed + 1) and run.data.tags[Tag.RECIPE] == references.retrain_recipe(ctx, 2)
+    assert run.data.params["train.epochs"] == "2" and run.data.tags[Tag.FORGET_DIGEST] == ctx.forget.digest
+
+    # trained on retain only: the forgotten class is (almost) never predicted right; the original knew it
+    assert forget_tier_accuracy(ctx, first.model)["all"] < 0.2 < 0.9 < forget_tier_accuracy(ctx, ctx.source.model)["all"]
+
+
+def _calibration_record(ids, correct, **extra):
+    return {"calibration_sets": [{"never_seen": {"ids": ids, "correct": correct, "auc": 0.5, **extra}}]}
+
+
+@pytest.mark.parametrize("record,expected", [
+    (_calibration_record([1, 2, 3, 4], [1, 0, 1, 1]), 4),
+    (_calibration_record([1, 2, 3, 4], [1, 0, 1, 1], conf=[0.9, 0.1, 0.8, 0.7], heldout_conf=[0.5, 0.6]), 4),
+    (_calibration_record([1, 2, 10**6], [1, 0, 1]), None),  # an id outside the source's train set
+    (_calibration_record([1, 2, 3], [1, 0]), None),  # lengths disagree
+    (_calibration_record([1, 2], [1, 7]), None),  # correctness must be 0/1
+    ({"calibration_sets": "not a list"}, None),
+    ("not json at all", None),
+])
+def test_never_seen_estimate_is_read_from_the_search_run_and_checked(source_model, tmp_path, record, expected):
+    _, uri = source_model
+    ctx = request.prepare(uri, [5, 6, 7])
+    client = MlflowClient()
+    assert Tag.SEARCHED_PLAN_RUN not in (client.get_registered_model(ctx.source.name).tags or {})
+    assert references.calibration_never_seen(ctx) is None  # no search: nothing to estimate from
+
+    search_run = client.create_run(experiment_id="0", run_name="search")
+    path = tmp_path / "calibration.json"
+    path.write_text(record if isinstance(record, str) else json.dumps(record))
+    client.log_artifact(search_run.info.run_id, str(path))
+    client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, search_run.info.run_id)
+    try:
+        never_seen = references.calibration_never_seen(ctx)
+    finally:
+        client.delete_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN)
+    if expected is None:
+        assert never_seen is None
+    else:
+        assert len(never_seen.correct) == expected and never_seen.auc == 0.5
+        np.testing.assert_allclose(never_seen.c_proxy, np.sort(np.asarray(ctx.source.proxies["c_proxy"])[[1, 2, 3, 4]]))
+        assert search_run.info.run_id in never_seen.source
