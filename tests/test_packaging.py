@@ -1,5 +1,6 @@
-"""Packaging: every third-party module the package imports is a declared dependency, and the
-environments `mlflow run` builds (python_env.yaml, conda.yaml) list exactly pyproject's."""
+"""Packaging (and the package's `__init__`: its version): every third-party module the package
+imports is a declared dependency, and the environments `mlflow run` builds (python_env.yaml,
+conda.yaml) list exactly pyproject's."""
 from __future__ import annotations
 
 import ast
@@ -60,3 +61,12 @@ def test_project_environments_match_pyproject():
 def test_license_is_apache():
     text = (REPO / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0" in text
+
+
+def test_the_package_reports_the_version_it_was_installed_as():
+    import importlib.metadata
+
+    import mlflow_unlearn
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert mlflow_unlearn.__version__ == version == importlib.metadata.version("mlflow-unlearn")
