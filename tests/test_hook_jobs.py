@@ -199,3 +199,50 @@ def test_a_merged_job_reads_every_request_once_and_answers_each(tracking, tmp_pa
         jobs._merge_carried(job(uris["dup"]), [])
     with pytest.raises(ForgetSetError, match="repeats ids"):
         jobs._merge_carried(job(uris["dup"]), ["/etc/passwd"])
+
+
+@pytest.mark.parametrize("worker_did", ["started", "finished"])
+def test_a_job_that_started_during_the_receivers_queued_write_keeps_its_status(tracking, tmp_path, monkeypatch, worker_did):
+    """MLflow tags have no compare-and-set: a worker may take the job off the queue and start it
+    between the receiver's read and its `queued` write. The receiver re-reads: a started_at it did
+    not read puts `running` back; a finished_at queues the job once more, whose re-run answers again."""
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn.hook import jobs
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+    v = client.create_model_version("m", "runs:/0123456789abcdef0123456789abcdef/model").version
+    jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=tracking, models=["m"]))
+    uri = "runs:/0123456789abcdef0123456789abcdef/forget_set/ids.json"
+    # an earlier request's answer is still on the version: its timestamps must not look like this job's
+    ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri, ledger.STARTED_AT_TAG: "100.000",
+                                     ledger.FINISHED_AT_TAG: "101.000"})
+    read_state = ledger.read_state
+    calls = []
+
+    def worker_between_read_and_write(c, name, version):
+        state = read_state(c, name, version)
+        if not calls:  # right after the receiver's first read, as _run_locked / finish would write them
+            tags = {ledger.JOB_REQUEST_TAG: uri, ledger.STARTED_AT_TAG: "200.000", ledger.FINISHED_AT_TAG: None}
+            if worker_did == "finished":
+                tags.update({ledger.FINISHED_AT_TAG: "201.000"})
+            ledger.set_tags(c, name, version, tags)
+            ledger.set_tags(c, name, version, {ledger.STATUS_TAG: ledger.RUNNING if worker_did == "started" else ledger.DONE})
+        calls.append(1)
+        return state
+
+    monkeypatch.setattr(ledger, "read_state", worker_between_read_and_write)
+    assert jobs.submit("m", v, client=client, enqueued=True) == "queued"
+    monkeypatch.setattr(ledger, "read_state", read_state)
+    state = ledger.read_state(client, "m", v)
+    if worker_did == "started":
+        assert state.status == ledger.RUNNING and jobs.pending() == 0
+    else:  # the overwritten `done` comes back when the re-queued job finds its answer
+        assert state.status == ledger.QUEUED and jobs.queued_targets() == {("m", str(v))}
+
+    # without a worker in between, the receiver's `queued` stands and nothing is queued twice
+    ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri + "?2", ledger.STATUS_TAG: ledger.DONE})
+    jobs.current_huey().flush()
+    assert jobs.submit("m", v, client=client, enqueued=True).startswith("queued")
+    assert ledger.read_state(client, "m", v).status == ledger.QUEUED and jobs.pending() == 0

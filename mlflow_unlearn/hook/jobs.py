@@ -343,7 +343,25 @@ def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowCli
     # With `enqueued` (the receiver queued the job before answering) a worker may already have started
     # it and written started_at: never clear that (the job clears the last answer itself when it starts).
     ledger.set_tags(client, name, state.version, tags)
+    if enqueued:
+        _keep_a_started_jobs_status(client, name, state)
     return queue(outcome + (f", with {len(carried)} earlier request(s) merged" if carried and outcome == "queued" else ""))
+
+
+def _keep_a_started_jobs_status(client: MlflowClient, name: str, before: ledger.VersionState) -> None:
+    """The receiver writes `queued` after the job is in the queue, so a worker may have started the
+    job between the receiver's read and its write (MLflow tags have no compare-and-set). A
+    `started_at` or `finished_at` that changed since that read is the job's: put its status back
+    (`running`), or, if it already finished, queue it once more: the re-run finds its answer (the
+    registered result, or the same rejection) and writes the terminal status again."""
+    after = ledger.read_state(client, name, before.version)
+    if after.status != ledger.QUEUED:
+        return
+    changed = lambda tag: after.tags.get(tag) is not None and after.tags.get(tag) != before.tags.get(tag)
+    if changed(ledger.FINISHED_AT_TAG):
+        enqueue(name, before.version)
+    elif changed(ledger.STARTED_AT_TAG):
+        ledger.set_tags(client, name, before.version, {ledger.STATUS_TAG: ledger.RUNNING})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -500,10 +518,12 @@ def _run_locked(job: _Job, cfg: HookConfig, req) -> str:
         promote(job, existing[0])
         return job.finish(ledger.DONE, result=existing[0], digest=digest)
     _end_orphan_runs(job, digest)
-    ledger.set_tags(job.client, job.name, job.version, {ledger.STATUS_TAG: ledger.RUNNING})
+    # started_at before the status: a receiver's late `queued` write then always sees a started_at it
+    # did not read, and puts `running` back (_keep_a_started_jobs_status)
     ledger.set_tags(job.client, job.name, job.version, {
         ledger.JOB_REQUEST_TAG: job.uri, ledger.JOB_DIGEST_TAG: digest, ledger.STARTED_AT_TAG: ledger.now(),
         ledger.ERROR_TAG: None, ledger.RESULT_VERSION_TAG: None, ledger.FINISHED_AT_TAG: None})
+    ledger.set_tags(job.client, job.name, job.version, {ledger.STATUS_TAG: ledger.RUNNING})
     try:
         return _unlearn_and_register(job, cfg, req)
     except request.AlreadyForgotten as exc:  # the source already lacks every id: it is the answer

@@ -10,7 +10,8 @@ GET  /status/{name}/{version}   the ledger tags of a version; needs `Authorizati
 
 The answer never waits for a job or a registry write: verification, the delivery id claimed and the
 job put in the queue (two small writes to the queue storage), then the response; the `queued` status
-tag is written after it. A delivery is only marked seen once its job is queued: if queueing fails,
+tag is written after it (and a job a worker started meanwhile keeps its `running`: jobs.submit
+re-reads after writing). A delivery is only marked seen once its job is queued: if queueing fails,
 the id is released and the answer is 503, so MLflow's retry of it gets in.
 
 Embedded huey workers (`--workers N`, default 1) run the jobs in the same process; `--workers 0`
