@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .ids import check_something_retained, train_ids
+from .ids import TrainIds, check_something_retained, checked, train_ids
 from .memorization import (
     DEFAULT_TIERS,
     MemorizationError,
@@ -55,7 +55,8 @@ class ForgetSet:
     digest: str = field(init=False)
 
     def __post_init__(self):
-        self.ids = np.asarray(self.ids, dtype=np.int64)
+        if not isinstance(self.ids, TrainIds) or self.ids.n_train is None:  # keep checked ids checked (ids.py)
+            self.ids = np.asarray(self.ids, dtype=np.int64)
         self.digest = forget_digest(self.ids)
 
     def __len__(self) -> int:
@@ -77,7 +78,7 @@ def validate_ids(ids, n_train: int, *, source: str = "forget set") -> np.ndarray
     retain; returned sorted."""
     arr = train_ids(ids, n_train, what=source, from_file=True, error=ForgetSetError)
     check_something_retained(arr.size, n_train, what=source, error=ForgetSetError)
-    return np.sort(arr)
+    return checked(np.sort(arr), n_train)  # sorted checked ids are still checked
 
 
 def read_ids_file(path: str | Path) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ids import train_ids
+from .ids import checked, train_ids
 
 DEFAULT_TIERS = ("low", "mid", "high")
 
@@ -128,7 +128,8 @@ def tiers_from_c_proxy(forget_ids, c_proxy, names: Sequence[str] = DEFAULT_TIERS
     (``high``) and the highest-C-proxy group to the first (``low``)."""
     c = _c_proxy_array(c_proxy)
     ids = _forget_ids(forget_ids, len(c))
-    return assign_tiers(c[ids], ids=ids, names=names, higher_is_more_memorised=False)
+    tiers = assign_tiers(c[ids], ids=ids, names=names, higher_is_more_memorised=False)
+    return {t: checked(v, len(c)) for t, v in tiers.items()}  # parts of checked ids: checked
 
 
 def train_bins_from_c_proxy(c_proxy, names: Sequence[str] = DEFAULT_TIERS) -> dict[str, np.ndarray]:

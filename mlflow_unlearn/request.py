@@ -18,7 +18,7 @@ import torch
 from . import tracking
 from .algorithms import TrainRecipe, UnlearnData
 from .forget_sets import ForgetSetError, is_spec, load_forget_set
-from .ids import check_something_retained
+from .ids import check_something_retained, checked
 from .lineage import Lineage
 from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
 from .models import build_model
@@ -46,7 +46,7 @@ class ForgetContext:
     @property
     def new_ids(self) -> np.ndarray:
         """The requested ids this request removes (the tiers partition them)."""
-        return np.setdiff1d(self.forget.ids, self.already_forgotten)
+        return checked(np.setdiff1d(self.forget.ids, self.already_forgotten), len(self.data.train))
 
     @property
     def retain_ids(self) -> np.ndarray:
@@ -54,7 +54,7 @@ class ForgetContext:
         keep = np.ones(len(self.data.train), dtype=bool)
         keep[np.asarray(self.forget.ids, dtype=np.int64)] = False
         keep[self.forgotten_before] = False
-        return np.flatnonzero(keep)
+        return checked(np.flatnonzero(keep), len(keep))  # a mask over the train split: valid by construction
 
     def lineage_after(self, run_id: str, how: str) -> Lineage:
         """The lineage of the model this request produces (logged with it as manifest/lineage.json)."""
