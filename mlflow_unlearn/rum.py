@@ -119,6 +119,10 @@ class Plan:
     steps: list[PlanStep]
     retain_mode: str = DEFAULT_RETAIN_MODE
     name: str | None = None
+    # Set by `validate` on the copy it returns: the tier names it was checked against (None: none
+    # given). `validate` with the same tiers returns that copy as it is, so a plan resolved once at
+    # the edge is not re-checked by every layer below. Treat a validated plan as immutable.
+    _checked_for: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     # forms ----------------------------------------------------------------------------------------
     @property
@@ -256,6 +260,9 @@ class Plan:
         """
         if tiers is not None:
             tiers = whole_set_tiers(self, tiers)
+        key = (None if tiers is None else tuple(str(t) for t in tiers),)
+        if self._checked_for == key and not (isinstance(tiers, Mapping) and any(_count(v) == 0 for v in tiers.values())):
+            return self  # validated for these tiers already (an empty tier is still the caller's error)
         problems: list[str] = []
         if self.retain_mode not in RETAIN_MODES:
             problems.append(f"unknown retain_mode {self.retain_mode!r}; valid: {', '.join(RETAIN_MODES)}")
@@ -296,7 +303,9 @@ class Plan:
         if problems:
             head = f"plan {self.name!r}" if self.name else "the plan"
             raise PlanError(f"{head} is not valid:\n  - " + "\n  - ".join(problems))
-        return Plan(resolved, self.retain_mode, self.name)
+        out = Plan(resolved, self.retain_mode, self.name)
+        out._checked_for = key
+        return out
 
 
 _FORMS = ("give a path to a .json/.yaml file, a JSON or YAML mapping {retain_mode, steps: [{tier, algorithm, "

@@ -385,3 +385,16 @@ def test_single_algorithm_plan_over_tiers():
     plan.steps[0].hyperparameters["alpha"] = 0.5  # steps do not share one dict
     assert plan.steps[1].hyperparameters == {"alpha": 0.9}
     assert plan.validate(TIERS3).retain_mode == "shrinking"
+
+
+def test_a_plan_validated_at_the_edge_is_trusted_below_for_the_same_tiers():
+    plan = Plan.parse("low=none;mid=finetune(epochs=1);high=neggrad_plus")
+    checked = plan.validate(["low", "mid", "high"])
+    assert checked.validate(["low", "mid", "high"]) is checked  # run_rum and the steps below: no second check
+    assert checked.validate({"low": [1], "mid": [2], "high": [3]}) is checked
+    assert checked == plan.validate(["low", "mid", "high"]) and plan.validate(["low", "mid", "high"]) is not plan
+    with pytest.raises(PlanError, match="'high'"):
+        checked.validate({"low": [1], "mid": [2], "high": []})  # an empty tier is still the caller's error
+    with pytest.raises(PlanError, match="unknown tier 'high'"):
+        checked.validate(["low", "mid"])  # other tiers: checked again
+    assert Plan.from_dict(checked.to_dict()).validate(["low", "mid", "high"]) == checked  # a read-back plan: checked
