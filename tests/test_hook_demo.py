@@ -30,7 +30,7 @@ def test_hook_demo_as_documented(tmp_path):
 
     # what it left behind is a registry a user can browse: v1 trained, v2 its answer
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    versions = {v.version: v for v in client.search_model_versions("name = 'digits-hook-demo'")}
+    versions = {str(v.version): v for v in client.search_model_versions("name = 'digits-hook-demo'")}
     assert set(versions) == {"1", "2"}
     assert versions["1"].tags["mlflow_unlearn.status"] == "done" and versions["1"].tags["mlflow_unlearn.result_version"] == "2"
     assert versions["2"].tags["mlflow_unlearn.source_version"] == "1" and "mlflow_unlearn.evidence" in versions["2"].tags
