@@ -7,6 +7,7 @@
     service.py     the FastAPI webhook receiver (`mlflow-unlearn hook serve`)
     deliveries.py  webhook delivery ids seen, with an expiry, on either queue (replays are dropped)
     jobs.py        the job: huey tasks (SQLite or Redis queue), locks with process identities, registration
+    acceptance.py  the acceptance gate in a job: attempts, escalation (stronger plan, exact retrain), retrain_after
     ledger.py      the registry as the ledger: tag names, a version's request state, merged requests
     reconcile.py   the periodic registry scan that catches lost events and tags set while down
     evidence.py    the evidence report (JSON, markdown, HTML) logged with every result version

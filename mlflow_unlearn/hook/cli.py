@@ -40,7 +40,8 @@ def _config_args(p, *, workers_default=None, reconcile_default=None):
     p.add_argument("--retrain-after-fraction", type=float, default=None,
                    help="retrain exactly instead of unlearning once this fraction of the train set is forgotten in total")
     p.add_argument("--retrain-after-requests", type=_int, default=None,
-                   help="retrain exactly after this many approximate requests since the last retrain")
+                   help="answer the N-th request since the last retrain (or training) with an exact retrain: at most "
+                        "N-1 approximate requests in a row")
 
 
 def _config(a, **extra):
