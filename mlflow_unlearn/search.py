@@ -173,6 +173,8 @@ class _TrialRuns:
         value = f"tow {metrics['tow']:.4f}" if "tow" in metrics else reason[:60]
         print(f"  {self.space} trial {trial.number:>3}: {state:<8} {value:<40} {plan.to_compact()[:100]}", flush=True)
         if state == "complete":
+            if "repeat_of" in trial.user_attrs:  # the same plan as an earlier trial: its metrics, not rescored
+                mlflow.set_tag(TAG + "repeat_of", str(trial.user_attrs["repeat_of"]))
             mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
             mlflow.log_dict(plan.to_dict(), "plan.json")
             mlflow.end_run()

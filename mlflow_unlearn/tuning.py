@@ -340,7 +340,8 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
              observer: TrialObserver | None = None, timeout_s: float | None = None) -> None:
     """Run the study until it holds `n_trials` trials (shared by every worker of a named study):
     the `enqueue`d known-good points first (skipped when a worker already enqueued them), then the
-    sampler's. Each trial's plan is stored in its user attribute `plan`."""
+    sampler's. Each trial's plan is stored in its user attribute `plan` and its metrics in `metrics`;
+    a plan scored before in the study is not scored again (`repeat_of`: the trial it copies)."""
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
     _, metric = objective_directions(objective)
@@ -367,8 +368,14 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
             if trial.should_prune():
                 raise optuna.TrialPruned(f"{objective} {mean_so_far[objective]:.4f} after calibration set {j + 1}")
 
+        earlier = _completed_with_plan(trial.study, trial.user_attrs["plan"])
         try:
-            metrics = scorer.run(plan, report=report)
+            if earlier is not None:  # the sampler drew a plan already scored: the score is deterministic
+                trial.set_user_attr("repeat_of", earlier.number)
+                metrics = dict(earlier.user_attrs["metrics"])
+            else:
+                metrics = scorer.run(plan, report=report)
+                trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
         except optuna.TrialPruned as exc:
             _notify(observer, "trial_finished", trial, plan, {}, "pruned", str(exc))
             raise
@@ -392,6 +399,16 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Optuna warns on enqueued values outside a range
         study.optimize(objective_fn, n_trials=n_trials, timeout=timeout_s, callbacks=[budget], catch=(Diverged,))
+
+
+def _completed_with_plan(study: optuna.Study, plan: dict) -> optuna.trial.FrozenTrial | None:
+    """A complete trial of `study` that scored exactly this plan (its `plan` user attribute), or None.
+    Scoring is deterministic (fixed seed, data and references), so a repeat (a search space whose
+    `defaults` branch the sampler draws again, an enqueued point a worker already ran) costs nothing."""
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("plan") == plan and "metrics" in t.user_attrs:
+            return t
+    return None
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

@@ -147,3 +147,28 @@ def test_a_registered_metric_key_is_an_objective_in_its_declared_direction(setup
 def test_unknown_objective_lists_the_declared_ones(setup):
     with pytest.raises(tuning.SearchError, match="unknown objective 'accuracy'.*tow, tow_mia, mia/gap, tow_pe.*tow\\+time"):
         tuning.make_study(None, None, objective="accuracy")
+
+
+def test_a_plan_drawn_again_is_not_scored_again(setup):
+    """Scoring is deterministic, so a trial whose plan an earlier complete trial already scored copies
+    its metrics (`repeat_of`) instead of unlearning twice; a different plan is scored."""
+    data, build, config, model, c, forget, calibration = setup
+    scorer = tuning.CalibrationScorer(model, data, [calibration])
+    scored = []
+
+    class Counting:
+        metrics = None
+
+        def run(self, plan, report=None):
+            scored.append(plan.to_compact())
+            return scorer.run(plan, report=report)
+
+    plans = ["all=none", "all=none", "all=neggrad(epochs=1)", "all=none"]
+    candidates = lambda trial: tuning.Plan.parse(plans[trial.number])
+    study = optuna.create_study(direction="maximize")
+    tuning.optimize(study, candidates, Counting(), n_trials=4)
+    assert scored == ["all=none", "all=neggrad(epochs=1)"]
+    trials = study.trials
+    assert [t.user_attrs.get("repeat_of") for t in trials] == [None, 0, None, 0]
+    assert trials[1].value == trials[3].value == trials[0].value != trials[2].value
+    assert trials[1].user_attrs.get("metrics") is None  # only the scored trial holds the metrics
