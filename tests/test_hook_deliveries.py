@@ -25,7 +25,7 @@ def test_delivery_ids_expire_and_a_released_id_gets_in_again(tmp_path):
 @pytest.mark.integration  # a real Redis server
 def test_redis_delivery_ids_expire_and_release():
     from mlflow_unlearn.hook.deliveries import RedisDeliveries
-    from mlflow_unlearn.hook.jobs import make_huey
+    from mlflow_unlearn.hook.job_queue import make_huey
 
     h = make_huey(redis_or_skip(), name=f"mlflow-unlearn-test-{time.time_ns()}")
     try:

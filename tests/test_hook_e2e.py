@@ -380,7 +380,7 @@ def test_hook_killed_mid_job_completes_exactly_once_after_restart(env):
 
 def test_redis_queue_runs_a_job(env):
     """The Redis path end to end: submit into a RedisExpireHuey queue and let huey execute it."""
-    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook import job_queue, jobs
     from mlflow_unlearn.hook.attach import attach
     from mlflow_unlearn.hook.config import HookConfig
 
@@ -393,7 +393,7 @@ def test_redis_queue_runs_a_job(env):
         res = attach(QUIET, v, "random:9", tracking_uri=env.url)  # QUIET: the webhook service ignores it
         assert jobs.submit(QUIET, v) == "queued"
         assert jobs.submit(QUIET, v) == "already queued"
-        assert jobs.pending() == 1
+        assert job_queue.pending() == 1
         task = h.dequeue()
         h.execute(task)
         state = ledger.read_state(env.client, QUIET, v)

@@ -1,112 +1,19 @@
-"""mlflow_unlearn/hook/jobs.py, the parts that need no server: the queue, job locks and their liveness,
-watched models, the receiver's status write, merged jobs (the job end to end: test_hook_e2e.py)."""
+"""mlflow_unlearn/hook/jobs.py, the parts that need no server: watched models, the receiver's status
+write, merged jobs (the job end to end: test_hook_e2e.py; the queue and locks: test_hook_job_*.py)."""
 from __future__ import annotations
 
 import json
-import os
-import time
 
 import pytest
 
-from conftest import redis_or_skip
 from mlflow_unlearn.hook import ledger
 from mlflow_unlearn.hook.config import HookConfig
-
-
-def test_sqlite_queue_locks_and_delivery_dedup(tmp_path):
-    from huey.exceptions import TaskLockedException
-
-    from mlflow_unlearn.hook.jobs import make_huey
-
-    h = make_huey(str(tmp_path / "q.db"))
-    assert h.put_if_empty("delivery.1", 1.0) and not h.put_if_empty("delivery.1", 2.0)
-    with h.lock_task("m/1/d"):
-        assert h.is_locked("m/1/d")
-        with pytest.raises(TaskLockedException):
-            with h.lock_task("m/1/d"):
-                pass
-    assert not h.is_locked("m/1/d")
-
-
-def test_job_lock_names_its_owner_and_a_dead_owners_lock_is_cleared(tmp_path):
-    import subprocess
-    import sys
-
-    from mlflow_unlearn.hook import jobs
-
-    h = jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    lock = jobs.acquire_job_lock("m/1/d")
-    assert h.is_locked("m/1/d") and jobs.lock_is_live("m/1/d")  # held by this (live) process
-    with pytest.raises(jobs.JobLocked):
-        jobs.acquire_job_lock("m/1/d")
-    lock.clear()
-    # a lock taken by a process that was then killed (here: one that exited) is stale
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    h.put_if_empty(jobs._lock("m/2/d")._key, {"host": jobs.HOST, "pid": dead.pid, "since": 0.0})
-    assert h.is_locked("m/2/d") and not jobs.lock_is_live("m/2/d")
-    assert not h.is_locked("m/2/d")
-    jobs.acquire_job_lock("m/2/d").clear()
-    # the queue knows what is waiting
-    jobs.enqueue("m", 7)
-    assert jobs.queued_targets() == {("m", "7")} and jobs.pending() == 1
-
-
-def test_a_lock_whose_pid_was_reused_is_stale_and_the_job_can_be_taken(tmp_path):
-    """Containers reuse pids: a lock names its owner by (host, boot id, pid, start time), so a live
-    process that merely got the dead owner's pid does not keep the job `running` forever."""
-    from mlflow_unlearn.hook import jobs
-
-    h = jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    me = jobs.process_identity()
-    if me["started"] is None:
-        pytest.skip("no /proc here: pid start times are unknown, liveness falls back to a pid check")
-    assert me["pid"] == os.getpid() and me["boot_id"]
-    key = jobs._lock("m/3/d")._key
-    # the same pid, alive, but started at another time: the owner is gone and its pid was reused (by us)
-    h.put_if_empty(key, {**me, "started": me["started"] - 1, "since": 0.0})
-    assert jobs.owner_is_alive(h.get(key, peek=True)) is False
-    assert not jobs.lock_is_live("m/3/d") and not h.is_locked("m/3/d")
-    lock = jobs.acquire_job_lock("m/3/d")  # the job resumes in a new worker
-    assert h.get(key, peek=True)["started"] == me["started"]
-    lock.clear()
-    # the owner itself (same pid and start time) is live; a lock from an earlier boot is not
-    h.put_if_empty(key, {**me, "since": 0.0})
-    assert jobs.lock_is_live("m/3/d")
-    with pytest.raises(jobs.JobLocked):
-        jobs.acquire_job_lock("m/3/d")
-    lock.clear()
-    h.put_if_empty(key, {**me, "boot_id": "an-earlier-boot", "since": 0.0})
-    assert not jobs.lock_is_live("m/3/d")
-    # a lock of another host is left alone (Redis expires it after lock_ttl_s)
-    h.put_if_empty(key, {**me, "host": "another-host", "since": 0.0})
-    assert jobs.owner_is_alive(h.get(key, peek=True)) is None and jobs.lock_is_live("m/3/d")
-
-
-@pytest.mark.integration  # a real Redis server
-def test_redis_queue_lock_ttl_and_delivery_dedup():
-    from huey.exceptions import TaskLockedException
-
-    from mlflow_unlearn.hook.jobs import make_huey
-
-    url = redis_or_skip()
-    h = make_huey(url, name=f"mlflow-unlearn-test-{time.time_ns()}")
-    try:
-        assert h.put_if_empty("delivery.1", 1.0, 5) and not h.put_if_empty("delivery.1", 2.0, 5)
-        lock = h.lock_task("m/1/d", ttl=1)
-        lock.acquire()
-        with pytest.raises(TaskLockedException):
-            h.lock_task("m/1/d", ttl=1).acquire()
-        time.sleep(1.5)  # a dead worker's lock expires: another worker can resume the job
-        assert not h.is_locked("m/1/d")
-    finally:
-        h.storage.flush_all()
 
 
 def test_only_named_or_opted_in_models_are_watched(tracking, tmp_path):
     from mlflow import MlflowClient
 
-    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook import job_queue, jobs
     from mlflow_unlearn.tracking import Tag
 
     client = MlflowClient()
@@ -117,7 +24,7 @@ def test_only_named_or_opted_in_models_are_watched(tracking, tmp_path):
     jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=tracking, models=["named"]))
     assert [jobs.is_watched(client, n) for n in ("named", "opted-in", "other", "absent")] == [True, True, False, False]
     out = jobs.submit("other", 1, client=client)
-    assert out.startswith("ignored (model not watched") and "hook_watch=true" in out and jobs.pending() == 0
+    assert out.startswith("ignored (model not watched") and "hook_watch=true" in out and job_queue.pending() == 0
     assert jobs.run_job("other", 1).startswith("skipped: model not watched")
     jobs.configure(HookConfig(queue=str(tmp_path / "q2.db"), tracking_uri=tracking))  # no --models: tags only
     assert [jobs.is_watched(client, n) for n in ("named", "opted-in")] == [False, True]
@@ -130,7 +37,7 @@ def test_the_receivers_queued_status_never_clears_a_started_jobs_tags(tracking, 
     have started meanwhile (started_at written). That write must not erase it."""
     from mlflow import MlflowClient
 
-    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook import job_queue, jobs
 
     client = MlflowClient()
     client.create_registered_model("m")
@@ -138,13 +45,13 @@ def test_the_receivers_queued_status_never_clears_a_started_jobs_tags(tracking, 
     jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=tracking, models=["m"]))
     uri = "runs:/0123456789abcdef0123456789abcdef/forget_set/ids.json"
     ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri, ledger.STARTED_AT_TAG: "123.000"})  # the job began
-    assert jobs.submit("m", v, client=client, enqueued=True) == "queued" and jobs.pending() == 0  # not queued twice
+    assert jobs.submit("m", v, client=client, enqueued=True) == "queued" and job_queue.pending() == 0  # not queued twice
     state = ledger.read_state(client, "m", v)
     assert state.tags[ledger.STARTED_AT_TAG] == "123.000" and state.is_current
     # the reconciler's path queues itself, so it clears the last answer before queueing
     ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri + "?2"})
     # (the first request was queued and never answered: the new one carries it, see ledger.carried_requests)
-    assert jobs.submit("m", v, client=client) == "queued, with 1 earlier request(s) merged" and jobs.pending() == 1
+    assert jobs.submit("m", v, client=client) == "queued, with 1 earlier request(s) merged" and job_queue.pending() == 1
     assert ledger.merged_requests(ledger.read_state(client, "m", v).tags) == [uri]
     assert ledger.STARTED_AT_TAG not in ledger.read_state(client, "m", v).tags
 
@@ -208,7 +115,7 @@ def test_a_job_that_started_during_the_receivers_queued_write_keeps_its_status(t
     not read puts `running` back; a finished_at queues the job once more, whose re-run answers again."""
     from mlflow import MlflowClient
 
-    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook import job_queue, jobs
 
     client = MlflowClient()
     client.create_registered_model("m")
@@ -237,12 +144,12 @@ def test_a_job_that_started_during_the_receivers_queued_write_keeps_its_status(t
     monkeypatch.setattr(ledger, "read_state", read_state)
     state = ledger.read_state(client, "m", v)
     if worker_did == "started":
-        assert state.status == ledger.RUNNING and jobs.pending() == 0
+        assert state.status == ledger.RUNNING and job_queue.pending() == 0
     else:  # the overwritten `done` comes back when the re-queued job finds its answer
-        assert state.status == ledger.QUEUED and jobs.queued_targets() == {("m", str(v))}
+        assert state.status == ledger.QUEUED and job_queue.queued_targets() == {("m", str(v))}
 
     # without a worker in between, the receiver's `queued` stands and nothing is queued twice
     ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri + "?2", ledger.STATUS_TAG: ledger.DONE})
-    jobs.current_huey().flush()
+    job_queue.current_huey().flush()
     assert jobs.submit("m", v, client=client, enqueued=True).startswith("queued")
-    assert ledger.read_state(client, "m", v).status == ledger.QUEUED and jobs.pending() == 0
+    assert ledger.read_state(client, "m", v).status == ledger.QUEUED and job_queue.pending() == 0

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mlflow_unlearn.hook import jobs, ledger
+from mlflow_unlearn.hook import job_locks, job_queue, jobs, ledger
 from mlflow_unlearn.hook.config import HookConfig
 from mlflow_unlearn.hook.reconcile import Reconciler
 
@@ -45,7 +45,7 @@ def test_an_unannounced_request_is_queued_once_and_an_answered_one_never(registr
     attach(client, "unwatched")
     reconciler = Reconciler(config)
     assert reconciler.scan() == [("m", "1", "queued")]  # the unwatched model's request is not its business
-    assert jobs.queued_targets() == {("m", "1")}
+    assert job_queue.queued_targets() == {("m", "1")}
     assert reconciler.scan() == []  # waiting in the queue: nothing more
     drain(queue)
     assert reconciler.scan() == []  # queued a moment ago: a worker may have it off the queue, unlocked
@@ -68,7 +68,7 @@ def test_a_lost_queued_job_and_a_dead_workers_running_job_are_queued_again(regis
     # running, and its lock held by this live process: left alone; lock released (worker gone): re-queued
     ledger.set_tags(client, "m", "1", {ledger.STATUS_TAG: ledger.RUNNING})
     key = ledger.job_key("m", "1", DIGEST)
-    lock = jobs.acquire_job_lock(key)
+    lock = job_locks.acquire_job_lock(key)
     assert Reconciler(config, queued_grace_s=0).scan() == []
     lock.clear()
     assert Reconciler(config, queued_grace_s=0).scan() == [("m", "1", "re-queued (running)")]

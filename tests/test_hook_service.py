@@ -67,24 +67,24 @@ def _delivery(secret: str, delivery_id: str = "delivery-1", name: str = "m") -> 
 
 
 def test_a_delivery_is_seen_only_once_its_job_is_queued(receiver, monkeypatch):
-    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook import job_queue
 
     client, secret = receiver
     body, headers = _delivery(secret, "d-fails-first")
-    real_enqueue = jobs.enqueue
+    real_enqueue = job_queue.enqueue
 
     def queue_down(*a, **k):
         raise ConnectionError("queue storage unreachable")
 
-    monkeypatch.setattr(jobs, "enqueue", queue_down)
+    monkeypatch.setattr(job_queue, "enqueue", queue_down)
     r = client.post("/webhook", content=body, headers=headers)
-    assert r.status_code == 503 and "retry" in r.json()["error"] and jobs.pending() == 0
-    monkeypatch.setattr(jobs, "enqueue", real_enqueue)
+    assert r.status_code == 503 and "retry" in r.json()["error"] and job_queue.pending() == 0
+    monkeypatch.setattr(job_queue, "enqueue", real_enqueue)
     r = client.post("/webhook", content=body, headers=headers)  # MLflow's retry of the same delivery
     assert r.status_code == 202 and r.json()["status"] == "accepted"
-    assert jobs.queued_targets() == {("m", "3")}  # queued before the answer, not after it
+    assert job_queue.queued_targets() == {("m", "3")}  # queued before the answer, not after it
     r = client.post("/webhook", content=body, headers=headers)
-    assert r.status_code == 200 and r.json()["status"] == "duplicate" and jobs.pending() == 1
+    assert r.status_code == 200 and r.json()["status"] == "duplicate" and job_queue.pending() == 1
 
 
 def test_status_needs_the_secret_and_health_names_no_model(receiver):

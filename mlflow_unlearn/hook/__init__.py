@@ -6,7 +6,9 @@
     signature.py   MLflow webhook HMAC signatures: verify (and sign, for tests and tools)
     service.py     the FastAPI webhook receiver (`mlflow-unlearn hook serve`)
     deliveries.py  webhook delivery ids seen, with an expiry, on either queue (replays are dropped)
-    jobs.py        the job: huey tasks (SQLite or Redis queue), locks with process identities, registration
+    jobs.py        the job: submitting a request, its state machine, unlearning and registration
+    job_queue.py   the queue (huey on a SQLite file or Redis) and the process's one hook configuration
+    job_locks.py   job locks that name their owner (host, boot, pid, start time), so dead owners' locks clear
     acceptance.py  the acceptance gate in a job: attempts, escalation (stronger plan, exact retrain), retrain_after
     ledger.py      the registry as the ledger: tag names, a version's request state, merged requests
     reconcile.py   the periodic registry scan that catches lost events and tags set while down

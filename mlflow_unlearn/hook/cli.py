@@ -167,7 +167,7 @@ def add_hook(sub):
 
     def reconcile(a):
         from .. import tracking
-        from . import jobs
+        from . import job_queue, jobs
         from .reconcile import Reconciler
 
         cfg = _config(a)
@@ -176,7 +176,7 @@ def add_hook(sub):
         actions = Reconciler(cfg, queued_grace_s=0).scan()
         for name, version, action in actions:
             print(f"{name}/{version}: {action}")
-        print(f"{len(actions)} request(s) queued; {jobs.pending()} job(s) pending in the queue")
+        print(f"{len(actions)} request(s) queued; {job_queue.pending()} job(s) pending in the queue")
 
     r.set_defaults(func=reconcile)
 

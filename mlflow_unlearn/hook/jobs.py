@@ -26,9 +26,6 @@ Any other exception ends as status failed with the error.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -36,12 +33,14 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from . import acceptance, evidence, ledger
+from . import acceptance, evidence, job_queue, ledger
+from .job_locks import JobLocked, acquire_job_lock
+from .job_queue import current_config, enqueue
 from .. import evaluation, references, request, tracking
 from .attach import read_request
 from .._registry import UnknownComponentError
 from ..algorithms import HyperparameterError
-from .config import HookConfig, is_redis
+from .config import HookConfig
 from ..data import DatasetError
 from ..forget_sets import ForgetSetError
 from ..memorization import MemorizationError
@@ -51,11 +50,7 @@ from ..tracking import TAG, MissingArtifactError, ModelURIError, Role, Tag
 
 log = logging.getLogger("mlflow_unlearn.hook")
 
-TASK_NAME = "mlflow_unlearn.hook.run_job"
-HUEY_NAME = "mlflow-unlearn-hook"
 HEADLINE_TAG_KEYS = ("forget/acc", "retain/acc", "test/acc", "mia/efficacy", "mia/auc", "tow", "tow_mia")
-
-_STATE: dict = {"config": None, "huey": None, "task": None}
 
 
 def _rejections() -> tuple[type[BaseException], ...]:
@@ -63,208 +58,16 @@ def _rejections() -> tuple[type[BaseException], ...]:
             HyperparameterError, UnknownComponentError)
 
 
-# --------------------------------------------------------------------------------------------------
-# The queue
-
-
-def make_huey(queue: str, *, name: str = HUEY_NAME):
-    """A huey instance on `queue`: a redis:// URL (RedisExpireHuey, so locks can carry a TTL) or a
-    SQLite file path (`sqlite:///path` accepted)."""
-    import huey
-
-    if is_redis(queue):
-        return huey.RedisExpireHuey(name, url=queue, results=False)
-    path = queue[len("sqlite:///"):] if queue.startswith("sqlite:///") else queue
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return huey.SqliteHuey(name, filename=path, results=False)
-
-
 def configure(config: HookConfig):
-    """Create the huey instance for `config`, register the job task on it, and make `config` the one
-    jobs in this process (and in forked worker processes) run with. Returns the huey instance."""
-    config.validate()
-    if config.tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    h = make_huey(config.resolved_queue())
-    task = h.task(name=TASK_NAME, retries=0)(_job_task)
-
-    @h.on_startup()
-    def _worker_startup():  # in every worker (thread, or forked process)
-        import torch
-
-        if os.getpid() != _STATE.get("parent_pid"):
-            _die_with_parent()
-        # N jobs at once share the cores instead of each starting one thread per core
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, config.workers)))
-        tracking.connect(config.tracking_uri)
-
-    _STATE.update(config=config, huey=h, task=task, parent_pid=os.getpid())
-    return h
-
-
-def _die_with_parent() -> None:
-    """A forked worker process exits when its consumer dies (even by SIGKILL), so a restarted
-    consumer never races an orphan on the same job."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def current_config() -> HookConfig:
-    if _STATE["config"] is None:
-        raise RuntimeError("the hook is not configured: call mlflow_unlearn.hook.jobs.configure(HookConfig(...)) first")
-    return _STATE["config"]
-
-
-def current_huey():
-    current_config()
-    return _STATE["huey"]
-
-
-def enqueue(name: str, version) -> None:
-    current_config()
-    _STATE["task"](name, str(version))
-
-
-def pending() -> int:
-    return current_huey().pending_count()
-
-
-def lock_ttl() -> int | None:
-    cfg = current_config()
-    return int(cfg.lock_ttl_s) if is_redis(cfg.resolved_queue()) else None
-
-
-# Job locks: huey's TaskLock keys (`<queue name>.lock.<job key>`, taken with put_if_empty, released
-# with TaskLock.clear), holding the owner's identity instead of huey's placeholder value, so a lock
-# whose process died (SIGKILL, power loss) is recognised and cleared; on Redis it also expires.
-# A pid alone is not an identity: containers reuse pids routinely (a restarted worker is often pid 7
-# again), so the owner is (host, boot id, pid, process start time): the lock is live only while a
-# process with that pid *and that start time* runs on the same boot of the same host.
-
-HOST = socket.gethostname()
-
-
-class JobLocked(Exception):
-    """Another live worker holds the job lock."""
-
-
-def boot_id() -> str | None:
-    """This boot of this host (Linux: /proc/sys/kernel/random/boot_id), None where unknown."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat; the command
-    name in field 2 may hold spaces and parentheses, so fields are counted after its last ')').
-    None where the process does not exist or /proc is not available."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            after_name = f.read().rsplit(")", 1)[1].split()
-        return int(after_name[19])  # fields 3.. follow the name: field 22 is index 22 - 3
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def process_identity(pid: int | None = None) -> dict:
-    pid = os.getpid() if pid is None else int(pid)
-    return {"host": HOST, "boot_id": boot_id(), "pid": pid, "started": process_start_ticks(pid)}
-
-
-def owner_is_alive(owner: dict) -> bool | None:
-    """Whether the process that took a lock still runs: True/False on this host, None for another host
-    (its liveness cannot be checked from here; Redis locks of lost hosts expire after lock_ttl_s)."""
-    if owner.get("host") != HOST:
-        return None
-    if owner.get("boot_id") and boot_id() and owner["boot_id"] != boot_id():
-        return False  # the host rebooted since: every process of that boot is gone
-    try:
-        pid = int(owner["pid"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    started = process_start_ticks(pid)
-    if started is not None:  # /proc: the pid runs; it is the owner only if it started when the owner did
-        return owner.get("started") is None or int(owner["started"]) == started
-    if os.path.isdir("/proc"):
-        return False  # no such process
-    try:  # no /proc (macOS): a pid check is all there is
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-
-
-def _lock(key: str):
-    return current_huey().lock_task(key, ttl=lock_ttl())
-
-
-def acquire_job_lock(key: str):
-    """Take the job lock (clearing it first if its owner is dead); raises JobLocked."""
-    h = current_huey()
-    lock = _lock(key)
-    owner = {**process_identity(), "since": time.time()}
-    for _ in range(2):
-        if h.put_if_empty(lock._key, owner, lock_ttl()):
-            return lock
-        if not clear_if_stale(key):
-            break
-    raise JobLocked(key)
-
-
-def clear_if_stale(key: str) -> bool:
-    """Clear the job lock if it was taken by a process on this host that no longer runs (a reused pid
-    does not count as running: see process_identity)."""
-    h = current_huey()
-    lock = _lock(key)
-    owner = h.get(lock._key, peek=True)
-    if not isinstance(owner, dict) or owner_is_alive(owner) is not False:
-        return False  # a live lock, or one of another host (Redis locks of dead hosts expire after lock_ttl_s)
-    lock.clear()
-    log.warning("cleared the lock of job %s: its worker (pid %s, started at tick %s) is gone", key, owner.get("pid"),
-                owner.get("started"))
-    return True
-
-
-def lock_is_live(key: str) -> bool:
-    h = current_huey()
-    return h.is_locked(key) and not clear_if_stale(key)
-
-
-def queued_targets() -> set[tuple[str, str]]:
-    """(name, version) of the jobs waiting in the queue."""
-    out = set()
-    for task in current_huey().pending():
-        if getattr(task, "name", "") == TASK_NAME or TASK_NAME in str(type(task)):
-            args = tuple(task.args or ())
-            if len(args) == 2:
-                out.add((str(args[0]), str(args[1])))
-    return out
+    """Make `config` this process's hook (job_queue.configure) with `run_job` as the queue's task.
+    Returns the huey instance."""
+    return job_queue.configure(config, _job_task)
 
 
 def _job_task(name: str, version: str) -> str:
     outcome = run_job(name, version)
     log.info("job %s/%s: %s", name, version, outcome)
     return outcome
-
-
-def make_consumer(huey, config: HookConfig):
-    """A huey consumer with `config.workers` workers of `config.worker_type` (None with 0 workers)."""
-    from huey.consumer import Consumer
-
-    if config.workers <= 0:
-        return None
-    return Consumer(huey, workers=config.workers, worker_type=config.worker_type, periodic=False,
-                    initial_delay=0.05, max_delay=1.0, backoff=1.15, check_worker_health=True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import time
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from . import jobs, ledger
+from . import job_locks, job_queue, jobs, ledger
 
 log = logging.getLogger("mlflow_unlearn.hook")
 
@@ -40,7 +40,7 @@ class Reconciler:
     def scan(self) -> list[tuple[str, str, str]]:
         """One pass; returns (name, version, action) for each version it queued."""
         client = MlflowClient()
-        waiting = jobs.queued_targets()
+        waiting = job_queue.queued_targets()
         actions, watched = [], {}
         for state in ledger.attached_versions(client):
             if not jobs.is_watched(client, state.name, cache=watched):  # --models, or the opt-in tag
@@ -52,7 +52,7 @@ class Reconciler:
             if state.is_current and state.status == ledger.QUEUED and _age(state) < self.queued_grace_s:
                 continue  # just queued: a worker may have taken it off the queue and not yet locked it
             digest = state.tags.get(ledger.JOB_DIGEST_TAG) if state.is_current else ledger.digest_from_uri(state.request)
-            if digest and jobs.lock_is_live(ledger.job_key(state.name, state.version, digest)):
+            if digest and job_locks.lock_is_live(ledger.job_key(state.name, state.version, digest)):
                 continue  # a live worker has it
             try:
                 action = jobs.submit(state.name, state.version, force_enqueue=True, client=client)

@@ -28,7 +28,7 @@ import logging
 from fastapi import BackgroundTasks, FastAPI, Request  # module level: FastAPI resolves the annotations here
 from fastapi.responses import JSONResponse
 
-from . import deliveries, jobs, ledger
+from . import deliveries, job_queue, jobs, ledger
 from .. import tracking
 from .config import HookConfig, is_redis
 from .reconcile import Reconciler
@@ -63,7 +63,7 @@ def create_app(config: HookConfig):
 
     def seen():
         if not delivery_log:
-            delivery_log.append(deliveries.for_queue(queue, jobs.current_huey(), tolerance_s=config.tolerance_s))
+            delivery_log.append(deliveries.for_queue(queue, job_queue.current_huey(), tolerance_s=config.tolerance_s))
         return delivery_log[0]
 
     def mark_queued(name: str, version: str, delivery_id: str) -> None:
@@ -94,7 +94,7 @@ def create_app(config: HookConfig):
         if not seen().claim(delivery_id):
             return {"status": "duplicate", "delivery_id": delivery_id}
         try:  # queued before the answer: a 202 means the job is in the queue, whatever happens next
-            jobs.enqueue(*target)
+            job_queue.enqueue(*target)
         except Exception as exc:
             seen().release(delivery_id)  # not queued, so not seen: MLflow's retry of this delivery gets in
             log.exception("delivery %s: queueing %s/%s failed", delivery_id, *target)
@@ -106,7 +106,7 @@ def create_app(config: HookConfig):
 
     @app.get("/health")
     def health():  # unauthenticated, so it names no model and no version
-        return {"status": "ok", "pending": jobs.pending(), "workers": config.workers, "worker_type": config.worker_type,
+        return {"status": "ok", "pending": job_queue.pending(), "workers": config.workers, "worker_type": config.worker_type,
                 "queue": "redis" if is_redis(queue) else "sqlite"}
 
     @app.get("/status/{name}/{version}")
@@ -161,7 +161,7 @@ def serve(config: HookConfig, *, host: str = "127.0.0.1", port: int = 8765, log_
                     tracking.Tag.HOOK_WATCH)
     h = jobs.configure(config)
     tracking.connect(config.tracking_uri)
-    consumer = jobs.make_consumer(h, config)
+    consumer = job_queue.make_consumer(h, config)
     if consumer is not None:
         consumer.shutdown_timeout = 30
         consumer.start()
@@ -186,7 +186,7 @@ def run_worker(config: HookConfig, *, reconcile: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     h = jobs.configure(config)
     tracking.connect(config.tracking_uri)
-    consumer = jobs.make_consumer(h, config)
+    consumer = job_queue.make_consumer(h, config)
     reconciler = Reconciler(config).start() if reconcile else None
     try:
         consumer.run()
