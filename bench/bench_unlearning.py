@@ -194,6 +194,7 @@ class Target:
     eval_batch: int
     tier_acc: dict | None = None  # the reference's accuracy on each tier of the forget set
     heldout: object = None  # the split standing in for test (validation while selecting; None = test)
+    retrained_here: bool = True  # False: loaded from the seed cache (retrain_s was measured by an earlier run)
 
     def tier_positions(self) -> dict[str, np.ndarray]:
         return {t: np.searchsorted(self.forget_ids, ids) for t, ids in self.tiers.items()}
@@ -273,7 +274,8 @@ class SeedCache:
                 outputs = {k: SplitOutputs(z[f"logits_{k}"], z[f"labels_{k}"]) for k in meta["splits"]}
                 tiers = {t: z[f"tier_{t}"] for t in meta["tiers"]}
                 target = Target(name, z["forget_ids"], tiers, None, outputs, meta["retrain_s"], meta["eval_batch"],
-                                tier_acc=meta["tier_acc"], heldout=data.val if meta["heldout_is_val"] else None)
+                                tier_acc=meta["tier_acc"], heldout=data.val if meta["heldout_is_val"] else None,
+                                retrained_here=False)
             say(f"{name}: cached ({path.name}; retrained {meta['retrain_s']:.1f} s in an earlier run); per tier "
                 f"{'/'.join(fmt(a, 2) for a in target.tier_acc.values())}")
             return target
@@ -547,6 +549,9 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
     say(f"noise floor (retrain vs retrain): ToW {floor['floor/tow']:.4f}, ToW-PE {floor['floor/tow_pe']:.4f}, "
         f"MIA gap {floor['floor/mia_gap']:.4f}")
     reference = target.as_reference()
+    # Unlearning seconds are divided by a retrain timed in this run where there is one (the machine's
+    # speed changes between sessions: 700.6 s and 772.5 s for the same retrain on two machines)
+    timing = next((t for t in (target, second) if t.retrained_here), target)
     methods = [("RUM, searched plan", plans.get("rum")), ("none (no unlearning)", single_algorithm_plan("none"))]
     for a in args.algorithms:
         methods += [(f"{a} (defaults)", single_algorithm_plan(a)), (f"{a} (tuned)", plans.get(a))]
@@ -561,12 +566,13 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
         report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
                                     recipe=recipe(data, scale, seed))
         m = report.per_seed[0]
-        r = row(label, m, m["time/unlearn_s"], target.retrain_s)
+        r = row(label, m, m["time/unlearn_s"], timing.retrain_s)
         r.update(plan=plan.to_compact(), unchanged=report.unchanged)
         show(r)
         rows.append(r)
     return {"seed": seed, "machine": machine(device), "n_train": len(data.train), "n_test": len(data.test), "train_acc": original.train_acc,
             "test_acc": original.test_acc, "original_s": original.seconds, "retrain_s": target.retrain_s, "rows": rows,
+            "ratio_retrain": {"name": timing.name, "seconds": timing.retrain_s, "in_this_run": timing.retrained_here},
             "tier_acc": target.tier_acc, "floor": floor,
             "plans": {k: v.to_compact() for k, v in plans.items()},
             "search": None if search_record is None else {k: search_record.get(k) for k in (
@@ -708,6 +714,9 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
             plans.append(f"  (seed {res['seed']} best calibration ToW, selection only: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in search["calibration_tow"].items()) + ")")
     retrain = ", ".join(f"{res['retrain_s']:.1f}" for res in results)
+    ratio_by = "; ".join(f"{r['seconds']:.1f} s ({r['name']}, {'this' if r['in_this_run'] else 'an earlier'} run)"
+                         for r in (res.get("ratio_retrain") or {"name": "evaluated", "seconds": res["retrain_s"],
+                                                                 "in_this_run": True} for res in results))
     tier_acc = "; ".join("/".join(fmt(a, 2) for a in res["tier_acc"].values()) for res in results)
     return "\n".join([
         f"# {title}", "", f"`{command_line()}`", "",
@@ -724,10 +733,12 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
         "- reporting: every method on the evaluated forget set and the test split, which no selection touched; "
         "defaults = the algorithm's registered defaults on the whole forget set; (unchanged) = predictions equal "
         "the original's on every split; the noise floor is a second retrain (another seed) against the reference",
-        "- cells: mean [95% Student-t interval] over seeds; time / retrain = unlearning wall seconds / retrain seconds",
+        "- cells: mean [95% Student-t interval] over seeds (one seed: its value, no interval); time / retrain = "
+        f"unlearning wall seconds / the seconds of a retrain timed in the same run where one ran, per seed: {ratio_by}",
         "", table(header, body), "",
         "Paired tests over seeds (difference a - b; ToW: higher is better, MIA gap: lower is better):", "",
-        table(["a - b", "metric", "n", "mean diff [95% CI]", "t", "p", "better"], tests) if tests else "(none)", "",
+        (table(["a - b", "metric", "n", "mean diff [95% CI]", "t", "p", "better"], tests) if len(results) >= 2 else
+         f"(none yet: a paired test needs at least 2 seeds, {len(results)} stored)"), "",
         "Searched plans:", "", *plans, "",
     ])
 
