@@ -24,6 +24,7 @@ accuracy (plain images, eval mode).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -260,7 +261,8 @@ class SeedCache:
                 return z["forget"], [z[f"calibration_{j}"] for j in range(int(z["k"]))]
         forget, calibration = compute()
         if path is not None:
-            np.savez(path, forget=forget, k=len(calibration), **{f"calibration_{j}": c for j, c in enumerate(calibration)})
+            with _replacing(path) as tmp:
+                np.savez(tmp, forget=forget, k=len(calibration), **{f"calibration_{j}": c for j, c in enumerate(calibration)})
         return forget, calibration
 
     def target(self, name: str, make, data) -> "Target":
@@ -287,12 +289,25 @@ class SeedCache:
             arrays = {f"logits_{k}": np.asarray(o.logits, dtype=np.float32) for k, o in target.reference_outputs.items()}
             arrays.update({f"labels_{k}": np.asarray(o.labels) for k, o in target.reference_outputs.items()})
             arrays.update({f"tier_{t}": ids for t, ids in target.tiers.items()})
-            np.savez_compressed(path, meta=json.dumps(meta), forget_ids=target.forget_ids, **arrays)
+            with _replacing(path) as tmp:
+                np.savez_compressed(tmp, meta=json.dumps(meta), forget_ids=target.forget_ids, **arrays)
         return target
 
     def storage(self) -> str | None:
         """Optuna storage for this seed's studies (None: in memory)."""
         return None if self.dir is None else f"sqlite:///{self.dir / 'studies.db'}"
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Write `path` through a temporary file in the same folder, renamed over it once complete: a run
+    killed mid-write (a session ending) leaves the last complete file or none, never a torn one."""
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)  # np.savez keeps a name ending in .npz
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def forget_sets(original: Original, n: int, seed: int, k: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:

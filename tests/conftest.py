@@ -115,24 +115,44 @@ def digits():
     return load_dataset("digits")
 
 
-@pytest.fixture(scope="module")
-def source_model(tmp_path_factory, sqlite_template):
-    """A module-wide tracking store holding one registered original model trained on a digits
-    subset (small, but fitted to ~100% train accuracy). Yields (tracking_uri, model_uri)."""
+@pytest.fixture(scope="session")
+def source_model_template(tmp_path_factory, sqlite_template) -> tuple[Path, str]:
+    """One registered original model per test process, trained on a digits subset (small, but fitted
+    to ~100% train accuracy): (its tracking database, its model URI). Trained once (~5 s), copied per module."""
     import mlflow
 
     from mlflow_unlearn.steps import train_step
 
-    workdir = tmp_path_factory.mktemp("source")
+    workdir = tmp_path_factory.mktemp("source-template")
     db = workdir / "mlflow.db"
     shutil.copy(sqlite_template, db)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        use_tracking(mp, f"sqlite:///{db}")
+        result = train_step(dataset="digits", model="small_cnn", width=16, subset=400, epochs=8, lr=0.05,
+                            batch_size=32, registered_model_name="digits-src", progress=False)
+        while mlflow.active_run():
+            mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+    return db, result.model_uri
+
+
+@pytest.fixture(scope="module")
+def source_model(tmp_path_factory, source_model_template):
+    """A module-wide tracking store holding one registered original model (a copy of the session's
+    template database: registry tags and runs a module adds stay in its copy; the model's artifacts,
+    which no test modifies, stay where the template logged them). Yields (tracking_uri, model_uri)."""
+    import mlflow
+
+    template_db, model_uri = source_model_template
+    workdir = tmp_path_factory.mktemp("source")
+    db = workdir / "mlflow.db"
+    shutil.copy(template_db, db)
     uri = f"sqlite:///{db}"
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
         use_tracking(mp, uri)
-        result = train_step(dataset="digits", model="small_cnn", width=16, subset=400, epochs=8, lr=0.05,
-                            batch_size=32, registered_model_name="digits-src", progress=False)
-        yield uri, result.model_uri
+        yield uri, model_uri
         while mlflow.active_run():
             mlflow.end_run()
     mlflow.set_tracking_uri(None)
