@@ -3,7 +3,12 @@ included, at its default hyperparameters on the digits setup the defaults were m
 digits train split with a 0.1 validation split, small_cnn at its default width trained 15 epochs,
 forget set `mix_forget_set(c_proxy, 90)`): the forget set's cross-entropy at least doubles and retain
 accuracy stays >= 0.95.
-Its own module so the unit run can give it a worker of its own."""
+
+Marked `integration`: nine full-size trainings (the 15-epoch source model, then every algorithm at
+its defaults, `retrain` replaying all 15 epochs) are about 50 s of compute on 2 cores, 40% of the
+rest of the suite together, so the developer's unit run (`make unit`) leaves it out and `make test`
+(and CI) runs it. Run it by name after touching an algorithm or its defaults:
+`pytest tests/test_algorithms_defaults.py`."""
 from __future__ import annotations
 
 import pytest
@@ -16,6 +21,8 @@ from mlflow_unlearn.data import DatasetSpec, load_dataset
 from mlflow_unlearn.forget_sets import mix_forget_set
 from mlflow_unlearn.models import build_model
 from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model
+
+pytestmark = pytest.mark.integration  # ~50 s of training on 2 cores: out of the unit run, in `make test`
 
 
 @pytest.fixture(scope="module")
