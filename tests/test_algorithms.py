@@ -167,7 +167,7 @@ def test_builtins_are_registered():
     assert hyperparameters("neggrad_plus")["alpha"] == 0.99
     assert hyperparameters("finetune") == {"lr": 0.1, "epochs": 10, "batch_size": 128, "momentum": 0.9,
                                            "weight_decay": 5e-4}
-    assert hyperparameters("influence") == {"scale": 2.5, "fisher_samples": 1000, "batch_size": 128}
+    assert hyperparameters("influence") == {"scale": 2.5, "fisher_samples": 1000, "batch_size": 128, "max_retain_drop": 0.02}
     assert hyperparameters("retrain") == {"epochs_fraction": 1.0}
     assert "seed" not in hyperparameters("salun") and "log" not in hyperparameters("salun")
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from mlflow_unlearn.algorithms import (
     ALGORITHMS,
+    HyperparameterError,
     MIN_FORGET_BATCHES,
     MIN_RETAIN_BATCHES,
     Loop,
@@ -24,6 +25,7 @@ from mlflow_unlearn.algorithms import (
     effective_batch_size,
     run_algorithm,
     saliency_mask,
+    validate_hyperparameters,
 )
 from mlflow_unlearn.data import DatasetSpec, load_dataset
 from mlflow_unlearn.models import build_model
@@ -248,9 +250,51 @@ def _reference_wfisher_step(model, udata, fisher_samples, seed):
 def test_influence_is_the_woodfisher_step_of_the_reference_code(problem):
     model, udata, _ = problem
     scale, samples = 0.3, 40
-    out = run_algorithm("influence", model, udata, {"scale": scale, "fisher_samples": samples}, seed=5)
+    out = run_algorithm("influence", model, udata, {"scale": scale, "fisher_samples": samples, "max_retain_drop": 1.0}, seed=5)
     delta = torch.cat([(a.detach() - b.detach()).reshape(-1) for a, b in zip(out.parameters(), model.parameters())])
     expected = scale * _reference_wfisher_step(model, udata, samples, seed=5)
     # w + delta is rounded to float32 around weights of size ~1, so compare norm-wise
     assert float((delta - expected).norm() / expected.norm()) < 1e-3
     assert _same(dict(out.named_buffers()), dict(model.named_buffers()))  # batch-norm statistics unchanged
+
+
+def _flat_delta(out, model):
+    return torch.cat([(a.detach() - b.detach()).reshape(-1) for a, b in zip(out.parameters(), model.parameters())])
+
+
+def test_the_retain_guard_stops_an_ascent_before_it_wrecks_retain(problem):
+    """neggrad at lr 0.05 (20x its default) takes the tiny problem's retain accuracy to ~0.12 with
+    the guard off (max_retain_drop=1); with it on (the default 0.02), the run stops and returns the
+    weights of the last check that held, and logs where."""
+    model, udata, stats = problem
+    off = run_algorithm("neggrad", model, udata, {"lr": 0.05, "max_retain_drop": 1.0}, seed=0)
+    assert _stats(off, udata)["retain_acc"] < 0.5
+    log = ListLogger()
+    on = run_algorithm("neggrad", model, udata, {"lr": 0.05}, seed=0, log=log)
+    logged = {k: v for _, m in log.records for k, v in m.items()}
+    assert logged["unlearn/guard_retain_acc_failed"] < logged["unlearn/guard_retain_acc_start"] - 0.02
+    assert 1 <= logged["unlearn/guard_stop_step"] < logged["unlearn/steps"]
+    assert _stats(on, udata)["retain_acc"] >= stats["retain_acc"] - 0.02
+
+
+def test_the_retain_guard_halves_an_influence_step_that_wrecks_retain(problem):
+    """influence at scale 50 destroys the tiny problem (retain ~0.12) with the guard off; with it on
+    the step is halved along the same direction until the retain sample holds, and the scale used
+    is logged."""
+    model, udata, stats = problem
+    hp = {"scale": 50.0, "fisher_samples": 64}
+    off = run_algorithm("influence", model, udata, {**hp, "max_retain_drop": 1.0}, seed=0)
+    assert _stats(off, udata)["retain_acc"] < 0.5
+    log = ListLogger()
+    on = run_algorithm("influence", model, udata, hp, seed=0, log=log)
+    logged = {k: v for _, m in log.records for k, v in m.items()}
+    used, halvings = logged["unlearn/scale_used"], int(logged["unlearn/guard_halvings"])
+    assert 0 < used < 50 and used == 50 / 2 ** halvings
+    assert _stats(on, udata)["retain_acc"] >= stats["retain_acc"] - 0.02
+    expected = _flat_delta(off, model) * (used / 50)  # the same step, shortened
+    assert float((_flat_delta(on, model) - expected).norm() / expected.norm()) < 1e-3
+
+
+def test_max_retain_drop_out_of_range_names_the_value():
+    with pytest.raises(HyperparameterError, match=r"max_retain_drop=1\.5 is out of range; it must be a fraction in \[0, 1\]"):
+        validate_hyperparameters("neggrad", {"max_retain_drop": 1.5})

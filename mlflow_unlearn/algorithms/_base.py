@@ -166,6 +166,8 @@ def _rule(name: str):
         return (lambda v: finite(v) and 0.0 <= v < 1.0), "in [0, 1)"
     if name in ("temperature", "damping") or name.endswith("_temperature"):
         return (lambda v: finite(v) and v > 0), "a positive finite number"
+    if name.endswith("_drop"):
+        return (lambda v: finite(v) and 0.0 <= v <= 1.0), "a fraction in [0, 1] (1 turns the check off)"
     if name.endswith("steps"):
         return (lambda v: isinstance(v, int) and v >= 0), "an integer >= 0"
     if name.endswith("_samples"):
