@@ -8,10 +8,16 @@ references: retrains without calibration forget sets drawn around a `mix:90` req
 `mlflow-unlearn search` logs). Then, for each of `--requests` deletion requests of mixed kinds
 (mix, low-only, mid-only, high-only, random; 20 to 90 ids) its own reference is retrained (the
 truth), and several candidate results are unlearned from the source: `none`, the default plan, the
-stronger plan the hook escalates to, one fine-tuning epoch, and a destructive gradient ascent.
+stronger plan the hook escalates to, one fine-tuning epoch, and a destructive gradient ascent
+(neggrad at lr 0.05 with its retain guard off).
 
-Each candidate gets two verdicts with the same thresholds (gate.py's defaults):
-- gate: `check_result` with the calibration estimate (what the hook decides, no retrain);
+Each candidate gets verdicts with the same thresholds (gate.py's defaults):
+- gate (calibration): `check_result` with the calibration estimate (what the hook decides after a
+  search, no retrain);
+- gate (held-out): with the estimate from validation examples of the same C-proxy rank
+  (`gate.heldout_never_seen`, what the hook decides for a model that was never searched);
+- gate (none): with no estimate (per-tier checks not checked, MIA against 0.5), what the hook did
+  for an unsearched model before the held-out estimate;
 - truth: the same checks with the request's own reference as the never-seen model (its per-tier
   forget accuracy and its MIA AUC), i.e. what the gate would decide if it could afford a retrain.
 Retain and held-out checks are identical in both, so disagreements measure the never-seen estimate.
@@ -33,10 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mlflow_unlearn.algorithms import TrainRecipe  # noqa: E402
-from mlflow_unlearn.confidences import ConfidenceRecorder  # noqa: E402
+from mlflow_unlearn.confidences import ConfidenceRecorder, heldout_c_proxy  # noqa: E402
 from mlflow_unlearn.data import DatasetSpec, load_dataset  # noqa: E402
 from mlflow_unlearn.forget_sets import calibration_forget_sets, load_forget_set, mix_forget_set  # noqa: E402
-from mlflow_unlearn.gate import GateThresholds, NeverSeen, check_result  # noqa: E402
+from mlflow_unlearn.gate import GateThresholds, NeverSeen, check_result, heldout_never_seen  # noqa: E402
 from mlflow_unlearn.memorization import tiers_from_c_proxy  # noqa: E402
 from mlflow_unlearn.metrics import evaluate_unlearning, mia_auc, outputs_for  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
@@ -74,9 +80,17 @@ def main(argv=None) -> int:
     build = lambda seed: build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=seed)
     source = build(0)
     recorder = ConfidenceRecorder(len(data.train))
-    train_model(source, data, config, recorder=recorder, progress=False, eval_test=False)
+    heldout_recorder = ConfidenceRecorder(len(data.val))
+    train_model(source, data, config, recorder=recorder, progress=False, eval_test=False,
+                heldout=data.val, heldout_recorder=heldout_recorder)
     source.eval()
     c_proxy = recorder.proxies()["c_proxy"]
+    source_out = outputs_for(source, data, np.arange(1), heldout=data.val)  # forget is a placeholder here
+    source_test = outputs_for(source, data, np.arange(1))["test"]
+    estimates = {"held-out": heldout_never_seen(c_proxy, heldout_c_proxy(heldout_recorder.true_class_prob()),
+                                                source_out["test"].correct, heldout_conf=source_out["test"].true_conf,
+                                                test_conf=source_test.true_conf),
+                 "none": None}
     labels = data.train.y.cpu().numpy()
     recipe = TrainRecipe(build, config)
     print(f"source trained in {time.perf_counter() - t0:.0f} s; {len(data.train)} train / {len(data.test)} test", flush=True)
@@ -95,6 +109,7 @@ def main(argv=None) -> int:
         cal_held.append(out["test"].true_conf)
     estimate = NeverSeen(np.concatenate(cal_c), np.concatenate(cal_y), float(np.mean(cal_auc)),
                          conf=np.concatenate(cal_conf), heldout_conf=np.concatenate(cal_held))
+    estimates = {"calibration": estimate, **estimates}
     thresholds = GateThresholds()
     print(f"calibration references ready ({len(estimate.c_proxy)} examples, AUC {estimate.auc:.3f})", flush=True)
 
@@ -113,41 +128,49 @@ def main(argv=None) -> int:
         base = default_plan(tuple(tiers)).validate(tiers)
         candidates = {"none": Plan.parse("all=none"), "default": base, "stronger": stronger_plan(base),
                       "finetune-1": Plan.parse("all=finetune(epochs=1)"),
-                      "ascent-wreck": Plan.parse("all=neggrad(lr=0.05,epochs=5)")}
+                      "ascent-wreck": Plan.parse("all=neggrad(lr=0.05,epochs=5,max_retain_drop=1.0)")}
         for name, plan in candidates.items():
             model = run_rum(source, data, tiers, plan, seed=int(rng.integers(1 << 30)), recipe=recipe).model.eval()
             finite = all(bool(torch.isfinite(q).all()) for q in model.parameters())
+            verdicts, failed = {}, {}
             if not finite:
-                gate_ok = truth_ok = False
-                failed = ["finite"]
+                truth_ok = False
+                verdicts = {e: False for e in estimates}
+                failed = {e: ["finite"] for e in estimates}
             else:
                 after, _ = metrics_of(model, data, ids, tiers)
-                gate = check_result(before, after, tiers, c_proxy, n_heldout=len(data.test), never_seen=estimate,
-                                    thresholds=thresholds)
                 truth = check_result(before, after, tiers, c_proxy, n_heldout=len(data.test), never_seen=truth_seen,
                                      thresholds=GateThresholds(neighbours=1))
-                gate_ok, truth_ok = gate.passed, truth.passed
-                failed = [c.name for c in gate.failed]
-            rows.append({"request": r, "kind": kind, "candidate": name, "gate": gate_ok, "truth": truth_ok,
-                         "gate_failed": failed})
-            print(f"request {r:2d} {kind:15s} {name:12s} gate {'pass' if gate_ok else 'FAIL':4s} truth "
-                  f"{'pass' if truth_ok else 'FAIL':4s} {'' if gate_ok == truth_ok else '<- disagree'} {failed}", flush=True)
+                truth_ok = truth.passed
+                for e, seen in estimates.items():
+                    gate = check_result(before, after, tiers, c_proxy, n_heldout=len(data.test), never_seen=seen,
+                                        thresholds=thresholds)
+                    verdicts[e], failed[e] = gate.passed, [c.name for c in gate.failed]
+            rows.append({"request": r, "kind": kind, "candidate": name, "gate": verdicts["calibration"],
+                         "gates": verdicts, "truth": truth_ok, "gate_failed": failed["calibration"], "failed": failed})
+            print(f"request {r:2d} {kind:15s} {name:12s} truth {'pass' if truth_ok else 'FAIL':4s} " +
+                  " ".join(f"{e} {'pass' if v else 'FAIL'}{'' if v == truth_ok else '*'}" for e, v in verdicts.items()),
+                  flush=True)
 
     n = len(rows)
-    fa = sum(1 for x in rows if x["gate"] and not x["truth"])
-    fr = sum(1 for x in rows if not x["gate"] and x["truth"])
     bad = sum(1 for x in rows if not x["truth"])
     good = n - bad
     summary = {"requests": a.requests, "results": n, "truth_acceptable": good, "truth_unacceptable": bad,
-               "false_accepts": fa, "false_rejects": fr,
-               "false_accept_rate": fa / bad if bad else None, "false_reject_rate": fr / good if good else None,
-               "seconds": time.perf_counter() - t0, "threads": a.threads, "cpus": os.cpu_count()}
+               "seconds": time.perf_counter() - t0, "threads": a.threads, "cpus": os.cpu_count(), "by_estimate": {}}
+    for e in estimates:
+        fa = sum(1 for x in rows if x["gates"][e] and not x["truth"])
+        fr = sum(1 for x in rows if not x["gates"][e] and x["truth"])
+        summary["by_estimate"][e] = {"false_accepts": fa, "false_rejects": fr,
+                                     "false_accept_rate": fa / bad if bad else None,
+                                     "false_reject_rate": fr / good if good else None}
+    summary.update(summary["by_estimate"]["calibration"])  # the headline: what the hook decides after a search
     by_candidate = {}
     for x in rows:
-        d = by_candidate.setdefault(x["candidate"], {"gate_pass": 0, "truth_pass": 0, "n": 0})
+        d = by_candidate.setdefault(x["candidate"], {"truth_pass": 0, "n": 0, **{f"{e}_pass": 0 for e in estimates}})
         d["n"] += 1
-        d["gate_pass"] += int(x["gate"])
         d["truth_pass"] += int(x["truth"])
+        for e in estimates:
+            d[f"{e}_pass"] += int(x["gates"][e])
     summary["by_candidate"] = by_candidate
     print(json.dumps(summary, indent=2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -105,11 +105,28 @@ def proxies_from_history(history: dict[str, np.ndarray]) -> dict[str, np.ndarray
         }
 
 
-def save_confidences(recorder: "ConfidenceRecorder | Mapping[str, np.ndarray]", folder) -> dict[str, np.ndarray]:
+HELDOUT_FILE = "heldout_true_class_prob.npy"  # [epochs, n_val] float16: the validation split, never trained on
+
+
+def heldout_c_proxy(true_prob: np.ndarray) -> np.ndarray:
+    """The held-out C-proxy: mean over epochs of the true-class probability of examples that were
+    evaluated after every epoch but never trained on (float64 [n_heldout])."""
+    true_prob = np.asarray(true_prob, dtype=np.float64)
+    if true_prob.ndim != 2 or true_prob.shape[0] == 0 or true_prob.shape[1] == 0:
+        raise ValueError(f"held-out confidences must be [epochs, n_heldout] with both > 0, got shape {true_prob.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(true_prob, axis=0)
+
+
+def save_confidences(recorder: "ConfidenceRecorder | Mapping[str, np.ndarray]", folder, *,
+                     heldout: "ConfidenceRecorder | np.ndarray | None" = None) -> dict[str, np.ndarray]:
     """Write a training run's confidences into `folder` (the layout of an original run's
     `confidences/` artifacts, DESIGN.md section 4) and return the proxies:
     `true_class_prob.npy` float16 [epochs, n_train], `history.npz` (max_prob, entropy, correct;
-    float16), `proxies.npz` float32 [n_train] and `proxies.csv` (one row per id, readable in the UI)."""
+    float16), `proxies.npz` float32 [n_train] and `proxies.csv` (one row per id, readable in the UI);
+    with `heldout` (the recorder `training.train_model` filled on the validation split, or its
+    [epochs, n_val] true-class probabilities) also `heldout_true_class_prob.npy` float16."""
     from pathlib import Path
 
     history = recorder.history() if isinstance(recorder, ConfidenceRecorder) else dict(recorder)
@@ -122,4 +139,8 @@ def save_confidences(recorder: "ConfidenceRecorder | Mapping[str, np.ndarray]", 
     rows = ["id," + ",".join(PROXY_NAMES)]
     rows += [f"{i}," + ",".join(f"{proxies[k][i]:.6f}" for k in PROXY_NAMES) for i in range(len(proxies["c_proxy"]))]
     (folder / "proxies.csv").write_text("\n".join(rows) + "\n")
+    if heldout is not None:
+        held = heldout.true_class_prob() if isinstance(heldout, ConfidenceRecorder) else np.asarray(heldout)
+        heldout_c_proxy(held)  # validates the shape
+        np.save(folder / HELDOUT_FILE, held.astype(np.float16))
     return proxies

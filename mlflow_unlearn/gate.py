@@ -11,9 +11,14 @@ Checks, each with its value, limit and verdict:
   comes from the search's calibration references (retrained without their calibration forget sets,
   so their accuracy on those sets *is* never-seen accuracy), as a function of the C-proxy: each
   example of the tier is given the mean correctness of the `k` calibration examples nearest in
-  C-proxy. Without calibration references (no `mlflow-unlearn search` run for the model) these
-  checks are skipped and the report says so: no honest per-tier estimate exists without one
-  (held-out examples have no training-time C-proxy).
+  C-proxy. Without calibration references (no `mlflow-unlearn search` run for the model) the
+  estimate comes from held-out examples of the same memorisation rank (`heldout_never_seen`): the
+  train step records, per epoch, the true-class confidence of the validation split as well (its
+  "held-out C-proxy", measured like the C-proxy but on examples never trained on); a forget example
+  at C-proxy quantile q of the train set is matched to the validation examples at quantile q of
+  theirs, and the source's correctness on those is its never-seen estimate. Without either (a model
+  trained without a validation split, or before these were recorded) the checks are reported as not
+  checked.
 - `mia`: the attack AUC of forget vs held-out may exceed the never-seen expectation by at most
   `mia_tolerance` + 2 standard errors (Hanley-McNeil): above that, the forget set still looks like
   training data. The expectation follows the request's mix (`NeverSeen.expected_auc`: the
@@ -120,6 +125,40 @@ class NeverSeen:
         return mia_auc(matched, self.heldout_conf)
 
 
+def heldout_never_seen(train_c_proxy, heldout_c_proxy, heldout_correct, *, heldout_conf=None, test_conf=None,
+                       source: str = "held-out examples of the same C-proxy rank") -> NeverSeen:
+    """A never-seen estimate without any retrain, from held-out examples (the validation split).
+
+    `train_c_proxy` [n_train]: the C-proxy of the training examples; `heldout_c_proxy` [n_heldout]:
+    the same quantity measured on held-out examples during the same training (mean true-class
+    confidence over epochs, never trained on); `heldout_correct` [n_heldout] 0/1: whether the source
+    classifies each held-out example correctly. The two C-proxies are on different scales (training
+    on an example raises its confidence), so they are matched by rank, not value: held-out example j
+    at quantile q of the held-out C-proxy stands for a train example at quantile q of the train
+    C-proxy (the split is a seeded random carve-out, so both follow the same difficulty
+    distribution). With `heldout_conf` (the source's true-class confidence on the held-out examples)
+    and `test_conf` (on the test split) the MIA expectation follows the request's mix as well.
+
+    Limits (measured in bench/bench_gate.py): a validation split of a few hundred examples resolves
+    the most memorised percent or two of the train set only coarsely, and correctness and rank come
+    from the same model, so the estimate is sharper than a retrain's."""
+    train = np.asarray(train_c_proxy, dtype=np.float64).reshape(-1)
+    held = np.asarray(heldout_c_proxy, dtype=np.float64).reshape(-1)
+    correct = np.asarray(heldout_correct, dtype=np.float64).reshape(-1)
+    if len(train) == 0 or not np.all(np.isfinite(train)):
+        raise GateError(f"held-out never-seen estimate: train_c_proxy must be non-empty and finite (got {len(train)} values)")
+    if len(held) == 0 or held.shape != correct.shape or not np.all(np.isfinite(held)):
+        raise GateError(f"held-out never-seen estimate: heldout_c_proxy must be non-empty, finite and match "
+                        f"heldout_correct in length (got {held.shape} and {correct.shape})")
+    rank = np.argsort(np.argsort(held, kind="stable"), kind="stable")
+    quantile = (rank + 0.5) / len(held)  # mid-rank quantile in (0, 1)
+    c_equivalent = np.quantile(train, quantile)
+    with_conf = heldout_conf is not None and test_conf is not None
+    return NeverSeen(c_equivalent, correct, source=source,
+                     conf=np.asarray(heldout_conf, dtype=np.float64).reshape(-1) if with_conf else None,
+                     heldout_conf=np.asarray(test_conf, dtype=np.float64).reshape(-1) if with_conf else None)
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -190,8 +229,9 @@ def check_result(before: Mapping[str, float], after: Mapping[str, float], tiers:
             value = after.get("forget/acc")
         if never_seen is None:
             report.checks.append(Check(f"forget/{tier}", None if value is None else float(value), "n/a", None,
-                                       "not checked: no calibration references to estimate never-seen accuracy "
-                                       "(run `mlflow-unlearn search` for this model once)"))
+                                       "not checked: no never-seen estimate (no calibration references and no "
+                                       "held-out confidences; run `mlflow-unlearn search` for this model once, or "
+                                       "train it with a validation split)"))
             continue
         expected = float(np.mean(never_seen.accuracy_at(c[ids], t.neighbours))) if len(ids) else float("nan")
         band = t.forget_tolerance + 2 * _binomial_se(expected, len(ids))

@@ -129,3 +129,38 @@ def calibration_never_seen(ctx: ForgetContext) -> NeverSeen | None:
                          heldout_conf=np.concatenate(held) if with_conf else None)
     except GateError:
         return None
+
+
+def heldout_never_seen_for(ctx: ForgetContext) -> NeverSeen | None:
+    """The gate's never-seen estimate without a search (gate.heldout_never_seen): the validation
+    split's confidences recorded while the original trained (its held-out C-proxy), matched by rank
+    to the train C-proxy, with the source version's own correctness on those examples (it never
+    trained on them, whatever it forgot since). None when the original recorded no held-out
+    confidences (no validation split, or trained before they were recorded) or they do not fit."""
+    import numpy as np
+
+    from .confidences import heldout_c_proxy
+    from .gate import heldout_never_seen
+    from .metrics import SplitOutputs
+    from .training import predict_logits
+
+    held = ctx.source.heldout_true_class_prob
+    val = getattr(ctx.data, "val", None)
+    if held is None or ctx.source.proxies is None or val is None or len(val) == 0 or held.ndim != 2 or held.shape[1] != len(val):
+        return None
+    try:
+        proxy = heldout_c_proxy(held)
+        outputs = {name: SplitOutputs(predict_logits(ctx.source.model, ctx.data, split), split.y)
+                   for name, split in (("val", val), ("test", ctx.data.test))}
+        return heldout_never_seen(np.asarray(ctx.source.proxies["c_proxy"]), proxy, outputs["val"].correct,
+                                  heldout_conf=outputs["val"].true_conf, test_conf=outputs["test"].true_conf,
+                                  source=f"{len(val)} validation examples of the same C-proxy rank (no search)")
+    except (GateError, ValueError):
+        return None
+
+
+def never_seen_estimate(ctx: ForgetContext) -> NeverSeen | None:
+    """The acceptance gate's never-seen estimate: the search's calibration references where they
+    exist (retrains: the better estimate), else held-out examples of the same C-proxy rank, else None
+    (the per-tier checks are then reported as not checked)."""
+    return calibration_never_seen(ctx) or heldout_never_seen_for(ctx)

@@ -92,8 +92,11 @@ def train_step(
                            "train_device": str(dev), "n_train": len(data.train), "n_test": len(data.test), **model_kwargs,
                            **config.to_dict()})
         recorder = ConfidenceRecorder(len(data.train))
+        # the validation split's confidences after each epoch: the gate's never-seen estimate without a search
+        heldout_recorder = ConfidenceRecorder(len(data.val)) if data.val is not None and len(data.val) else None
         t0 = time.perf_counter()
-        history = train_model(net, data, config, recorder=recorder, log=tracking.MlflowLogger(), progress=progress)
+        history = train_model(net, data, config, recorder=recorder, log=tracking.MlflowLogger(), progress=progress,
+                              heldout=data.val if heldout_recorder is not None else None, heldout_recorder=heldout_recorder)
         train_seconds = time.perf_counter() - t0
         final = {"train/acc_eval": accuracy(net, data, data.train), "test/acc": history[-1]["test/acc"],
                  "time/train_s": train_seconds}
@@ -106,7 +109,7 @@ def train_step(
         info = tracking.log_model(net, model_spec, data, name="original")
         tracking.log_dataset_input(f"{spec.name}-train", data.digest, "training", n_train=len(data.train),
                                    subset=subset, val_fraction=val_fraction, seed=seed)
-        proxies = tracking.log_confidences(recorder)
+        proxies = tracking.log_confidences(recorder, heldout=heldout_recorder)
         tracking.log_manifest(data.manifest())
         log_c_proxy_plot(proxies["c_proxy"])
         mv = tracking.register_version(info.model_uri, name, {

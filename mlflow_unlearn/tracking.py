@@ -10,6 +10,8 @@ Artifact layout of an original run (DESIGN.md section 4):
     confidences/history.npz     max_prob, entropy, correct, float16 [epochs, n_train]
     confidences/proxies.npz     c_proxy, max_conf, entropy, learning_events, float32 [n_train]
     confidences/proxies.csv     the same, one row per id, readable in the MLflow UI
+    confidences/heldout_true_class_prob.npy   float16 [epochs, n_val]: the validation split after
+                                each epoch, never trained on (the gate's estimate without a search)
     manifest/lineage.json       lineage.Lineage: nothing forgotten yet, the chain starts here
 
 Every run that logs a model made from a registered version (unlearn, rum, retrain) logs its own
@@ -35,7 +37,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from .confidences import ConfidenceRecorder, save_confidences
+from .confidences import HELDOUT_FILE, ConfidenceRecorder, save_confidences
 from .data import DatasetSpec, ImageData, load_dataset
 from .models import load_classifier, save_classifier
 from .lineage import LINEAGE_PATH, Lineage, LineageError
@@ -383,14 +385,15 @@ def run_model_id(run_id: str) -> str:
     return models[-1].model_id
 
 
-def log_confidences(recorder: ConfidenceRecorder | Mapping[str, np.ndarray], *, artifact_path: str = "confidences") -> dict[str, np.ndarray]:
+def log_confidences(recorder: ConfidenceRecorder | Mapping[str, np.ndarray], *, artifact_path: str = "confidences",
+                    heldout: ConfidenceRecorder | np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Log per-example, per-epoch confidences and the derived proxy scores to the active run: a thin
     wrapper over the core's `confidences.save_confidences` (the files it writes are the artifacts).
 
     Accepts a ConfidenceRecorder (or its `history()` dict) from any training loop, so teams with their
     own trainer get the artifacts the `train` step logs. Returns the proxies."""
     with tempfile.TemporaryDirectory() as tmp:
-        proxies = save_confidences(recorder, tmp)
+        proxies = save_confidences(recorder, tmp, heldout=heldout)
         mlflow.log_artifacts(tmp, artifact_path)
     return proxies
 
@@ -460,6 +463,9 @@ class SourceModel:
     tags: dict[str, str]
     model_id: str | None = None  # the MLflow logged model behind the version
     lineage: Lineage | None = None  # what it has forgotten so far (None: an original built in memory)
+    # [epochs, n_val] true-class probability of the validation split during the original's training
+    # (confidences/heldout_true_class_prob.npy); None for runs without a validation split or older runs
+    heldout_true_class_prob: np.ndarray | None = None
 
     @property
     def forgotten(self) -> np.ndarray:
@@ -517,7 +523,7 @@ def load_source(model_uri: str, *, with_confidences: bool = True, map_location="
     model_spec = _download_json(client, original, "model_spec.json", "model spec", fix)
     model_id = version_model_id(mv)
     model = load_logged_classifier(model_id, map_location=map_location)
-    true_prob, proxies = None, None
+    true_prob, proxies, heldout_prob = None, None, None
     if with_confidences:
         try:
             true_prob = np.load(client.download_artifacts(original, "confidences/true_class_prob.npy"))
@@ -526,11 +532,25 @@ def load_source(model_uri: str, *, with_confidences: bool = True, map_location="
         except (MlflowException, OSError):
             raise MissingArtifactError(f"run {original} (the training run of {model_uri}) has no confidences/ "
                                        f"artifacts; {fix}") from None
+        heldout_prob = _optional_npy(client, original, f"confidences/{HELDOUT_FILE}")
     return SourceModel(
         name=mv.name, version=str(mv.version), run_id=mv.run_id, model=model, model_spec=model_spec,
         dataset_spec=DatasetSpec.from_dict(manifest["dataset_spec"]), manifest=manifest,
         true_class_prob=true_prob, proxies=proxies, tags=dict(mv.tags or {}), model_id=model_id, lineage=lineage,
+        heldout_true_class_prob=heldout_prob,
     )
+
+
+def _optional_npy(client: MlflowClient, run_id: str, path: str) -> np.ndarray | None:
+    """An artifact that older runs lack: None when absent (listing first, so a missing file is not an
+    error), loaded without pickle otherwise."""
+    folder, _, name = path.rpartition("/")
+    try:
+        if name not in {Path(f.path).name for f in client.list_artifacts(run_id, folder)}:
+            return None
+        return np.load(client.download_artifacts(run_id, path), allow_pickle=False)
+    except (MlflowException, OSError, ValueError):
+        return None
 
 
 def register_version(model_uri: str, name: str, tags: Mapping[str, Any], *, description: str | None = None,

@@ -102,6 +102,8 @@ def train_model(
     eval_test: bool = True,
     on_batch: Callable[..., None] | None = None,
     desc: str = "train",
+    heldout: Split | None = None,
+    heldout_recorder: ConfidenceRecorder | None = None,
 ) -> list[dict]:
     """Train `model` in place on `data.train` (or on the ids `train_ids` of it) and return per-epoch
     records: loss, train accuracy (on the augmented training batches), test accuracy, seconds.
@@ -109,7 +111,18 @@ def train_model(
     With a `recorder`, each batch's training logits are recorded under the examples' ids.
     `on_batch(model=, ids=, inputs=, labels=, logits=, epoch=)` is called after the forward pass and
     before the optimiser step; tests use it to check what was recorded.
+
+    With `heldout` (a split never trained on, e.g. `data.val`) and `heldout_recorder`
+    (ConfidenceRecorder(len(heldout))), the eval-mode logits of the held-out split are recorded after
+    every epoch under ids 0..len(heldout)-1: the "held-out C-proxy" the acceptance gate matches by
+    rank when no calibration reference exists (gate.heldout_never_seen). One eval pass per epoch,
+    not counted in `time/epoch_s`.
     """
+    if (heldout is None) != (heldout_recorder is None):
+        raise TrainConfigError("heldout and heldout_recorder go together: pass both or neither")
+    if heldout is not None and heldout_recorder.n_samples != len(heldout):
+        raise TrainConfigError(f"heldout_recorder has {heldout_recorder.n_samples} slots but the held-out split has "
+                               f"{len(heldout)} examples; use ConfidenceRecorder(len(heldout))")
     log = log or NullLogger()
     device = data.device
     model.to(device)
@@ -155,6 +168,10 @@ def train_model(
                   "time/epoch_s": seconds}
         if eval_test:
             record["test/acc"] = accuracy(model, data, data.test)
+        if heldout is not None and len(heldout):
+            heldout_recorder.update(torch.arange(len(heldout), device=device), predict_logits(model, data, heldout),
+                                    heldout.y)  # eval mode; predict_logits restores train mode
+            heldout_recorder.end_epoch()
         bar.close(**{k: v for k, v in record.items() if k != "epoch"})
         log.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         history.append(record)

@@ -91,3 +91,21 @@ def test_save_confidences_writes_the_artifact_layout(tmp_path):
     lines = (tmp_path / "confidences" / "proxies.csv").read_text().splitlines()
     assert lines[0] == "id," + ",".join(PROXY_NAMES) and len(lines) == 5
     assert proxies["c_proxy"][3] < 0.1 < 0.8 < proxies["c_proxy"][0]  # id 3 is confidently wrong: memorised-looking
+
+
+def test_save_confidences_writes_the_heldout_record_and_refuses_a_bad_one(tmp_path):
+    from mlflow_unlearn.confidences import HELDOUT_FILE, heldout_c_proxy, save_confidences
+
+    rec, held = ConfidenceRecorder(2), ConfidenceRecorder(3)
+    for epoch in range(2):
+        rec.update(torch.arange(2), torch.tensor([[2.0, 0.0], [0.0, 2.0]]), torch.tensor([0, 1]))
+        rec.end_epoch()
+        held.update(torch.arange(3), torch.tensor([[2.0, 0.0], [0.0, 2.0], [float(epoch), 0.0]]), torch.tensor([0, 0, 0]))
+        held.end_epoch()
+    save_confidences(rec, tmp_path / "c", heldout=held)
+    prob = np.load(tmp_path / "c" / HELDOUT_FILE)
+    assert prob.dtype == np.float16 and prob.shape == (2, 3)
+    proxy = heldout_c_proxy(prob)
+    assert proxy[1] < 0.2 < proxy[2] < 0.7 < proxy[0]  # mean over the two epochs: 0.5 then 0.73 for id 2
+    with pytest.raises(ValueError, match=r"\[epochs, n_heldout\].*shape \(3,\)"):
+        save_confidences(rec, tmp_path / "d", heldout=np.ones(3))

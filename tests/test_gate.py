@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlflow_unlearn.gate import GateError, GateThresholds, NeverSeen, auc_standard_error, check_result
+from mlflow_unlearn.gate import GateError, GateThresholds, NeverSeen, auc_standard_error, check_result, heldout_never_seen
 from mlflow_unlearn.rum import Plan, stronger_plan
 
 BEFORE = {"retain/acc": 0.99, "test/acc": 0.90, "mia/auc": 0.70, "forget/acc": 0.99}
@@ -111,3 +111,36 @@ def test_the_expected_mia_auc_follows_the_requests_mix():
                             never_seen=NeverSeen(c, (c > 0.5).astype(float), auc=0.5)).passed  # 0.5 would misfire
     with pytest.raises(GateError, match="conf needs one finite value per example"):
         NeverSeen(c, (c > 0.5).astype(float), conf=conf[:10], heldout_conf=held)
+
+
+def test_the_heldout_estimate_matches_by_rank_not_value():
+    """Train examples gain confidence by being trained on, so held-out confidences sit on a lower
+    scale: the estimate pairs quantiles. Here the held-out C-proxy is the train one squashed into
+    [0, 0.3] with the lowest 30% wrong: a train example in the bottom 30% of C-proxy is expected
+    wrong, one above right, although no held-out value is anywhere near the train values above 0.3."""
+    rng = np.random.default_rng(0)
+    train_c = rng.uniform(0, 1, 2000)
+    held_c = rng.uniform(0, 0.3, 300)
+    correct = (held_c > np.quantile(held_c, 0.3)).astype(float)
+    ns = heldout_never_seen(train_c, held_c, correct)
+    low, high = np.quantile(train_c, [0.1, 0.8])
+    assert ns.accuracy_at([low], 20)[0] == 0.0 and ns.accuracy_at([high], 20)[0] == 1.0
+    assert ns.c_proxy.min() >= train_c.min() and ns.c_proxy.max() <= train_c.max()  # on the train scale
+    assert "rank" in ns.source
+
+    # a request of easy examples is expected to score high on the attack even unseen
+    conf = np.where(correct == 1, 0.9, 0.2)
+    ns = heldout_never_seen(train_c, held_c, correct, heldout_conf=conf, test_conf=rng.uniform(0, 1, 500))
+    assert ns.expected_auc([high] * 30, 20) > 0.75 > 0.25 > ns.expected_auc([low] * 30, 20)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (([], [0.5], [1]), "train_c_proxy must be non-empty"),
+    (([0.1, np.nan], [0.5], [1]), "train_c_proxy must be non-empty and finite"),
+    (([0.1, 0.2], [0.5, 0.6], [1]), "match heldout_correct in length (got (2,) and (1,))"),
+    (([0.1, 0.2], [], []), "heldout_c_proxy must be non-empty"),
+])
+def test_the_heldout_estimate_refuses_bad_input_by_name(args, needle):
+    with pytest.raises(GateError) as e:
+        heldout_never_seen(*args)
+    assert needle in str(e.value)

@@ -83,3 +83,33 @@ def test_never_seen_estimate_is_read_from_the_search_run_and_checked(source_mode
         assert len(never_seen.correct) == expected and never_seen.auc == 0.5
         np.testing.assert_allclose(never_seen.c_proxy, np.sort(np.asarray(ctx.source.proxies["c_proxy"])[[1, 2, 3, 4]]))
         assert search_run.info.run_id in never_seen.source
+
+
+def test_without_a_search_the_estimate_comes_from_the_validation_split(source_model):
+    """The train step records the validation split's confidences after every epoch; without a
+    search the gate's never-seen estimate pairs them with the train C-proxy by rank, with the source
+    version's own correctness on those never-trained examples. Without the record: no estimate."""
+    import dataclasses
+
+    from mlflow_unlearn.training import accuracy, predict_logits
+
+    _, uri = source_model
+    ctx = request.prepare(uri, [5, 6, 7])
+    assert references.calibration_never_seen(ctx) is None
+    held = ctx.source.heldout_true_class_prob
+    epochs = ctx.source.model_spec["train_config"]["epochs"]
+    assert held is not None and held.shape == (epochs, len(ctx.data.val))
+    final = torch.softmax(predict_logits(ctx.source.model, ctx.data, ctx.data.val), 1)
+    final = final.gather(1, ctx.data.val.y[:, None]).squeeze(1).numpy()
+    np.testing.assert_allclose(held[-1].astype(np.float64), final, atol=2e-3)  # the last row: the trained model, float16
+
+    estimate = references.never_seen_estimate(ctx)
+    assert estimate is not None and f"{len(ctx.data.val)} validation examples" in estimate.source
+    assert estimate.correct.mean() == pytest.approx(accuracy(ctx.source.model, ctx.data, ctx.data.val))
+    c_proxy = np.asarray(ctx.source.proxies["c_proxy"])
+    assert c_proxy.min() <= estimate.c_proxy.min() and estimate.c_proxy.max() <= c_proxy.max()
+
+    older = dataclasses.replace(ctx, source=dataclasses.replace(ctx.source, heldout_true_class_prob=None))
+    assert references.never_seen_estimate(older) is None  # trained before the record existed: not checked
+    shorter = dataclasses.replace(ctx, source=dataclasses.replace(ctx.source, heldout_true_class_prob=held[:, :5]))
+    assert references.never_seen_estimate(shorter) is None  # a record that does not fit the split is not trusted

@@ -46,3 +46,36 @@ def test_bad_settings_name_the_value(kw, name):
     with pytest.raises(TrainConfigError) as e:
         TrainConfig(**kw)
     assert name in str(e.value) and repr(list(kw.values())[0]) in str(e.value)
+
+
+def test_heldout_confidences_are_recorded_per_epoch_without_changing_training():
+    """The validation split's eval-mode confidences after every epoch (the gate's held-out C-proxy):
+    one row per epoch, the last equal to the trained model's, and the weights bit-identical to a
+    run that records nothing (no RNG drawn, no batch-norm statistics touched)."""
+    from mlflow_unlearn.confidences import ConfidenceRecorder
+    from mlflow_unlearn.training import predict_logits
+
+    data = load_dataset(DatasetSpec("digits", subset=300, val_fraction=0.2))
+    config = TrainConfig(epochs=3, lr=0.05, batch_size=32, seed=0, augment=True)
+    plain = build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=0, width=8)
+    train_model(plain, data, config, progress=False, eval_test=False)
+    recorded = build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=0, width=8)
+    heldout = ConfidenceRecorder(len(data.val))
+    train_model(recorded, data, config, progress=False, eval_test=False, heldout=data.val, heldout_recorder=heldout)
+    for (k, va), vb in zip(plain.state_dict().items(), recorded.state_dict().values()):
+        assert torch.equal(va, vb), k
+    prob = heldout.true_class_prob()
+    assert prob.shape == (3, len(data.val)) and not (prob[0] == prob[-1]).all()
+    final = torch.softmax(predict_logits(recorded, data, data.val), 1).gather(1, data.val.y[:, None]).squeeze(1)
+    assert torch.allclose(torch.from_numpy(prob[-1]), final, atol=1e-5)
+
+
+def test_heldout_recording_needs_a_recorder_of_the_splits_size(small):
+    from mlflow_unlearn.confidences import ConfidenceRecorder
+
+    model = build_model("small_cnn", num_classes=10, input_shape=small.input_shape, seed=0, width=8)
+    with pytest.raises(TrainConfigError, match="7 slots but the held-out split has 60"):
+        train_model(model, small, TrainConfig(epochs=1), progress=False, heldout=small.test.subset(torch.arange(60)),
+                    heldout_recorder=ConfidenceRecorder(7))
+    with pytest.raises(TrainConfigError, match="pass both or neither"):
+        train_model(model, small, TrainConfig(epochs=1), progress=False, heldout=small.test)

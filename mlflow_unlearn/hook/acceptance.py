@@ -79,7 +79,7 @@ def gated_unlearning(job, cfg: HookConfig, ctx, resolved, before: dict, request_
     from ..rum import single_algorithm_plan, stronger_plan
 
     thresholds = GateThresholds.from_dict(cfg.gate)
-    never_seen = references.calibration_never_seen(ctx)
+    never_seen = references.never_seen_estimate(ctx)
     policy = retrain_policy(ctx, cfg)
     retrain_stage = ("retrained", ResolvedPlan(single_algorithm_plan("retrain").validate(ctx.tiers),
                                                f"retrain ({policy})" if policy else "retrain (escalated: the gate failed)"))
