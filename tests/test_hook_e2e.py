@@ -626,6 +626,11 @@ def test_a_result_that_fails_the_gate_escalates_to_an_exact_retrain(env, tmp_pat
     failed = {c["name"] for c in attempts[0]["gate"]["checks"] if c["passed"] is False}
     assert failed & {"retain", "finite"}, attempts[0]["gate"]  # wrecked, or diverged to NaN weights
     assert client.get_run(attempts[0]["run_id"]).data.tags[Tag.GATE] == "failed"
+    # never searched, so the never-seen estimate comes from the validation split, and the per-tier
+    # forget checks are checked (not skipped) on every attempt
+    assert "validation examples of the same C-proxy rank" in report["gate"]["never_seen"], report["gate"]
+    tier_checks = [c for a in attempts for c in a["gate"]["checks"] if c["name"].startswith("forget/")]
+    assert tier_checks and all(c["passed"] is not None for c in tier_checks), tier_checks
     lineage, _ = tracking.read_lineage(client, mv)
     assert lineage.requests[-1]["how"] == "retrain" and lineage.forgotten.tolist() == list(range(40, 52))
 
