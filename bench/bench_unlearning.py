@@ -43,14 +43,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe  # noqa: E402
-from mlflow_unlearn.confidences import ConfidenceRecorder  # noqa: E402
+from mlflow_unlearn.confidences import ConfidenceRecorder, heldout_c_proxy  # noqa: E402
+from mlflow_unlearn.gate import NeverSeen, heldout_never_seen, tier_expectation  # noqa: E402
 from mlflow_unlearn.data import DatasetSpec, load_dataset  # noqa: E402
 from mlflow_unlearn.memorization import tiers_from_c_proxy
 from mlflow_unlearn.forget_sets import calibration_forget_sets, mix_forget_set  # noqa: E402
-from mlflow_unlearn.metrics import evaluate_unlearning, mean_ci, outputs_for, paired_test  # noqa: E402
+from mlflow_unlearn.metrics import SplitOutputs, evaluate_unlearning, mean_ci, outputs_for, paired_test  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
 from mlflow_unlearn.rum import Plan, single_algorithm_plan  # noqa: E402
-from mlflow_unlearn.training import TrainConfig, accuracy, train_model  # noqa: E402
+from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model  # noqa: E402
 from mlflow_unlearn import tuning  # noqa: E402  (the search core, the same one `mlflow-unlearn search` runs)
 
 DEFAULT_DATA = str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
@@ -150,6 +151,7 @@ class Original:
     train_acc: float  # eval mode, plain images
     test_acc: float
     seconds: float
+    heldout_c_proxy: np.ndarray | None = None  # the validation split's, recorded while training (as `train` does)
 
 
 def recipe(data, scale: Scale, seed: int) -> TrainRecipe:
@@ -164,13 +166,19 @@ def train_config(scale: Scale, seed: int) -> TrainConfig:
 def train_original(data, scale: Scale, seed: int) -> Original:
     model = new_model(data, scale, seed)
     recorder = ConfidenceRecorder(len(data.train))
+    # the validation split's confidences after every epoch, as the `train` step records them for the
+    # hook's gate (weights are unchanged by it; tested); they cost one validation pass per epoch
+    held = ConfidenceRecorder(len(data.val)) if data.val is not None and len(data.val) else None
     sync(data.device)
     t0 = time.perf_counter()
-    train_model(model, data, train_config(scale, seed), recorder=recorder, progress=False, eval_test=False)
+    train_model(model, data, train_config(scale, seed), recorder=recorder, progress=False, eval_test=False,
+                heldout=data.val if held is not None else None, heldout_recorder=held)
     sync(data.device)
     seconds = time.perf_counter() - t0
     out = Original(model, recorder.proxies()["c_proxy"], accuracy(model, data, data.train),
-                   accuracy(model, data, data.test), seconds)
+                   accuracy(model, data, data.test), seconds,
+                   # float16, as the artifact the gate reads (confidences.save_confidences)
+                   None if held is None else heldout_c_proxy(held.true_class_prob().astype(np.float16)))
     steps = math.ceil(len(data.train) / scale.batch_size) * scale.epochs
     say(f"original: {scale.model} width {scale.width}, {scale.epochs} epochs ({steps} steps of {scale.batch_size}), "
         f"{seconds:.1f} s ({steps * scale.batch_size / seconds:.0f} img/s): train acc {out.train_acc:.4f}, "
@@ -265,9 +273,17 @@ class SeedCache:
                 np.savez(tmp, forget=forget, k=len(calibration), **{f"calibration_{j}": c for j, c in enumerate(calibration)})
         return forget, calibration
 
+    def _target_path(self, name: str) -> Path | None:
+        return None if self.dir is None else self.dir / f"target-{name.replace(' ', '_').replace('(', '').replace(')', '')}.npz"
+
+    def cached_target(self, name: str, data) -> "Target | None":
+        """The Target `name` if an earlier run stored it, else None (nothing is retrained)."""
+        path = self._target_path(name)
+        return self.target(name, None, data) if path is not None and path.exists() else None
+
     def target(self, name: str, make, data) -> "Target":
         """The Target `name` from the cache (reference weights not kept: None), else `make()` stored."""
-        path = None if self.dir is None else self.dir / f"target-{name.replace(' ', '_').replace('(', '').replace(')', '')}.npz"
+        path = self._target_path(name)
         if path is not None and path.exists():
             from mlflow_unlearn.metrics import SplitOutputs
 
@@ -483,6 +499,64 @@ def command_line() -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+# The hook's acceptance gate at this scale (issue 11)
+
+
+def never_seen_check(original: Original, data, target: Target, calibration: list[Target]) -> dict | None:
+    """How close the acceptance gate's never-seen estimates (gate.py) come to the truth at this
+    scale. The gate checks each tier's forget accuracy against what a model that never saw the
+    examples gets on examples of that memorisation level; the truth here is the evaluated forget
+    set's own retrained reference, per tier. Two estimates, as the hook builds them: the calibration
+    references' correctness on their (disjoint) forget sets, and, without a search, the validation
+    split matched to the train C-proxy by rank with the original's own correctness. `passes` =
+    the exact retrain itself would pass that tier's check (a false reject where it is False).
+    Calibration targets are only those already in the seed cache (nothing is retrained for this)."""
+    c = np.asarray(original.c_proxy, dtype=np.float64)
+    estimates = {}
+    if calibration:
+        estimates["calibration references"] = NeverSeen(
+            np.concatenate([c[t.forget_ids] for t in calibration]),
+            np.concatenate([t.reference_outputs["forget"].correct for t in calibration]).astype(np.float64))
+    if original.heldout_c_proxy is not None:
+        val = SplitOutputs(predict_logits(original.model, data, data.val), data.val.y)
+        estimates["validation split by rank"] = heldout_never_seen(c, original.heldout_c_proxy, val.correct)
+    if not estimates:
+        return None
+    out = {"truth": {t: float(a) for t, a in target.tier_acc.items()},
+           "n": {t: int(len(ids)) for t, ids in target.tiers.items()}, "estimates": {}}
+    for name, never_seen in estimates.items():
+        per_tier = {}
+        for tier, ids in target.tiers.items():
+            expected, band = tier_expectation(never_seen, c[ids])
+            per_tier[tier] = {"expected": expected, "band": band,
+                              "passes": bool(abs(out["truth"][tier] - expected) <= band)}
+        out["estimates"][name] = per_tier
+        say(f"gate estimate ({name}) vs the evaluated reference, per tier: " + "; ".join(
+            f"{t} {v['expected']:.2f} +- {v['band']:.2f} vs {out['truth'][t]:.2f}{'' if v['passes'] else ' (REJECT)'}"
+            for t, v in per_tier.items()))
+    return out
+
+
+def never_seen_lines(checks: list[tuple[int, dict]]) -> list[str]:
+    """Markdown for never_seen_check results ((seed, result) pairs; empty when there are none)."""
+    if not checks:
+        return []
+    rows = []
+    for seed, check in checks:
+        for name, per_tier in check["estimates"].items():
+            rows.append([str(seed), name] + [
+                f"{v['expected']:.2f} +- {v['band']:.2f} vs {check['truth'][t]:.2f} ({'pass' if v['passes'] else 'reject'})"
+                for t, v in per_tier.items()])
+    tiers = list(checks[0][1]["truth"])
+    return ["## The hook's acceptance gate at this scale", "",
+            "Per tier: the gate's never-seen forget-accuracy estimate +- its accepted band (default thresholds: "
+            "0.10 + 2 binomial SE) vs the evaluated set's own retrained reference; `reject` = the gate would refuse "
+            "an exact retrain on that tier. Calibration references: the search's; validation split: matched to the "
+            "train C-proxy by rank (the estimate the hook uses without a search).", "",
+            table(["seed", "estimate"] + [f"{t} tier ({checks[0][1]['n'][t]} ex.)" for t in tiers], rows), ""]
+
+
+# ------------------------------------------------------------------------------------------------
 # Mode 1: every registered algorithm with its defaults
 
 
@@ -495,6 +569,8 @@ def mode_algorithms(args, scale: Scale, device) -> None:
     cache = SeedCache(args.results_dir, seed, config_key(args, scale))
     forget, _ = cache.sets(lambda: forget_sets(original, scale.forget, seed, scale.calibration_sets))
     target = cache.target("evaluated", lambda: make_target("evaluated", data, original, forget, scale, seed), data)
+    calibration = [t for j in range(scale.calibration_sets) if (t := cache.cached_target(f"calibration {j + 1}", data))]
+    gate_check = never_seen_check(original, data, target, calibration)
     # `retrain` (the recipe replayed with another seed: retrain vs retrain) runs first: every other
     # algorithm's time is divided by its seconds, timed in this run on this machine.
     names = ["retrain"] + [n for n in ALGORITHMS.names() if n != "retrain"]
@@ -536,6 +612,7 @@ def mode_algorithms(args, scale: Scale, device) -> None:
                                    is not None else f"the reference's retrain seconds ({retrain_s:.1f})"), "",
         table(header, body), "",
         *([f"Not run (--stop-after-s {args.stop_after_s:g} reached): {', '.join(skipped)}", ""] if skipped else []),
+        *never_seen_lines([(seed, gate_check)] if gate_check else []),
     ])
     say("\n" + text)
     write(args, "bench_algorithms.md", text)
@@ -553,7 +630,7 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
     original = train_original(data, scale, seed)
     cache = SeedCache(args.results_dir, seed, config_key(args, scale), rerun=args.rerun)
     forget, calibration_ids = cache.sets(lambda: forget_sets(original, scale.forget, seed, scale.calibration_sets))
-    plans, search_record, resumed = {}, None, False
+    plans, search_record, resumed, calibration = {}, None, False, []
     if scale.trials > 0:
         search_record = stored_search(args, scale, seed)
         resumed = search_record is not None
@@ -578,6 +655,9 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
     target = cache.target("evaluated", lambda: make_target("evaluated", data, original, forget, scale, seed), data)
     second = cache.target("evaluated (second retrain)", lambda: make_target(
         "evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000), data)
+    calibration = calibration or [t for j in range(scale.calibration_sets)
+                                   if (t := cache.cached_target(f"calibration {j + 1}", data))]
+    gate_check = never_seen_check(original, data, target, calibration)
     floor = tuning.noise_floor(second.as_reference(), target.as_reference(), data, seed=seed)
     say(f"noise floor (retrain vs retrain): ToW {floor['floor/tow']:.4f}, ToW-PE {floor['floor/tow_pe']:.4f}, "
         f"MIA gap {floor['floor/mia_gap']:.4f}")
@@ -606,7 +686,7 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
     return {"seed": seed, "machine": machine(device), "n_train": len(data.train), "n_test": len(data.test), "train_acc": original.train_acc,
             "test_acc": original.test_acc, "original_s": original.seconds, "retrain_s": target.retrain_s, "rows": rows,
             "ratio_retrain": {"name": timing.name, "seconds": timing.retrain_s, "in_this_run": timing.retrained_here},
-            "tier_acc": target.tier_acc, "floor": floor,
+            "tier_acc": target.tier_acc, "floor": floor, "never_seen_check": gate_check,
             "plans": {k: v.to_compact() for k, v in plans.items()},
             "search": None if search_record is None else {k: search_record.get(k) for k in (
                 "finished", "machine", "calibration_tow", "calibration", "original", "note")},
@@ -773,6 +853,7 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
         (table(["a - b", "metric", "n", "mean diff [95% CI]", "t", "p", "better"], tests) if len(results) >= 2 else
          f"(none yet: a paired test needs at least 2 seeds, {len(results)} stored)"), "",
         "Searched plans:", "", *plans, "",
+        *never_seen_lines([(res["seed"], res["never_seen_check"]) for res in results if res.get("never_seen_check")]),
     ])
 
 

@@ -203,6 +203,18 @@ def auc_standard_error(auc: float, n_pos: int, n_neg: int) -> float:
     return math.sqrt(max(var, 0.0))
 
 
+def tier_expectation(never_seen: NeverSeen, c_values, thresholds: GateThresholds | None = None) -> tuple[float, float]:
+    """What the gate expects of one tier's forget accuracy: the never-seen accuracy expected for
+    examples with these C-proxy values, and the accepted distance from it (`forget_tolerance` plus
+    two binomial standard errors of a tier this size). NaN for an empty tier."""
+    t = thresholds or GateThresholds()
+    c = np.asarray(c_values, dtype=np.float64).reshape(-1)
+    if len(c) == 0:
+        return float("nan"), float("nan")
+    expected = float(np.mean(never_seen.accuracy_at(c, t.neighbours)))
+    return expected, t.forget_tolerance + 2 * _binomial_se(expected, len(c))
+
+
 def check_result(before: Mapping[str, float], after: Mapping[str, float], tiers: Mapping[str, Any], c_proxy, *,
                  n_heldout: int, never_seen: NeverSeen | None = None,
                  thresholds: GateThresholds | None = None) -> GateReport:
@@ -233,8 +245,7 @@ def check_result(before: Mapping[str, float], after: Mapping[str, float], tiers:
                                        "held-out confidences; run `mlflow-unlearn search` for this model once, or "
                                        "train it with a validation split)"))
             continue
-        expected = float(np.mean(never_seen.accuracy_at(c[ids], t.neighbours))) if len(ids) else float("nan")
-        band = t.forget_tolerance + 2 * _binomial_se(expected, len(ids))
+        expected, band = tier_expectation(never_seen, c[ids], t)
         ok = value is not None and abs(float(value) - expected) <= band
         report.checks.append(Check(f"forget/{tier}", None if value is None else float(value),
                                    f"{expected:.4f} +- {band:.4f}", bool(ok),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlflow_unlearn.gate import GateError, GateThresholds, NeverSeen, auc_standard_error, check_result, heldout_never_seen
+from mlflow_unlearn.gate import (GateError, GateThresholds, NeverSeen, auc_standard_error, check_result, heldout_never_seen,
+                                 tier_expectation)
 from mlflow_unlearn.rum import Plan, stronger_plan
 
 BEFORE = {"retain/acc": 0.99, "test/acc": 0.90, "mia/auc": 0.70, "forget/acc": 0.99}
@@ -67,6 +68,20 @@ def test_small_tiers_get_a_wider_band():
         limits[n] = float(r.checks[2].limit.split("+-")[1])
     assert limits[5] > limits[30] > limits[300] >= 0.10
     assert auc_standard_error(0.7, 10, 500) > auc_standard_error(0.7, 300, 500)
+
+
+def test_tier_expectation_is_what_check_result_applies():
+    """The bench reports the gate's per-tier band through tier_expectation; it must be the band the
+    gate checks: a value just inside passes, just outside fails."""
+    ns, c = _never_seen(), np.linspace(0, 1, 1000)
+    ids = np.arange(600, 630)
+    expected, band = tier_expectation(ns, c[ids])
+    assert expected == pytest.approx(1.0) and band > 0.10
+    for value, ok in ((expected - band + 1e-6, True), (expected - band - 1e-3, False)):
+        r = check_result(BEFORE, {"retain/acc": 0.99, "test/acc": 0.9, "tier/t/forget_acc": value}, {"t": ids}, c,
+                         n_heldout=500, never_seen=ns)
+        assert r.checks[2].passed is ok and r.checks[2].limit == f"{expected:.4f} +- {band:.4f}"
+    assert all(np.isnan(tier_expectation(ns, [])))
 
 
 def test_never_seen_accuracy_follows_the_c_proxy():
