@@ -804,8 +804,9 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
                  floor_cell("floor/mia_gap", 3), floor_cell("floor/tow_mia"), floor_cell("floor/tow_pe"), "-", "1"])
 
     tests = []
-    pairs = [("RUM, searched plan", "none (no unlearning)")]
-    pairs += [("RUM, searched plan", f"{a} (tuned)") for a in args.algorithms]
+    rum = "RUM, searched plan"
+    pairs = [(rum, "none (no unlearning)")]
+    pairs += [(rum, f"{a} ({kind})") for a in args.algorithms for kind in ("tuned", "defaults")]
     pairs += [(f"{a} (tuned)", f"{a} (defaults)") for a in args.algorithms]
     for a, b in pairs:
         both = [(ra, rb) for ra, rb in zip(per.get(a, []), per.get(b, [])) if ra is not None and rb is not None]
@@ -852,9 +853,48 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
         "Paired tests over seeds (difference a - b; ToW: higher is better, MIA gap: lower is better):", "",
         (table(["a - b", "metric", "n", "mean diff [95% CI]", "t", "p", "better"], tests) if len(results) >= 2 else
          f"(none yet: a paired test needs at least 2 seeds, {len(results)} stored)"), "",
+        *verdict_lines(per, pairs, floors), "",
         "Searched plans:", "", *plans, "",
         *never_seen_lines([(res["seed"], res["never_seen_check"]) for res in results if res.get("never_seen_check")]),
     ])
+
+
+def verdict_lines(per: dict, pairs: list[tuple[str, str]], floors: list[dict]) -> list[str]:
+    """Where RUM wins and where it does not, in words, read off the same paired differences as the
+    tests table: a comparison is called only when the 95% interval of the mean ToW difference over
+    seeds excludes 0; otherwise it says the seeds cannot tell (with how many seeds each side won).
+    Several comparisons at a few seeds and no multiplicity correction: a call is a lead, not a proof."""
+    rum = "RUM, searched plan"
+    out = []
+    for a, b in pairs:
+        if a != rum:
+            continue
+        both = [(ra, rb) for ra, rb in zip(per.get(a, []), per.get(b, [])) if ra is not None and rb is not None]
+        if not both:
+            continue
+        diffs = [ra["tow"] - rb["tow"] for ra, rb in both]
+        wins = sum(d > 0 for d in diffs)
+        n = len(diffs)
+        mean, lo, hi = mean_ci(diffs)
+        gap = mean_ci([ra["mia/gap"] - rb["mia/gap"] for ra, rb in both])[0]
+        if n >= 2 and lo > 0:
+            call = "RUM is better"
+        elif n >= 2 and hi < 0:
+            call = "RUM is worse"
+        else:
+            call = "no clear difference" if n >= 2 else "one seed, no call"
+        interval = "" if n < 2 else f" [{fmt(lo)}, {fmt(hi)}]"
+        out.append(f"- vs {b}: {call} on ToW (RUM - it = {fmt(mean)}{interval}; RUM higher in {wins} of {n} "
+                   f"seeds); MIA gap {'lower' if gap < 0 else 'higher' if gap > 0 else 'equal'} by {fmt(abs(gap), 3)}")
+    rum_tow = [r["tow"] for r in per.get(rum, []) if r is not None]
+    if rum_tow and floors:
+        floor = float(np.mean([f["floor/tow"] for f in floors]))
+        out.append(f"- vs retraining: RUM's mean ToW {fmt(float(np.mean(rum_tow)))} against {fmt(floor)} for a second "
+                   f"retrain (the noise floor: as close to the reference as retraining itself gets)")
+    if not out:
+        return []
+    return [f"Where RUM wins and where it does not (ToW over {len(rum_tow)} seed(s); a call needs the 95% interval of "
+            "the paired difference to exclude 0; several comparisons, no multiplicity correction):", "", *out]
 
 
 def mode_rum(args, scale: Scale, device) -> None:
