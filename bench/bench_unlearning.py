@@ -398,9 +398,10 @@ def failed_stale(study) -> int:
 
 
 def counted(study) -> int:
-    """Trials that count against the budget: complete, pruned or diverged, not stale."""
+    """Trials that count against the budget: complete, pruned or diverged, not stale, not a repeat
+    (a plan an earlier trial scored: free, tuning.counts_against_budget)."""
     return sum(t.state in (*FINISHED, _optuna.trial.TrialState.FAIL) and not t.user_attrs.get("stale")
-               for t in study.trials)
+               and tuning.counts_against_budget(t) for t in study.trials)
 
 
 def search_plans(original, data, calibration: list, scale: Scale, seed: int, algorithms, *,
@@ -449,7 +450,7 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
             continue
         if values is not None:
             values[space] = value
-        say(f"  search {space}: best calibration ToW {value:.4f} (selection only) after {len(study.trials)} trials: "
+        say(f"  search {space}: best calibration ToW {value:.4f} (selection only) after {counted(study)} scored plans ({len(study.trials)} trials, repeats free): "
             f"{best[space].to_compact()}")
     return best
 

@@ -338,10 +338,14 @@ def make_study(name: str | None, storage, *, seed: int = 0, objective: str = "to
 def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], scorer: CalibrationScorer, *,
              n_trials: int, objective: str = "tow", enqueue: Sequence[Mapping[str, Any]] = (),
              observer: TrialObserver | None = None, timeout_s: float | None = None) -> None:
-    """Run the study until it holds `n_trials` trials (shared by every worker of a named study):
-    the `enqueue`d known-good points first (skipped when a worker already enqueued them), then the
-    sampler's. Each trial's plan is stored in its user attribute `plan` and its metrics in `metrics`;
-    a plan scored before in the study is not scored again (`repeat_of`: the trial it copies)."""
+    """Run the study until `n_trials` of its trials scored a plan of their own (shared by every worker
+    of a named study): the `enqueue`d known-good points first (skipped when a worker already enqueued
+    them), then the sampler's. Each trial's plan is stored in its user attribute `plan` and its metrics
+    in `metrics`; a plan scored before in the study is not scored again (`repeat_of`: the trial it
+    copies) and does not count against `n_trials`: a sampler that keeps drawing one point (a space's
+    `defaults` branch) would otherwise spend a study's budget on nothing, and studies compared with
+    "the same number of trials" would explore different numbers of plans. A space with fewer distinct
+    plans than `n_trials` stops once it holds `REPEAT_ALLOWANCE` x `n_trials` repeats."""
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
     _, metric = objective_directions(objective)
@@ -391,14 +395,39 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
             return metrics["tow"], metrics["time/unlearn_s"]
         return metrics[objective]
 
-    # The budget counts trials that ran or run, not enqueued ones still WAITING: two workers that join a
-    # fresh study together can both enqueue the starting points (skip_if_exists is not atomic), and
-    # counting those duplicates would stop both workers after one trial each.
-    S = optuna.trial.TrialState
-    budget = optuna.study.MaxTrialsCallback(n_trials, states=(S.COMPLETE, S.PRUNED, S.FAIL, S.RUNNING))
+    def spent() -> bool:
+        started = study.get_trials(deepcopy=False, states=_STARTED)
+        scored = sum(counts_against_budget(t) for t in started)
+        return scored >= n_trials or len(started) - scored >= REPEAT_ALLOWANCE * n_trials
+
+    def budget(study: optuna.Study, _trial) -> None:
+        if spent():
+            study.stop()
+
+    if spent():  # a resumed study that already holds its budget runs nothing
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Optuna warns on enqueued values outside a range
-        study.optimize(objective_fn, n_trials=n_trials, timeout=timeout_s, callbacks=[budget], catch=(Diverged,))
+        study.optimize(objective_fn, n_trials=(1 + REPEAT_ALLOWANCE) * n_trials + len(enqueue), timeout=timeout_s,
+                       callbacks=[budget], catch=(Diverged,))
+
+
+# Repeats a study may hold per trial of its budget before it stops short of the budget: a space with
+# fewer distinct plans than the budget (`none` and one algorithm without hyperparameters) would
+# otherwise draw repeats forever. A repeat costs no unlearning, only its trial record (and in
+# `mlflow-unlearn search` its nested run).
+REPEAT_ALLOWANCE = 1
+# The budget counts trials that ran or run, not enqueued ones still WAITING: two workers that join a
+# fresh study together can both enqueue the starting points (skip_if_exists is not atomic), and
+# counting those duplicates would stop both workers after one trial each.
+_STARTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
+            optuna.trial.TrialState.RUNNING)
+
+
+def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a started trial spends the study's budget: it scored (or is scoring) a plan of its own.
+    A repeat (`repeat_of`: a plan an earlier trial scored, its metrics copied) is free."""
+    return trial.state in _STARTED and "repeat_of" not in trial.user_attrs
 
 
 def _completed_with_plan(study: optuna.Study, plan: dict) -> optuna.trial.FrozenTrial | None:
@@ -432,7 +461,8 @@ def trial_counts(study: optuna.Study) -> dict[str, float]:
     states = [t.state for t in study.trials]
     S = optuna.trial.TrialState
     return {"n_trials_complete": float(states.count(S.COMPLETE)), "n_trials_pruned": float(states.count(S.PRUNED)),
-            "n_trials_failed": float(states.count(S.FAIL))}
+            "n_trials_failed": float(states.count(S.FAIL)),
+            "n_trials_repeat": float(sum("repeat_of" in t.user_attrs for t in study.trials))}
 
 
 def mean_ci_row(values: Sequence[float]) -> tuple[float, float, float]:

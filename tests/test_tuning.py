@@ -163,12 +163,36 @@ def test_a_plan_drawn_again_is_not_scored_again(setup):
             scored.append(plan.to_compact())
             return scorer.run(plan, report=report)
 
-    plans = ["all=none", "all=none", "all=neggrad(epochs=1)", "all=none"]
+    plans = ["all=none", "all=none", "all=neggrad(epochs=1)", "all=none", "all=neggrad(epochs=2)", "all=finetune"]
     candidates = lambda trial: tuning.Plan.parse(plans[trial.number])
     study = optuna.create_study(direction="maximize")
-    tuning.optimize(study, candidates, Counting(), n_trials=4)
-    assert scored == ["all=none", "all=neggrad(epochs=1)"]
+    tuning.optimize(study, candidates, Counting(), n_trials=3)
+    # the budget is 3 plans scored, not 3 trials: the two repeats are free, and the study stops there
+    assert scored == ["all=none", "all=neggrad(epochs=1)", "all=neggrad(epochs=2)"]
     trials = study.trials
-    assert [t.user_attrs.get("repeat_of") for t in trials] == [None, 0, None, 0]
+    assert [t.user_attrs.get("repeat_of") for t in trials] == [None, 0, None, 0, None]
     assert trials[1].value == trials[3].value == trials[0].value != trials[2].value
     assert trials[1].user_attrs.get("metrics") is None  # only the scored trial holds the metrics
+    assert [tuning.counts_against_budget(t) for t in trials] == [True, False, True, False, True]
+    tuning.optimize(study, candidates, Counting(), n_trials=3)  # resumed at its budget: runs nothing
+    assert len(study.trials) == 5
+
+
+def test_a_space_smaller_than_the_budget_stops_after_its_repeat_allowance(setup):
+    """A space with one plan can never reach 3 scored plans: the study stops once it holds
+    REPEAT_ALLOWANCE x n_trials repeats, having scored the plan once."""
+    data, build, config, model, c, forget, calibration = setup
+    scored = []
+    scorer = tuning.CalibrationScorer(model, data, [calibration])
+
+    class Counting:
+        metrics = None
+
+        def run(self, plan, report=None):
+            scored.append(plan.to_compact())
+            return scorer.run(plan, report=report)
+
+    study = optuna.create_study(direction="maximize")
+    tuning.optimize(study, lambda trial: tuning.Plan.parse("all=none"), Counting(), n_trials=3)
+    assert scored == ["all=none"]
+    assert len(study.trials) == 1 + tuning.REPEAT_ALLOWANCE * 3
