@@ -180,8 +180,9 @@ class _TrialRuns:
             mlflow.end_run()
             return
         mlflow.set_tag(TAG + state, reason[:500] or "true")
-        # pruned is a normal outcome of a search, not a crash: the run ends FINISHED
-        mlflow.end_run(status="FINISHED" if state == "pruned" else "FAILED")
+        # pruned is a normal outcome of a search, not a crash: the run ends FINISHED; a duplicate (the
+        # trial another worker finished first) was stopped, not broken: KILLED
+        mlflow.end_run(status={"pruned": "FINISHED", "duplicate": "KILLED"}.get(state, "FAILED"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -258,7 +258,9 @@ class TrialObserver(Protocol):
     def trial_started(self, trial: optuna.Trial, plan: Plan) -> None: ...
 
     def trial_finished(self, trial: optuna.Trial, plan: Plan, metrics: dict[str, float], state: str,
-                       reason: str = "") -> None: ...
+                       reason: str = "") -> None:
+        """`state`: complete, pruned, diverged, failed, or duplicate (another worker of a shared
+        SQLite study ran the same trial and finished first)."""
 
 
 def _notify(observer, name: str, *args, **kwargs) -> None:
@@ -387,6 +389,9 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
             trial.set_user_attr("diverged", str(exc)[:500])
             _notify(observer, "trial_finished", trial, plan, {}, "diverged", str(exc))
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker ran this trial and finished first
+            _notify(observer, "trial_finished", trial, plan, {}, "duplicate", DUPLICATE_REASON)
+            raise
         except BaseException as exc:  # an error in a plan or an interrupt: close what the observer opened
             _notify(observer, "trial_finished", trial, plan, {}, "failed", f"{type(exc).__name__}: {exc}")
             raise
@@ -404,14 +409,34 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
         if spent():
             study.stop()
 
-    if spent():  # a resumed study that already holds its budget runs nothing
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Optuna warns on enqueued values outside a range
-        study.optimize(objective_fn, n_trials=(1 + REPEAT_ALLOWANCE) * n_trials + len(enqueue), timeout=timeout_s,
-                       callbacks=[budget], catch=(Diverged,))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    # Each pass ends at the budget, the timeout or a trial another worker finished first; the last
+    # can only happen to an enqueued trial (a sampled one is created for one worker), so there are
+    # at most as many extra passes as enqueued points, counted generously over racing workers.
+    for _ in range(1 + 4 * (len(enqueue) + 1)):
+        if spent():  # a resumed study that already holds its budget runs nothing
+            return
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # Optuna warns on enqueued values outside a range
+                study.optimize(objective_fn, n_trials=(1 + REPEAT_ALLOWANCE) * n_trials + len(enqueue), timeout=left,
+                               callbacks=[budget], catch=(Diverged,))
+            return
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            # SQLite cannot lock the row of an enqueued (WAITING) trial, so two workers that pop it
+            # together both run it (PostgreSQL locks it: SELECT ... FOR UPDATE). Whoever finishes
+            # second cannot record it (Optuna 5: ValueError "Cannot tell a COMPLETE trial."); the
+            # first one's result stands and this worker goes on.
+            if isinstance(exc, ValueError) and not str(exc).startswith("Cannot tell a "):
+                raise
+            continue
 
 
+DUPLICATE_REASON = ("another worker ran this trial too and finished first (its result stands); only "
+                    "a SQLite study lets two workers take the same enqueued trial")
 # Repeats a study may hold per trial of its budget before it stops short of the budget: a space with
 # fewer distinct plans than the budget (`none` and one algorithm without hyperparameters) would
 # otherwise draw repeats forever. A repeat costs no unlearning, only its trial record (and in

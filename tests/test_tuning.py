@@ -196,3 +196,43 @@ def test_a_space_smaller_than_the_budget_stops_after_its_repeat_allowance(setup)
     tuning.optimize(study, lambda trial: tuning.Plan.parse("all=none"), Counting(), n_trials=3)
     assert scored == ["all=none"]
     assert len(study.trials) == 1 + tuning.REPEAT_ALLOWANCE * 3
+
+
+@pytest.mark.parametrize("when", ["while_scoring", "before_tell"])
+def test_a_trial_another_worker_finished_first_does_not_stop_the_search(setup, when):
+    """On SQLite two workers can pop the same enqueued trial (no row lock); the one that finishes
+    second cannot record it, whether the other finished while it scored or just before its tell.
+    That worker goes on to the next trial instead of failing the whole search (CI saw `Cannot tell
+    a COMPLETE trial` end a worker of tests/test_search.py's two-worker test)."""
+    data, build, config, model, c, forget, calibration = setup
+    scorer = tuning.CalibrationScorer(model, data, [calibration])
+    study = optuna.create_study(direction="maximize")
+    finished = []
+
+    def other_worker_records_the_running_trial(metrics):
+        (running,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        study._storage.set_trial_user_attr(running._trial_id, "metrics", dict(metrics))
+        study.tell(running.number, 0.123)
+
+    class Scorer:
+        metrics = None
+
+        def run(self, plan, report=None):
+            metrics = scorer.run(plan, report=report)
+            if when == "while_scoring" and not finished:
+                other_worker_records_the_running_trial(metrics)
+            return metrics
+
+    class Observer:
+        def trial_finished(self, trial, plan, metrics, state, reason=""):
+            if when == "before_tell" and not finished:
+                other_worker_records_the_running_trial(metrics)
+            finished.append((trial.number, state))
+
+    cands = tuning.algorithm_candidates("neggrad", max_epochs=1)
+    tuning.optimize(study, cands, Scorer(), n_trials=3, observer=Observer(),
+                    enqueue=tuning.algorithm_default_trials("neggrad"))
+    assert finished[0] == (0, "duplicate" if when == "while_scoring" else "complete")
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE and study.trials[0].value == 0.123  # theirs stands
+    assert sum(tuning.counts_against_budget(t) for t in study.trials) == 3  # the search went on to its budget
+    assert all(state == "complete" for _, state in finished[1:])
