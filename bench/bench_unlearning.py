@@ -431,7 +431,7 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
         if done:
             say(f"  search {space}: resuming, {done} trial(s) stored" + (f", {stale} stale re-queued" if stale else ""))
         if (storage is not None and timeout_s is not None and time.perf_counter() - t0 >= timeout_s
-                and counted(study) < n_trials):
+                and counted(study) < n_trials and not tuning.budget_spent(study, n_trials + failed_stale(study))):
             return None
         left = None if timeout_s is None else max(1.0, timeout_s - (time.perf_counter() - t0))
         if storage is None:
@@ -439,7 +439,7 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
         if storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
             tuning.optimize(study, candidates, scorer, n_trials=n_trials + failed_stale(study), enqueue=first,
                             observer=_PrintTrials(space), timeout_s=left)
-        if storage is not None and counted(study) < n_trials:
+        if storage is not None and counted(study) < n_trials and not tuning.budget_spent(study, n_trials + failed_stale(study)):
             say(f"  search {space}: stopped with {counted(study)} of {n_trials} trials; run the same command again to "
                 "continue")
             return None

@@ -331,10 +331,58 @@ def make_study(name: str | None, storage, *, seed: int = 0, objective: str = "to
     directions, _ = objective_directions(objective)
     with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        sampler = ExploreAfterRepeat(optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True), seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=directions,
                                load_if_exists=load_if_exists)
+
+
+class ExploreAfterRepeat(optuna.samplers.BaseSampler):
+    """`base` (the TPE sampler), except that a trial started right after a repeat (a trial whose
+    plan an earlier one scored, `repeat_of`) is drawn at random with every `defaults` switch off.
+
+    Why: a repeat copies the earlier score, so the model-based sampler learns nothing from it and
+    draws the same point again. Seed 2 of the CPU benchmark's neggrad_plus study drew its defaults
+    branch in 8 of its 11 sampled trials (the defaults scored best), and replaying that study with
+    this Optuna version and stand-in scores, TPE drew the point 19 more times before leaving it. One random point with
+    searched hyperparameters after each repeat keeps a study exploring at a cost of one free
+    repeat per scored plan at most. Other trials are the base sampler's."""
+
+    def __init__(self, base: optuna.samplers.BaseSampler, *, seed: int | None = None):
+        self.base = base
+        self._random = optuna.samplers.RandomSampler(seed=None if seed is None else seed + 7919)
+        self._exploring: set[int] = set()  # trial ids drawn at random
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+        self._random.reseed_rng()
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        earlier = [t for t in study.get_trials(deepcopy=False, states=_STARTED) if t.number < trial.number]
+        if earlier and "repeat_of" in max(earlier, key=lambda t: t.number).user_attrs:
+            self._exploring.add(trial._trial_id)
+        self.base.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        if trial._trial_id in self._exploring:
+            return {}
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        if trial._trial_id in self._exploring:
+            return {}
+        return self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if trial._trial_id not in self._exploring:
+            return self.base.sample_independent(study, trial, param_name, param_distribution)
+        if param_name.endswith(f".{DEFAULTS_KEY}"):  # the defaults point is the one already known
+            return False
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._exploring.discard(trial._trial_id)
+        self.base.after_trial(study, trial, state, values)
 
 
 def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], scorer: CalibrationScorer, *,
@@ -346,8 +394,9 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
     in `metrics`; a plan scored before in the study is not scored again (`repeat_of`: the trial it
     copies) and does not count against `n_trials`: a sampler that keeps drawing one point (a space's
     `defaults` branch) would otherwise spend a study's budget on nothing, and studies compared with
-    "the same number of trials" would explore different numbers of plans. A space with fewer distinct
-    plans than `n_trials` stops once it holds `REPEAT_ALLOWANCE` x `n_trials` repeats."""
+    "the same number of trials" would explore different numbers of plans (`make_study`'s sampler
+    draws at random after a repeat). A space with fewer distinct plans than `n_trials` stops after
+    `REPEAT_ALLOWANCE` x `n_trials` repeats in a row (`budget_spent`)."""
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
     _, metric = objective_directions(objective)
@@ -401,18 +450,18 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
         return metrics[objective]
 
     def spent() -> bool:
-        started = study.get_trials(deepcopy=False, states=_STARTED)
-        scored = sum(counts_against_budget(t) for t in started)
-        return scored >= n_trials or len(started) - scored >= REPEAT_ALLOWANCE * n_trials
+        return budget_spent(study, n_trials)
 
     def budget(study: optuna.Study, _trial) -> None:
         if spent():
             study.stop()
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    # Each pass ends at the budget, the timeout or a trial another worker finished first; the last
-    # can only happen to an enqueued trial (a sampled one is created for one worker), so there are
-    # at most as many extra passes as enqueued points, counted generously over racing workers.
+    # Each pass ends at the budget (the callback; the pass's own trial cap is only a safety net), the
+    # timeout or a trial another worker finished first; the last can only happen to an enqueued
+    # trial (a sampled one is created for one worker), so there are at most as many extra passes as
+    # enqueued points, counted generously over racing workers.
+    cap = 2 * (1 + REPEAT_ALLOWANCE) * n_trials + len(enqueue)
     for _ in range(1 + 4 * (len(enqueue) + 1)):
         if spent():  # a resumed study that already holds its budget runs nothing
             return
@@ -422,7 +471,7 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # Optuna warns on enqueued values outside a range
-                study.optimize(objective_fn, n_trials=(1 + REPEAT_ALLOWANCE) * n_trials + len(enqueue), timeout=left,
+                study.optimize(objective_fn, n_trials=cap, timeout=left,
                                callbacks=[budget], catch=(Diverged,))
             return
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
@@ -437,10 +486,11 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
 
 DUPLICATE_REASON = ("another worker ran this trial too and finished first (its result stands); only "
                     "a SQLite study lets two workers take the same enqueued trial")
-# Repeats a study may hold per trial of its budget before it stops short of the budget: a space with
-# fewer distinct plans than the budget (`none` and one algorithm without hyperparameters) would
-# otherwise draw repeats forever. A repeat costs no unlearning, only its trial record (and in
-# `mlflow-unlearn search` its nested run).
+# Repeats in a row, per trial of the budget, after which a study stops short of its budget: a space
+# with fewer distinct plans than the budget (`none` and one algorithm without hyperparameters) would
+# otherwise draw repeats forever. In a row, because after a repeat the sampler draws at random
+# (`ExploreAfterRepeat`), so a space with plans left breaks the run at once. A repeat costs no
+# unlearning, only its trial record (and in `mlflow-unlearn search` its nested run).
 REPEAT_ALLOWANCE = 1
 # The budget counts trials that ran or run, not enqueued ones still WAITING: two workers that join a
 # fresh study together can both enqueue the starting points (skip_if_exists is not atomic), and
@@ -453,6 +503,20 @@ def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a started trial spends the study's budget: it scored (or is scoring) a plan of its own.
     A repeat (`repeat_of`: a plan an earlier trial scored, its metrics copied) is free."""
     return trial.state in _STARTED and "repeat_of" not in trial.user_attrs
+
+
+def budget_spent(study: optuna.Study, n_trials: int) -> bool:
+    """Whether `study` holds its budget: `n_trials` scored plans, or `REPEAT_ALLOWANCE` x `n_trials`
+    repeats in a row at its end (a space with fewer plans than the budget)."""
+    started = sorted(study.get_trials(deepcopy=False, states=_STARTED), key=lambda t: t.number)
+    if sum(counts_against_budget(t) for t in started) >= n_trials:
+        return True
+    in_a_row = 0
+    for t in reversed(started):
+        if counts_against_budget(t):
+            break
+        in_a_row += 1
+    return in_a_row >= REPEAT_ALLOWANCE * n_trials
 
 
 def _completed_with_plan(study: optuna.Study, plan: dict) -> optuna.trial.FrozenTrial | None:

@@ -82,9 +82,10 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     assert not [t for t in trials if t.info.status == "FAILED"], "pruned trials must not look like crashes"
     study = optuna.load_study(study_name=found.study_name, storage=found.storage)
     assert len(trials) == len(study.trials)  # every trial is a nested run, pruned ones and repeats included
-    # the budget is 16 plans scored; repeats (this small space has few plans) are free up to the allowance
+    # the budget is 16 plans scored (a pruned plan drawn again is scored again: pruning depends on the
+    # trials before it); this space has 9 plans, so it may instead stop after 16 repeats in a row
     scored = sum(tuning.counts_against_budget(t) for t in study.trials)
-    assert scored == 16 or len(study.trials) - scored == 16 * tuning.REPEAT_ALLOWANCE
+    assert scored <= 16 and tuning.budget_spent(study, 16)
     # the known-good points ran first: none everywhere, then the oracle whole-set and per tier
     first = [t.user_attrs["plan"] for t in study.trials[:3]]
     assert [s["algorithm"] for s in first[0]["steps"]] == ["none"] * 3
@@ -130,7 +131,7 @@ def test_a_diverged_trial_fails_and_the_study_goes_on(source_model, diverging_al
     study = optuna.load_study(study_name=found.study_name, storage=found.storage)
     states = [t.state for t in study.trials]
     scored = sum(tuning.counts_against_budget(t) for t in study.trials)  # a diverged trial spends budget
-    assert (scored == 4 or len(states) - scored == 4 * tuning.REPEAT_ALLOWANCE) and optuna.trial.TrialState.FAIL in states
+    assert scored <= 4 and tuning.budget_spent(study, 4) and optuna.trial.TrialState.FAIL in states
     assert optuna.trial.TrialState.COMPLETE in states
     assert "test_diverge" not in found.best_plan.to_compact()
     failed = [r for r in runs(f"tags.`mlflow_unlearn.study` = '{found.study_name}'") if r.info.status == "FAILED"]
@@ -183,7 +184,7 @@ def _two_workers_share(uri, tracking_uri, storage):
     finished = [t for t in study.trials if t.state.is_finished()]
     scored = sum(tuning.counts_against_budget(t) for t in finished)  # repeats are free (tuning.optimize)
     # the budget is the study's; two racing workers may each start the last one
-    assert 4 <= scored <= 5 or len(finished) - scored >= 4 * tuning.REPEAT_ALLOWANCE
+    assert scored <= 5 and tuning.budget_spent(study, 4)
     assert len({t.user_attrs["worker"] for t in finished}) == 2, "both workers ran trials"
 
 

@@ -206,7 +206,7 @@ def test_a_trial_another_worker_finished_first_does_not_stop_the_search(setup, w
     a COMPLETE trial` end a worker of tests/test_search.py's two-worker test)."""
     data, build, config, model, c, forget, calibration = setup
     scorer = tuning.CalibrationScorer(model, data, [calibration])
-    study = optuna.create_study(direction="maximize")
+    study = tuning.make_study(None, None, seed=0)
     finished = []
 
     def other_worker_records_the_running_trial(metrics):
@@ -236,3 +236,46 @@ def test_a_trial_another_worker_finished_first_does_not_stop_the_search(setup, w
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE and study.trials[0].value == 0.123  # theirs stands
     assert sum(tuning.counts_against_budget(t) for t in study.trials) == 3  # the search went on to its budget
     assert all(state == "complete" for _, state in finished[1:])
+
+
+class _DefaultsScoreBest:
+    """A stand-in scorer (no unlearning): a plan at the algorithm's defaults scores 0.9, any searched
+    setting less, as on seed 2 of the CPU benchmark where TPE then kept drawing the defaults."""
+    metrics = None
+
+    def __init__(self):
+        self.scored = []
+
+    def run(self, plan, report=None):
+        self.scored.append(plan.to_compact())
+        hp = plan.steps[0].hyperparameters
+        return {"tow": 0.9 if not hp else 0.5 + 0.3 * min(1.0, hp["lr"] * 10), "time/unlearn_s": 0.0}
+
+
+def test_a_study_whose_defaults_score_best_still_scores_its_budget_of_plans():
+    """After a repeat the sampler draws at random (searched branch), so a study whose defaults win
+    reaches its budget of distinct plans instead of redrawing the defaults until it stops short."""
+    scorer = _DefaultsScoreBest()
+    study = tuning.make_study(None, None, seed=2)
+    tuning.optimize(study, tuning.algorithm_candidates("neggrad_plus", max_epochs=2), scorer, n_trials=8,
+                    enqueue=tuning.algorithm_default_trials("neggrad_plus"))
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert len(scorer.scored) == len(set(scorer.scored)) == 8 and tuning.budget_spent(study, 8)
+    repeats = [t.number for t in trials if "repeat_of" in t.user_attrs]
+    assert all(n + 1 not in repeats for n in repeats), f"a repeat followed a repeat: trials {repeats}"
+    assert study.best_trial.number == 0 and study.best_value == 0.9
+
+
+def test_budget_spent_counts_scored_plans_or_repeats_in_a_row():
+    study = optuna.create_study(direction="maximize")
+    for repeat in [False, True, False, True, True]:
+        t = study.ask()
+        if repeat:
+            t.set_user_attr("repeat_of", 0)
+        study.tell(t, 0.5)
+    assert not tuning.budget_spent(study, 3)  # 2 scored, 2 repeats in a row (3 needed)
+    assert tuning.budget_spent(study, 2)  # 2 scored
+    t = study.ask()
+    t.set_user_attr("repeat_of", 0)
+    study.tell(t, 0.5)
+    assert tuning.budget_spent(study, 3)  # 3 repeats in a row: a space with fewer plans than the budget
