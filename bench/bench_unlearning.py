@@ -109,11 +109,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor(), else 'unknown CPU'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         where = f"{torch.cuda.get_device_name(device)}, bf16 autocast, channels_last"
     else:
-        where = f"{os.cpu_count()} CPU cores ({platform.machine()}), {torch.get_num_threads()} torch thread(s)"
+        # the CPU model and the vector ISA torch dispatches to: training is bit-identical run to run on
+        # one machine, but seed 1's original (same recipe and seed, no training change between) came out
+        # train/test 0.9837/0.6650 in one session and 0.9859/0.6590 in another (2026-12-03); each session
+        # runs on a fresh machine, and kernels for another ISA sum floats in another order
+        where = (f"{os.cpu_count()} CPU cores ({platform.machine()}, {cpu_model()}, "
+                 f"{torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} torch thread(s)")
     return f"{where}, torch {torch.__version__}"
 
 
