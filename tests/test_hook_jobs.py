@@ -153,3 +153,44 @@ def test_a_job_that_started_during_the_receivers_queued_write_keeps_its_status(t
     job_queue.current_huey().flush()
     assert jobs.submit("m", v, client=client, enqueued=True).startswith("queued")
     assert ledger.read_state(client, "m", v).status == ledger.QUEUED and job_queue.pending() == 0
+
+
+@pytest.mark.parametrize("after_write", [1, 2, 3])
+def test_a_rejection_written_while_the_reconciler_requeues_keeps_its_reason(tracking, tmp_path, monkeypatch, after_write):
+    """The reconciler re-queues a request whose first job may be answering it right now (a rejection
+    takes no job lock). Whichever of the reconciler's tag writes that answer lands after, the version
+    must end `rejected` WITH its error tag: a `rejected` without a reason once reached CI (the clear of
+    the last answer came after the `queued` status and erased the job's error; the re-queued job then
+    saw a terminal status and skipped). The job here is the real run_job, run between two writes."""
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn.hook import job_queue, jobs
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+    v = str(client.create_model_version("m", "runs:/0123456789abcdef0123456789abcdef/model").version)
+    jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=tracking, models=["m"], device="cpu"))
+    unreadable = "runs:/0123456789abcdef0123456789abcdef/forget_set/nothing.json"
+    ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: unreadable})
+    set_tags, writes, answered = ledger.set_tags, [], []
+
+    def a_job_answers_between_writes(c, name, version, tags):
+        set_tags(c, name, version, tags)
+        if answered:  # the job's own writes (and anything after it answered) pass straight through
+            return
+        writes.append(sorted(tags))
+        if len(writes) == after_write:
+            answered.append(jobs.run_job(name, version))
+
+    monkeypatch.setattr(ledger, "set_tags", a_job_answers_between_writes)
+    outcome = jobs.submit("m", v, client=client, force_enqueue=True)
+    monkeypatch.setattr(ledger, "set_tags", set_tags)
+    assert outcome == "queued" and len(writes) >= after_write, (outcome, writes)
+    assert answered and answered[0].startswith("rejected") and "cannot read" in answered[0], answered
+    # the worker runs what the reconciler queued: it answers again, or finds the answer standing
+    assert job_queue.queued_targets() == {("m", v)}
+    job_queue.current_huey().flush()
+    rerun = jobs.run_job("m", v)
+    state = ledger.read_state(client, "m", v)
+    assert state.is_current and state.status == ledger.REJECTED, (rerun, state.tags)
+    assert "cannot read" in state.tags.get(ledger.ERROR_TAG, ""), (rerun, state.tags)

@@ -137,15 +137,20 @@ def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowCli
     except ValueError as exc:
         log.error("%s/%s: %s", name, state.version, exc)
         merged, outcome = state.tags.get(ledger.MERGED_TAG), f"queued (not merged: {exc})"
+    if not enqueued:
+        # Clear the last answer BEFORE the status. This job is not queued yet, but the reconciler also
+        # re-queues a request whose first job may be finishing right now (a rejection takes no lock):
+        # cleared after `queued`, a `rejected` written in between would lose its error tag for good
+        # (the re-queued job then sees a terminal status and skips). Cleared first, that job's answer
+        # overwrites the clear, and `queued` below makes the re-queued job answer once more.
+        ledger.set_tags(client, name, state.version, {ledger.RESULT_VERSION_TAG: None, ledger.ERROR_TAG: None,
+                                                      ledger.STARTED_AT_TAG: None, ledger.FINISHED_AT_TAG: None})
     ledger.set_tags(client, name, state.version, {ledger.STATUS_TAG: ledger.QUEUED})
-    tags = {ledger.JOB_REQUEST_TAG: state.request, ledger.QUEUED_AT_TAG: ledger.now(),
-            ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request), ledger.MERGED_TAG: merged}
-    if not enqueued:  # the job is not in the queue yet, so it cannot have started: clear the last answer
-        tags.update({ledger.RESULT_VERSION_TAG: None, ledger.ERROR_TAG: None, ledger.STARTED_AT_TAG: None,
-                     ledger.FINISHED_AT_TAG: None})
     # With `enqueued` (the receiver queued the job before answering) a worker may already have started
     # it and written started_at: never clear that (the job clears the last answer itself when it starts).
-    ledger.set_tags(client, name, state.version, tags)
+    ledger.set_tags(client, name, state.version, {
+        ledger.JOB_REQUEST_TAG: state.request, ledger.QUEUED_AT_TAG: ledger.now(),
+        ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request), ledger.MERGED_TAG: merged})
     if enqueued:
         _keep_a_started_jobs_status(client, name, state)
     return queue(outcome + (f", with {len(carried)} earlier request(s) merged" if carried and outcome == "queued" else ""))
