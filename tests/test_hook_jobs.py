@@ -194,3 +194,37 @@ def test_a_rejection_written_while_the_reconciler_requeues_keeps_its_reason(trac
     state = ledger.read_state(client, "m", v)
     assert state.is_current and state.status == ledger.REJECTED, (rerun, state.tags)
     assert "cannot read" in state.tags.get(ledger.ERROR_TAG, ""), (rerun, state.tags)
+
+
+def test_a_job_that_finishes_while_the_receiver_puts_running_back_is_queued_again(tracking, tmp_path, monkeypatch):
+    """The receiver saw a started_at it did not read and writes `running` back; if the job finished in
+    between (its finished_at and `rejected` landed after the receiver's re-read), that `running` would
+    stand over the answer. The receiver reads once more and queues the job again: its re-run answers."""
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn.hook import job_queue, jobs
+
+    client = MlflowClient()
+    client.create_registered_model("m")
+    v = str(client.create_model_version("m", "runs:/0123456789abcdef0123456789abcdef/model").version)
+    jobs.configure(HookConfig(queue=str(tmp_path / "q.db"), tracking_uri=tracking, models=["m"]))
+    uri = "runs:/0123456789abcdef0123456789abcdef/forget_set/ids.json"
+    ledger.set_tags(client, "m", v, {ledger.FORGET_SET_TAG: uri})
+    read_state, reads = ledger.read_state, []
+
+    def the_job_runs_and_finishes_around_the_receivers_reads(c, name, version):
+        state = read_state(c, name, version)
+        reads.append(1)
+        if len(reads) == 1:  # after the receiver's first read: the job starts (_run_locked)
+            ledger.set_tags(c, name, version, {ledger.JOB_REQUEST_TAG: uri, ledger.STARTED_AT_TAG: "200.000"})
+            ledger.set_tags(c, name, version, {ledger.STATUS_TAG: ledger.RUNNING})
+        elif len(reads) == 2:  # after the re-read that saw it started: the job answers (_Job.finish)
+            ledger.set_tags(c, name, version, {ledger.FINISHED_AT_TAG: "201.000", ledger.ERROR_TAG: "out of range"})
+            ledger.set_tags(c, name, version, {ledger.STATUS_TAG: ledger.REJECTED})
+        return state
+
+    monkeypatch.setattr(ledger, "read_state", the_job_runs_and_finishes_around_the_receivers_reads)
+    assert jobs.submit("m", v, client=client, enqueued=True) == "queued"
+    monkeypatch.setattr(ledger, "read_state", read_state)
+    assert ledger.read_state(client, "m", v).status == ledger.RUNNING  # over the answer, for now
+    assert job_queue.queued_targets() == {("m", v)}  # ... and the job that will write it again is queued

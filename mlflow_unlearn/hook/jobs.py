@@ -170,6 +170,12 @@ def _keep_a_started_jobs_status(client: MlflowClient, name: str, before: ledger.
         enqueue(name, before.version)
     elif changed(ledger.STARTED_AT_TAG):
         ledger.set_tags(client, name, before.version, {ledger.STATUS_TAG: ledger.RUNNING})
+        # The job may have finished between that read and this write, and `running` then stands over
+        # its answer (with reconciling off, for good). It writes finished_at before its status, so a
+        # finished_at this re-read sees and `after` did not means exactly that: queue it once more.
+        finished = ledger.read_state(client, name, before.version).tags.get(ledger.FINISHED_AT_TAG)
+        if finished is not None and finished != after.tags.get(ledger.FINISHED_AT_TAG):
+            enqueue(name, before.version)
 
 
 # --------------------------------------------------------------------------------------------------
