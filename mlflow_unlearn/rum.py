@@ -51,7 +51,8 @@ import torch
 from torch import nn
 
 from ._registry import UnknownComponentError
-from .algorithms import HyperparameterError, TrainRecipe, UnlearnData, run_algorithm, validate_hyperparameters
+from .algorithms import HyperparameterError, TrainRecipe, UnlearnData, is_exact, run_algorithm, validate_hyperparameters
+from .compute import Budget, BudgetError, ComputeMeter
 from .data import ImageData
 from .progress import MetricLogger
 from .ids import check_something_retained, train_ids
@@ -461,9 +462,9 @@ def default_plan(tier_names: Sequence[str] = DEFAULT_TIERS) -> Plan:
       little or nothing (`none` or light fine-tuning did best there): the model predicts them from
       what it learned from similar examples, and so does the retrained reference. A short retain-only
       pass costs little and keeps every tier of a deletion request under an active step.
-    - middle tiers: `neggrad_plus` with its defaults (alpha 0.99, 5 epochs): the paper's most robust
+    - middle tiers: `neggrad_plus` with its defaults (alpha 0.95, lr 0.08): the paper's most robust
       algorithm across memorisation levels, pushing the forget loss up while holding retain accuracy.
-    - highest tier: `neggrad_plus` with alpha 0.95, a five times stronger forget term: the paper found
+    - highest tier: `neggrad_plus` with alpha 0.9, a twice stronger forget term: the paper found
       high-memorisation examples the hardest, where weak algorithms (fine-tuning, `none`) leave them
       recognisable; the model was right on them only because it memorised them, so the reference
       gets many of them wrong and the forget term has to move them further.
@@ -484,7 +485,7 @@ def default_plan(tier_names: Sequence[str] = DEFAULT_TIERS) -> Plan:
         if i == 0:
             steps.append(PlanStep(tier, "finetune", {"epochs": 2}))
         elif i == len(names) - 1:
-            steps.append(PlanStep(tier, "neggrad_plus", {"alpha": 0.95}))
+            steps.append(PlanStep(tier, "neggrad_plus", {"alpha": 0.9}))
         else:
             steps.append(PlanStep(tier, "neggrad_plus", {}))
     return Plan(steps, DEFAULT_RETAIN_MODE, "default")
@@ -553,7 +554,9 @@ class NullCallbacks:
 @dataclass
 class StepRecord:
     """One executed step: which tier, algorithm, the complete hyperparameters, the seed, the ids it
-    forgot and retained (CPU tensors of train ids) and the algorithm's wall time in seconds."""
+    forgot and retained (CPU tensors of train ids) and the algorithm's wall time in seconds; its
+    compute: example passes (`train_passes`), eval passes, the limit it ran under (None: unlimited)
+    and whether the meter stopped it there."""
 
     index: int
     tier: str
@@ -563,6 +566,10 @@ class StepRecord:
     forget_ids: torch.Tensor
     retain_ids: torch.Tensor
     seconds: float
+    train_passes: int = 0
+    eval_passes: int = 0
+    limit: int | None = None
+    stopped_at_limit: bool = False
 
     @property
     def n_forget(self) -> int:
@@ -576,25 +583,50 @@ class StepRecord:
         """A summary without the ids (counts instead), for logs and tags."""
         return {"index": self.index, "tier": self.tier, "algorithm": self.algorithm,
                 "hyperparameters": {k: _plain(v) for k, v in self.hyperparameters.items()}, "seed": self.seed,
-                "n_forget": self.n_forget, "n_retain": self.n_retain, "seconds": self.seconds}
+                "n_forget": self.n_forget, "n_retain": self.n_retain, "seconds": self.seconds,
+                "train_passes": self.train_passes, "eval_passes": self.eval_passes, "limit": self.limit}
 
 
 @dataclass
 class RumResult:
     """The unlearned model, one record per step (in plan order), the validated plan (complete
-    hyperparameters) and `seconds`: the sum of the steps' algorithm times (callbacks not counted)."""
+    hyperparameters), `seconds`: the sum of the steps' algorithm times (callbacks not counted), and
+    the budget it ran under (None: unlimited)."""
 
     model: nn.Module
     steps: list[StepRecord]
     seconds: float
     plan: Plan
+    budget: Budget | None = None
 
     @property
     def retain_mode(self) -> str:
         return self.plan.retain_mode
 
+    @property
+    def train_passes(self) -> int:
+        return sum(s.train_passes for s in self.steps)
+
+    @property
+    def eval_passes(self) -> int:
+        return sum(s.eval_passes for s in self.steps)
+
+    def cost(self, original_passes: int | None = None) -> dict[str, float]:
+        """The `cost/*` metrics: example and eval passes, and both as fractions of the original
+        training's example passes (the budget's unit, or `original_passes`), plus the budget."""
+        unit = original_passes or (self.budget.original_passes if self.budget is not None else None)
+        out = {"cost/train_passes": float(self.train_passes), "cost/eval_passes": float(self.eval_passes)}
+        if unit:
+            out["cost/train_fraction"] = self.train_passes / unit
+            out["cost/eval_fraction"] = self.eval_passes / unit
+        if self.budget is not None:
+            out["cost/budget"] = self.budget.fraction
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "seconds": self.seconds, "steps": [s.to_dict() for s in self.steps]}
+        return {"plan": self.plan.to_dict(), "seconds": self.seconds, "steps": [s.to_dict() for s in self.steps],
+                "budget": None if self.budget is None else self.budget.fraction,
+                "train_passes": self.train_passes, "eval_passes": self.eval_passes}
 
 
 def _tier_ids(ids: Any, tier: str, n: int) -> torch.Tensor:
@@ -604,7 +636,7 @@ def _tier_ids(ids: Any, tier: str, n: int) -> torch.Tensor:
 
 def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: Plan | str | Mapping, *,
             seed: int = 0, callbacks: RumCallbacks | None = None, recipe: TrainRecipe | None = None,
-            augment: bool = False, forgotten: Any = None) -> RumResult:
+            augment: bool = False, forgotten: Any = None, budget: Budget | None = None) -> RumResult:
     """Unlearn every tier of `tiers` (name -> train ids) from a copy of `model`, following `plan`.
 
     The plan is validated against the tiers before anything runs (see `Plan.validate`); the tiers
@@ -618,6 +650,13 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
     `augment` (augment unlearning batches; off by default) go into every step's `UnlearnData`.
     `forgotten`: train ids earlier requests already removed from `model` (requests accumulate on
     the served version): never in any step's retain set, and never in a tier.
+
+    `budget` (a `compute.Budget`; None: unlimited) is divided over the steps as they run: step k may
+    spend what is left of the budget times its share of the forget examples still to come
+    (its tier's size over the sizes of steps k..end), so a step that spends less than its share
+    (`none` spends 0) leaves the rest to the steps after it, and the plan never spends more than
+    the budget. Exact steps (`retrain`) are counted but not limited. A step whose share pays for no
+    optimiser step raises BudgetError naming about the smallest budget that would.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -654,6 +693,8 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
     finished = getattr(callbacks, "step_finished", None)
     current, records = model, []
     excluded = earlier.clone()
+    sizes = [len(ids[step.tier]) for step in plan.steps]
+    spent = 0
     for k, step in enumerate(plan.steps):
         forget = ids[step.tier]
         excluded[forget] = True
@@ -661,22 +702,49 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
         retain = torch.nonzero(retain_mask).flatten()
         log = started(k, step, len(forget), len(retain)) if started is not None else None
         unlearn = UnlearnData(data, forget, retain, recipe=recipe, augment=augment)
+        limit = None
+        if budget is not None and not is_exact(step.algorithm):
+            left = max(budget.passes - spent, 0)
+            limit = int(left * sizes[k] // max(sum(sizes[k:]), 1))
+        meter = ComputeMeter(limit, unit=None if budget is None else budget.original_passes)
         t0 = time.perf_counter()
         try:
-            current = run_algorithm(step.algorithm, current, unlearn, step.hyperparameters, seed=seed + k, log=log)
+            current = run_algorithm(step.algorithm, current, unlearn, step.hyperparameters, seed=seed + k, log=log,
+                                    meter=meter)
             if data.device.type == "cuda":
                 torch.cuda.synchronize(data.device)
+        except BudgetError as exc:
+            share = sizes[k] / max(sum(sizes[k:]), 1)
+            raise _plan_budget_error(exc, budget, limit, share, spent, k, step, len(plan.steps)) from None
         except Exception as exc:
             if hasattr(exc, "add_note"):  # Python >= 3.11
                 exc.add_note(f"in RUM step {k + 1}/{len(plan.steps)}: tier {step.tier!r}, algorithm {step.algorithm!r}")
             raise
         seconds = time.perf_counter() - t0
+        spent += meter.train_passes
         record = StepRecord(k, step.tier, step.algorithm, dict(step.hyperparameters), seed + k,
-                            forget.clone(), retain, seconds)
+                            forget.clone(), retain, seconds, meter.train_passes, meter.eval_passes, limit,
+                            meter.stopped_at_limit)
         records.append(record)
         if finished is not None:
             finished(k, step, record, current)
-    return RumResult(current, records, math.fsum(r.seconds for r in records), plan)
+    return RumResult(current, records, math.fsum(r.seconds for r in records), plan, budget)
+
+
+def _plan_budget_error(exc: BudgetError, budget: Budget | None, limit: int | None, share: float, spent: int, k: int,
+                       step: PlanStep, n_steps: int) -> BudgetError:
+    """A step's BudgetError restated for the whole request. The step may spend `share` of what the
+    steps before it left, so it gets `needed` passes once the request's budget pays for
+    spent + needed / share (rounded up to 4 decimals)."""
+    where = f"RUM step {k + 1}/{n_steps} (tier {step.tier!r}, {step.algorithm})"
+    if budget is None or not exc.needed or share <= 0:
+        return BudgetError(f"{where}: {exc}", needed=exc.needed, limit=exc.limit)
+    smallest = math.ceil((spent + exc.needed / share) / budget.original_passes * 1e4) / 1e4
+    fix = (f"the smallest budget that gives this step one is about {smallest:g} (--budget {smallest:g})" if smallest <= 1
+           else "no budget up to one training does: use fewer tiers, or `none` on this tier")
+    return BudgetError(f"a budget of {budget.fraction:g} of the original training is too small for {where}: its share "
+                       f"is {limit} example passes and one optimiser step needs {exc.needed}; {fix}",
+                       needed=exc.needed, limit=limit)
 
 
 __all__ = [

@@ -164,7 +164,7 @@ def test_run_algorithm_keeps_global_rng(problem):
 
 def test_builtins_are_registered():
     assert BUILTINS <= set(ALGORITHMS.names())
-    assert hyperparameters("neggrad_plus")["alpha"] == 0.99
+    assert hyperparameters("neggrad_plus")["alpha"] == 0.95
     assert hyperparameters("finetune") == {"lr": 0.1, "epochs": 10, "batch_size": 128, "momentum": 0.9,
                                            "weight_decay": 5e-4}
     assert hyperparameters("influence") == {"scale": 2.5, "fisher_samples": 1000, "batch_size": 128, "max_retain_drop": 0.02}

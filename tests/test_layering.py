@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import import_graph  # noqa: E402
 
 PKG = Path(mlflow_unlearn.__file__).parent
-CORE = ["data", "ids", "models", "training", "confidences", "progress", "_registry", "memorization", "memorization_estimate", "algorithms", "rum", "metrics",
+CORE = ["data", "ids", "models", "training", "compute", "confidences", "progress", "_registry", "memorization", "memorization_estimate", "algorithms", "rum", "metrics",
         "forget_sets", "tuning", "plots", "lineage", "gate"]
 
 

@@ -375,7 +375,7 @@ def test_default_plan_is_valid_and_covers_every_tier_in_order(names):
     else:
         assert algos[0] == "finetune" and set(algos[1:]) == {"neggrad_plus"}
         alphas = [s.hyperparameters["alpha"] for s in plan.steps[1:]]
-        assert alphas[-1] == 0.95 and all(a > 0.95 for a in alphas[:-1])  # the strongest forget term last
+        assert alphas[-1] == 0.9 and all(a > 0.9 for a in alphas[:-1])  # the strongest forget term last
     assert Plan.parse(default_plan(names).to_compact()) == Plan(default_plan(names).steps)  # name not in compact
 
 

@@ -33,6 +33,15 @@ The iterative built-ins share one batch-size rule (`effective_batch_size`, `MIN_
 `MIN_FORGET_BATCHES`; see `builtin.py`): `batch_size` is an upper bound, lowered so that an epoch
 has enough optimiser steps on small sets; plugins can use the same helper.
 
+Compute and budget (`mlflow_unlearn.compute`): `run_algorithm(..., meter=ComputeMeter(limit))`
+counts the run's example passes (forward + backward) and eval passes, and holds its limit. An
+algorithm that takes a `meter` argument plans its optimiser steps to fit (`fit_steps`,
+`ensure_passes`); the built-ins do, drawing retain batches from reshuffled passes so their cost
+follows the budget and the forget set rather than the size of retain. For any other algorithm the
+meter stops the run at the first forward pass with gradients past the limit and the model as of
+the last completed step is returned. Algorithms declared `exact=True` (`retrain`) are counted but
+never limited.
+
 Per-epoch losses go to `log.log_metrics({"unlearn/...": value}, step=epoch)`; the built-ins also
 log `unlearn/batch_size` and `unlearn/steps` at step 0. Progress bars are off unless the
 environment variable MLFLOW_UNLEARN_PROGRESS=1.
@@ -45,7 +54,10 @@ from ._base import (
     Loop,
     TrainRecipe,
     UnlearnData,
+    ensure_passes,
+    fit_steps,
     hyperparameters,
+    is_exact,
     progress_enabled,
     run_algorithm,
     seeded,
@@ -83,6 +95,9 @@ __all__ = [
     "TrainRecipe",
     "UnlearnData",
     "effective_batch_size",
+    "ensure_passes",
+    "fit_steps",
+    "is_exact",
     "forget_gradients",
     "hyperparameters",
     "progress_enabled",

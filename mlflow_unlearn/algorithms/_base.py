@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry, keyword_defaults
+from ..compute import BudgetError, BudgetExhausted, ComputeMeter
 from ..ids import check_something_retained, train_ids
 from ..data import ImageData, Split, augment_batch
 from ..progress import MetricLogger, NullLogger, ProgressBar
@@ -25,7 +26,7 @@ from ..training import TrainConfig, cosine_schedule, make_generator, sgd, use_am
 ALGORITHMS = Registry("algorithm", "mlflow_unlearn.algorithms")
 
 # Parameters of an algorithm function that are not hyperparameters.
-NOT_HYPERPARAMETERS = ("seed", "log")
+NOT_HYPERPARAMETERS = ("seed", "log", "meter")
 
 PROGRESS_ENV = "MLFLOW_UNLEARN_PROGRESS"  # set to 1 to draw per-epoch progress bars on stderr
 
@@ -243,7 +244,7 @@ def validate_hyperparameters(name: str, params: Mapping[str, Any] | None) -> dic
     if unknown:
         hint = ""
         if any(k in NOT_HYPERPARAMETERS for k in unknown):
-            hint = " (seed and log are arguments of run_algorithm, not hyperparameters)"
+            hint = " (seed, log and meter are arguments of run_algorithm, not hyperparameters)"
         valid = ", ".join(sorted(defaults)) or "(none)"
         raise HyperparameterError(
             f"algorithm {name!r} has no hyperparameter {', '.join(map(repr, unknown))}{hint}; valid: {valid}")
@@ -297,13 +298,25 @@ def _device_of(model: nn.Module, default) -> torch.device:
     return torch.device(default)
 
 
+def is_exact(name: str) -> bool:
+    """Whether algorithm `name` is declared exact (`retrain`): the reference every result is measured
+    against, never cut short by a budget (its cost is counted and logged like any other)."""
+    return bool(ALGORITHMS.declared(name).get("exact", False))
+
+
 def run_algorithm(name: str, model: nn.Module, data: UnlearnData, hyperparameters: Mapping[str, Any] | None = None,
-                  *, seed: int = 0, log: MetricLogger | None = None) -> nn.Module:
+                  *, seed: int = 0, log: MetricLogger | None = None, meter: ComputeMeter | None = None) -> nn.Module:
     """Unlearn `data.forget_ids` from a copy of `model` with algorithm `name`.
 
     Validates the hyperparameters, deep-copies the model (the caller's model never changes), runs on
     `data.device` and returns the new model on the device the caller's model was on, in the caller's
     train/eval mode. Reproducible for a given seed on a given device.
+
+    `meter` (a `ComputeMeter`, optional) counts the run's example and eval passes and holds its
+    budget: an algorithm that takes a `meter` argument plans its steps to fit the limit; for any
+    other, a forward pass with gradients past the limit stops the run and the model as of the last
+    completed step is returned (`meter.stopped_at_limit`). Exact algorithms (`retrain`) are counted
+    but not limited.
     """
     fn = ALGORITHMS.get(name)
     params = validate_hyperparameters(name, hyperparameters)
@@ -311,6 +324,7 @@ def run_algorithm(name: str, model: nn.Module, data: UnlearnData, hyperparameter
         raise TypeError(f"data must be an UnlearnData (see UnlearnData.from_forget), got {type(data).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    meter = meter if meter is not None else ComputeMeter()
     home = _device_of(model, data.device)
     was_training = model.training
     work = copy.deepcopy(model).to(data.device)
@@ -319,13 +333,50 @@ def run_algorithm(name: str, model: nn.Module, data: UnlearnData, hyperparameter
         kwargs["seed"] = int(seed)
     if _accepts(fn, "log"):
         kwargs["log"] = log
-    with seeded(seed, data.device):
-        out = fn(work, data, **kwargs)
+    if _accepts(fn, "meter"):
+        kwargs["meter"] = meter
+    limit = meter.unlimited() if is_exact(name) else contextlib.nullcontext()
+    with seeded(seed, data.device), limit, meter.watching(work):
+        try:
+            out = fn(work, data, **kwargs)
+        except BudgetExhausted:
+            out, meter.stopped_at_limit = work, True
     if not isinstance(out, nn.Module):
         raise TypeError(f"algorithm {name!r} returned {type(out).__name__}, not a torch.nn.Module")
+    meter.strip(out)
     out = out.to(home)
     out.train(was_training)
     return out
+
+
+def fit_steps(natural: int, per_step: int, meter: ComputeMeter | None, *, algorithm: str, reserved: int = 0) -> int:
+    """The optimiser steps a run takes: `natural` (what its hyperparameters ask for), cut to what the
+    meter's remaining example passes pay for at `per_step` passes a step (an upper bound: the last
+    batch of a pass may be smaller), after `reserved` passes the run spends besides its steps
+    (a mask, the forget passes of scrub). Raises BudgetError, with the passes one step needs, when
+    the budget pays for no step at all."""
+    natural, per_step, reserved = int(natural), max(int(per_step), 1), max(int(reserved), 0)
+    remaining = None if meter is None else meter.remaining
+    if remaining is None:
+        return natural
+    afford = (remaining - reserved) // per_step
+    if afford < 1:
+        needed = reserved + per_step + (meter.limit - remaining)
+        raise BudgetError(f"{algorithm}: its budget of {meter.describe(meter.limit)} pays for no optimiser step "
+                          f"(one step costs {per_step} example passes"
+                          f"{f' after {reserved} for its fixed work' if reserved else ''}); the smallest budget that "
+                          f"gives it one step is {meter.describe(needed)}", needed=needed, limit=meter.limit)
+    return min(natural, afford)
+
+
+def ensure_passes(needed: int, meter: ComputeMeter | None, *, algorithm: str, what: str) -> None:
+    """BudgetError unless the meter's remaining example passes cover `needed` (for `what`)."""
+    remaining = None if meter is None else meter.remaining
+    if remaining is not None and needed > remaining:
+        total = needed + (meter.limit - remaining)
+        raise BudgetError(f"{algorithm}: its budget of {meter.describe(meter.limit)} does not pay for {what} "
+                          f"({needed} example passes); the smallest budget that would is {meter.describe(total)}",
+                          needed=total, limit=meter.limit)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,6 +428,16 @@ class Loop:
         order = self.order(n)
         for i in range(0, n, batch_size):
             yield order[i:i + batch_size]
+
+    @staticmethod
+    def epochs(total_steps: int, steps_per_epoch: int) -> Iterator[tuple[int, int, int]]:
+        """(epoch, number of epochs, steps in this epoch) for a run of `total_steps` optimiser steps
+        cut into epochs of `steps_per_epoch` (the last one may be shorter): how a budget-cut run
+        still logs per-epoch metrics."""
+        total, per = max(int(total_steps), 0), max(int(steps_per_epoch), 1)
+        n_epochs = max(math.ceil(total / per), 1) if total else 0
+        for epoch in range(n_epochs):
+            yield epoch, n_epochs, min(per, total - epoch * per)
 
     def cycle(self, n: int, batch_size: int) -> Iterator[torch.Tensor]:
         """Endless batches of positions 0..n-1, reshuffled on every pass (fresh batches, not cached)."""
