@@ -12,6 +12,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 from .cli_types import algorithm_list as _algorithm_list  # noqa: E402
 from .cli_types import boolean as _bool  # noqa: E402
+from .cli_types import budget as _budget  # noqa: E402
 from .cli_types import device as _device  # noqa: E402
 from .cli_types import none_or as _none_or  # noqa: E402
 from .cli_types import whole_number as _int  # noqa: E402
@@ -60,6 +61,15 @@ def _add_forget_args(p):
     p.add_argument("--experiment", type=_none_or(str), default=None)
 
 
+def _add_budget(p):
+    from .compute import DEFAULT_BUDGET
+
+    p.add_argument("--budget", type=_budget, default=DEFAULT_BUDGET,
+                   help=f"the most compute the request may use, as a fraction in (0, 1] of the original training's "
+                        f"example passes (default {DEFAULT_BUDGET}); algorithms plan their steps to fit, a plan divides "
+                        f"it over its tiers; `retrain` is exact and not limited")
+
+
 def _add_retrain(sub):
     p = sub.add_parser("retrain", help="train from scratch on retain (the reference); cached per source, forget set and seed")
     _add_forget_args(p)
@@ -82,12 +92,13 @@ def _add_unlearn(sub):
     p.add_argument("--hyperparameters", default="", help="'lr=0.01,epochs=3' or a JSON object")
     p.add_argument("--register", type=_bool, default=False)
     p.add_argument("--evaluate", type=_bool, default=False, help="also evaluate against the (cached) retrained reference")
+    _add_budget(p)
 
     def run(a):
         from .steps import unlearn_step
 
         unlearn_step(a.model_uri, a.forget, a.algorithm, a.hyperparameters, seed=a.seed, register=a.register,
-                     evaluate_against_retrain=a.evaluate, device=a.device, experiment=a.experiment)
+                     evaluate_against_retrain=a.evaluate, device=a.device, experiment=a.experiment, budget=a.budget)
 
     p.set_defaults(func=run)
 
@@ -138,12 +149,13 @@ def _add_rum(sub):
                         "a .json/.yaml file | 'low=none;mid=finetune(lr=0.01);high=neggrad_plus(alpha=0.95)'")
     p.add_argument("--register", type=_bool, default=False)
     p.add_argument("--evaluate", type=_bool, default=False, help="also evaluate against the (cached) retrained reference")
+    _add_budget(p)
 
     def run(a):
         from .steps import rum_step
 
         rum_step(a.model_uri, a.forget, a.plan, seed=a.seed, register=a.register, evaluate_against_retrain=a.evaluate,
-                 device=a.device, experiment=a.experiment)
+                 device=a.device, experiment=a.experiment, budget=a.budget)
 
     p.set_defaults(func=run)
 
@@ -156,20 +168,21 @@ def _add_search(sub):
     p.add_argument("--calibration-sets", type=_int, default=2, help="calibration forget sets like the request, each "
                    "with its own reference; the search is scored on them, never on the request")
     p.add_argument("--objective", default="tow", help="what the search optimises: tow (default), tow_mia, tow_pe, "
-                   "mia/gap, any score key a plugin metric declares, or tow+time (Pareto front with time)")
+                   "mia/gap, any score key a plugin metric declares, or tow+cost (Pareto front of ToW against compute, cost/train_fraction)")
     p.add_argument("--algorithms", type=_algorithm_list, default=None,
                    help="comma-separated search space, or `default` (none plus every registered algorithm declared "
                         "for the default search; `mlflow-unlearn algorithms` lists them)")
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--storage", type=_none_or(str), default=None, help="Optuna RDB URL (default: sqlite optuna.db beside mlflow.db)")
     p.add_argument("--study-name", type=_none_or(str), default=None, help="join this study (several workers share one)")
+    _add_budget(p)
 
     def run(a):
         from .search import search_step
 
         search_step(a.model_uri, a.forget, n_trials=a.n_trials, objective=a.objective, algorithms=a.algorithms,
                     max_epochs=a.max_epochs, storage=a.storage, study_name=a.study_name, seed=a.seed,
-                    calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment)
+                    calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment, budget=a.budget)
 
     p.set_defaults(func=run)
 
@@ -219,6 +232,7 @@ def _add_main(sub):
     p.add_argument("--storage", type=_none_or(str), default=None)
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
+    _add_budget(p)
 
     def run(a):
         from .pipeline import main_step
@@ -228,7 +242,8 @@ def _add_main(sub):
                   calibration_sets=a.calibration_sets, unlearn_seeds=a.unlearn_seeds, max_epochs=a.max_epochs,
                   objective=a.objective,
                   baselines=a.baselines, seed=a.seed,
-                  registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment)
+                  registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment,
+                  budget=a.budget)
 
     p.set_defaults(func=run)
 

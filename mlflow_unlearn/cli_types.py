@@ -30,6 +30,19 @@ def whole_number(value: str) -> int:
 whole_number.__name__ = "int"
 
 
+def budget(value: str) -> float:
+    """A budget: a fraction in (0, 1] of the original training's compute."""
+    from .compute import BudgetError, parse_budget
+
+    try:
+        return parse_budget(value, flag="the budget")
+    except BudgetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+budget.__name__ = "budget"
+
+
 def boolean(value: str) -> bool:
     v = str(value).strip().lower()
     if v in ("1", "true", "yes", "on"):

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import evaluation, references, request, runs, steps, tracking
 from .algorithms import ALGORITHMS, default_search_algorithms
+from .compute import DEFAULT_BUDGET, parse_budget
 from .metrics import METRICS, paired_test
 from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
@@ -29,9 +30,9 @@ from .tuning import Reference, objective_directions, report_plan
 
 # (column, metric key, lower is better)
 TABLE_KEYS = (("ToW", "tow"), ("ToW-MIA", "tow_mia"), ("MIA gap", "mia/gap"), ("ToW-PE", "tow_pe"),
-              ("forget acc", "forget/acc"), ("test acc", "test/acc"), ("x retrain time", "time/fraction_of_retrain"))
+              ("forget acc", "forget/acc"), ("test acc", "test/acc"), ("cost (trainings)", "cost/train_fraction"))
 SUMMARY_KEYS = ("tow", "tow_mia", "mia/gap", "tow_pe", "forget/acc", "retain/acc", "test/acc", "mia/efficacy",
-                "time/unlearn_s", "time/fraction_of_retrain")
+                "time/unlearn_s", "cost/train_fraction")
 
 
 def _cell(mean: float, lo: float, hi: float) -> str:
@@ -42,16 +43,18 @@ def _cell(mean: float, lo: float, hi: float) -> str:
     return f"{mean:.4f} [{lo:.3f}, {hi:.3f}]"
 
 
-def format_table(reports, floor: dict[str, float], reference_seconds: float) -> str:
-    """Markdown: one row per method (mean [95% interval] over unlearning seeds), the noise floor,
-    and a note on rows whose predictions never differ from the original's."""
+def format_table(reports, floor: dict[str, float], retrain_fraction: float) -> str:
+    """Markdown: one row per method (mean [95% interval] over unlearning seeds), the noise floor
+    with a retrain's cost (`retrain_fraction` of the original training), and a note on rows whose
+    predictions never differ from the original's. Cost is in trainings (cost/train_fraction), never
+    a ratio of seconds taken in another process."""
     head = "| method | " + " | ".join(h for h, _ in TABLE_KEYS) + " |"
     lines = [head, "|" + "---|" * (len(TABLE_KEYS) + 1)]
     for r in reports:
         label = r.name + (" (unchanged)" if r.unchanged else "")
         lines.append(f"| {label} | " + " | ".join(_cell(*r.summary(k)) for _, k in TABLE_KEYS) + " |")
     lines.append(f"| retrain vs retrain (noise floor) | {floor['floor/tow']:.4f} | {floor['floor/tow_mia']:.4f} | "
-                 f"{floor['floor/mia_gap']:.4f} | {floor['floor/tow_pe']:.4f} | - | - | 1.0 ({reference_seconds:.1f} s) |")
+                 f"{floor['floor/mia_gap']:.4f} | {floor['floor/tow_pe']:.4f} | - | - | {retrain_fraction:.4f} |")
     return "\n".join(lines)
 
 
@@ -80,7 +83,8 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
               n_trials: int = 16, calibration_sets: int = 2, max_epochs: int = 3, objective: str = "tow",
               baselines: Sequence[str] | None = None, algorithms: Sequence[str] | None = None,
               unlearn_seeds: int = 3, seed: int = 0, registered_model_name: str | None = None,
-              storage: str | None = None, device: str | None = "auto", experiment: str | None = None) -> dict:
+              storage: str | None = None, device: str | None = "auto", experiment: str | None = None,
+              budget: float = DEFAULT_BUDGET) -> dict:
     """Run the pipeline; `n_trials` is the budget of the RUM search and of each baseline's search
     alike. `baselines` (default: the registry's default search space but `none`) are reported at
     their defaults and tuned; `algorithms`: the RUM search space (default `none` plus the baselines)."""
@@ -101,6 +105,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
     if not isinstance(unlearn_seeds, int) or unlearn_seeds < 1:
         raise ValueError(f"unlearn_seeds must be a whole number >= 1, got {unlearn_seeds!r}")
     objective_directions(objective)  # an unknown objective lists the valid ones, before any training
+    parse_budget(budget)
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be a fraction in (0, 1): selection needs a validation split; got {val_fraction!r}")
     t_start = time.perf_counter()
@@ -110,11 +115,12 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         mlflow.set_tag(Tag.ROLE, Role.PIPELINE)
         tracking.log_params({"forget": forget, "n_trials": n_trials, "calibration_sets": calibration_sets,
                            "max_epochs": max_epochs, "objective": objective, "unlearn_seeds": unlearn_seeds,
-                           "baselines": ",".join(baselines), "search_algorithms": ",".join(algorithms)})
+                           "baselines": ",".join(baselines), "search_algorithms": ",".join(algorithms),
+                           "budget": budget})
         original = steps.train_step(dataset=dataset, model=model, epochs=epochs, lr=lr, batch_size=batch_size, width=width,
                                     subset=subset, val_fraction=val_fraction, seed=seed,
                                     registered_model_name=registered_model_name, device=device, progress=True)
-        ctx = request.prepare(original.model_uri, forget, seed=seed, device=device)
+        ctx = request.prepare(original.model_uri, forget, seed=seed, device=device, budget=budget)
         print(f"forget set {forget}: {len(ctx.forget)} examples, tiers {ctx.histogram}")
 
         # Selection: calibration sets only (their references, the validation split).
@@ -146,11 +152,13 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         reports = []
         for label, plan, algorithm in methods:
             report = report_plan(label, source, ctx.data, held_out, plan, seeds=seeds, eval_seed=ctx.seed,
-                                 recipe=ctx.recipe(), metrics=METRICS.registered())
+                                 recipe=ctx.recipe(), metrics=METRICS.registered(), budget=ctx.budget)
             reports.append(report)
             _log_method(ctx, report, algorithm, reference.run_id, tier_reference=reference.model)
             tow, lo, hi = report.summary("tow")
-            print(f"  {label:<28} ToW {_cell(tow, lo, hi)}{'  (unchanged: predictions equal the original)' if report.unchanged else ''}")
+            cost = report.summary("cost/train_fraction")[0]
+            print(f"  {label:<28} ToW {_cell(tow, lo, hi)}  cost {cost:.4f} of a training"
+                  f"{'  (unchanged: predictions equal the original)' if report.unchanged else ''}")
 
         rum = steps.rum(ctx, found.best_plan, register=True, run_name="rum-searched")
         mlflow.MlflowClient().log_batch(rum.run_id, metrics=[
@@ -158,13 +166,16 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
             for k, v in evaluation.evaluation_metrics(ctx, rum.model, reference.model).items() if np.isfinite(v)])
         mlflow.MlflowClient().log_figure(rum.run_id, evaluation.tier_chart(ctx, rum.model, reference.model, "RUM (registered)"),
                                          "plots/tiers.png")
-        table = format_table(reports, floor, reference.seconds)
+        retrain_fraction = len(ctx.retain_ids) / len(ctx.data.train)  # epochs x n_retain over epochs x n_train
+        table = format_table(reports, floor, retrain_fraction)
         conclusion = verdict(reports)
         header = (f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seeds {seeds}; original train acc "
                   f"{original.history[-1]['train/acc']:.4f}. Selection on {calibration_sets} calibration forget set(s) "
                   f"({', '.join(d[:12] for d in calibration.digests)}) with the validation split; reported on the request "
-                  f"({ctx.forget.digest[:12]}) and the test split. Budget: {n_trials} trials for RUM and for each tuned "
-                  f"baseline. Cells: mean [95% interval] over unlearning seeds.")
+                  f"({ctx.forget.digest[:12]}) and the test split. Search: {n_trials} trials for RUM and for each tuned "
+                  f"baseline. Compute: every method at the same budget, at most {ctx.budget.fraction:g} of the original "
+                  f"training per request; cost in trainings (example passes / the original's). Cells: mean [95% "
+                  f"interval] over unlearning seeds.")
         summary = "\n".join([header, "", table, "", conclusion])
         mlflow.log_text(summary + "\n", "summary.md")
         mlflow.log_figure(comparison_figure(reports, floor, len(ctx.forget), len(seeds)), "plots/methods.png")

@@ -10,6 +10,7 @@ import time
 import mlflow
 
 from . import tracking
+from .compute import ComputeMeter
 from .gate import GateError, NeverSeen
 from .request import ForgetContext, build_source_architecture, log_forget_set
 from .runs import StepResult, load_run_model
@@ -60,9 +61,13 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
         log_forget_set(ctx)
         tracking.log_params({f"train.{k}": v for k, v in config.to_dict().items()})
         t0 = time.perf_counter()
-        train_model(net, ctx.data, config, train_ids=ud.retain_ids, log=tracking.MlflowLogger(), progress=progress, eval_test=False)
+        meter = ComputeMeter(unit=ctx.source.original_passes)
+        with meter.watching(net):
+            train_model(net, ctx.data, config, train_ids=ud.retain_ids, log=tracking.MlflowLogger(), progress=progress,
+                        eval_test=False)
         seconds = time.perf_counter() - t0
-        mlflow.log_metric("time/retrain_s", seconds)
+        mlflow.log_metrics({"time/retrain_s": seconds, "cost/train_passes": float(meter.train_passes),
+                            "cost/eval_passes": float(meter.eval_passes), "cost/train_fraction": meter.fraction()})
         tracking.log_model(net, spec, ctx.data, name="retrain")
         tracking.log_lineage(ctx.lineage_after(run.info.run_id, how="retrain"))
     net.to(ctx.data.device)

@@ -17,6 +17,7 @@ import torch
 
 from . import tracking
 from .algorithms import TrainRecipe, UnlearnData
+from .compute import DEFAULT_BUDGET, Budget, parse_budget
 from .forget_sets import ForgetSetError, is_spec, load_forget_set
 from .ids import check_something_retained, checked
 from .lineage import Lineage
@@ -42,6 +43,9 @@ class ForgetContext:
     # never retained; requested ids among them are reported (`already_forgotten`), not unlearned again.
     forgotten_before: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     already_forgotten: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # The most compute this request may use (compute.Budget, in the source's original training
+    # passes); None: unlimited (internal uses only; every entry point sets one).
+    budget: Budget | None = None
 
     @property
     def new_ids(self) -> np.ndarray:
@@ -100,10 +104,15 @@ def resolve_forget_source(forget) -> Any:
     return text
 
 
-def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "auto", tier_names=None) -> ForgetContext:
-    """Load a registered source version and validate a forget set against its training manifest."""
+def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "auto", tier_names=None,
+            budget: float | None = DEFAULT_BUDGET) -> ForgetContext:
+    """Load a registered source version and validate a forget set against its training manifest.
+    `budget`: the most compute the request may use, a fraction in (0, 1] of the source's original
+    training (None: unlimited)."""
 
     names = tuple(tier_names or DEFAULT_TIERS)
+    if budget is not None:
+        parse_budget(budget)  # before any work: a bad budget names itself, not a later failure
     tracking.connect()
     source = tracking.load_source(source_uri)
     labels = np.asarray(source.manifest["labels"])
@@ -120,7 +129,8 @@ def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "aut
     tiers = tiers_from_c_proxy(new, c_proxy, names=names) if len(new) >= len(names) else {"all": new}
     histogram = tier_histogram(fs.ids, c_proxy, names=names)
     return ForgetContext(source=source, data=data, forget=fs, tiers=tiers, histogram=histogram, seed=seed,
-                         forgotten_before=source.forgotten, already_forgotten=already)
+                         forgotten_before=source.forgotten, already_forgotten=already,
+                         budget=None if budget is None else Budget.of(budget, source.original_passes))
 
 
 class AlreadyForgotten(ForgetSetError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 import torch
@@ -63,3 +63,4 @@ class StepResult:
     seconds: float
     cached: bool = False
     version: str | None = None  # registered version, when registered
+    cost: dict = field(default_factory=dict)  # the `cost/*` metrics of the step (compute.py), when it counted them

@@ -31,13 +31,14 @@ import optuna
 
 from . import references, request, runs, tracking
 from .algorithms import ALGORITHMS, default_search_algorithms
+from .compute import DEFAULT_BUDGET
 from .forget_sets import ForgetSet, calibration_forget_sets
 from .memorization import DEFAULT_TIERS, MemorizationError, tier_histogram, tiers_from_c_proxy
 from .metrics import mia_auc
 from .rum import Plan
 from .tracking import TAG, Role, Tag
 from .tuning import (
-    TOW_TIME,
+    TOW_COST,
     CalibrationScorer,
     Reference,
     SearchError,
@@ -226,6 +227,8 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                                 f"{'-'.join(d[:6] for d in calibration.digests)}-{objective}")
     # Workers joining a named study must not replay each other's random start-up trials.
     sampler_seed = ctx.seed if not shared else ctx.seed * 1_000_003 + os.getpid()
+    if ctx.budget is not None and not shared:  # scores under another budget are other scores: another study
+        study_name += f"-b{ctx.budget.fraction:g}"
     with runs.step_run(run_name) as run:
         mlflow.set_tags({**ctx.tags(Role.SEARCH), Tag.STUDY: study_name, Tag.OBJECTIVE: objective,
                          Tag.SEARCH_SPACE: space, CALIBRATION_TAG: ",".join(calibration.digests)})
@@ -238,16 +241,17 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                          "heldout": "validation split"}, "calibration.json")
         tracking.log_params({"n_trials": n_trials, "objective": objective, "max_epochs": max_epochs,
                            "storage": _redact(storage), "study_name": study_name,
-                           "calibration_sets": len(calibration.contexts), **extra_params})
+                           "calibration_sets": len(calibration.contexts),
+                           "budget": None if ctx.budget is None else ctx.budget.fraction, **extra_params})
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = make_study(study_name, store, seed=sampler_seed, objective=objective)
         scorer = CalibrationScorer(ctx.source.model.to(ctx.data.device), ctx.data, calibration.references, seed=ctx.seed,
-                                   recipe=ctx.recipe())
+                                   recipe=ctx.recipe(), budget=ctx.budget, original_passes=ctx.source.original_passes)
         optimize(study, candidates, scorer, n_trials=n_trials, objective=objective, enqueue=enqueue,
                  observer=_TrialRuns(ctx, study_name, space), timeout_s=timeout_s)
         plan, value = best_plan(study)
         mlflow.log_dict(plan.to_dict(), "best_plan.json")
-        key = "tow" if objective == TOW_TIME else objective
+        key = "tow" if objective == TOW_COST else objective
         mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study)})
         log_study_plots(study, objective)
     return plan, value, run.info.run_id, study_name
@@ -271,7 +275,7 @@ def log_study_plots(study, objective: str) -> None:
     import matplotlib.pyplot as plt  # optuna's views draw with pyplot; closed after logging
     import optuna.visualization.matplotlib as ov
 
-    key = "tow" if objective == TOW_TIME else objective
+    key = "tow" if objective == TOW_COST else objective
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
         target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
@@ -333,7 +337,8 @@ def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algor
 
 def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = "tow", algorithms: Sequence[str] | None = None,
                 max_epochs: int = 3, storage: str | None = None, study_name: str | None = None, seed: int = 0,
-                calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None) -> SearchResult:
+                calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None,
+                budget: float | None = DEFAULT_BUDGET) -> SearchResult:
     algorithms = tuple(algorithms or default_search_algorithms())
     if not isinstance(n_trials, int) or n_trials <= 0:  # before loading anything
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
@@ -343,7 +348,7 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
     _check_algorithms(algorithms)
     if storage:
         open_storage(storage)
-    ctx = request.prepare(model_uri, forget, seed=seed, device=device)
+    ctx = request.prepare(model_uri, forget, seed=seed, device=device, budget=budget)
     needed = len(rum_default_trials(list(ctx.tiers), algorithms))
     if n_trials < needed:
         raise SearchError(f"n_trials={n_trials} is smaller than the {needed} known-good starting points (every "

@@ -16,6 +16,7 @@ import torch
 
 from . import tracking
 from .algorithms import validate_hyperparameters
+from .compute import DEFAULT_BUDGET, ComputeMeter
 from .confidences import ConfidenceRecorder
 from .data import DatasetSpec, check_dataset, load_dataset
 from .evaluation import evaluate, format_metrics
@@ -95,22 +96,26 @@ def train_step(
         # the validation split's confidences after each epoch: the gate's never-seen estimate without a search
         heldout_recorder = ConfidenceRecorder(len(data.val)) if data.val is not None and len(data.val) else None
         t0 = time.perf_counter()
-        history = train_model(net, data, config, recorder=recorder, log=tracking.MlflowLogger(), progress=progress,
-                              heldout=data.val if heldout_recorder is not None else None, heldout_recorder=heldout_recorder)
+        meter = ComputeMeter()  # the unit of every later cost: this training's example passes
+        with meter.watching(net):
+            history = train_model(net, data, config, recorder=recorder, log=tracking.MlflowLogger(), progress=progress,
+                                  heldout=data.val if heldout_recorder is not None else None,
+                                  heldout_recorder=heldout_recorder)
         train_seconds = time.perf_counter() - t0
         final = {"train/acc_eval": accuracy(net, data, data.train), "test/acc": history[-1]["test/acc"],
-                 "time/train_s": train_seconds}
+                 "time/train_s": train_seconds, "cost/train_passes": float(meter.train_passes),
+                 "cost/eval_passes": float(meter.eval_passes), "cost/train_fraction": 1.0}
         if data.val is not None:
             final["val/acc"] = accuracy(net, data, data.val)
         mlflow.log_metrics(final)
         model_spec = {"name": model, "kwargs": model_kwargs, "num_classes": data.num_classes,
                       "input_shape": list(data.input_shape), "dataset_spec": spec.to_dict(), "train_config": config.to_dict(),
-                      "train_seconds": train_seconds}
+                      "train_seconds": train_seconds, "train_passes": meter.train_passes}
         info = tracking.log_model(net, model_spec, data, name="original")
         tracking.log_dataset_input(f"{spec.name}-train", data.digest, "training", n_train=len(data.train),
                                    subset=subset, val_fraction=val_fraction, seed=seed)
         proxies = tracking.log_confidences(recorder, heldout=heldout_recorder)
-        tracking.log_manifest(data.manifest())
+        tracking.log_manifest({**data.manifest(), "train_passes": meter.train_passes, "eval_passes": meter.eval_passes})
         log_c_proxy_plot(proxies["c_proxy"])
         mv = tracking.register_version(info.model_uri, name, {
             Tag.ROLE: Role.ORIGINAL, Tag.DATASET: spec.name, Tag.DATASET_DIGEST: data.digest,
@@ -179,11 +184,13 @@ def _apply_plan(ctx: ForgetContext, resolved: ResolvedPlan, *, role: str, algori
         callbacks = _TierRuns(ctx) if tier_runs else _ThisRun()
         try:
             result = run_rum(ctx.source.model.to(ctx.data.device), ctx.data, ctx.tiers, plan, seed=ctx.seed,
-                             callbacks=callbacks, recipe=ctx.recipe(), forgotten=ctx.forgotten_before)
+                             callbacks=callbacks, recipe=ctx.recipe(), forgotten=ctx.forgotten_before,
+                             budget=ctx.budget)
         except BaseException:
             callbacks.abort()
             raise
-        mlflow.log_metric("time/unlearn_s", result.seconds)
+        cost = result.cost(ctx.source.original_passes)
+        mlflow.log_metrics({"time/unlearn_s": result.seconds, **cost})
         info = tracking.log_model(result.model, ctx.source.model_spec, ctx.data, name=model_name)
         exact = all(s.algorithm == "retrain" for s in plan.steps)  # the retrain_after policy counts from these
         tracking.log_lineage(ctx.lineage_after(run.info.run_id, how="retrain" if exact else algorithm))
@@ -192,9 +199,27 @@ def _apply_plan(ctx: ForgetContext, resolved: ResolvedPlan, *, role: str, algori
         if register:
             version = register_unlearned(ctx, run.info.run_id, info.model_uri, {
                 Tag.ALGORITHM: algorithm, Tag.APPLIED_PLAN: applied, Tag.PLAN_SOURCE: resolved.source[:500],
-                **(extra_tags or {})}, how=how)
+                **cost_tags(cost), **(extra_tags or {})}, how=how)
             mlflow.set_tag(Tag.REGISTERED_VERSION, f"{ctx.source.name}/{version}")
-    return StepResult(run.info.run_id, result.model, result.seconds, version=version)
+    return StepResult(run.info.run_id, result.model, result.seconds, version=version, cost=cost)
+
+
+def cost_tags(cost: dict[str, float]) -> dict[str, str]:
+    """A result's compute as version tags: its training fraction and the budget it ran under."""
+    tags = {}
+    if "cost/train_fraction" in cost:
+        tags[Tag.COST_TRAIN_FRACTION] = f"{cost['cost/train_fraction']:.4f}"
+    if "cost/budget" in cost:
+        tags[Tag.BUDGET] = f"{cost['cost/budget']:g}"
+    return tags
+
+
+def cost_text(cost: dict[str, float]) -> str:
+    """'0.0983 of a training (budget 0.1)': what a request cost, in the units of training."""
+    if "cost/train_fraction" not in cost:
+        return f"{int(cost.get('cost/train_passes', 0))} example passes"
+    text = f"{cost['cost/train_fraction']:.4f} of a training"
+    return text + (f" (budget {cost['cost/budget']:g})" if "cost/budget" in cost else "")
 
 
 class _ThisRun:
@@ -238,12 +263,13 @@ def retrain_step(model_uri: str, forget, *, seed: int = 0, epochs: int | None = 
 
 
 def unlearn_step(model_uri: str, forget, algorithm: str, hyperparameters=None, *, seed: int = 0, register: bool = False,
-                 evaluate_against_retrain: bool = False, device: str | None = "auto", experiment: str | None = None) -> StepResult:
+                 evaluate_against_retrain: bool = False, device: str | None = "auto", experiment: str | None = None,
+                 budget: float | None = DEFAULT_BUDGET) -> StepResult:
     params = validate_hyperparameters(algorithm, parse_hyperparameters(hyperparameters))
-    ctx = prepare(model_uri, forget, seed=seed, device=device)
+    ctx = prepare(model_uri, forget, seed=seed, device=device, budget=budget)
     tracking.use_experiment(experiment)
     result = unlearn(ctx, algorithm, params, register=register)
-    line = f"unlearn {algorithm}: run {result.run_id}, {result.seconds:.1f} s"
+    line = f"unlearn {algorithm}: run {result.run_id}, {cost_text(result.cost)}, {result.seconds:.1f} s"
     if result.version:
         line += f", registered models:/{ctx.source.name}/{result.version}"
     print(line)
@@ -284,7 +310,11 @@ class _TierRuns:
 
     def step_finished(self, index, step, record, model):
         tier_split = self.ctx.data.train.subset(torch.as_tensor(record.forget_ids, device=self.ctx.data.device))
-        mlflow.log_metrics({"time/unlearn_s": record.seconds, f"tier/{step.tier}/forget_acc": accuracy(model, self.ctx.data, tier_split)})
+        unit = self.ctx.source.original_passes
+        mlflow.log_metrics({"time/unlearn_s": record.seconds, f"tier/{step.tier}/forget_acc": accuracy(model, self.ctx.data, tier_split),
+                            "cost/train_passes": float(record.train_passes), "cost/eval_passes": float(record.eval_passes),
+                            "cost/train_fraction": record.train_passes / unit, "cost/eval_fraction": record.eval_passes / unit,
+                            **({} if record.limit is None else {"cost/limit_fraction": record.limit / unit})})
         mlflow.end_run()
         self.open = None
 
@@ -307,11 +337,12 @@ def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | Non
 
 
 def rum_step(model_uri: str, forget, plan="auto", *, seed: int = 0, register: bool = False, evaluate_against_retrain: bool = False,
-             device: str | None = "auto", experiment: str | None = None) -> StepResult:
-    ctx = prepare(model_uri, forget, seed=seed, device=device)
+             device: str | None = "auto", experiment: str | None = None,
+             budget: float | None = DEFAULT_BUDGET) -> StepResult:
+    ctx = prepare(model_uri, forget, seed=seed, device=device, budget=budget)
     tracking.use_experiment(experiment)
     result = rum(ctx, plan, register=register)
-    line = f"rum: run {result.run_id}, {result.seconds:.1f} s"
+    line = f"rum: run {result.run_id}, {cost_text(result.cost)}, {result.seconds:.1f} s"
     if result.version:
         line += f", registered models:/{ctx.source.name}/{result.version}"
     print(line)

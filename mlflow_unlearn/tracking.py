@@ -37,6 +37,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from .compute import original_train_passes
 from .confidences import HELDOUT_FILE, ConfidenceRecorder, save_confidences
 from .data import DatasetSpec, ImageData, load_dataset
 from .models import load_classifier, save_classifier
@@ -83,6 +84,8 @@ class Tag:
     MODEL = TAG + "model"
     TRAIN_ACC = TAG + "train_acc"
     TEST_ACC = TAG + "test_acc"
+    COST_TRAIN_FRACTION = TAG + "cost_train_fraction"  # on a version: its example passes / the original training's
+    BUDGET = TAG + "budget"  # on a version: the budget (fraction of the original training) it ran under
     REGISTERED_VERSION = TAG + "registered_version"  # on a run: name/version it was registered as
     RECIPE = TAG + "recipe"  # the retrain cache key: hash of the source's training config
     TIER_HISTOGRAM = TAG + "tier_histogram"  # forget examples per train-set memorisation bin (JSON)
@@ -475,6 +478,14 @@ class SourceModel:
     @property
     def uri(self) -> str:
         return f"models:/{self.name}/{self.version}"
+
+    @property
+    def original_passes(self) -> int:
+        """The original training's example passes: the unit of `cost/train_fraction` and of the
+        budget. Recorded by the train step (`train_passes` in the manifest and the model spec); for
+        versions trained before it was recorded, epochs x n_train, which is what the trainer does."""
+        recorded = self.manifest.get("train_passes", self.model_spec.get("train_passes"))
+        return original_train_passes(self.model_spec["train_config"], len(self.manifest["labels"]), recorded)
 
     def load_data(self, device="cpu", *, check_digest: bool = True) -> ImageData:
         data = load_dataset(self.dataset_spec, device=device)

@@ -65,25 +65,25 @@ from .metrics import (
 from .rum import ALL_TIER, Plan, PlanStep, run_rum
 from .training import TrainConfig, train_model
 
-TOW_TIME = "tow+time"  # two objectives: ToW up, unlearning seconds down (a Pareto front)
+TOW_COST = "tow+cost"  # two objectives: ToW up, compute (cost/train_fraction) down: a Pareto front
 
 
 def objective_directions(objective: str) -> tuple[list[str], str | None]:
     """(Optuna directions, the registered metric that computes the objective) for an objective:
     any score key a registered metric declares (`metrics.objectives()`: tow, tow_mia, tow_pe,
-    mia/gap and plugin keys), or `tow+time`. An unknown key raises SearchError listing the valid ones."""
-    if objective == TOW_TIME:
+    mia/gap and plugin keys), or `tow+cost`. An unknown key raises SearchError listing the valid ones."""
+    if objective == TOW_COST:
         return ["maximize", "minimize"], "accuracy"
     try:
         metric, higher = metric_objective(objective)
     except MetricInputError as exc:
-        raise SearchError(f"{exc}, or {TOW_TIME}") from None
+        raise SearchError(f"{exc}, or {TOW_COST}") from None
     return ["maximize" if higher else "minimize"], metric
 
 
 def objective_names() -> list[str]:
-    """The valid objectives, for help texts: declared metric keys and `tow+time`."""
-    return [*metric_objectives(), TOW_TIME]
+    """The valid objectives, for help texts: declared metric keys and `tow+cost`."""
+    return [*metric_objectives(), TOW_COST]
 DEFAULTS_KEY = "defaults"  # the categorical that says "this step runs at the algorithm's defaults"
 WHOLE = "whole"  # Optuna parameter prefix of whole-set candidates (tier names may include "all")
 
@@ -285,19 +285,23 @@ class CalibrationScorer:
     seed: int = 0
     metrics: Sequence[str] | None = None
     recipe: Any = None  # algorithms.TrainRecipe: how the source was trained (the `retrain` algorithm replays it)
+    budget: Any = None  # compute.Budget every plan runs under (None: unlimited)
+    original_passes: int | None = None  # the unit of cost/train_fraction when there is no budget
 
     def __post_init__(self):
         if not self.references:
             raise SearchError("the search needs at least one calibration reference")
 
     def run(self, plan: Plan, *, report: Callable[[int, dict], None] | None = None) -> dict[str, float]:
-        """Mean metrics over the calibration sets, plus `time/unlearn_s` (mean seconds per set).
+        """Mean metrics over the calibration sets, plus `time/unlearn_s` (mean seconds per set) and
+        the `cost/*` metrics (mean per set; `cost/train_fraction` needs a budget or `original_passes`).
         `report(j, mean_so_far)` is called after each set (pruning); Diverged on non-finite output."""
         per_set: list[dict[str, float]] = []
-        seconds = []
+        seconds, costs = [], []
         for j, ref in enumerate(self.references):
             try:
-                result = run_rum(self.model, self.data, ref.tiers, plan, seed=self.seed, recipe=self.recipe)
+                result = run_rum(self.model, self.data, ref.tiers, plan, seed=self.seed, recipe=self.recipe,
+                                 budget=self.budget)
                 if not _finite_model(result.model):
                     raise Diverged(f"non-finite weights after {plan.to_compact()} on calibration set {j + 1}")
                 m = ref.evaluate(result.model, self.data, seed=self.seed, metrics=self.metrics)
@@ -305,10 +309,12 @@ class CalibrationScorer:
                 raise Diverged(f"{type(exc).__name__}: {exc}") from None
             per_set.append(m)
             seconds.append(result.seconds)
+            costs.append(result.cost(self.original_passes))
             if report is not None:
                 report(j, _mean(per_set))
         out = _mean(per_set)
         out["time/unlearn_s"] = float(np.mean(seconds))
+        out.update(_mean(costs))
         for j, m in enumerate(per_set):
             out[f"calibration/{j}/tow"] = m.get("tow", float("nan"))
         return out
@@ -326,7 +332,7 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 def make_study(name: str | None, storage, *, seed: int = 0, objective: str = "tow",
                load_if_exists: bool = True) -> optuna.Study:
     """A study with a seeded multivariate TPE sampler and the median pruner, in the direction the
-    objective's metric declared (`tow+time`: two directions, no pruning). `storage`: an Optuna
+    objective's metric declared (`tow+cost`: two directions, no pruning). `storage`: an Optuna
     storage object or URL, or None (in memory)."""
     directions, _ = objective_directions(objective)
     with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna
@@ -406,7 +412,7 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
         raise SearchError(f"n_trials={n_trials} is smaller than the {len(enqueue)} known-good starting points "
                           f"(every algorithm at its defaults, whole-set and per tier, and `none`); use "
                           f"n_trials >= {len(enqueue)} or search fewer algorithms")
-    multi = objective == TOW_TIME
+    multi = objective == TOW_COST
     for params in enqueue:
         study.enqueue_trial(dict(params), skip_if_exists=True)
 
@@ -446,7 +452,7 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
             raise
         _notify(observer, "trial_finished", trial, plan, metrics, "complete")
         if multi:
-            return metrics["tow"], metrics["time/unlearn_s"]
+            return metrics["tow"], metrics.get("cost/train_fraction", metrics["cost/train_passes"])
         return metrics[objective]
 
     def spent() -> bool:
@@ -595,22 +601,23 @@ def _predictions(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 def report_plan(name: str, model: nn.Module, data, reference: Reference, plan: Plan, *, seeds: Sequence[int],
                 eval_seed: int = 0, metrics: Sequence[str] | None = None, keep_models: bool = False,
-                recipe=None) -> MethodReport:
+                recipe=None, budget=None, original_passes: int | None = None) -> MethodReport:
     """Run `plan` from `model` on the reference's forget set once per unlearning seed and score each
-    result against the reference (MIA member sample: `eval_seed`, the same for every method)."""
+    result against the reference (MIA member sample: `eval_seed`, the same for every method). Every
+    run spends at most `budget` (a compute.Budget; None: unlimited) and logs its `cost/*` metrics
+    (fractions need the budget or `original_passes`)."""
     if not seeds:
         raise SearchError("report_plan needs at least one unlearning seed")
     original = _predictions(reference.outputs_of(model, data))
     rows, kept, unchanged = [], [], True
     for s in seeds:
-        result = run_rum(model, data, reference.tiers, plan, seed=int(s), recipe=recipe)
+        result = run_rum(model, data, reference.tiers, plan, seed=int(s), recipe=recipe, budget=budget)
         outputs = reference.outputs_of(result.model, data)
         unchanged = unchanged and all(np.array_equal(p, original[k]) for k, p in _predictions(outputs).items())
         m = evaluate_unlearning(outputs, reference.outputs, tiers=reference.tier_positions(), seed=eval_seed,
                                 metrics=metrics)
         m["time/unlearn_s"] = result.seconds
-        if reference.seconds and math.isfinite(reference.seconds):
-            m["time/fraction_of_retrain"] = result.seconds / reference.seconds
+        m.update(result.cost(original_passes))
         rows.append(m)
         if keep_models:
             kept.append(result.model)

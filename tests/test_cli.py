@@ -27,3 +27,19 @@ def test_cli_bad_dataset_exits_2_and_names_it(tracking, tmp_path):
     assert_nothing_created()
 
 
+
+
+@pytest.mark.parametrize("command", ["unlearn", "rum", "search"])
+@pytest.mark.parametrize("budget", ["lots", "0", "-0.1", "1.01"])
+def test_cli_bad_budget_exits_2_naming_the_flag_and_the_range(command, budget, capsys):
+    """Before any work (argparse, no source loaded): the flag, the range and what the number means."""
+    from mlflow_unlearn.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--model-uri", "models:/m/1", "--forget", "mix:9", *(["--algorithm", "finetune"]
+                                                                          if command == "unlearn" else []),
+              "--budget", budget])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --budget" in err and "(0, 1]" in err and "fraction of the original training" in err
+    assert repr(budget) in err

@@ -110,6 +110,8 @@ def test_every_entry_point_through_mlflow_run(tmp_path, sqlite_template, monkeyp
     ("train", ["device=tpu"], "tpu"),
     ("search", ["model_uri=models:/x/1", "algorithms=finetune,forget_all"], "forget_all"),
     ("main", ["baselines=finetune,sgd"], "sgd"),
+    ("main", ["budget=1.5"], "argument --budget: the budget must be a number in (0, 1]"),
+    ("unlearn", ["model_uri=models:/x/1", "budget=0"], "argument --budget"),
 ])
 def test_bad_entry_point_parameters_fail_before_any_work(tracking, tmp_path, entry, params, needle):
     out = mlflow_run(tmp_path, entry, *params, expect_ok=False)

@@ -205,8 +205,12 @@ def test_multi_objective_search_returns_a_pareto_plan(source_model, tmp_path):
     _, uri = source_model
     ctx = request.prepare(uri, FORGET)
     calibration = search.prepare_calibration(ctx, 1)
-    found = search.search(ctx, calibration, n_trials=4, objective="tow+time", algorithms=("none", "neggrad"), max_epochs=1,
+    found = search.search(ctx, calibration, n_trials=4, objective="tow+cost", algorithms=("none", "neggrad"), max_epochs=1,
                           storage=f"sqlite:///{tmp_path}/mo.db", attach=False)
     study = optuna.load_study(study_name=found.study_name, storage=found.storage)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    # the second objective is compute in trainings, under the request's budget; doing nothing costs 0
+    costs = [t.values[1] for t in study.trials if t.values]
+    assert costs and all(0 <= c <= ctx.budget.fraction for c in costs), costs
+    assert 0.0 in costs and max(costs) > 0
     assert found.best_value == max(t.values[0] for t in study.best_trials)

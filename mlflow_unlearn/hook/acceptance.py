@@ -5,11 +5,13 @@ request skips approximate unlearning altogether (`retrain_after_*`). Each attemp
 tagged with its verdict; `Gated` is what the job registers and what its evidence reports."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 from . import ledger
 from .. import evaluation, references, steps
+from ..compute import Budget
 from ..tracking import Tag
 from .config import HookConfig
 
@@ -31,6 +33,11 @@ class Gated:
     attempts: list
     thresholds: dict
     never_seen: str | None
+
+    @property
+    def attempts_train_fraction(self) -> float:
+        """What the whole job spent, every attempt together, in trainings (cost/train_fraction)."""
+        return float(sum(a.get("cost", {}).get("cost/train_fraction", 0.0) for a in self.attempts))
 
     @property
     def algorithm(self) -> str:
@@ -95,13 +102,18 @@ def gated_unlearning(job, cfg: HookConfig, ctx, resolved, before: dict, request_
     c_proxy = ctx.source.proxies["c_proxy"] if ctx.source.proxies is not None else None
     attempts = []
     for path, stage in stages:
-        result = steps.rum(ctx, stage, register=False, run_name=f"{run_name}-{path}", extra_tags=request_tags)
+        # The stronger attempt may spend twice the budget (at most one training): with a budget that
+        # binds, doubling `epochs` alone would change nothing.
+        attempt_ctx = ctx if path != "escalated" or ctx.budget is None else dataclasses.replace(
+            ctx, budget=Budget(min(1.0, 2 * ctx.budget.fraction), ctx.budget.original_passes))
+        result = steps.rum(attempt_ctx, stage, register=False, run_name=f"{run_name}-{path}", extra_tags=request_tags)
         ledger.set_tags(job.client, job.name, job.version, {ledger.JOB_RUN_TAG: result.run_id})
         after, report = evaluate_attempt(ctx, result.model, before, c_proxy, never_seen, thresholds)
         verdict = "passed" if report.passed else ("accepted (exact retrain)" if path == "retrained" else "failed")
         job.client.set_tag(result.run_id, Tag.GATE, verdict)
         attempts.append({"stage": path, "plan": stage.plan.to_compact()[:1000], "run_id": result.run_id,
-                         "seconds": result.seconds, "verdict": verdict, "gate": report.to_dict()})
+                         "seconds": result.seconds, "cost": dict(result.cost), "verdict": verdict,
+                         "gate": report.to_dict()})
         log.info("job %s/%s: %s attempt %s: gate %s", job.name, job.version, path, result.run_id, report.summary())
         if report.passed or path == "retrained":
             return Gated(result, after, stage, path, attempts, dict(vars(thresholds)),

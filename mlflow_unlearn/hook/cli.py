@@ -8,6 +8,7 @@ import os
 import sys
 
 
+from ..cli_types import budget as _budget
 from ..cli_types import whole_number as _int
 
 
@@ -28,6 +29,9 @@ def _config_args(p, *, workers_default=None, reconcile_default=None):
     p.add_argument("--experiment", default=None, help="experiment of the job runs (default mlflow-unlearn, beside the request runs)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
     p.add_argument("--seed", type=_int, default=None)
+    p.add_argument("--budget", type=_budget, default=None,
+                   help="the most compute a job's attempt may use, as a fraction in (0, 1] of the source's original "
+                        "training (default 0.1; env MLFLOW_UNLEARN_BUDGET); the escalated attempt gets twice it")
     p.add_argument("--reconcile-interval", type=float, default=reconcile_default,
                    help="seconds between registry scans for requests without an answer (0: none)")
     p.add_argument("--lock-ttl", type=_int, default=None, help="Redis queue: a dead worker's job lock expires after this (s)")
@@ -51,7 +55,7 @@ def _config(a, **extra):
     return HookConfig.from_env(
         tracking_uri=getattr(a, "tracking_uri", None), queue=getattr(a, "queue", None), workers=getattr(a, "workers", None),
         worker_type=getattr(a, "worker_type", None), models=models, experiment=getattr(a, "experiment", None),
-        device=getattr(a, "device", None), seed=getattr(a, "seed", None),
+        device=getattr(a, "device", None), seed=getattr(a, "seed", None), budget=getattr(a, "budget", None),
         reconcile_interval_s=getattr(a, "reconcile_interval", None), lock_ttl_s=getattr(a, "lock_ttl", None),
         gate=_gate_thresholds(getattr(a, "gate", None)), escalation=_escalation(getattr(a, "escalate", None)),
         retrain_after_fraction=getattr(a, "retrain_after_fraction", None),

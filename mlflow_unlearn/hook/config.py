@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import tracking
+from ..compute import DEFAULT_BUDGET, parse_budget
 
 DEFAULT_EXPERIMENT = "mlflow-unlearn"  # the same experiment as the request runs (attach), so both sit side by side
 DEFAULT_QUEUE_FILE = "mlflow-unlearn-hook.db"
@@ -57,6 +58,9 @@ class HookConfig:
     experiment: str = DEFAULT_EXPERIMENT
     seed: int = 0
     device: str = "auto"
+    # The most compute a job's attempt may use, as a fraction of the source's original training
+    # (compute.py); the escalated ("stronger") attempt gets twice it, at most 1.
+    budget: float = DEFAULT_BUDGET
     reconcile_interval_s: float = 30.0  # 0: no periodic scan
     tolerance_s: float = 300.0  # accepted webhook timestamp skew
     lock_ttl_s: int = 3600  # Redis only: the lock of a worker on a lost host expires after this
@@ -80,6 +84,7 @@ class HookConfig:
             workers=_env_int("MLFLOW_UNLEARN_HOOK_WORKERS", 1),
             models=models,
             experiment=os.environ.get("MLFLOW_UNLEARN_HOOK_EXPERIMENT") or DEFAULT_EXPERIMENT,
+            budget=parse_budget(os.environ.get("MLFLOW_UNLEARN_BUDGET") or DEFAULT_BUDGET, flag="MLFLOW_UNLEARN_BUDGET"),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -104,6 +109,7 @@ class HookConfig:
                              "(the same value `mlflow-unlearn hook install` gives the MLflow webhook)")
         if need_secret:
             check_secret(self.secret)
+        self.budget = parse_budget(self.budget, flag="--budget")
         if self.workers < 0:
             raise ValueError(f"--workers must be 0 or more, got {self.workers}")
         if self.worker_type not in ("thread", "process"):

@@ -46,7 +46,7 @@ def _clean(v: Any) -> Any:
 def build_report(*, request: dict, forget: dict, plan: dict, plan_source: str, before: dict, after: dict,
                  against_source: dict, reference: dict | None, reference_run: str | None, times: dict,
                  result: dict, reference_tier_acc: dict | None = None, lineage: dict | None = None,
-                 gate: dict | None = None) -> dict:
+                 gate: dict | None = None, cost: dict | None = None) -> dict:
     """`lineage`: the result's chain of requests (lineage.Lineage.to_dict() without the id list):
     every request applied since the original, this one last, and how many ids were forgotten."""
     change = {k: after[k] - before[k] for k in after if k in before and isinstance(after[k], (int, float))
@@ -62,6 +62,9 @@ def build_report(*, request: dict, forget: dict, plan: dict, plan_source: str, b
                     "against_reference": reference, "reference_run": reference_run,
                     "reference_tier_acc": reference_tier_acc},
         "time": times,
+        # compute in trainings (example passes / the source's original training): the result's own
+        # run and, in `attempts_train_fraction`, every attempt of the job together
+        "cost": cost,
         "result": result,
         "lineage": lineage,
         "gate": gate,
@@ -110,6 +113,8 @@ def _rows(report: dict) -> dict[str, list[tuple[str, ...]]]:
     else:
         sections["Against a retrained reference"] = [("ToW", "n/a: no cached retrain for this forget set "
                                                       "(`mlflow-unlearn retrain` makes one; later jobs then report ToW)")]
+    if report.get("cost"):
+        sections["Compute (fractions of the original training)"] = [(k, _fmt(v)) for k, v in report["cost"].items()]
     sections["Time (seconds)"] = [(k, _fmt(v)) for k, v in t.items()]
     sections["Software"] = list(report["software"].items())
     return sections

@@ -36,7 +36,7 @@ from mlflow.exceptions import MlflowException
 from . import acceptance, evidence, job_queue, ledger
 from .job_locks import JobLocked, acquire_job_lock
 from .job_queue import current_config, enqueue
-from .. import evaluation, references, request, tracking
+from .. import evaluation, references, request, steps, tracking
 from .attach import read_request
 from .._registry import UnknownComponentError
 from ..algorithms import HyperparameterError
@@ -378,7 +378,8 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
     digest = req.digest
     source_version = follow_alias(job)  # the tagged version, or the one its alias names now
     # the ids read once by read_request, validated here against the source's training manifest
-    ctx = request.prepare(f"models:/{job.name}/{source_version}", req.ids, seed=cfg.seed, device=cfg.device)
+    ctx = request.prepare(f"models:/{job.name}/{source_version}", req.ids, seed=cfg.seed, device=cfg.device,
+                          budget=cfg.budget)
     ctx.forget.source = req.uri  # what was requested, not "ids"
     # The hook's policy: a registered plan that does not fit this request's tiers falls back to the
     # default plan (the reason goes into plan_source and the evidence) instead of failing the request.
@@ -403,12 +404,11 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
         reference = evaluation.evaluation_metrics(ctx, result.model, ref.model)
         reference_run = ref.run_id
         reference_tier_acc = evaluation.forget_tier_accuracy(ctx, ref.model)
-    train_s = ctx.source.model_spec.get("train_seconds")
-    times = {"unlearn_s": result.seconds, "job_s": time.perf_counter() - job.t0, "original_train_s": train_s,
-             "fraction_of_original_training": (result.seconds / train_s) if train_s else None}
-    if ref is not None and np.isfinite(ref.seconds) and ref.seconds:
-        times["retrain_s"] = ref.seconds
-        times["fraction_of_retrain"] = result.seconds / ref.seconds
+    # Cost in trainings (example passes / the original's), the number that means the same on every
+    # machine; seconds as measured, never divided by a timing taken in another process.
+    times = {"unlearn_s": result.seconds, "job_s": time.perf_counter() - job.t0,
+             "original_train_s": ctx.source.model_spec.get("train_seconds")}
+    cost = {**result.cost, "attempts_train_fraction": gated.attempts_train_fraction}
 
     state = ledger.read_state(job.client, job.name, job.version)
     report_args = dict(
@@ -424,10 +424,12 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
         lineage={k: v for k, v in ctx.lineage_after(run_id, "rum").to_dict().items() if k != "forgotten"},
         gate=gated.evidence(), plan=plan.to_dict(), plan_source=plan_source, before=before, after=after,
         against_source=against_source,
-        reference=reference, reference_run=reference_run, times=times, reference_tier_acc=reference_tier_acc)
+        reference=reference, reference_run=reference_run, times=times, reference_tier_acc=reference_tier_acc,
+        cost=cost)
     report = evidence.build_report(**report_args, result={"version": None, "run_id": run_id})
     _log_report(job.client, run_id, report)
-    _log_job_metrics(job.client, run_id, before, after, against_source, reference, times)
+    _log_job_metrics(job.client, run_id, before, after, against_source, reference, times,
+                     {"cost/attempts_train_fraction": cost["attempts_train_fraction"]})
 
     # Register, exactly once per job key (see ledger.py).
     existing = ledger.find_results(job.client, job.name, job.version, digest)
@@ -443,7 +445,7 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
             Tag.RUN_ID: run_id, Tag.N_FORGET: str(len(ctx.forget)),
             Tag.APPLIED_PLAN: tracking.plan_tag_value(plan.to_dict()), Tag.PLAN_SOURCE: plan_source[:500],
             ledger.METRICS_TAG: metrics_json[:ledger.MAX_TAG_VALUE], ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE],
-            ledger.EVIDENCE_TAG: f"runs:/{run_id}/evidence/report.json",
+            ledger.EVIDENCE_TAG: f"runs:/{run_id}/evidence/report.json", **steps.cost_tags(result.cost),
             **({ledger.MERGED_TAG: _merged_list_tag(job.all_requests())} if job.merged else {}),
             **{f"{TAG}metric.{k}": f"{v:.4f}" for k, v in headline.items() if v is not None and np.isfinite(v)}}
     logging.getLogger("mlflow.tracking._model_registry.fluent").setLevel(logging.ERROR)
@@ -603,7 +605,7 @@ def _log_report(client: MlflowClient, run_id: str, report: dict) -> None:
         client.log_figure(run_id, fig, "evidence/tiers.png")
 
 
-def _log_job_metrics(client, run_id, before, after, against_source, reference, times) -> None:
+def _log_job_metrics(client, run_id, before, after, against_source, reference, times, extra=None) -> None:
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
@@ -611,7 +613,7 @@ def _log_job_metrics(client, run_id, before, after, against_source, reference, t
                **{f"change/{k}": after[k] - before[k] for k in after if k in before and not k.startswith("tier/")},
                **{f"vs_source/{k}": v for k, v in against_source.items()},
                **({k: v for k, v in reference.items()} if reference else {}),
-               **{f"time/{k}": v for k, v in times.items() if k != "unlearn_s"}}
+               **{f"time/{k}": v for k, v in times.items() if k != "unlearn_s"}, **(extra or {})}
     clean = _finite(metrics)
     items = [Metric(k, v, ts, 0) for k, v in clean.items()]
     for i in range(0, len(items), 500):
