@@ -35,6 +35,7 @@ from .compute import DEFAULT_BUDGET
 from .forget_sets import ForgetSet, calibration_forget_sets
 from .memorization import DEFAULT_TIERS, MemorizationError, tier_histogram, tiers_from_c_proxy
 from .metrics import mia_auc
+from .plots import cost_quality
 from .rum import Plan
 from .tracking import TAG, Role, Tag
 from .tuning import (
@@ -101,12 +102,14 @@ def _redact(url: str) -> str:
 
 @dataclass
 class Calibration:
-    """K calibration forget sets of one request: their contexts, cached retrain runs and core
-    references (held-out term: the validation split)."""
+    """K calibration forget sets of one request: their contexts, the retrain run each is scored
+    against (one run, retrained without their union, shared by all K), and core references
+    (held-out term: the validation split)."""
 
     contexts: list
-    runs: list  # runs.StepResult per set
+    runs: list  # runs.StepResult per set (the same calibration reference for every set)
     references: list[Reference]
+    union_ids: np.ndarray | None = None  # the ids the calibration reference was retrained without
 
     @property
     def digests(self) -> list[str]:
@@ -125,9 +128,12 @@ def calibration_context(ctx: request.ForgetContext, ids, source: str) -> request
 
 
 def prepare_calibration(ctx: request.ForgetContext, k: int = 2) -> Calibration:
-    """Draw `k` calibration forget sets for the request in `ctx` and retrain (or reuse) a reference
-    for each. Fails before any training when the source has no validation split or the sets cannot
-    be drawn."""
+    """Draw `k` calibration forget sets for the request in `ctx` and retrain (or reuse) ONE
+    reference without their union, which every set is scored against: k sets cost one retrain, not
+    k. The reference then also never saw the other k - 1 sets, so retain is compared on train minus
+    the union (the examples it did see); its own accuracies move by the (k - 1) x |request| examples
+    it lacks, which README ("Compute and budget") measures against the retrain-vs-retrain noise.
+    Fails before any training when the source has no validation split or the sets cannot be drawn."""
 
     if ctx.data.val is None or len(ctx.data.val) == 0:
         raise SearchError(f"{ctx.source.uri} was trained without a validation split, and selection must not look at "
@@ -141,13 +147,17 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = 2) -> Calibration:
         raise SearchError(str(exc)) from None
     contexts = [calibration_context(ctx, ids, f"calibration {j + 1}/{k} for {ctx.forget.digest[:12]}")
                 for j, ids in enumerate(sets)]
-    runs, refs = [], []
-    for j, c in enumerate(contexts):
-        run = references.retrain(c, progress=True)
-        runs.append(run)
-        refs.append(Reference.build(run.model, c.data, c.forget.ids, c.tiers, seconds=run.seconds,
-                                    heldout=c.data.val, name=f"calibration-{j + 1}"))
-    return Calibration(contexts, runs, refs)
+    union = np.unique(np.concatenate(sets))
+    union_ctx = calibration_context(ctx, union, f"calibration reference: the union of {k} calibration set(s) for "
+                                                f"{ctx.forget.digest[:12]}")
+    run = references.retrain(union_ctx, progress=True)  # cached by the union's digest, like any reference
+    keep = np.ones(len(ctx.data.train), dtype=bool)
+    keep[union] = False
+    keep[ctx.forgotten_before] = False
+    retain = np.flatnonzero(keep)
+    refs = [Reference.build(run.model, c.data, c.forget.ids, c.tiers, seconds=run.seconds, heldout=c.data.val,
+                            name=f"calibration-{j + 1}", retain_ids=retain) for j, c in enumerate(contexts)]
+    return Calibration(contexts, [run] * k, refs, union)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,6 +209,9 @@ class SearchResult:
     run_id: str
     n_trials: int
     calibration_digests: list[str]
+    # what scoring the trials cost in this process, in trainings (every plan run on every calibration
+    # set, pruned trials included; repeats are free); the calibration reference is not in it
+    cost_train_fraction: float = float("nan")
 
 
 def _check_algorithms(algorithms: Sequence[str]) -> None:
@@ -209,7 +222,7 @@ def _check_algorithms(algorithms: Sequence[str]) -> None:
 
 def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candidates, enqueue, *, n_trials: int,
                 objective: str, max_epochs: int, storage: str | None, study_name: str | None,
-                timeout_s: float | None, extra_params: dict) -> tuple[Plan, float, str, str]:
+                timeout_s: float | None, extra_params: dict) -> tuple[Plan, float, str, str, float]:
     # Every setting is checked before a run exists, so bad input leaves nothing behind.
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
@@ -238,7 +251,11 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                                                "never_seen": never_seen_record(ref)}
                                               for c, r, ref in zip(calibration.contexts, calibration.runs,
                                                                    calibration.references)],
-                         "heldout": "validation split"}, "calibration.json")
+                         "heldout": "validation split",
+                         # one reference for every set: retrained once without their union
+                         "reference": {"run_id": calibration.runs[0].run_id if calibration.runs else None,
+                                       "retrained_without": None if calibration.union_ids is None
+                                       else int(len(calibration.union_ids))}}, "calibration.json")
         tracking.log_params({"n_trials": n_trials, "objective": objective, "max_epochs": max_epochs,
                            "storage": _redact(storage), "study_name": study_name,
                            "calibration_sets": len(calibration.contexts),
@@ -252,9 +269,10 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
         plan, value = best_plan(study)
         mlflow.log_dict(plan.to_dict(), "best_plan.json")
         key = "tow" if objective == TOW_COST else objective
-        mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study)})
-        log_study_plots(study, objective)
-    return plan, value, run.info.run_id, study_name
+        spent = scorer.spent_passes / ctx.source.original_passes
+        mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study), "cost/train_fraction": spent})
+        log_study_plots(study, objective, None if ctx.budget is None else ctx.budget.fraction)
+    return plan, value, run.info.run_id, study_name, spent
 
 
 def never_seen_record(ref: Reference) -> dict:
@@ -267,7 +285,14 @@ def never_seen_record(ref: Reference) -> dict:
             "heldout_conf": [round(float(x), 5) for x in ref.outputs["test"].true_conf]}
 
 
-def log_study_plots(study, objective: str) -> None:
+def _plan_label(trial) -> str:
+    try:
+        return Plan.from_dict(trial.user_attrs["plan"]).to_compact()
+    except (KeyError, TypeError, ValueError):  # a trial written by another version: its number is label enough
+        return f"trial {trial.number}"
+
+
+def log_study_plots(study, objective: str, budget: float | None = None) -> None:
     """Optuna's own matplotlib views on the active run: the optimisation history and, when the
     study has enough finished trials to tell, the parameter importances (fANOVA)."""
     import warnings
@@ -285,6 +310,15 @@ def log_study_plots(study, objective: str) -> None:
         ax.figure.tight_layout()
         mlflow.log_figure(ax.figure, "plots/optimization_history.png")
         plt.close(ax.figure)
+        scored = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                  and "repeat_of" not in t.user_attrs and "cost/train_fraction" in t.user_attrs.get("metrics", {})]
+        if scored:
+            metrics = [t.user_attrs["metrics"] for t in scored]
+            fig = cost_quality([m["cost/train_fraction"] for m in metrics], [m.get(key, float("nan")) for m in metrics],
+                               [_plan_label(t) for t in scored],
+                               budget=budget, score_name=f"calibration {key}",
+                               title=f"Calibration {key} against cost, every scored plan (selection only, not a result)")
+            mlflow.log_figure(fig, "plots/pareto.png")
         finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(finished) >= 3:
             try:
@@ -310,7 +344,7 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
     _check_algorithms(algorithms)
     tiers = list(ctx.tiers)
     enqueue = rum_default_trials(tiers, algorithms)  # optimize() refuses fewer trials than these
-    plan, value, run_id, name = _search_run(
+    plan, value, run_id, name, spent = _search_run(
         ctx, calibration, f"search-{ctx.source_tag}", "rum", rum_candidates(tiers, algorithms, max_epochs=max_epochs,
                                                                             retain_mode=retain_mode),
         enqueue, n_trials=n_trials, objective=objective, max_epochs=max_epochs, storage=storage, study_name=study_name,
@@ -319,7 +353,7 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
         client = mlflow.MlflowClient()
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, tracking.plan_tag_value(plan.to_dict()))
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, run_id)
-    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests)
+    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent)
 
 
 def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algorithm: str, *, n_trials: int = 20,
@@ -328,11 +362,11 @@ def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algor
     """Tune one algorithm on the whole forget set with the same calibration sets, budget and space
     rules as the RUM search (its defaults are the first trial): the tuned baseline."""
     _check_algorithms([algorithm])
-    plan, value, run_id, name = _search_run(
+    plan, value, run_id, name, spent = _search_run(
         ctx, calibration, f"search-{algorithm}", f"tuned-{algorithm}", algorithm_candidates(algorithm, max_epochs=max_epochs),
         algorithm_default_trials(algorithm), n_trials=n_trials, objective=objective, max_epochs=max_epochs,
         storage=storage, study_name=None, timeout_s=timeout_s, extra_params={"algorithm": algorithm})
-    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests)
+    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent)
 
 
 def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = "tow", algorithms: Sequence[str] | None = None,

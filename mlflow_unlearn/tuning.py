@@ -122,7 +122,9 @@ def train_reference(build: Callable[[int], nn.Module], config: TrainConfig, data
 class Reference:
     """A forget set cut into tiers and the model retrained without it, with the reference's outputs
     on forget, retain and the held-out split (`heldout`: the validation split during selection,
-    `None` = the test split when reporting)."""
+    `None` = the test split when reporting). `retain_ids` (default: train minus the forget set) is
+    where retain accuracy is compared: a calibration reference retrained without the union of
+    several calibration sets compares retain on train minus that union, the examples it saw."""
 
     forget_ids: np.ndarray
     tiers: dict[str, np.ndarray]
@@ -131,20 +133,22 @@ class Reference:
     seconds: float
     heldout: Any = None
     name: str = ""
+    retain_ids: np.ndarray | None = None
 
     @classmethod
     def build(cls, model: nn.Module, data, forget_ids, tiers: Mapping[str, Any], *, seconds: float = float("nan"),
-              heldout=None, name: str = "") -> "Reference":
+              heldout=None, name: str = "", retain_ids=None) -> "Reference":
         ids = np.sort(np.asarray(forget_ids, dtype=np.int64))
-        outputs = outputs_for(model, data, ids, heldout=heldout)
+        retain = None if retain_ids is None else np.sort(np.asarray(retain_ids, dtype=np.int64))
+        outputs = outputs_for(model, data, ids, retain, heldout=heldout)
         return cls(ids, {k: np.asarray(v, dtype=np.int64) for k, v in tiers.items()}, model, outputs, seconds,
-                   heldout, name)
+                   heldout, name, retain)
 
     def tier_positions(self) -> dict[str, np.ndarray]:
         return {t: np.searchsorted(self.forget_ids, ids) for t, ids in self.tiers.items()}
 
     def outputs_of(self, model: nn.Module, data) -> dict:
-        return outputs_for(model, data, self.forget_ids, heldout=self.heldout)
+        return outputs_for(model, data, self.forget_ids, self.retain_ids, heldout=self.heldout)
 
     def evaluate(self, model: nn.Module, data, *, seed: int = 0, metrics: Sequence[str] | None = None) -> dict[str, float]:
         """Every metric of `model` against this reference (see `metrics.evaluate_unlearning`)."""
@@ -291,6 +295,7 @@ class CalibrationScorer:
     def __post_init__(self):
         if not self.references:
             raise SearchError("the search needs at least one calibration reference")
+        self.spent_passes = 0  # example passes of every plan this scorer ran, pruned trials included
 
     def run(self, plan: Plan, *, report: Callable[[int, dict], None] | None = None) -> dict[str, float]:
         """Mean metrics over the calibration sets, plus `time/unlearn_s` (mean seconds per set) and
@@ -307,6 +312,7 @@ class CalibrationScorer:
                 m = ref.evaluate(result.model, self.data, seed=self.seed, metrics=self.metrics)
             except (MetricInputError, FloatingPointError) as exc:
                 raise Diverged(f"{type(exc).__name__}: {exc}") from None
+            self.spent_passes += result.train_passes
             per_set.append(m)
             seconds.append(result.seconds)
             costs.append(result.cost(self.original_passes))

@@ -121,6 +121,34 @@ def test_calibration_sets_are_disjoint_from_the_request_and_logged(source_model,
     assert ctx.forget.digest not in {r.data.tags["mlflow_unlearn.forget_digest"] for r in new}
 
 
+@pytest.mark.integration  # one calibration retrain
+def test_k_calibration_sets_share_one_reference_retrained_without_their_union(source_model, monkeypatch):
+    """Three calibration sets cost one retrain (the retrain function is called once, on their union);
+    each set is scored against that reference, with retain compared on train minus the union (what
+    the reference saw), and a second search of the same request reuses it from the cache."""
+    _, uri = source_model
+    ctx = request.prepare(uri, FORGET)
+    calls = []
+    real = references.retrain
+
+    def spy(c, **kw):
+        calls.append(np.asarray(c.forget.ids).copy())
+        return real(c, **kw)
+
+    monkeypatch.setattr(search.references, "retrain", spy)
+    calibration = search.prepare_calibration(ctx, 3)
+    assert len(calls) == 1
+    union = np.unique(np.concatenate([c.forget.ids for c in calibration.contexts]))
+    assert np.array_equal(calls[0], union) and np.array_equal(calibration.union_ids, union)
+    assert len(union) == 3 * len(ctx.forget) and not np.isin(union, ctx.forget.ids).any()
+    assert len({r.run_id for r in calibration.runs}) == 1
+    for ref in calibration.references:
+        assert ref.model is calibration.runs[0].model
+        assert len(ref.outputs["retain"].labels) == len(ctx.data.train) - len(union)
+    again = search.prepare_calibration(ctx, 3)  # the cache: no new training
+    assert len(calls) == 2 and again.runs[0].run_id == calibration.runs[0].run_id and again.runs[0].cached
+
+
 @pytest.mark.integration  # the search step with a calibration retrain (the core's check: test_tuning)
 def test_a_diverged_trial_fails_and_the_study_goes_on(source_model, diverging_algorithm, tmp_path):
     _, uri = source_model
