@@ -20,7 +20,7 @@ import numpy as np
 
 from . import evaluation, references, request, runs, steps, tracking
 from .algorithms import ALGORITHMS, default_search_algorithms
-from .compute import DEFAULT_BUDGET, parse_budget
+from .compute import DEFAULT_BUDGET, break_even_requests, parse_budget
 from .metrics import METRICS, paired_test
 from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
@@ -76,6 +76,43 @@ def verdict(reports) -> str:
         return (f"The searched RUM plan does NOT beat doing nothing on the held-out request (ToW {detail}); "
                 f"the registered plan would not help requests like this one.")
     return f"The searched RUM plan beats doing nothing on the held-out request (ToW {detail})."
+
+
+def compute_matched(reports) -> list[str]:
+    """Per baseline, whether the searched RUM plan beats it on the held-out request at the same
+    budget: the paired ToW difference over unlearning seeds with its 95% interval; a call only when
+    the interval excludes 0."""
+    by = {r.name: r for r in reports}
+    rum = by.get("RUM (searched plan)")
+    if rum is None:
+        return []
+    lines = []
+    for r in reports:
+        if r is rum:
+            continue
+        t = paired_test(rum.values("tow"), r.values("tow"))
+        interval = (f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]" if math.isfinite(t["ci_low"])
+                    else "(one seed: no interval)")
+        call = ("RUM better" if t["ci_low"] > 0 else "RUM worse" if t["ci_high"] < 0 else "no difference shown")
+        lines.append(f"- vs {r.name}: ToW {t['mean_diff']:+.4f} {interval}: {call} (cost {rum.summary('cost/train_fraction')[0]:.4f} "
+                     f"vs {r.summary('cost/train_fraction')[0]:.4f} of a training)")
+    return lines
+
+
+def cost_summary(*, reference: float, search: float, request: float, retrain: float) -> tuple[str, dict[str, float]]:
+    """The first request's total cost (calibration reference + search + the request itself) and each
+    later request's (the reference and the searched plan reused: the request alone), in trainings,
+    and after how many requests unlearning has cost less than retraining for each."""
+    first = reference + search + request
+    n = break_even_requests(first, request, retrain)
+    when = ("never: a later request costs as much as a retrain" if math.isinf(n)
+            else "from the first request on" if n == 1 else f"from request {n} on")
+    text = (f"Cost in trainings (example passes / the original training's): the first request "
+            f"{first:.3f} (calibration reference {reference:.3f} + RUM search {search:.3f} + the request "
+            f"{request:.4f}); each later request like it {request:.4f}; a retrain on retain {retrain:.3f}. "
+            f"Unlearning is cheaper in total than retraining for every request {when}.")
+    return text, {"cost/first_request_train_fraction": first, "cost/later_request_train_fraction": request,
+                  "cost/break_even_requests": float(n) if math.isfinite(n) else -1.0}
 
 
 def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int = 15, lr: float = 0.05, batch_size: int = 64,
@@ -169,6 +206,12 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         retrain_fraction = len(ctx.retain_ids) / len(ctx.data.train)  # epochs x n_retain over epochs x n_train
         table = format_table(reports, floor, retrain_fraction)
         conclusion = verdict(reports)
+        matched = compute_matched(reports)
+        n_train = len(ctx.data.train)
+        costs, cost_metrics = cost_summary(
+            reference=(n_train - len(calibration.union_ids)) / n_train, search=found.cost_train_fraction,
+            request=rum.cost.get("cost/train_fraction", float("nan")), retrain=retrain_fraction)
+        mlflow.log_metrics(cost_metrics)
         header = (f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seeds {seeds}; original train acc "
                   f"{original.history[-1]['train/acc']:.4f}. Selection on {calibration_sets} calibration forget set(s) "
                   f"({', '.join(d[:12] for d in calibration.digests)}) with the validation split; reported on the request "
@@ -176,9 +219,12 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
                   f"baseline. Compute: every method at the same budget, at most {ctx.budget.fraction:g} of the original "
                   f"training per request; cost in trainings (example passes / the original's). Cells: mean [95% "
                   f"interval] over unlearning seeds.")
-        summary = "\n".join([header, "", table, "", conclusion])
+        summary = "\n".join([header, "", table, "", conclusion, "",
+                             f"At the same budget ({ctx.budget.fraction:g}), held out, paired over seeds:", *matched, "",
+                             costs])
         mlflow.log_text(summary + "\n", "summary.md")
-        mlflow.log_figure(comparison_figure(reports, floor, len(ctx.forget), len(seeds)), "plots/methods.png")
+        mlflow.log_figure(comparison_figure(reports, floor, len(ctx.forget), len(seeds), ctx.budget.fraction),
+                          "plots/methods.png")
         mlflow.log_table(summary_table(reports, floor), "summary_table.json")  # sortable in the UI's artifact view
         mlflow.set_tag("mlflow.note.content", summary)  # the run's description on its page
         mlflow.log_metric("time/pipeline_s", time.perf_counter() - t_start)
@@ -214,11 +260,12 @@ def summary_table(reports, floor: dict[str, float]) -> dict[str, list]:
     return cols
 
 
-def comparison_figure(reports, floor: dict[str, float], n_forget: int, n_seeds: int):
+def comparison_figure(reports, floor: dict[str, float], n_forget: int, n_seeds: int, budget: float | None = None):
     rows = [{"name": r.name + (" (unchanged)" if r.unchanged else ""), "tow": r.summary("tow"),
-             "mia/gap": r.summary("mia/gap")} for r in reports]
-    return method_comparison(rows, floor, title=f"Methods on the held-out request ({n_forget} examples), mean and 95% "
-                                                f"interval over {n_seeds} unlearning seeds")
+             "mia/gap": r.summary("mia/gap"), "cost": r.summary("cost/train_fraction")} for r in reports]
+    return method_comparison(rows, floor, budget=budget,
+                             title=f"Methods on the held-out request ({n_forget} examples), mean and 95% interval over "
+                                   f"{n_seeds} unlearning seeds, every method within budget {budget:g}")
 
 
 def _log_method(ctx, report, algorithm: str, reference_run: str, tier_reference=None) -> None:

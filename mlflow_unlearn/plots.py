@@ -58,17 +58,22 @@ def tier_accuracy_chart(per_tier: Mapping[str, Mapping[str, float]], *, title: s
     return fig
 
 
-def method_comparison(rows: Sequence[Mapping], floor: Mapping[str, float] | None, *, title: str) -> Figure:
+def method_comparison(rows: Sequence[Mapping], floor: Mapping[str, float] | None, *, title: str,
+                      budget: float | None = None) -> Figure:
     """ToW (higher is better, 1 = retrain) and MIA gap (lower is better, 0 = retrain) per method,
     mean with the 95% interval over unlearning seeds; the retrain-vs-retrain noise floor dashed.
-    `rows`: dicts with `name` and `tow`, `mia/gap` as (mean, low, high)."""
+    `rows`: dicts with `name` and `tow`, `mia/gap` as (mean, low, high), and optionally `cost`
+    (cost/train_fraction, the same form): then a third panel shows it, `budget` dashed."""
     names = [r["name"] for r in rows]
-    fig = Figure(figsize=(10.0, 0.45 * len(rows) + 1.6), dpi=110)
+    panels = [("tow", "ToW (1 = as retrain; higher is better)", "floor/tow"),
+              ("mia/gap", "MIA gap (0 = as retrain; lower is better)", "floor/mia_gap")]
+    if all("cost" in r for r in rows):
+        panels.append(("cost", "cost (trainings: example passes / the original's)", "budget"))
+        floor = {**(floor or {}), **({"budget": budget} if budget is not None else {})}
+    fig = Figure(figsize=(5.0 * len(panels), 0.45 * len(rows) + 1.6), dpi=110)
     y = np.arange(len(rows))[::-1]
-    for k, (key, label, floor_key) in enumerate((("tow", "ToW (1 = as retrain; higher is better)", "floor/tow"),
-                                                  ("mia/gap", "MIA gap (0 = as retrain; lower is better)",
-                                                   "floor/mia_gap"))):
-        ax = fig.add_subplot(1, 2, k + 1)
+    for k, (key, label, floor_key) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
         mean = np.array([r[key][0] for r in rows], dtype=np.float64)
         lo = np.array([r[key][1] for r in rows], dtype=np.float64)
         hi = np.array([r[key][2] for r in rows], dtype=np.float64)
@@ -76,11 +81,49 @@ def method_comparison(rows: Sequence[Mapping], floor: Mapping[str, float] | None
         colors = ["#1f77b4" if n.startswith("RUM") else "#9e9e9e" if n.startswith("none") else "#8c8c8c" for n in names]
         ax.barh(y, mean, xerr=err, color=colors, alpha=0.85, error_kw={"elinewidth": 1, "capsize": 2})
         if floor and floor_key in floor and np.isfinite(floor[floor_key]):
-            ax.axvline(floor[floor_key], color="#2ca02c", linestyle="--", linewidth=1.2, label="retrain vs retrain")
+            ax.axvline(floor[floor_key], color="#2ca02c", linestyle="--", linewidth=1.2,
+                       label="budget" if key == "cost" else "retrain vs retrain")
             ax.legend(fontsize=8, loc="lower right" if key == "tow" else "upper right")
         ax.set_yticks(y, names if k == 0 else [""] * len(names), fontsize=8)
         ax.set_xlabel(label, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower cost, higher score; ties on
+    both count as one), ordered by cost: what more compute buys."""
+    c, s = np.asarray(costs, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    order = sorted((i for i in range(len(c)) if np.isfinite(c[i]) and np.isfinite(s[i])), key=lambda i: (c[i], -s[i]))
+    front, best = [], -np.inf
+    for i in order:
+        if s[i] > best:
+            front.append(i)
+            best = s[i]
+    return front
+
+
+def cost_quality(costs: Sequence[float], scores: Sequence[float], labels: Sequence[str], *, budget: float | None,
+                 score_name: str, title: str) -> Figure:
+    """Every scored plan as (cost in trainings, score), the Pareto front joined and labelled, and the
+    budget dashed: the search's trade-off between what a plan costs and what it achieves."""
+    c, s = np.asarray(costs, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    front = pareto_front(c, s)
+    fig = Figure(figsize=(8.5, 4.8), dpi=110)
+    ax = fig.add_subplot()
+    ax.scatter(c, s, s=18, color="#9e9e9e", alpha=0.8, label="scored plans")
+    if front:
+        ax.plot(c[front], s[front], "-o", color="#1f77b4", markersize=5, label="Pareto front")
+        for i in front:
+            ax.annotate(labels[i][:40], (c[i], s[i]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if budget is not None:
+        ax.axvline(budget, color="#c44e52", linestyle="--", linewidth=1.2, label=f"budget {budget:g}")
+    ax.set_xlabel("cost (trainings: example passes / the original's)")
+    ax.set_ylabel(score_name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

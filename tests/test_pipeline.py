@@ -21,6 +21,12 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
         assert row in table
     assert "none (no unlearning) (unchanged)" in table  # doing nothing is flagged as such
     assert "does NOT beat" in out["verdict"] or "beats doing nothing" in out["verdict"]
+    # every method at the same budget, cost in trainings, and the break-even in the summary
+    for r in out["reports"]:
+        assert all(0 <= c <= 0.1 for c in r.values("cost/train_fraction")), (r.name, r.values("cost/train_fraction"))
+    assert "cost (trainings)" in table and "x retrain time" not in table
+    parent_note = runs("tags.`mlflow_unlearn.role` = 'pipeline'")[0].data.tags["mlflow.note.content"]
+    assert "the first request" in parent_note and "- vs finetune (tuned): ToW" in parent_note
     assert str(out["rum"].version) == "2"
     mv = MlflowClient().get_model_version("main-digits", out["rum"].version)
     assert mv.tags["mlflow_unlearn.algorithm"] == "rum"
@@ -47,7 +53,23 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     rum_search = next(r for r in search_runs if r.data.tags["mlflow_unlearn.search_space"] == "rum")
     plots = [a.path for a in client.list_artifacts(rum_search.info.run_id, "plots")]
     assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots
+    assert "plots/pareto.png" in plots  # calibration ToW against cost, every scored plan
     for run in (method, runs("tags.`mlflow_unlearn.role` = 'rum'")[0]):  # per-tier charts on every method and on RUM
         assert "plots/tiers.png" in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
     original = runs("tags.`mlflow_unlearn.role` = 'original'")[0]
     assert "plots/c_proxy.png" in [a.path for a in client.list_artifacts(original.info.run_id, "plots")]
+
+
+def test_the_cost_summary_on_fixed_inputs():
+    """The arithmetic the summary states: first = reference + search + request; later = the request;
+    break-even against a retrain on retain."""
+    text, metrics = pipeline.cost_summary(reference=0.93, search=1.2, request=0.09, retrain=0.93)
+    assert metrics["cost/first_request_train_fraction"] == pytest.approx(2.22)
+    assert metrics["cost/later_request_train_fraction"] == 0.09
+    # 2.22 + (n - 1) 0.09 < 0.93 n  <=>  n > 2.5357: from request 3 on
+    assert metrics["cost/break_even_requests"] == 3 and "from request 3 on" in text
+    assert "2.220 (calibration reference 0.930 + RUM search 1.200 + the request 0.0900)" in text
+    _, never = pipeline.cost_summary(reference=0.9, search=0.5, request=0.95, retrain=0.93)
+    assert never["cost/break_even_requests"] == -1.0
+    text, cheap = pipeline.cost_summary(reference=0.0, search=0.0, request=0.1, retrain=0.93)
+    assert cheap["cost/break_even_requests"] == 1 and "from the first request on" in text

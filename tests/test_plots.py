@@ -39,3 +39,27 @@ def test_method_comparison_draws_intervals_and_the_floor():
     assert sorted(p.get_width() for p in tow.patches) == [0.8, 0.9]
     assert [line.get_xdata()[0] for line in tow.get_lines() if line.get_linestyle() == "--"] == [0.97]
     assert "higher is better" in tow.get_xlabel() and "lower is better" in gap.get_xlabel()
+
+
+def test_method_comparison_shows_each_methods_cost_against_the_budget():
+    rows = [{"name": "RUM (searched plan)", "tow": (0.9, 0.85, 0.95), "mia/gap": (0.1, 0.05, 0.15),
+             "cost": (0.095, 0.09, 0.1)},
+            {"name": "none (no unlearning)", "tow": (0.8, np.nan, np.nan), "mia/gap": (0.3, np.nan, np.nan),
+             "cost": (0.0, np.nan, np.nan)}]
+    fig = plots.method_comparison(rows, {"floor/tow": 0.97, "floor/mia_gap": 0.02}, title="t", budget=0.1)
+    tow, gap, cost = fig.axes
+    assert sorted(p.get_width() for p in cost.patches) == [0.0, 0.095]
+    assert [line.get_xdata()[0] for line in cost.get_lines() if line.get_linestyle() == "--"] == [0.1]
+    assert "trainings" in cost.get_xlabel() and cost.get_legend().get_texts()[0].get_text() == "budget"
+
+
+def test_the_pareto_front_keeps_what_more_compute_buys():
+    costs = [0.0, 0.05, 0.05, 0.08, 0.1, 0.1, float("nan")]
+    scores = [0.90, 0.93, 0.95, 0.94, 0.97, 0.96, 0.99]
+    assert plots.pareto_front(costs, scores) == [0, 2, 4]  # 0.05/0.93, 0.08/0.94 and 0.1/0.96 are beaten; NaN left out
+    fig = plots.cost_quality(costs, scores, [f"p{i}" for i in range(7)], budget=0.1, score_name="calibration ToW",
+                             title="t")
+    ax = fig.axes[0]
+    front_line = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+    assert list(front_line.get_xdata()) == [0.0, 0.05, 0.1]
+    assert "trainings" in ax.get_xlabel()
