@@ -46,6 +46,7 @@ from .tuning import (
     algorithm_candidates,
     algorithm_default_trials,
     best_plan,
+    is_enqueued,
     make_study,
     objective_directions,
     optimize,
@@ -271,6 +272,7 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
         key = "tow" if objective == TOW_COST else objective
         spent = scorer.spent_passes / ctx.source.original_passes
         mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study), "cost/train_fraction": spent})
+        mlflow.set_tag(Tag.BEST_KIND, best_kind(study, plan))
         log_study_plots(study, objective, None if ctx.budget is None else ctx.budget.fraction)
     return plan, value, run.info.run_id, study_name, spent
 
@@ -283,6 +285,20 @@ def never_seen_record(ref: Reference) -> dict:
             "auc": mia_auc(ref.outputs["forget"].true_conf, ref.outputs["test"].true_conf),
             "conf": [round(float(x), 5) for x in ref.outputs["forget"].true_conf],
             "heldout_conf": [round(float(x), 5) for x in ref.outputs["test"].true_conf]}
+
+
+def best_kind(study, plan: Plan) -> str:
+    """`enqueued` when the selected plan is one of the known-good starting points (a default),
+    `sampled` when the sampler found it: whether the search itself bought anything."""
+    wanted = plan.to_dict()
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.COMPLETE and "plan" in t.user_attrs:
+            try:
+                if Plan.from_dict(t.user_attrs["plan"]).to_dict() == wanted:
+                    return "enqueued" if is_enqueued(t) else "sampled"
+            except (KeyError, TypeError, ValueError):
+                continue
+    return "unknown"
 
 
 def _plan_label(trial) -> str:

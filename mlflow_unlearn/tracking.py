@@ -103,6 +103,7 @@ class Tag:
     STUDY = TAG + "study"
     TRIAL = TAG + "trial"
     SEARCH_SPACE = TAG + "search_space"
+    BEST_KIND = TAG + "best_kind"  # on a search run: enqueued (a known-good default won) or sampled
     OBJECTIVE = TAG + "objective"
     WORKER = TAG + "worker"  # host:pid that ran a trial
     CALIBRATION_DIGESTS = TAG + "calibration_digests"

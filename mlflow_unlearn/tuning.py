@@ -558,12 +558,23 @@ def best_plan(study: optuna.Study) -> tuple[Plan, float]:
     return Plan.from_dict(t.user_attrs["plan"]), t.values[0]
 
 
+def is_enqueued(trial) -> bool:
+    """Whether a trial is one of the known-good starting points (Optuna `enqueue_trial` marks them
+    with `fixed_params`), not a point the sampler drew."""
+    return "fixed_params" in trial.system_attrs
+
+
 def trial_counts(study: optuna.Study) -> dict[str, float]:
+    """How the study's trials ended, and how many plans it scored of each kind: enqueued (the
+    known-good starting points) and sampled (drawn by the sampler); repeats are not scored."""
     states = [t.state for t in study.trials]
     S = optuna.trial.TrialState
+    scored = [t for t in study.trials if t.state == S.COMPLETE and "repeat_of" not in t.user_attrs]
     return {"n_trials_complete": float(states.count(S.COMPLETE)), "n_trials_pruned": float(states.count(S.PRUNED)),
             "n_trials_failed": float(states.count(S.FAIL)),
-            "n_trials_repeat": float(sum("repeat_of" in t.user_attrs for t in study.trials))}
+            "n_trials_repeat": float(sum("repeat_of" in t.user_attrs for t in study.trials)),
+            "n_scored_enqueued": float(sum(is_enqueued(t) for t in scored)),
+            "n_scored_sampled": float(sum(not is_enqueued(t) for t in scored))}
 
 
 def mean_ci_row(values: Sequence[float]) -> tuple[float, float, float]:

@@ -54,6 +54,9 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     plots = [a.path for a in client.list_artifacts(rum_search.info.run_id, "plots")]
     assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots
     assert "plots/pareto.png" in plots  # calibration ToW against cost, every scored plan
+    assert rum_search.data.metrics["cost/train_fraction"] > 0  # scoring the trials cost compute, counted
+    assert rum_search.data.tags["mlflow_unlearn.best_kind"] in ("enqueued", "sampled")
+    assert rum_search.data.metrics["n_scored_enqueued"] >= 1
     for run in (method, runs("tags.`mlflow_unlearn.role` = 'rum'")[0]):  # per-tier charts on every method and on RUM
         assert "plots/tiers.png" in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
     original = runs("tags.`mlflow_unlearn.role` = 'original'")[0]

@@ -87,6 +87,12 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     scored = sum(tuning.counts_against_budget(t) for t in study.trials)
     assert scored <= 16 and tuning.budget_spent(study, 16)
     # the known-good points ran first: none everywhere, then the oracle whole-set and per tier
+    search_run = MlflowClient().get_run(found.run_id)
+    # the winner is not one of the enqueued defaults: the sampler found it, and the run says so
+    assert search_run.data.tags[Tag.BEST_KIND] == "sampled"
+    assert search_run.data.metrics["n_scored_enqueued"] == 3 and search_run.data.metrics["n_scored_sampled"] >= 1
+    # what scoring the trials cost, in trainings: nothing here (none, and an oracle that copies weights)
+    assert search_run.data.metrics["cost/train_fraction"] == 0.0
     first = [t.user_attrs["plan"] for t in study.trials[:3]]
     assert [s["algorithm"] for s in first[0]["steps"]] == ["none"] * 3
     assert first[1]["steps"][0]["tier"] == "all"
