@@ -36,6 +36,17 @@ from mlflow_unlearn.training import TrainConfig, predict_logits, train_model  # 
 from mlflow_unlearn.tuning import Reference, noise_floor  # noqa: E402
 
 
+def _cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (platform.processor() is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budgets", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
@@ -100,7 +111,7 @@ def main(argv=None) -> int:
             f"{f', {a.noise:.0%} of train labels flipped' if a.noise else ''}; defaults only (nothing selected), mean "
             f"over unlearning seeds {a.seeds}. The reference changes {ref_flips} of the 90 forget predictions; "
             f"retrain vs retrain (the noise floor): ToW {floor['floor/tow']:.4f}, ToW-PE {floor['floor/tow_pe']:.4f} "
-            f"at cost {retrain_cost:.4f}. Machine: {platform.processor() or platform.machine()}, "
+            f"at cost {retrain_cost:.4f}. Machine: {_cpu_name()}, "
             f"{torch.get_num_threads()} threads, torch {torch.__version__}; {time.perf_counter() - t_start:.0f} s.")
     table = ["| method | budget | cost (trainings) | ToW | ToW-PE | MIA gap | flips of 90 | retain acc | test acc |",
              "|---|---|---|---|---|---|---|---|---|"]
