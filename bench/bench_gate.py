@@ -47,7 +47,7 @@ from mlflow_unlearn.memorization import tiers_from_c_proxy  # noqa: E402
 from mlflow_unlearn.metrics import evaluate_unlearning, mia_auc, outputs_for  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
 from mlflow_unlearn.rum import Plan, default_plan, run_rum, stronger_plan  # noqa: E402
-from mlflow_unlearn.training import TrainConfig, train_model  # noqa: E402
+from mlflow_unlearn.training import TrainConfig, retrain_from_scratch, train_model  # noqa: E402
 
 KINDS = ("mix:{n}", "tiers:low={n}", "tiers:mid={n}", "tiers:high={n}", "random:{n}")
 SIZES = (20, 45, 90)
@@ -55,10 +55,7 @@ SIZES = (20, 45, 90)
 
 def retrain_without(data, ids, config, build, seed):
     keep = np.setdiff1d(np.arange(len(data.train)), ids)
-    model = build(seed)
-    train_model(model, data, TrainConfig(**{**config.to_dict(), "seed": seed}), train_ids=torch.as_tensor(keep),
-                progress=False, eval_test=False)
-    return model.eval()
+    return retrain_from_scratch(build, config, data, keep, seed=seed).eval()
 
 
 def metrics_of(model, data, ids, tiers):

@@ -169,11 +169,17 @@ class ComputeMeter:
     def watching(self, model: nn.Module) -> Iterator[None]:
         """Count `model`'s forward calls while inside. Deep copies of `model` made inside carry the
         hook too (copy.deepcopy copies a module's hooks); `strip` removes it from what outlives the run."""
-        model.register_forward_pre_hook(self._hook)
+        self.attach(model)
         try:
             yield
         finally:
             self.strip(model)
+
+    def attach(self, model: nn.Module) -> nn.Module:
+        """Count `model`'s forward calls from now on, until `strip(model)`; returns the model (for a
+        model built inside someone else's code, e.g. a retrain's fresh network)."""
+        model.register_forward_pre_hook(self._hook)
+        return model
 
     def strip(self, model: nn.Module) -> None:
         """Remove this meter's hook from `model` and its submodules (also from deep copies of a watched model)."""

@@ -15,7 +15,7 @@ from .gate import GateError, NeverSeen
 from .request import ForgetContext, build_source_architecture, log_forget_set
 from .runs import StepResult, load_run_model
 from .tracking import Role, Tag
-from .training import TrainConfig, train_model
+from .training import TrainConfig, retrain_from_scratch
 
 
 def _retrain_config(ctx: ForgetContext, epochs: int | None, seed: int | None = None) -> TrainConfig:
@@ -52,7 +52,6 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
         print(f"retrain: cache hit, run {hit.run_id}")
         return hit
     spec = ctx.source.model_spec
-    net = build_source_architecture(ctx, seed)
     ud = ctx.unlearn_data()
     with mlflow.start_run(run_name=f"retrain-{ctx.source_tag}" + ("" if seed == ctx.seed else f"-seed{seed}"),
                           nested=mlflow.active_run() is not None) as run:
@@ -62,9 +61,10 @@ def retrain(ctx: ForgetContext, *, epochs: int | None = None, use_cache: bool = 
         tracking.log_params({f"train.{k}": v for k, v in config.to_dict().items()})
         t0 = time.perf_counter()
         meter = ComputeMeter(unit=ctx.source.original_passes)
-        with meter.watching(net):
-            train_model(net, ctx.data, config, train_ids=ud.retain_ids, log=tracking.MlflowLogger(), progress=progress,
-                        eval_test=False)
+
+        net = retrain_from_scratch(lambda s: meter.attach(build_source_architecture(ctx, s)), config, ctx.data, ud.retain_ids, seed=seed, log=tracking.MlflowLogger(),
+                                   progress=progress)
+        meter.strip(net)
         seconds = time.perf_counter() - t0
         mlflow.log_metrics({"time/retrain_s": seconds, "cost/train_passes": float(meter.train_passes),
                             "cost/eval_passes": float(meter.eval_passes), "cost/train_fraction": meter.fraction()})

@@ -178,6 +178,24 @@ def train_model(
     return history
 
 
+def retrain_from_scratch(build: Callable[[int], nn.Module], config: TrainConfig, data: ImageData, retain_ids, *,
+                         seed: int, log: MetricLogger | None = None, progress: bool = False,
+                         desc: str = "retrain") -> nn.Module:
+    """The exact answer to a deletion request, and the one retrain of the package (the retrained
+    reference, the calibration reference, the `retrain` algorithm and the benchmarks all call it):
+    `build(seed)` (a freshly initialised model of the source's architecture) trained with the
+    source's recipe `config`, its seed replaced by `seed`, on the train ids `retain_ids` only.
+    Returns the model on the data's device, in train mode as training left it."""
+    net = build(int(seed))
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"retrain: build({seed}) returned {type(net).__name__}, not a torch.nn.Module")
+    net = net.to(data.device)
+    retain = torch.as_tensor(retain_ids, dtype=torch.long, device=data.device)
+    train_model(net, data, dataclasses.replace(config, seed=int(seed)), train_ids=retain, log=log, progress=progress,
+                eval_test=False, desc=desc)
+    return net
+
+
 @torch.no_grad()
 def eval_outputs(model: nn.Module, data: ImageData, split: Split, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  *, batch_size: int = 1024, amp: bool | None = None) -> torch.Tensor:

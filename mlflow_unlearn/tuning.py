@@ -63,7 +63,7 @@ from .metrics import (
     outputs_for,
 )
 from .rum import ALL_TIER, Plan, PlanStep, run_rum
-from .training import TrainConfig, train_model
+from .training import TrainConfig, retrain_from_scratch
 
 TOW_COST = "tow+cost"  # two objectives: ToW up, compute (cost/train_fraction) down: a Pareto front
 
@@ -108,11 +108,8 @@ def train_reference(build: Callable[[int], nn.Module], config: TrainConfig, data
     check_something_retained(len(forget), len(data.train), error=SearchError)
     keep = np.ones(len(data.train), dtype=bool)
     keep[forget] = False
-    net = build(seed).to(data.device)
-    cfg = TrainConfig(**{**config.to_dict(), "seed": int(seed)})
     t0 = time.perf_counter()
-    train_model(net, data, cfg, train_ids=torch.from_numpy(np.flatnonzero(keep)).to(data.device), progress=False,
-                eval_test=False)
+    net = retrain_from_scratch(build, config, data, np.flatnonzero(keep), seed=seed)
     if data.device.type == "cuda":
         torch.cuda.synchronize(data.device)
     return net, time.perf_counter() - t0

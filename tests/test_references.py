@@ -43,6 +43,10 @@ def test_retrain_is_cached_by_seed_and_recipe_and_never_sees_the_forget_set(sour
     run = MlflowClient().get_run(other_seed.run_id)
     assert run.data.tags[Tag.SEED] == str(ctx.seed + 1) and run.data.tags[Tag.RECIPE] == references.retrain_recipe(ctx, 2)
     assert run.data.params["train.epochs"] == "2" and run.data.tags[Tag.FORGET_DIGEST] == ctx.forget.digest
+    # its compute, counted by the meter: 2 epochs over retain, as a fraction of the original training
+    n_retain = len(ctx.retain_ids)
+    assert run.data.metrics["cost/train_passes"] == 2 * n_retain
+    assert run.data.metrics["cost/train_fraction"] == pytest.approx(2 * n_retain / ctx.source.original_passes)
 
     # trained on retain only: the forgotten class is (almost) never predicted right; the original knew it
     assert forget_tier_accuracy(ctx, first.model)["all"] < 0.2 < 0.9 < forget_tier_accuracy(ctx, ctx.source.model)["all"]

@@ -79,3 +79,29 @@ def test_heldout_recording_needs_a_recorder_of_the_splits_size(small):
                     heldout_recorder=ConfidenceRecorder(7))
     with pytest.raises(TrainConfigError, match="pass both or neither"):
         train_model(model, small, TrainConfig(epochs=1), progress=False, heldout=small.test)
+
+
+def test_one_retrain_serves_the_algorithm_and_the_calibration_reference():
+    """`retrain_from_scratch` is the package's one retrain: the `retrain` algorithm (with a recipe)
+    and the search's reference (`tuning.train_reference`) give bit-identical weights for the same
+    recipe, retain set and seed, and the algorithm's cost is epochs x retain example passes."""
+    from mlflow_unlearn import tuning
+    from mlflow_unlearn.algorithms import TrainRecipe, UnlearnData, run_algorithm
+    from mlflow_unlearn.compute import ComputeMeter
+    from mlflow_unlearn.data import DatasetSpec, load_dataset
+    from mlflow_unlearn.models import build_model
+    from mlflow_unlearn.training import retrain_from_scratch
+
+    data = load_dataset(DatasetSpec("digits", subset=120))
+    build = lambda seed: build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=seed, width=4)
+    config = TrainConfig(epochs=2, lr=0.05, batch_size=16)
+    forget = list(range(10))
+    retain = [i for i in range(len(data.train)) if i not in forget]
+    direct = retrain_from_scratch(build, config, data, retain, seed=3)
+    meter = ComputeMeter()
+    algorithm = run_algorithm("retrain", build(0), UnlearnData.from_forget(data, forget, recipe=TrainRecipe(build, config)),
+                              seed=3, meter=meter)
+    reference, _ = tuning.train_reference(build, config, data, forget, seed=3)
+    for other in (algorithm, reference):
+        assert all(torch.equal(v, other.state_dict()[k]) for k, v in direct.state_dict().items())
+    assert meter.train_passes == 2 * len(retain) and meter.eval_passes == 0

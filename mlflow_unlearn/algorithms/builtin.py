@@ -75,7 +75,7 @@ from ._base import ALGORITHMS, Loop, UnlearnData, ensure_passes, fit_steps, prog
 from ..compute import ComputeMeter
 from ..progress import MetricLogger
 from .space import EPOCHS, Choice, FloatRange, IntRange
-from ..training import TrainConfig, accuracy, train_model
+from ..training import TrainConfig, accuracy, retrain_from_scratch
 
 MIN_RETAIN_BATCHES = 64  # an epoch over the retain set (or retain + forget) has at least this many batches
 MIN_FORGET_BATCHES = 8  # an epoch over the forget set has at least this many batches
@@ -762,9 +762,10 @@ def retrain(model: nn.Module, data: UnlearnData, *, epochs_fraction: float = 1.0
     measured against.
 
     With `data.recipe` (a `TrainRecipe`, how the source model was made) this is exactly what the
-    pipeline's retrained reference does (`mlflow_unlearn.references.retrain`): `recipe.build(seed)` (a
-    fresh model of the source architecture) trained by `train_model` with `recipe.config`, its seed
-    replaced by `seed`, on the retain ids. Its augmentation is the recipe's (the source training's),
+    pipeline's retrained reference does (`mlflow_unlearn.references.retrain`), through the same
+    function (`training.retrain_from_scratch`, the package's one retrain): `recipe.build(seed)` (a
+    fresh model of the source architecture) trained with `recipe.config`, its seed replaced by
+    `seed`, on the retain ids. Its augmentation is the recipe's (the source training's),
     not `UnlearnData.augment`, and the batch-size rule of the unlearning algorithms does not apply.
 
     Without a recipe it falls back to `TrainConfig()` defaults (30 epochs, lr 0.1, batch 128, the
@@ -778,10 +779,7 @@ def retrain(model: nn.Module, data: UnlearnData, *, epochs_fraction: float = 1.0
     `max(1, round(epochs_fraction * epochs))` epochs with the same per-step cosine schedule over
     that shorter run (a cheaper, approximate retrain; 1.0 = the recipe exactly)."""
     if data.recipe is not None:
-        net = data.recipe.build(int(seed))
-        if not isinstance(net, nn.Module):
-            raise TypeError(f"retrain: recipe.build({seed}) returned {type(net).__name__}, not a torch.nn.Module")
-        base = data.recipe.config
+        net, base = None, data.recipe.config
     else:
         net = model
         owned = set()
@@ -800,14 +798,15 @@ def retrain(model: nn.Module, data: UnlearnData, *, epochs_fraction: float = 1.0
     config = dataclasses.replace(base, seed=int(seed), epochs=epochs)
     batch = config.batch_size
     _log_plan(log, batch_size=batch, steps=_steps(len(data.retain_ids), batch) * epochs)
-    if meter is not None:  # counted here, whichever model it trains (the watched copy or a fresh one)
-        with meter.paused():
-            train_model(net, data.data, config, train_ids=data.retain_ids, log=_Renamed(log), progress=_progress(),
-                        eval_test=False, desc="retrain")
-        meter.charge(epochs * len(data.retain_ids), gradient=True)  # train_model: every example once per epoch
-    else:
-        train_model(net, data.data, config, train_ids=data.retain_ids, log=_Renamed(log), progress=_progress(),
-                    eval_test=False, desc="retrain")
+    # The recipe's architecture from scratch (the package's one retrain), or the re-initialised model.
+    build = data.recipe.build if net is None else (lambda _seed: net)
+    # Counted here, whichever model it trains (the watched copy or a fresh one): train_model passes
+    # every retain example once per epoch.
+    with meter.paused() if meter is not None else contextlib.nullcontext():
+        net = retrain_from_scratch(build, config, data.data, data.retain_ids, seed=seed, log=_Renamed(log),
+                                   progress=_progress())
+    if meter is not None:
+        meter.charge(epochs * len(data.retain_ids), gradient=True)
     return net
 
 
