@@ -175,6 +175,10 @@ def _add_search(sub):
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--storage", type=_none_or(str), default=None, help="Optuna RDB URL (default: sqlite optuna.db beside mlflow.db)")
     p.add_argument("--study-name", type=_none_or(str), default=None, help="join this study (several workers share one)")
+    p.add_argument("--calibration-noise", type=_bool, default=False,
+                   help="retrain the calibration reference a second time (another seed) to measure the calibration "
+                        "noise, and register the cheapest plan within it of the best (default false: the best plan, "
+                        "the cheapest among equals)")
     _add_budget(p)
 
     def run(a):
@@ -182,7 +186,8 @@ def _add_search(sub):
 
         search_step(a.model_uri, a.forget, n_trials=a.n_trials, objective=a.objective, algorithms=a.algorithms,
                     max_epochs=a.max_epochs, storage=a.storage, study_name=a.study_name, seed=a.seed,
-                    calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment, budget=a.budget)
+                    calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment, budget=a.budget,
+                    calibration_noise=a.calibration_noise)
 
     p.set_defaults(func=run)
 

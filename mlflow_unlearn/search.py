@@ -34,7 +34,7 @@ from .algorithms import ALGORITHMS, default_search_algorithms
 from .compute import DEFAULT_BUDGET
 from .forget_sets import ForgetSet, calibration_forget_sets
 from .memorization import DEFAULT_TIERS, MemorizationError, tier_histogram, tiers_from_c_proxy
-from .metrics import mia_auc
+from .metrics import evaluate_unlearning, mia_auc, outputs_for
 from .plots import cost_quality
 from .rum import Plan
 from .tracking import TAG, Role, Tag
@@ -45,7 +45,7 @@ from .tuning import (
     SearchError,
     algorithm_candidates,
     algorithm_default_trials,
-    best_plan,
+    cheapest_within,
     is_enqueued,
     make_study,
     objective_directions,
@@ -111,6 +111,9 @@ class Calibration:
     runs: list  # runs.StepResult per set (the same calibration reference for every set)
     references: list[Reference]
     union_ids: np.ndarray | None = None  # the ids the calibration reference was retrained without
+    # The calibration noise per metric key: how far a second retrain (another seed, same union) lands
+    # from the first on the calibration sets, mean over sets; None when no second retrain was made.
+    noise: dict | None = None
 
     @property
     def digests(self) -> list[str]:
@@ -128,12 +131,15 @@ def calibration_context(ctx: request.ForgetContext, ids, source: str) -> request
                                cache={})
 
 
-def prepare_calibration(ctx: request.ForgetContext, k: int = 2) -> Calibration:
+def prepare_calibration(ctx: request.ForgetContext, k: int = 2, *, noise: bool = False) -> Calibration:
     """Draw `k` calibration forget sets for the request in `ctx` and retrain (or reuse) ONE
     reference without their union, which every set is scored against: k sets cost one retrain, not
     k. The reference then also never saw the other k - 1 sets, so retain is compared on train minus
     the union (the examples it did see); its own accuracies move by the (k - 1) x |request| examples
     it lacks, which README ("Compute and budget") measures against the retrain-vs-retrain noise.
+    With `noise`, a second reference (seed + 1, same union) gives the calibration noise: how far
+    retraining itself lands from the first reference on every metric (the search then registers the
+    cheapest plan within that noise of the best; one more retrain, cached like the first).
     Fails before any training when the source has no validation split or the sets cannot be drawn."""
 
     if ctx.data.val is None or len(ctx.data.val) == 0:
@@ -158,7 +164,18 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = 2) -> Calibration:
     retain = np.flatnonzero(keep)
     refs = [Reference.build(run.model, c.data, c.forget.ids, c.tiers, seconds=run.seconds, heldout=c.data.val,
                             name=f"calibration-{j + 1}", retain_ids=retain) for j, c in enumerate(contexts)]
-    return Calibration(contexts, [run] * k, refs, union)
+    spread = None
+    if noise:
+        second = references.retrain(union_ctx, seed=ctx.seed + 1, progress=True)
+        per_set = []
+        for ref in refs:
+            again = outputs_for(second.model, ctx.data, ref.forget_ids, retain, heldout=ref.heldout)
+            tiers = ref.tier_positions()
+            other = evaluate_unlearning(again, ref.outputs, tiers=tiers, seed=ctx.seed)
+            same = evaluate_unlearning(ref.outputs, ref.outputs, tiers=tiers, seed=ctx.seed)
+            per_set.append({k: abs(other[k] - same[k]) for k in other if k in same and np.isfinite(other[k])})
+        spread = {k: float(np.mean([m[k] for m in per_set])) for k in per_set[0] if all(k in m for m in per_set)}
+    return Calibration(contexts, [run] * k, refs, union, spread)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,11 +284,16 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                                    recipe=ctx.recipe(), budget=ctx.budget, original_passes=ctx.source.original_passes)
         optimize(study, candidates, scorer, n_trials=n_trials, objective=objective, enqueue=enqueue,
                  observer=_TrialRuns(ctx, study_name, space), timeout_s=timeout_s)
-        plan, value = best_plan(study)
-        mlflow.log_dict(plan.to_dict(), "best_plan.json")
         key = "tow" if objective == TOW_COST else objective
+        tolerance = (calibration.noise or {}).get(key, 0.0)
+        plan, value, best = cheapest_within(study, tolerance)
+        mlflow.log_dict(plan.to_dict(), "best_plan.json")
         spent = scorer.spent_passes / ctx.source.original_passes
-        mlflow.log_metrics({f"calibration/best_{key}": value, **trial_counts(study), "cost/train_fraction": spent})
+        mlflow.log_metrics({f"calibration/best_{key}": best, f"calibration/selected_{key}": value,
+                            f"calibration/noise_{key}": tolerance, **trial_counts(study), "cost/train_fraction": spent})
+        why = "the calibration noise: a second retrain against the first" if calibration.noise else "no noise estimate"
+        mlflow.set_tag(Tag.SELECTION, f"the cheapest plan within {tolerance:.4f} ({why}) of the best calibration "
+                                      f"{key} {best:.4f}")
         mlflow.set_tag(Tag.BEST_KIND, best_kind(study, plan))
         log_study_plots(study, objective, None if ctx.budget is None else ctx.budget.fraction)
     return plan, value, run.info.run_id, study_name, spent
@@ -388,7 +410,7 @@ def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algor
 def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = "tow", algorithms: Sequence[str] | None = None,
                 max_epochs: int = 3, storage: str | None = None, study_name: str | None = None, seed: int = 0,
                 calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None,
-                budget: float | None = DEFAULT_BUDGET) -> SearchResult:
+                budget: float | None = DEFAULT_BUDGET, calibration_noise: bool = False) -> SearchResult:
     algorithms = tuple(algorithms or default_search_algorithms())
     if not isinstance(n_trials, int) or n_trials <= 0:  # before loading anything
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
@@ -406,7 +428,7 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
                           f"or fewer --algorithms")
     tracking.use_experiment(experiment)
     with runs.project_run():  # under `mlflow run`, the calibration retrains nest under the search run
-        calibration = prepare_calibration(ctx, calibration_sets)
+        calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise)
         result = search(ctx, calibration, n_trials=n_trials, objective=objective, algorithms=algorithms,
                         max_epochs=max_epochs, storage=storage, study_name=study_name)
     print(f"best plan (mean calibration {objective} {result.best_value:.4f} over {calibration_sets} set(s); a selection "

@@ -555,6 +555,28 @@ def best_plan(study: optuna.Study) -> tuple[Plan, float]:
     return Plan.from_dict(t.user_attrs["plan"]), t.values[0]
 
 
+def cheapest_within(study: optuna.Study, tolerance: float = 0.0) -> tuple[Plan, float, float]:
+    """The plan a search registers: of the scored plans (complete, not repeats) whose objective is
+    within `tolerance` of the best one's, the cheapest (`cost/train_fraction`; ties: the better
+    objective, then the earlier trial). With `tolerance` the calibration noise (what a second
+    retrain scores against the first on the calibration sets), more compute for a difference no
+    retrain could tell apart is not bought; with 0 it is the best plan, the cheapest among equals.
+    Returns (plan, its objective, the best objective). Two objectives (tow+cost): on ToW."""
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
+        raise SearchError(f"the selection tolerance must be a finite number >= 0, got {tolerance!r}")
+    scored = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "plan" in t.user_attrs
+              and "repeat_of" not in t.user_attrs]
+    if not scored:
+        raise SearchError(f"study {study.study_name!r} has no completed trial (all pruned or diverged); raise n_trials")
+    higher = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    sign = 1.0 if higher else -1.0
+    best = max(sign * t.values[0] for t in scored)
+    close = [t for t in scored if sign * t.values[0] >= best - tolerance - 1e-12]
+    cost = lambda t: t.user_attrs.get("metrics", {}).get("cost/train_fraction", float("inf"))
+    chosen = min(close, key=lambda t: (cost(t), -sign * t.values[0], t.number))
+    return Plan.from_dict(chosen.user_attrs["plan"]), chosen.values[0], sign * best
+
+
 def is_enqueued(trial) -> bool:
     """Whether a trial is one of the known-good starting points (Optuna `enqueue_trial` marks them
     with `fixed_params`), not a point the sampler drew."""

@@ -155,6 +155,24 @@ def test_k_calibration_sets_share_one_reference_retrained_without_their_union(so
     assert len(calls) == 2 and again.runs[0].run_id == calibration.runs[0].run_id and again.runs[0].cached
 
 
+@pytest.mark.integration  # two calibration retrains and a short search
+def test_the_calibration_noise_sets_how_close_to_the_best_a_cheaper_plan_may_be(source_model, tmp_path):
+    """With noise, a second reference (seed + 1) of the same union measures how far retraining itself
+    lands from the first on the calibration sets; the search registers the cheapest plan within that
+    of the best and says so on its run."""
+    _, uri = source_model
+    ctx = request.prepare(uri, FORGET)
+    calibration = search.prepare_calibration(ctx, 2, noise=True)
+    noise = calibration.noise
+    assert 0 <= noise["tow"] < 0.5 and 0 <= noise["mia/gap"] <= 1 and noise["tow_pe"] > 0  # retrains disagree somewhere
+    found = search.search(ctx, calibration, n_trials=3, algorithms=("none", "finetune"), max_epochs=1, attach=False,
+                          storage=f"sqlite:///{tmp_path}/n.db")
+    run = MlflowClient().get_run(found.run_id)
+    assert run.data.metrics["calibration/noise_tow"] == pytest.approx(noise["tow"])
+    assert run.data.metrics["calibration/selected_tow"] >= run.data.metrics["calibration/best_tow"] - noise["tow"] - 1e-9
+    assert "cheapest plan within" in run.data.tags[Tag.SELECTION]
+
+
 @pytest.mark.integration  # the search step with a calibration retrain (the core's check: test_tuning)
 def test_a_diverged_trial_fails_and_the_study_goes_on(source_model, diverging_algorithm, tmp_path):
     _, uri = source_model

@@ -11,7 +11,7 @@ from mlflow_unlearn.data import DatasetSpec, load_dataset
 from mlflow_unlearn.memorization import tiers_from_c_proxy
 from mlflow_unlearn.forget_sets import calibration_forget_sets, mix_forget_set
 from mlflow_unlearn.models import build_model
-from mlflow_unlearn.rum import single_algorithm_plan
+from mlflow_unlearn.rum import Plan, PlanStep, single_algorithm_plan
 from mlflow_unlearn.training import TrainConfig, train_model
 
 
@@ -279,3 +279,27 @@ def test_budget_spent_counts_scored_plans_or_repeats_in_a_row():
     t.set_user_attr("repeat_of", 0)
     study.tell(t, 0.5)
     assert tuning.budget_spent(study, 3)  # 3 repeats in a row: a space with fewer plans than the budget
+
+
+def _study_of(points, direction="maximize"):
+    """A study holding finished trials (objective, cost) with plans p0, p1, ... as the search records them."""
+    study = optuna.create_study(direction=direction)
+    for i, (value, cost) in enumerate(points):
+        plan = Plan([PlanStep("all", "finetune", {"epochs": i + 1})], "exclude_all", f"p{i}")
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={
+            "plan": plan.to_dict(), "metrics": {"cost/train_fraction": cost}}))
+    return study
+
+
+def test_the_registered_plan_is_the_cheapest_within_the_calibration_noise_of_the_best():
+    study = _study_of([(0.95, 0.10), (0.94, 0.03), (0.95, 0.06), (0.90, 0.0)])
+    plan, value, best = tuning.cheapest_within(study, 0.0)  # no noise estimate: the best, cheapest among equals
+    assert plan.name == "p2" and value == best == 0.95
+    plan, value, best = tuning.cheapest_within(study, 0.015)  # 0.94 is within 0.015 of 0.95 and costs half
+    assert plan.name == "p1" and value == 0.94 and best == 0.95
+    plan, _, _ = tuning.cheapest_within(study, 0.05)  # doing nothing is within the noise: it is the answer
+    assert plan.name == "p3"
+    low = _study_of([(0.02, 0.1), (0.025, 0.01)], direction="minimize")  # e.g. mia/gap: lower is better
+    assert tuning.cheapest_within(low, 0.01)[0].name == "p1" and tuning.cheapest_within(low, 0.0)[0].name == "p0"
+    with pytest.raises(tuning.SearchError, match="tolerance must be a finite number >= 0, got -0.1"):
+        tuning.cheapest_within(study, -0.1)
