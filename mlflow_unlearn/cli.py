@@ -237,6 +237,9 @@ def _add_main(sub):
     p.add_argument("--storage", type=_none_or(str), default=None)
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
+    p.add_argument("--calibration-noise", type=_bool, default=False,
+                   help="a second calibration reference to measure the calibration noise; the registered RUM plan is "
+                        "then the cheapest within it of the best (default false)")
     _add_budget(p)
 
     def run(a):
@@ -248,7 +251,7 @@ def _add_main(sub):
                   objective=a.objective,
                   baselines=a.baselines, seed=a.seed,
                   registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment,
-                  budget=a.budget)
+                  budget=a.budget, calibration_noise=a.calibration_noise)
 
     p.set_defaults(func=run)
 

@@ -108,7 +108,7 @@ def cost_summary(*, reference: float, search: float, request: float, retrain: fl
     when = ("never: a later request costs as much as a retrain" if math.isinf(n)
             else "from the first request on" if n == 1 else f"from request {n} on")
     text = (f"Cost in trainings (example passes / the original training's): the first request "
-            f"{first:.3f} (calibration reference {reference:.3f} + RUM search {search:.3f} + the request "
+            f"{first:.3f} (calibration reference(s) {reference:.3f} + RUM search {search:.3f} + the request "
             f"{request:.4f}); each later request like it {request:.4f}; a retrain on retain {retrain:.3f}. "
             f"Unlearning is cheaper in total than retraining for every request {when}.")
     return text, {"cost/first_request_train_fraction": first, "cost/later_request_train_fraction": request,
@@ -121,7 +121,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
               baselines: Sequence[str] | None = None, algorithms: Sequence[str] | None = None,
               unlearn_seeds: int = 3, seed: int = 0, registered_model_name: str | None = None,
               storage: str | None = None, device: str | None = "auto", experiment: str | None = None,
-              budget: float = DEFAULT_BUDGET) -> dict:
+              budget: float = DEFAULT_BUDGET, calibration_noise: bool = False) -> dict:
     """Run the pipeline; `n_trials` is the budget of the RUM search and of each baseline's search
     alike. `baselines` (default: the registry's default search space but `none`) are reported at
     their defaults and tuned; `algorithms`: the RUM search space (default `none` plus the baselines)."""
@@ -153,7 +153,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         tracking.log_params({"forget": forget, "n_trials": n_trials, "calibration_sets": calibration_sets,
                            "max_epochs": max_epochs, "objective": objective, "unlearn_seeds": unlearn_seeds,
                            "baselines": ",".join(baselines), "search_algorithms": ",".join(algorithms),
-                           "budget": budget})
+                           "budget": budget, "calibration_noise": calibration_noise})
         original = steps.train_step(dataset=dataset, model=model, epochs=epochs, lr=lr, batch_size=batch_size, width=width,
                                     subset=subset, val_fraction=val_fraction, seed=seed,
                                     registered_model_name=registered_model_name, device=device, progress=True)
@@ -161,7 +161,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         print(f"forget set {forget}: {len(ctx.forget)} examples, tiers {ctx.histogram}")
 
         # Selection: calibration sets only (their references, the validation split).
-        calibration = prepare_calibration(ctx, calibration_sets)
+        calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise)
         print(f"calibration: {calibration_sets} forget set(s) like the request, disjoint from it; references retrained")
         found = search(ctx, calibration, n_trials=n_trials, max_epochs=max_epochs, objective=objective,
                        algorithms=algorithms, storage=storage)
@@ -208,8 +208,10 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         conclusion = verdict(reports)
         matched = compute_matched(reports)
         n_train = len(ctx.data.train)
+        # the calibration reference(s): one retrain without the union, a second one for the noise
+        references_cost = (2 if calibration.noise else 1) * (n_train - len(calibration.union_ids)) / n_train
         costs, cost_metrics = cost_summary(
-            reference=(n_train - len(calibration.union_ids)) / n_train, search=found.cost_train_fraction,
+            reference=references_cost, search=found.cost_train_fraction,
             request=rum.cost.get("cost/train_fraction", float("nan")), retrain=retrain_fraction)
         mlflow.log_metrics(cost_metrics)
         header = (f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seeds {seeds}; original train acc "

@@ -14,7 +14,8 @@ def runs(filter_string=""):
 @pytest.mark.integration
 def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(tracking):
     out = pipeline.main_step(subset=300, width=8, epochs=6, forget="mix:30", n_trials=5, max_epochs=1, unlearn_seeds=2,
-                             baselines=("finetune", "neggrad"), registered_model_name="main-digits")
+                             baselines=("finetune", "neggrad"), registered_model_name="main-digits",
+                             calibration_noise=True)
     table = out["table"]
     for row in ("RUM (searched plan)", "none (no unlearning)", "finetune (defaults)", "finetune (tuned)",
                 "neggrad (defaults)", "neggrad (tuned)", "retrain vs retrain (noise floor)"):
@@ -57,6 +58,9 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     assert rum_search.data.metrics["cost/train_fraction"] > 0  # scoring the trials cost compute, counted
     assert rum_search.data.tags["mlflow_unlearn.best_kind"] in ("enqueued", "sampled")
     assert rum_search.data.metrics["n_scored_enqueued"] >= 1
+    # the calibration noise was measured (a second calibration reference) and set the selection tolerance
+    assert rum_search.data.metrics["calibration/noise_tow"] == pytest.approx(out["calibration"].noise["tow"])
+    assert "a second retrain against the first" in rum_search.data.tags["mlflow_unlearn.selection"]
     for run in (method, runs("tags.`mlflow_unlearn.role` = 'rum'")[0]):  # per-tier charts on every method and on RUM
         assert "plots/tiers.png" in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
     original = runs("tags.`mlflow_unlearn.role` = 'original'")[0]
@@ -71,7 +75,7 @@ def test_the_cost_summary_on_fixed_inputs():
     assert metrics["cost/later_request_train_fraction"] == 0.09
     # 2.22 + (n - 1) 0.09 < 0.93 n  <=>  n > 2.5357: from request 3 on
     assert metrics["cost/break_even_requests"] == 3 and "from request 3 on" in text
-    assert "2.220 (calibration reference 0.930 + RUM search 1.200 + the request 0.0900)" in text
+    assert "2.220 (calibration reference(s) 0.930 + RUM search 1.200 + the request 0.0900)" in text
     _, never = pipeline.cost_summary(reference=0.9, search=0.5, request=0.95, retrain=0.93)
     assert never["cost/break_even_requests"] == -1.0
     text, cheap = pipeline.cost_summary(reference=0.0, search=0.0, request=0.1, retrain=0.93)
