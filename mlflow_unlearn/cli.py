@@ -39,6 +39,10 @@ def _add_train(sub):
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--calibration-reference", type=_bool, default=False,
+                   help="also retrain the model's calibration reference now (one retrain without its calibration pool), "
+                        "so no later search or registry request waits for it (default false: the first search pays it)")
+    _add_calibration_size(p)
 
     def run(a):
         from .steps import train_step
@@ -47,7 +51,8 @@ def _add_train(sub):
                    momentum=a.momentum, weight_decay=a.weight_decay, seed=a.seed, augment=a.augment, subset=a.subset,
                    val_fraction=a.val_fraction, root=a.root, download=a.download, width=a.width,
                    registered_model_name=a.registered_model_name, device=a.device, experiment=a.experiment,
-                   progress=not a.no_progress)
+                   progress=not a.no_progress, calibration_reference=a.calibration_reference,
+                   calibration_size=a.calibration_size)
 
     p.set_defaults(func=run)
 
@@ -59,6 +64,12 @@ def _add_forget_args(p):
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
+
+
+def _add_calibration_size(p):
+    p.add_argument("--calibration-size", type=_none_or(_int), default=None,
+                   help="the calibration pool is the calibration sets of a mix request of this many examples (default: "
+                        "6%% of train, or the request's size if larger; a cached pool that matches the request is reused)")
 
 
 def _add_budget(p):
@@ -179,6 +190,7 @@ def _add_search(sub):
                    help="retrain the calibration reference a second time (another seed) to measure the calibration "
                         "noise, and register the cheapest plan within it of the best (default false: the best plan, "
                         "the cheapest among equals)")
+    _add_calibration_size(p)
     _add_budget(p)
 
     def run(a):
@@ -187,7 +199,7 @@ def _add_search(sub):
         search_step(a.model_uri, a.forget, n_trials=a.n_trials, objective=a.objective, algorithms=a.algorithms,
                     max_epochs=a.max_epochs, storage=a.storage, study_name=a.study_name, seed=a.seed,
                     calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment, budget=a.budget,
-                    calibration_noise=a.calibration_noise)
+                    calibration_noise=a.calibration_noise, calibration_size=a.calibration_size)
 
     p.set_defaults(func=run)
 
@@ -240,6 +252,7 @@ def _add_main(sub):
     p.add_argument("--calibration-noise", type=_bool, default=False,
                    help="a second calibration reference to measure the calibration noise; the registered RUM plan is "
                         "then the cheapest within it of the best (default false)")
+    _add_calibration_size(p)
     _add_budget(p)
 
     def run(a):
@@ -251,7 +264,7 @@ def _add_main(sub):
                   objective=a.objective,
                   baselines=a.baselines, seed=a.seed,
                   registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment,
-                  budget=a.budget, calibration_noise=a.calibration_noise)
+                  budget=a.budget, calibration_noise=a.calibration_noise, calibration_size=a.calibration_size)
 
     p.set_defaults(func=run)
 

@@ -17,6 +17,7 @@ digest (sha256 of the sorted ids) is only well defined for a set.
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import json
@@ -311,19 +312,21 @@ def tiered_forget_set(
 
 
 def calibration_forget_sets(c_proxy, forget_ids, k: int, *, names: Sequence[str] = DEFAULT_TIERS,
-                            seed: int = 0) -> list[np.ndarray]:
+                            seed: int = 0, pool=None) -> list[np.ndarray]:
     """`k` calibration forget sets with the same memorisation composition as `forget_ids`, disjoint
-    from it and from each other (DESIGN.md section 2: select on calibration, report on held-out).
+    from it and from each other (select on calibration, report on held-out).
 
-    Every forget example gets one stand-in per calibration set: the unused train example nearest to
-    it in the train-set memorisation rank (by -C-proxy, `seed` breaking exact ties), within the same
-    train-set bin (the rank cut into ``len(names)`` equal groups). So each calibration set has the
-    forget set's size, its bin histogram and, up to the neighbouring ranks, its C-proxy profile;
-    its tiers (cut from its own ranking) match the forget set's tiers. A `mix` forget set gets the
-    neighbouring ranks of each of its three windows, a `random` one a set spread like it.
+    Every forget example gets one stand-in per calibration set: the unused candidate nearest to it
+    in the train-set memorisation rank (by -C-proxy, `seed` breaking exact ties; the lower rank wins
+    a tie in distance), within the same train-set bin (the rank cut into ``len(names)`` equal
+    groups). Candidates are every train example outside the forget set, or, with `pool`, the pool's
+    members outside it (`calibration_pool`: the ids one calibration reference was retrained
+    without). So each calibration set has the forget set's size and bin histogram and, up to the
+    nearest candidate ranks, its C-proxy profile; its tiers (cut from its own ranking) match the
+    forget set's tiers.
 
-    Raises MemorizationError naming the sizes when a bin cannot hold the forget set's examples plus
-    `k` stand-ins for each (the fix: fewer calibration sets, or a smaller forget set).
+    Raises MemorizationError naming the counts when a bin holds fewer candidates than `k` stand-ins
+    for each of the forget set's examples there.
     Returns `k` sorted int64 id arrays.
     """
     names = validate_tier_names(names)
@@ -338,36 +341,54 @@ def calibration_forget_sets(c_proxy, forget_ids, k: int, *, names: Sequence[str]
     bounds = np.cumsum([0] + [len(part) for part in np.array_split(np.arange(n_train), len(names))])
     bin_of_rank = np.searchsorted(bounds, np.arange(n_train), side="right") - 1
     forget_ranks = np.sort(rank[ids])
+    candidate = np.ones(n_train, dtype=bool) if pool is None else np.zeros(n_train, dtype=bool)
+    if pool is not None:
+        candidate[rank[_forget_ids(pool, n_train)]] = True
+    candidate[forget_ranks] = False
     for b, name in enumerate(names):
         size = int(bounds[b + 1] - bounds[b])
         taken = int(np.sum(bin_of_rank[forget_ranks] == b))
-        if taken * (k + 1) > size:
-            fits = size // max(taken, 1) - 1  # calibration sets this bin can hold
+        available = int(candidate[bounds[b]:bounds[b + 1]].sum())
+        if taken * k > available:
+            where = (f"train-set bin {name!r} holds {size} examples, the forget set takes {taken} of them" if pool is None
+                     else f"the calibration pool holds {available} examples in train-set bin {name!r} outside the "
+                          f"forget set, which has {taken} examples there")
+            fits = available // max(taken, 1)
             fix = (f"use --calibration-sets {fits} or a smaller forget set" if fits >= 1 else
-                   f"use a smaller forget set (at most {size // 2} of its examples in this bin, for one calibration set)")
+                   "use a smaller forget set" + ("" if pool is None else " or a larger calibration pool"))
             raise MemorizationError(
                 f"cannot draw {k} calibration forget set(s) of {len(ids)} examples with the same memorisation "
-                f"composition: train-set bin {name!r} holds {size} examples, the forget set takes {taken} of them "
-                f"and {k} calibration set(s) need {taken * k} more (train set of {n_train}, {len(names)} bins); "
-                f"{fix}")
-    used = np.zeros(n_train, dtype=bool)
-    used[forget_ranks] = True
+                f"composition: {where}, and {k} calibration set(s) need {taken * k} "
+                f"(train set of {n_train}, {len(names)} bins); {fix}")
+    # per bin, the candidate ranks still unused, sorted: the nearest is found by bisection
+    free = [list(np.flatnonzero(candidate[bounds[b]:bounds[b + 1]]) + bounds[b]) for b in range(len(names))]
     sets = []
     for _ in range(int(k)):
         chosen = []
         for r in forget_ranks:
-            lo_bound, hi_bound = bounds[bin_of_rank[r]], bounds[bin_of_rank[r] + 1] - 1
-            for d in range(1, n_train):  # nearest unused rank, alternating below/above
-                below, above = r - d, r + d
-                if below < lo_bound and above > hi_bound:
-                    raise MemorizationError(f"no unused train example left near rank {r}")  # excluded by the count check
-                if below >= lo_bound and not used[below]:
-                    pick = below
-                    break
-                if above <= hi_bound and not used[above]:
-                    pick = above
-                    break
-            used[pick] = True
-            chosen.append(order[pick])
+            pool_b = free[bin_of_rank[r]]
+            i = bisect.bisect_left(pool_b, r)
+            if i == len(pool_b) or (i > 0 and r - pool_b[i - 1] <= pool_b[i] - r):
+                i -= 1
+            chosen.append(order[pool_b.pop(i)])
         sets.append(np.sort(np.asarray(chosen, dtype=np.int64)))
     return sets
+
+
+def calibration_pool(c_proxy, size: int, k: int, *, names: Sequence[str] = DEFAULT_TIERS, seed: int = 0) -> np.ndarray:
+    """The ids one calibration reference is retrained without, for every request of a model: the
+    `k` calibration sets of the canonical request `mix:size` (the least, the median and the most
+    memorised ranks, the extreme tail included), not that request itself. A request's calibration
+    sets are then drawn inside it (`calibration_forget_sets(..., pool=...)`), so one retrain serves
+    every request whose bins it can match; it depends only on the C-proxy, `size`, `k`, the tier
+    names and `seed`, so its digest, and the cached retrain, are the same for every request.
+    Raises MemorizationError with the counts when the train set cannot hold it.
+    Returns sorted int64 ids (k x size of them)."""
+    canonical = mix_forget_set(c_proxy, size, names=names, seed=seed)
+    return np.sort(np.concatenate(calibration_forget_sets(c_proxy, canonical, k, names=names, seed=seed)))
+
+
+def default_calibration_size(n_train: int, tiers: int = 3) -> int:
+    """The canonical request a calibration pool is built for when none is given: 2% of the train set
+    per tier (a mix of 6%; k = 2 calibration sets then withhold 12% of train from the reference)."""
+    return int(tiers) * max(1, math.ceil(0.02 * int(n_train)))

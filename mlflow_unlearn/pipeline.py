@@ -121,7 +121,8 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
               baselines: Sequence[str] | None = None, algorithms: Sequence[str] | None = None,
               unlearn_seeds: int = 3, seed: int = 0, registered_model_name: str | None = None,
               storage: str | None = None, device: str | None = "auto", experiment: str | None = None,
-              budget: float = DEFAULT_BUDGET, calibration_noise: bool = False) -> dict:
+              budget: float = DEFAULT_BUDGET, calibration_noise: bool = False,
+              calibration_size: int | None = None) -> dict:
     """Run the pipeline; `n_trials` is the budget of the RUM search and of each baseline's search
     alike. `baselines` (default: the registry's default search space but `none`) are reported at
     their defaults and tuned; `algorithms`: the RUM search space (default `none` plus the baselines)."""
@@ -153,7 +154,8 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         tracking.log_params({"forget": forget, "n_trials": n_trials, "calibration_sets": calibration_sets,
                            "max_epochs": max_epochs, "objective": objective, "unlearn_seeds": unlearn_seeds,
                            "baselines": ",".join(baselines), "search_algorithms": ",".join(algorithms),
-                           "budget": budget, "calibration_noise": calibration_noise})
+                           "budget": budget, "calibration_noise": calibration_noise,
+                           "calibration_size": calibration_size})
         original = steps.train_step(dataset=dataset, model=model, epochs=epochs, lr=lr, batch_size=batch_size, width=width,
                                     subset=subset, val_fraction=val_fraction, seed=seed,
                                     registered_model_name=registered_model_name, device=device, progress=True)
@@ -161,8 +163,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
         print(f"forget set {forget}: {len(ctx.forget)} examples, tiers {ctx.histogram}")
 
         # Selection: calibration sets only (their references, the validation split).
-        calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise)
-        print(f"calibration: {calibration_sets} forget set(s) like the request, disjoint from it; references retrained")
+        calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise, size=calibration_size)
         found = search(ctx, calibration, n_trials=n_trials, max_epochs=max_epochs, objective=objective,
                        algorithms=algorithms, storage=storage)
         print(f"searched plan: {found.best_plan.to_compact()}  (calibration {objective} {found.best_value:.4f}: a "

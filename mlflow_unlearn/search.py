@@ -15,7 +15,6 @@ several processes or machines can run `mlflow-unlearn search` with the same `--s
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import socket
@@ -32,8 +31,8 @@ import optuna
 from . import references, request, runs, tracking
 from .algorithms import ALGORITHMS, default_search_algorithms
 from .compute import DEFAULT_BUDGET
-from .forget_sets import ForgetSet, calibration_forget_sets
-from .memorization import DEFAULT_TIERS, MemorizationError, tier_histogram, tiers_from_c_proxy
+from .forget_sets import calibration_forget_sets
+from .memorization import DEFAULT_TIERS, MemorizationError
 from .metrics import evaluate_unlearning, mia_auc, outputs_for
 from .plots import cost_quality
 from .rum import Plan
@@ -104,16 +103,21 @@ def _redact(url: str) -> str:
 @dataclass
 class Calibration:
     """K calibration forget sets of one request: their contexts, the retrain run each is scored
-    against (one run, retrained without their union, shared by all K), and core references
-    (held-out term: the validation split)."""
+    against (the source's calibration reference, retrained once without its calibration pool and
+    shared by all K and by every later request), and core references (held-out term: the
+    validation split)."""
 
     contexts: list
     runs: list  # runs.StepResult per set (the same calibration reference for every set)
     references: list[Reference]
-    union_ids: np.ndarray | None = None  # the ids the calibration reference was retrained without
-    # The calibration noise per metric key: how far a second retrain (another seed, same union) lands
+    union_ids: np.ndarray | None = None  # the ids the calibration reference was retrained without (its pool)
+    # The calibration noise per metric key: how far a second retrain (another seed, same pool) lands
     # from the first on the calibration sets, mean over sets; None when no second retrain was made.
     noise: dict | None = None
+    pool: references.PoolSpec | None = None
+    # How far the calibration sets sit from the request in memorisation: the mean |difference| of
+    # their sorted train-rank quantiles (0 = the same ranks; 0.01 = one percentile apart), mean over sets.
+    quantile_distance: float | None = None
 
     @property
     def digests(self) -> list[str]:
@@ -122,60 +126,90 @@ class Calibration:
 
 def calibration_context(ctx: request.ForgetContext, ids, source: str) -> request.ForgetContext:
     """A context for another forget set of the same source, cut into tiers like `ctx`."""
-
-    c_proxy = ctx.source.proxies["c_proxy"]
-    names = tuple(ctx.tiers) if list(ctx.tiers) != ["all"] else DEFAULT_TIERS
-    fs = ForgetSet(np.asarray(ids, dtype=np.int64), source=source)
-    tiers = tiers_from_c_proxy(fs.ids, c_proxy, names=names) if len(fs) >= len(names) else {"all": fs.ids}
-    return dataclasses.replace(ctx, forget=fs, tiers=tiers, histogram=tier_histogram(fs.ids, c_proxy, names=names),
-                               cache={})
+    return references.with_forget_set(ctx, ids, source)
 
 
-def prepare_calibration(ctx: request.ForgetContext, k: int = 2, *, noise: bool = False) -> Calibration:
-    """Draw `k` calibration forget sets for the request in `ctx` and retrain (or reuse) ONE
-    reference without their union, which every set is scored against: k sets cost one retrain, not
-    k. The reference then also never saw the other k - 1 sets, so retain is compared on train minus
-    the union (the examples it did see); its own accuracies move by the (k - 1) x |request| examples
-    it lacks, which README ("Compute and budget") measures against the retrain-vs-retrain noise.
-    With `noise`, a second reference (seed + 1, same union) gives the calibration noise: how far
+def _rank_quantiles(c_proxy) -> np.ndarray:
+    c = np.asarray(c_proxy, dtype=np.float64)
+    q = np.empty(len(c))
+    q[np.argsort(-c, kind="stable")] = np.arange(len(c)) / max(len(c) - 1, 1)
+    return q
+
+
+def prepare_calibration(ctx: request.ForgetContext, k: int = references.DEFAULT_CALIBRATION_SETS, *,
+                        noise: bool = False, size: int | None = None) -> Calibration:
+    """Draw `k` calibration forget sets for the request in `ctx` inside the source's calibration
+    pool and score them against its calibration reference: one retrain per source version and
+    recipe (`references.calibration_reference`), paid by `train --calibration-reference true` or by
+    the first search, and reused by every later request it can match. The pool is the k calibration
+    sets of the canonical request mix:`size`; every request example gets k stand-ins, the pool
+    members nearest to it in memorisation rank within its bin (the extreme tail included). Without
+    `size`: the smallest cached pool that matches the request, else a new default one (6% of train,
+    or the request's size if larger). The reference never saw the pool, so retain is compared on
+    train minus the pool; its own accuracies move by the examples it lacks, which README ("Compute
+    and budget") measures against the retrain-vs-retrain noise.
+    With `noise`, a second reference (another seed, same pool) gives the calibration noise: how far
     retraining itself lands from the first reference on every metric (the search then registers the
     cheapest plan within that noise of the best; one more retrain, cached like the first).
-    Fails before any training when the source has no validation split or the sets cannot be drawn."""
+    Fails before any training when the source has no validation split or no pool can match."""
 
     if ctx.data.val is None or len(ctx.data.val) == 0:
         raise SearchError(f"{ctx.source.uri} was trained without a validation split, and selection must not look at "
                           f"the test split it is reported on; train the source with --val-fraction 0.1 (or more)")
     if ctx.source.proxies is None:
         raise SearchError(f"{ctx.source.uri} has no C-proxy (confidences/ artifact) to draw calibration sets from")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise SearchError(f"calibration_sets must be a whole number >= 1, got {k!r}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise SearchError(f"calibration_size must be a whole number >= 1, got {size!r}")
+    c_proxy = ctx.source.proxies["c_proxy"]
     names = tuple(ctx.tiers) if list(ctx.tiers) != ["all"] else ("all",)
-    try:
-        sets = calibration_forget_sets(ctx.source.proxies["c_proxy"], ctx.forget.ids, k, names=names, seed=ctx.seed)
-    except MemorizationError as exc:
-        raise SearchError(str(exc)) from None
+    tiers = len(names) if names != ("all",) else len(DEFAULT_TIERS)
+    n_train = len(ctx.data.train)
+    if size is not None:
+        candidates = [references.PoolSpec(k, size, tiers)]
+    else:
+        cached = [s for s in references.cached_pool_specs(ctx) if s.k == k and s.tiers == tiers]
+        candidates = [*cached, references.PoolSpec.default(n_train, k=k, tiers=tiers, at_least=len(ctx.forget))]
+    problem = None
+    for spec in candidates:
+        try:
+            pool = references.calibration_pool_ids(ctx, spec)
+            sets = calibration_forget_sets(c_proxy, ctx.forget.ids, k, names=names, seed=references.CALIBRATION_SEED,
+                                           pool=pool)
+            break
+        except MemorizationError as exc:
+            problem = (spec, str(exc))
+    else:
+        spec, why = problem
+        bigger = 2 * spec.size if spec.size * 2 * (k + 1) <= n_train else None
+        raise SearchError(f"{why} (calibration pool: {k} calibration set(s) of mix:{spec.size} on {n_train} train "
+                          f"examples)" + (f"; or build a larger pool with --calibration-size {bigger}" if bigger else ""))
     contexts = [calibration_context(ctx, ids, f"calibration {j + 1}/{k} for {ctx.forget.digest[:12]}")
                 for j, ids in enumerate(sets)]
-    union = np.unique(np.concatenate(sets))
-    union_ctx = calibration_context(ctx, union, f"calibration reference: the union of {k} calibration set(s) for "
-                                                f"{ctx.forget.digest[:12]}")
-    run = references.retrain(union_ctx, progress=True)  # cached by the union's digest, like any reference
-    keep = np.ones(len(ctx.data.train), dtype=bool)
-    keep[union] = False
+    _, run = references.calibration_reference(ctx, spec, progress=True)  # cached per source, recipe and pool
+    keep = np.ones(n_train, dtype=bool)
+    keep[pool] = False
     keep[ctx.forgotten_before] = False
     retain = np.flatnonzero(keep)
     refs = [Reference.build(run.model, c.data, c.forget.ids, c.tiers, seconds=run.seconds, heldout=c.data.val,
                             name=f"calibration-{j + 1}", retain_ids=retain) for j, c in enumerate(contexts)]
+    q = _rank_quantiles(c_proxy)
+    distance = float(np.mean([np.mean(np.abs(np.sort(q[ids]) - np.sort(q[ctx.forget.ids]))) for ids in sets]))
     spread = None
     if noise:
-        second = references.retrain(union_ctx, seed=ctx.seed + 1, progress=True)
+        _, second = references.calibration_reference(ctx, spec, seed=references.CALIBRATION_SEED + 1, progress=True)
         per_set = []
         for ref in refs:
             again = outputs_for(second.model, ctx.data, ref.forget_ids, retain, heldout=ref.heldout)
-            tiers = ref.tier_positions()
-            other = evaluate_unlearning(again, ref.outputs, tiers=tiers, seed=ctx.seed)
-            same = evaluate_unlearning(ref.outputs, ref.outputs, tiers=tiers, seed=ctx.seed)
-            per_set.append({k: abs(other[k] - same[k]) for k in other if k in same and np.isfinite(other[k])})
-        spread = {k: float(np.mean([m[k] for m in per_set])) for k in per_set[0] if all(k in m for m in per_set)}
-    return Calibration(contexts, [run] * k, refs, union, spread)
+            tier_pos = ref.tier_positions()
+            other = evaluate_unlearning(again, ref.outputs, tiers=tier_pos, seed=ctx.seed)
+            same = evaluate_unlearning(ref.outputs, ref.outputs, tiers=tier_pos, seed=ctx.seed)
+            per_set.append({m: abs(other[m] - same[m]) for m in other if m in same and np.isfinite(other[m])})
+        spread = {m: float(np.mean([s[m] for s in per_set])) for m in per_set[0] if all(m in s for s in per_set)}
+    print(f"calibration: {k} set(s) inside the pool of {len(pool)} ({spec.tag()}), reference run {run.run_id}"
+          f"{' (cached)' if run.cached else ''}; rank-quantile distance to the request {distance:.4f}")
+    return Calibration(contexts, [run] * k, refs, pool, spread, spec, distance)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,7 +307,9 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                          # one reference for every set: retrained once without their union
                          "reference": {"run_id": calibration.runs[0].run_id if calibration.runs else None,
                                        "retrained_without": None if calibration.union_ids is None
-                                       else int(len(calibration.union_ids))}}, "calibration.json")
+                                       else int(len(calibration.union_ids)),
+                                       "pool": None if calibration.pool is None else calibration.pool.tag(),
+                                       "quantile_distance": calibration.quantile_distance}}, "calibration.json")
         tracking.log_params({"n_trials": n_trials, "objective": objective, "max_epochs": max_epochs,
                            "storage": _redact(storage), "study_name": study_name,
                            "calibration_sets": len(calibration.contexts),
@@ -290,7 +326,9 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
         mlflow.log_dict(plan.to_dict(), "best_plan.json")
         spent = scorer.spent_passes / ctx.source.original_passes
         mlflow.log_metrics({f"calibration/best_{key}": best, f"calibration/selected_{key}": value,
-                            f"calibration/noise_{key}": tolerance, **trial_counts(study), "cost/train_fraction": spent})
+                            f"calibration/noise_{key}": tolerance, **trial_counts(study), "cost/train_fraction": spent,
+                            **({} if calibration.quantile_distance is None else
+                               {"calibration/quantile_distance": calibration.quantile_distance})})
         why = "the calibration noise: a second retrain against the first" if calibration.noise else "no noise estimate"
         mlflow.set_tag(Tag.SELECTION, f"the cheapest plan within {tolerance:.4f} ({why}) of the best calibration "
                                       f"{key} {best:.4f}")
@@ -410,7 +448,8 @@ def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algor
 def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = "tow", algorithms: Sequence[str] | None = None,
                 max_epochs: int = 3, storage: str | None = None, study_name: str | None = None, seed: int = 0,
                 calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None,
-                budget: float | None = DEFAULT_BUDGET, calibration_noise: bool = False) -> SearchResult:
+                budget: float | None = DEFAULT_BUDGET, calibration_noise: bool = False,
+                calibration_size: int | None = None) -> SearchResult:
     algorithms = tuple(algorithms or default_search_algorithms())
     if not isinstance(n_trials, int) or n_trials <= 0:  # before loading anything
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
@@ -428,7 +467,7 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
                           f"or fewer --algorithms")
     tracking.use_experiment(experiment)
     with runs.project_run():  # under `mlflow run`, the calibration retrains nest under the search run
-        calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise)
+        calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise, size=calibration_size)
         result = search(ctx, calibration, n_trials=n_trials, objective=objective, algorithms=algorithms,
                         max_epochs=max_epochs, storage=storage, study_name=study_name)
     print(f"best plan (mean calibration {objective} {result.best_value:.4f} over {calibration_sets} set(s); a selection "

@@ -25,7 +25,7 @@ from .memorization import DEFAULT_TIERS, tier_cut_points
 from .memorization_estimate import estimate_memorization, proxy_correlations
 from .models import build_model, validate_model_name
 from .plots import c_proxy_histogram
-from .references import retrain
+from .references import build_calibration_reference, retrain
 from .request import ForgetContext, ResolvedPlan, log_forget_set, prepare, resolve_plan
 from .rum import run_rum, single_algorithm_plan
 from .runs import StepResult, project_run
@@ -72,13 +72,20 @@ def train_step(
     device: str | None = "auto",
     experiment: str | None = None,
     progress: bool = True,
+    calibration_reference: bool = False,
+    calibration_size: int | None = None,
 ) -> TrainResult:
-    """Train an original model while recording per-example confidences; log and register it."""
+    """Train an original model while recording per-example confidences; log and register it. With
+    `calibration_reference`, also retrain its calibration reference (references.calibration_reference)
+    right away, so no later search or registry request waits for that retrain."""
     # Validation first: nothing is created in MLflow until every input is known to be usable.
     spec = DatasetSpec(name=dataset, root=root, subset=subset, val_fraction=val_fraction, seed=seed, download=download)
     validate_model_name(model)
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, momentum=momentum, weight_decay=weight_decay, seed=seed, augment=augment)
     check_dataset(spec)
+    if calibration_size is not None and (isinstance(calibration_size, bool) or not isinstance(calibration_size, int)
+                                         or calibration_size < 1):
+        raise ValueError(f"calibration_size must be a whole number >= 1 (a mix request's size), got {calibration_size!r}")
     dev = resolve_device(device)
     model_kwargs = {} if width is None else {"width": int(width)}
     name = registered_model_name or default_model_name(dataset, model)
@@ -128,6 +135,11 @@ def train_step(
         mlflow.set_tag(Tag.REGISTERED_VERSION, f"{name}/{mv.version}")
         tracking.log_lineage(Lineage.original(run.info.run_id, f"{name}/{mv.version}"))
     print(f"registered models:/{name}/{mv.version}  train acc {final['train/acc_eval']:.4f}  test acc {final['test/acc']:.4f}  ({train_seconds:.1f} s)")
+    if calibration_reference:
+        pool, ref = build_calibration_reference(f"models:/{name}/{mv.version}", size=calibration_size, device=device,
+                                                progress=progress)
+        print(f"calibration reference: run {ref.run_id}{' (cached)' if ref.cached else ''}, retrained without the "
+              f"calibration pool ({pool.tag()}) in {ref.seconds:.1f} s")
     return TrainResult(run.info.run_id, name, str(mv.version), history, net)
 
 

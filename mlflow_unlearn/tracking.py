@@ -108,6 +108,7 @@ class Tag:
     OBJECTIVE = TAG + "objective"
     WORKER = TAG + "worker"  # host:pid that ran a trial
     CALIBRATION_DIGESTS = TAG + "calibration_digests"
+    CALIBRATION_POOL = TAG + "calibration_pool"  # on a retrain run: the pool it left out (references.PoolSpec)
     # evaluation
     EVALUATED_RUN = TAG + "evaluated_run"
     REFERENCE_RUN = TAG + "reference_run"

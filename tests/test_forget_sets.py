@@ -201,3 +201,38 @@ def test_parse_errors_name_the_position_not_the_content(tmp_path):
     with pytest.raises(ForgetSetError, match="row 2 is not an integer train id") as info:
         read_ids_file(table)
     assert "abc" not in str(info.value) and "SECRET" not in str(info.value)
+
+
+def test_one_calibration_pool_serves_every_request_it_can_match():
+    """The pool (what one calibration reference is retrained without) is the k calibration sets of
+    the canonical mix request: it holds the extreme tail, depends on no request, and a request's
+    calibration sets are drawn inside it, disjoint from the request, with its bin histogram and,
+    tier by tier, next to its C-proxy."""
+    from mlflow_unlearn.forget_sets import calibration_forget_sets, calibration_pool
+
+    c = _c_proxy()
+    pool = calibration_pool(c, 60, 2)
+    assert len(pool) == 120 and np.array_equal(pool, calibration_pool(c, 60, 2))
+    assert not np.isin(pool, mix_forget_set(c, 60)).any()
+    rank = np.argsort(np.argsort(c))  # 0 = the most memorised (lowest C-proxy)
+    assert (rank[pool] < 60).sum() == 40  # the tail: 2 x 20 stand-ins for the 20 most memorised
+    for request in (mix_forget_set(c, 60), mix_forget_set(c, 30), np.sort(np.random.default_rng(3).choice(600, 24, replace=False))):
+        sets = calibration_forget_sets(c, request, 2, pool=pool)
+        assert all(np.isin(s, pool).all() and not np.isin(s, request).any() for s in sets)
+        assert not set(sets[0]) & set(sets[1])
+        assert all(tier_histogram(s, c) == tier_histogram(request, c) for s in sets)
+    high = tiers_from_c_proxy(mix_forget_set(c, 30), c)["high"]
+    for s in calibration_forget_sets(c, mix_forget_set(c, 30), 2, pool=pool):
+        assert rank[tiers_from_c_proxy(s, c)["high"]].max() < 60  # the extreme tail stays in the extreme tail
+        assert abs(c[tiers_from_c_proxy(s, c)["high"]].mean() - c[high].mean()) < 0.1
+
+
+def test_a_request_the_pool_cannot_match_names_the_counts():
+    from mlflow_unlearn.forget_sets import calibration_forget_sets, calibration_pool
+
+    c = _c_proxy()
+    pool = calibration_pool(c, 30, 2)  # 20 per bin, next to the canonical windows of 10
+    with pytest.raises(MemorizationError) as e:  # 15 per bin, 5 of them in the pool: 15 left, 2 sets need 30
+        calibration_forget_sets(c, mix_forget_set(c, 45), 2, pool=pool)
+    msg = str(e.value)
+    assert "calibration pool holds 15" in msg and "need 30" in msg and "--calibration-sets 1" in msg

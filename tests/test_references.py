@@ -117,3 +117,33 @@ def test_without_a_search_the_estimate_comes_from_the_validation_split(source_mo
     assert references.never_seen_estimate(older) is None  # trained before the record existed: not checked
     shorter = dataclasses.replace(ctx, source=dataclasses.replace(ctx.source, heldout_true_class_prob=held[:, :5]))
     assert references.never_seen_estimate(shorter) is None  # a record that does not fit the split is not trusted
+
+
+@pytest.mark.integration  # one training and its calibration reference
+def test_train_builds_the_calibration_reference_that_search_and_gate_reuse(tracking, monkeypatch):
+    """`train --calibration-reference true` pays the calibration retrain right after training: a
+    later search's calibration is a cache hit (no retrain), and the hook's gate estimates
+    never-seen accuracy from it over the whole pool, least to most memorised."""
+    from mlflow_unlearn import search, steps
+
+    trained = steps.train_step(subset=300, width=4, epochs=2, registered_model_name="calref", progress=False,
+                               calibration_reference=True)
+    runs = [r for r in retrain_runs() if r.data.tags.get(Tag.CALIBRATION_POOL)]
+    assert len(runs) == 1 and runs[0].data.tags[Tag.SOURCE_MODEL] == f"calref/{trained.version}"
+    ctx = request.prepare(trained.model_uri, "mix:9")
+    trained_again = []
+    monkeypatch.setattr(references, "retrain_from_scratch", lambda *a, **kw: trained_again.append(a))
+    calibration = search.prepare_calibration(ctx, 2)
+    assert trained_again == [] and calibration.runs[0].run_id == runs[0].info.run_id and calibration.runs[0].cached
+    estimate = references.never_seen_estimate(ctx)
+    assert estimate is not None and "calibration reference" in estimate.source
+    assert len(estimate.c_proxy) == len(calibration.union_ids)
+    c = np.asarray(ctx.source.proxies["c_proxy"])
+    assert estimate.c_proxy.min() == c[calibration.union_ids].min()  # the extreme tail is in the estimate
+
+
+def test_a_pool_tag_is_parsed_strictly():
+    assert references.PoolSpec.parse("k=2;size=99;tiers=3") == references.PoolSpec(2, 99, 3)
+    for bad in (None, "", "k=2;size=99", "k=0;size=9;tiers=3", "k=2;size=99;tiers=3;x", "k=2;size=1e9;tiers=3",
+                "../etc/passwd"):
+        assert references.PoolSpec.parse(bad) is None

@@ -128,10 +128,11 @@ def test_calibration_sets_are_disjoint_from_the_request_and_logged(source_model,
 
 
 @pytest.mark.integration  # one calibration retrain
-def test_k_calibration_sets_share_one_reference_retrained_without_their_union(source_model, monkeypatch):
-    """Three calibration sets cost one retrain (the retrain function is called once, on their union);
-    each set is scored against that reference, with retain compared on train minus the union (what
-    the reference saw), and a second search of the same request reuses it from the cache."""
+def test_one_calibration_reference_serves_k_sets_and_later_requests(source_model, monkeypatch):
+    """Three calibration sets cost one retrain (the retrain function is called once, on the source's
+    calibration pool); each set lies inside the pool, disjoint from the request, and is scored
+    against that reference with retain compared on train minus the pool (what it saw). Another
+    request of the same source reuses it: no new training."""
     _, uri = source_model
     ctx = request.prepare(uri, FORGET)
     calls = []
@@ -144,15 +145,29 @@ def test_k_calibration_sets_share_one_reference_retrained_without_their_union(so
     monkeypatch.setattr(search.references, "retrain", spy)
     calibration = search.prepare_calibration(ctx, 3)
     assert len(calls) == 1
-    union = np.unique(np.concatenate([c.forget.ids for c in calibration.contexts]))
-    assert np.array_equal(calls[0], union) and np.array_equal(calibration.union_ids, union)
-    assert len(union) == 3 * len(ctx.forget) and not np.isin(union, ctx.forget.ids).any()
+    pool = calibration.union_ids
+    assert np.array_equal(calls[0], pool) and calibration.pool.k == 3 and len(pool) == 3 * calibration.pool.size
+    for c in calibration.contexts:
+        assert np.isin(c.forget.ids, pool).all() and not np.isin(c.forget.ids, ctx.forget.ids).any()
+        assert len(c.forget) == len(ctx.forget)
     assert len({r.run_id for r in calibration.runs}) == 1
     for ref in calibration.references:
         assert ref.model is calibration.runs[0].model
-        assert len(ref.outputs["retain"].labels) == len(ctx.data.train) - len(union)
-    again = search.prepare_calibration(ctx, 3)  # the cache: no new training
+        assert len(ref.outputs["retain"].labels) == len(ctx.data.train) - len(pool)
+    assert 0 <= calibration.quantile_distance < 0.1  # mix requests sit next to the pool's windows
+    other = request.prepare(uri, "mix:21")  # another request: the same reference, from the cache
+    again = search.prepare_calibration(other, 3)
     assert len(calls) == 2 and again.runs[0].run_id == calibration.runs[0].run_id and again.runs[0].cached
+    assert not np.isin(np.concatenate([c.forget.ids for c in again.contexts]), other.forget.ids).any()
+
+
+def test_a_request_larger_than_the_pool_names_the_counts_and_the_fix(source_model):
+    _, uri = source_model
+    ctx = request.prepare(uri, "mix:45")
+    with pytest.raises(search.SearchError) as e:
+        search.prepare_calibration(ctx, 2, size=15)  # a pool of 2 x 15; the request needs 2 x 45
+    msg = str(e.value)
+    assert "calibration pool holds" in msg and "mix:15" in msg and "--calibration-size 30" in msg
 
 
 @pytest.mark.integration  # two calibration retrains and a short search
