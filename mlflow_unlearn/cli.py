@@ -15,7 +15,7 @@ from .cli_types import boolean as _bool  # noqa: E402
 from .cli_types import budget as _budget  # noqa: E402
 from .cli_types import device as _device  # noqa: E402
 from .cli_types import none_or as _none_or  # noqa: E402
-from .cli_types import whole_number as _int  # noqa: E402
+from .cli_types import positive_whole_number, whole_number as _int  # noqa: E402
 
 
 def _add_train(sub):
@@ -67,7 +67,7 @@ def _add_forget_args(p):
 
 
 def _add_calibration_size(p):
-    p.add_argument("--calibration-size", type=_none_or(_int), default=None,
+    p.add_argument("--calibration-size", type=_none_or(positive_whole_number), default=None,
                    help="the calibration pool is the calibration sets of a mix request of this many examples (default: "
                         "6%% of train, or the request's size if larger; a cached pool that matches the request is reused)")
 

@@ -30,6 +30,17 @@ def whole_number(value: str) -> int:
 whole_number.__name__ = "int"
 
 
+def positive_whole_number(value: str) -> int:
+    """A whole number >= 1 (a count or a size)."""
+    n = whole_number(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return n
+
+
+positive_whole_number.__name__ = "int"
+
+
 def budget(value: str) -> float:
     """A budget: a fraction in (0, 1] of the original training's compute."""
     from .compute import BudgetError, parse_budget

@@ -43,3 +43,23 @@ def test_cli_bad_budget_exits_2_naming_the_flag_and_the_range(command, budget, c
     err = capsys.readouterr().err
     assert "argument --budget" in err and "(0, 1]" in err and "fraction of the original training" in err
     assert repr(budget) in err
+
+
+@pytest.mark.integration  # a tiny training and its calibration reference, as the README documents the flag
+def test_cli_train_with_calibration_reference_logs_the_reference(tracking, tmp_path):
+    out = run_cli(["train", "--subset", "200", "--epochs", "1", "--width", "4", "--registered-model-name", "cli-cal",
+                   "--calibration-reference", "true", "--calibration-size", "9", "--no-progress"], tmp_path, {**os.environ})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "calibration reference: run" in out.stdout and "k=2;size=9;tiers=3" in out.stdout
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string="tags.`mlflow_unlearn.calibration_pool` = 'k=2;size=9;tiers=3'")
+    assert len(runs) == 1 and runs[0].data.tags["mlflow_unlearn.source_model"] == "cli-cal/1"
+
+
+@pytest.mark.parametrize("size", ["0", "-3", "many"])
+def test_cli_bad_calibration_size_exits_2(size, capsys):
+    from mlflow_unlearn.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--calibration-size", size])
+    assert exit_.value.code == 2 and "--calibration-size" in capsys.readouterr().err
