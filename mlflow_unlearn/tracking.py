@@ -202,6 +202,23 @@ def connect(uri: str | None = None, *, timeout_s: float = 5.0) -> MlflowClient:
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # the MLflow 3 UI opens an experiment in its GenAI or training view by it
 
 
+TRANSIENT = ("IntegrityError", "UNIQUE constraint", "already exists", "database is locked", "Deadlock", "deadlock",
+             "could not serialize", "TEMPORARILY_UNAVAILABLE", "Connection reset", "timed out")
+
+
+def retry_transient(call, attempts: int = 6, pause_s: float = 0.1):
+    """`call()`, retried when the store reports a transient conflict (two writers upserting one row
+    at once: SQLite's IntegrityError or 'database is locked', a PostgreSQL serialisation failure),
+    with a doubling pause (0.1 s to 1.6 s); any other error, or the last attempt's, is raised."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(t in str(exc) for t in TRANSIENT):
+                raise
+            time.sleep(pause_s * (2 ** attempt))
+
+
 def use_experiment(name: str | None) -> None:
     """Select the experiment unless `mlflow run` already chose one for the active run, and mark it
     as model training, so the MLflow UI opens it on training runs, not on its GenAI trace pages."""
@@ -211,11 +228,13 @@ def use_experiment(name: str | None) -> None:
         if experiment_id is None and os.environ.get("MLFLOW_RUN_ID"):
             experiment_id = MlflowClient().get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
     else:
-        experiment_id = mlflow.set_experiment(name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT).experiment_id
+        # two processes creating the same experiment at once: one wins, the other retries and finds it
+        wanted = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        experiment_id = retry_transient(lambda: mlflow.set_experiment(wanted)).experiment_id
     if experiment_id is not None:
         client = MlflowClient()
         if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
-            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+            retry_transient(lambda: client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"))
 
 
 class MlflowLogger:

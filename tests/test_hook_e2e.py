@@ -792,3 +792,55 @@ def test_burst_of_20_attach_requests_gives_20_result_versions(env):
         assert len(found) == 1
         results[v] = str(found[0].version)
     assert len(set(results.values())) == 20
+
+
+ATTACH_SCRIPT = """
+import json, sys
+from mlflow_unlearn.hook.attach import attach
+model, version, url, ids = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+res = attach(model, version, ids, tracking_uri=url)
+print(json.dumps({"run_id": res.run_id, "uri": res.uri, "already": res.already_attached}))
+"""
+
+
+@pytest.mark.slow  # 12 processes attach to one version at once, then the service drains them
+def test_concurrent_attaches_from_separate_processes_are_all_answered(env):
+    """Twelve `attach` calls for distinct ids on one version, started together in separate processes
+    against the real server: each returns its own request, every request is answered `done` with a
+    version that lacks its ids, and the version the `unlearned` alias serves at the end lacks the
+    union (a request is its own run; nothing shared is read and rewritten)."""
+    import mlflow
+
+    from mlflow_unlearn import tracking
+
+    v = env.new_version()
+    sets = [[200 + 3 * i, 201 + 3 * i, 202 + 3 * i] for i in range(12)]
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, "-c", ATTACH_SCRIPT, MODEL, v, env.url, json.dumps(ids)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(Path(__file__).parents[1]))
+             for ids in sets]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-1500:] for (_, err), p in zip(outs, procs) if p.returncode]
+    requests = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert all(r["run_id"] and not r["already"] for r in requests) and len({r["run_id"] for r in requests}) == 12
+    client = env.client
+    answers, deadline = {}, time.time() + 3 * JOB_TIMEOUT
+    while len(answers) < 12 and time.time() < deadline:
+        for r in requests:
+            answer = client.get_run(r["run_id"]).data.tags.get(ledger.ANSWER_TAG)
+            if answer and r["run_id"] not in answers:
+                answers[r["run_id"]] = answer
+        time.sleep(1)
+    drain_s = time.time() - t0
+    assert len(answers) == 12, f"unanswered: {[r['run_id'] for r in requests if r['run_id'] not in answers]}\n{env.hook.log()}"
+    for r, ids in zip(requests, sets):
+        answer = answers[r["run_id"]]
+        assert ": done -> version " in answer, answer
+        result = client.get_model_version(MODEL, answer.split("-> version ", 1)[1].split()[0])
+        assert set(ids) <= set(tracking.read_lineage(client, result)[0].forgotten.tolist()), (answer, ids)
+    serving = client.get_model_version_by_alias(MODEL, "unlearned")
+    lacks = set(tracking.read_lineage(client, serving)[0].forgotten.tolist())
+    versions = sorted({a.split("-> version ", 1)[1].split()[0] for a in answers.values()}, key=int)
+    print(f"12 concurrent attaches: 12 answered, 0 lost, {len(versions)} version(s) {versions}, drained in {drain_s:.0f} s")
+    assert set().union(*map(set, sets)) <= lacks, (serving.version, versions)
+    del mlflow

@@ -9,11 +9,12 @@ The ids are validated against the version's training manifest before anything is
 logged in a run with role `request` (artifact `forget_set/forget-<digest>.json`, plus an MLflow
 dataset input carrying the digest), and the version gets the tag
 `mlflow_unlearn.forget_set = runs:/<request run>/forget_set/forget-<digest>.json`; the hook service
-takes it from there. Attaching the same ids again while the first request is queued, running or
-done changes nothing (pass force=True to make a new request anyway). Attaching other ids while a
-request is still waiting merges them: the tag `mlflow_unlearn.merged_requests` lists the waiting
-requests, the next job unlearns the union, and every request's run gets the tag
-`mlflow_unlearn.answer` naming the version that answers it.
+takes it from there. Attaching the same ids again (in any order) while the first request waits or
+after it was answered with a version changes nothing (pass force=True to make a new request
+anyway). Every request is its own run, never a rewrite of a shared tag, so concurrent attaches
+cannot lose one another: a job collects every request run of its version that is not answered yet,
+unlearns the union, and tags every request's run with `mlflow_unlearn.answer` naming the version
+that answers it.
 """
 from __future__ import annotations
 
@@ -154,20 +155,23 @@ def attach(model: str, version, forget, *, seed: int = 0, experiment: str | None
     elif version in (None, ""):
         raise ValueError("give --version (a model version) or --alias (a serving alias such as champion)")
     mv, manifest, fs = validate_request(client, model, version, forget, seed=seed)
-    state = ledger.VersionState(mv.name, str(mv.version), dict(mv.tags or {}))
-    if (not force and state.request and ledger.digest_from_uri(state.request) == fs.digest
-            and state.status not in (ledger.FAILED, ledger.REJECTED)):
-        return AttachResult(mv.name, str(mv.version), state.request, fs.digest, len(fs), None, already_attached=True)
-    # A request still waiting here (queued, running, or not yet seen by the hook) is not replaced but
-    # merged: the next job unlearns the union and answers each request with the same new version.
-    merged = ledger.merged_tag_value(ledger.carried_requests(state, replacing=True))  # too many: raises, nothing written
+    if not force:  # the same ids, waiting or answered with a version: the same request
+        same = ledger.existing_request(client, mv.name, mv.version, fs.digest)
+        state = ledger.VersionState(mv.name, str(mv.version), dict(mv.tags or {}))
+        if same is None and (state.request and ledger.digest_from_uri(state.request) == fs.digest
+                             and state.status not in (ledger.FAILED, ledger.REJECTED)):
+            same = state.request  # attached by another tool under the same ids
+        if same is not None:
+            return AttachResult(mv.name, str(mv.version), same, fs.digest, len(fs), None, already_attached=True)
+    # The request is its own record: a run, FINISHED once its forget set is logged. Nothing shared is
+    # read and rewritten, so concurrent attaches cannot lose one another; the job collects every
+    # waiting request run of the version (ledger.pending_requests) and answers each on its run.
+    waiting = ledger.pending_requests(client, mv.name, mv.version)
     run_id, uri = log_request(mv.name, mv.version, fs, manifest, experiment=experiment, seed=seed)
     ledger.set_tags(client, mv.name, mv.version, {ledger.REQUEST_RUN_TAG: run_id, Tag.FOLLOW_ALIAS: alias,
-                                                  Tag.PROMOTE: None if alias is None else str(bool(promote)).lower(),
-                                                  ledger.MERGED_TAG: merged})
+                                                  Tag.PROMOTE: None if alias is None else str(bool(promote)).lower()})
     ledger.set_tags(client, mv.name, mv.version, {ledger.FORGET_SET_TAG: uri})  # last: this one triggers the hook
-    return AttachResult(mv.name, str(mv.version), uri, fs.digest, len(fs), run_id,
-                        merged_with=tuple(ledger.merged_requests({ledger.MERGED_TAG: merged or "[]"})))
+    return AttachResult(mv.name, str(mv.version), uri, fs.digest, len(fs), run_id, merged_with=tuple(waiting))
 
 
 @dataclass(frozen=True)

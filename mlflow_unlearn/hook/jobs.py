@@ -253,8 +253,13 @@ def run_job(name: str, version) -> str:
     if state.is_current and state.status in ledger.TERMINAL:
         return f"skipped: already {state.status}"
     job = _Job(client, state.name, state.version, state.request, time.perf_counter())
+    # every request attached to this version and not answered yet, whatever the tag says now: each is
+    # its own run, so concurrent attaches that overwrote each other's tag are all found here
+    carried = ledger.carried_requests(state)
+    carried += [u for u in ledger.pending_requests(client, state.name, state.version)
+                if u != state.request and u not in carried]
     try:  # every artifact is downloaded, parsed and hashed once, here
-        req = _merge_carried(job, ledger.carried_requests(state))
+        req = _merge_carried(job, carried)
     except ForgetSetError as exc:
         return job.finish(ledger.REJECTED, error=_message(exc))
     digest = req.digest

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ..tracking import TAG, Tag
+from ..tracking import TAG, Tag, retry_transient as _retry
 
 FORGET_SET_TAG = Tag.FORGET_SET
 STATUS_TAG = Tag.STATUS
@@ -172,6 +172,47 @@ def answer_request_run(client: MlflowClient, uri: str, answer: str) -> None:
             pass
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def pending_requests(client: MlflowClient, name: str, version) -> list[str]:
+    """Every request `attach` made for name/version that nothing has answered yet, oldest first, as
+    forget-set URIs. Each request is its own run (role `request`, tagged with the version and its
+    digest, FINISHED only once its forget set is logged): concurrent `attach` calls never overwrite
+    each other's record, so a job that collects these misses none, whatever the version's
+    forget-set tag was last set to."""
+    experiments = [e.experiment_id for e in _retry(lambda: client.search_experiments(max_results=1000))]
+    flt = (f"tags.`{Tag.ROLE}` = 'request' and tags.`{Tag.SOURCE_MODEL}` = '{_q(name)}/{version}' and "
+           f"attributes.status = 'FINISHED'")
+    out, token = [], None
+    while experiments:
+        page = _retry(lambda: client.search_runs(experiments, flt, max_results=1000, page_token=token,
+                                                 order_by=["attributes.start_time ASC"]))
+        for run in page:
+            digest = run.data.tags.get(Tag.FORGET_DIGEST, "")
+            if ANSWER_TAG not in run.data.tags and _HEX64.fullmatch(digest):
+                out.append(f"runs:/{run.info.run_id}/forget_set/forget-{digest}.json")
+        token = page.token
+        if not token:
+            break
+    return out
+
+
+def existing_request(client: MlflowClient, name: str, version, digest: str) -> str | None:
+    """The URI of a request for the same ids on name/version that is waiting or was answered with a
+    version (`done`), else None: the same ids attached again, in any order, are the same request."""
+    if not _HEX64.fullmatch(digest or ""):
+        return None
+    experiments = [e.experiment_id for e in _retry(lambda: client.search_experiments(max_results=1000))]
+    flt = (f"tags.`{Tag.ROLE}` = 'request' and tags.`{Tag.SOURCE_MODEL}` = '{_q(name)}/{version}' and "
+           f"tags.`{Tag.FORGET_DIGEST}` = '{digest}' and attributes.status = 'FINISHED'")
+    for run in (_retry(lambda: client.search_runs(experiments, flt, max_results=100)) if experiments else []):
+        answer = run.data.tags.get(ANSWER_TAG)
+        if answer is None or answer.split(": ", 1)[-1].startswith(DONE):
+            return f"runs:/{run.info.run_id}/forget_set/forget-{digest}.json"
+    return None
+
+
 def read_state(client: MlflowClient, name: str, version) -> VersionState:
     mv = client.get_model_version(name, str(version))
     return VersionState(mv.name, str(mv.version), dict(mv.tags or {}))
@@ -186,7 +227,7 @@ def set_tags(client: MlflowClient, name: str, version, tags: dict[str, str | Non
             except MlflowException:
                 pass
         else:
-            client.set_model_version_tag(name, str(version), key, str(value)[:MAX_TAG_VALUE])
+            _retry(lambda: client.set_model_version_tag(name, str(version), key, str(value)[:MAX_TAG_VALUE]))
 
 
 def find_results(client: MlflowClient, name: str, version, digest: str) -> list[str]:
