@@ -14,11 +14,11 @@ from mlflow_unlearn.hook import ledger
 @pytest.mark.parametrize("argv,needle", [
     (["hook", "worker", "--gate", "retain_drop=lots"], "retain_drop='lots': not a number"),
     (["hook", "worker", "--gate", "retain_drop"], "'retain_drop' is not key=value"),
-    (["hook", "serve", "--secret", "s" * 16, "--gate", "bogus=0.1"], "bogus"),
+    (["hook", "serve", "--secret", "sixteen-byte-key", "--gate", "bogus=0.1"], "bogus"),
     (["hook", "serve"], "no webhook secret"),
     (["hook", "reconcile", "--escalate", "sideways"], "'sideways'"),
     (["hook", "worker", "--escalate", "retrain,retrain"], "'retrain,retrain'"),
-    (["hook", "install", "--url", "ftp://127.0.0.1/webhook", "--secret", "s" * 16], "'ftp://127.0.0.1/webhook'"),
+    (["hook", "install", "--url", "ftp://127.0.0.1/webhook", "--secret", "sixteen-byte-key"], "'ftp://127.0.0.1/webhook'"),
     (["hook", "install", "--url", "http://127.0.0.1:8765/webhook", "--secret", "short"], "16"),
 ])
 def test_bad_settings_exit_2_naming_the_value_before_anything_starts(tracking, tmp_path, capsys, argv, needle):

@@ -844,3 +844,58 @@ def test_concurrent_attaches_from_separate_processes_are_all_answered(env):
     print(f"12 concurrent attaches: 12 answered, 0 lost, {len(versions)} version(s) {versions}, drained in {drain_s:.0f} s")
     assert set().union(*map(set, sets)) <= lacks, (serving.version, versions)
     del mlflow
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _flood(url: str, total: int, chunked: bool) -> tuple[int | None, int]:
+    """POST `total` bytes of junk, unsigned, as fast as the socket takes them; (HTTP status or None, bytes sent)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=30)
+    head = (f"POST /webhook HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
+            + ("Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {total}\r\n") + "\r\n")
+    sent, block = 0, b"x" * (1 << 20)
+    try:
+        sock.sendall(head.encode())
+        while sent < total:
+            sock.sendall(b"100000\r\n" + block + b"\r\n" if chunked else block)
+            sent += len(block)
+    except OSError:
+        pass
+    try:
+        first = sock.recv(64).decode("latin-1")
+        status = int(first.split()[1]) if first.startswith("HTTP/") else None
+    except OSError:
+        status = None
+    sock.close()
+    return status, sent
+
+
+def test_three_huge_unsigned_posts_leave_the_receivers_memory_flat(env):
+    """Three 400 MB unsigned posts at once (two with a Content-Length, one chunked): each gets 413
+    once the limit is passed, without the receiver reading the rest; its resident memory stays flat."""
+    pid = env.hook.proc.pid
+    before = _rss_mb(pid)
+    peak, stop = [before], []
+
+    def sample():
+        while not stop:
+            peak.append(_rss_mb(pid))
+            time.sleep(0.05)
+
+    with ThreadPoolExecutor(4) as pool:
+        sampler = pool.submit(sample)
+        floods = [pool.submit(_flood, env.hook.url, 400 << 20, chunked) for chunked in (False, False, True)]
+        results = [f.result(timeout=120) for f in floods]
+        stop.append(True)
+        sampler.result()
+    print(f"receiver RSS {before:.0f} MB before, {max(peak):.0f} MB peak; sent {[s >> 20 for _, s in results]} MiB")
+    assert all(status in (413, None) for status, _ in results) and any(status == 413 for status, _ in results)
+    assert max(peak) - before < 40, (before, max(peak))
+    assert env.hook.health()["status"] == "ok"

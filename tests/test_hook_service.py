@@ -106,3 +106,37 @@ def test_binding_beyond_loopback_warns():
         assert bind_warning(host) is None, host
     for host in ("0.0.0.0", "10.1.2.3", "::", "hook.example.com"):
         assert "beyond this machine" in bind_warning(host) and host in bind_warning(host)
+
+
+@pytest.mark.parametrize("weak", [" " * 16, "a" * 32, "abcabcabcabcabcabc", " padded-secret-0123456789 "])
+def test_weak_secrets_are_refused_without_quoting_them(weak):
+    with pytest.raises(ValueError, match="too weak") as e:
+        HookConfig(secret=weak).validate(need_secret=True)
+    assert weak.strip() not in str(e.value) or not weak.strip()
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_read(receiver):
+    """Declared too large: refused before a byte is read; streamed without a length: dropped at the
+    first chunk past the limit; a bad Content-Length: 400. Nothing is queued either way."""
+    from mlflow_unlearn.hook import job_queue
+
+    client, secret = receiver
+    body, headers = _delivery(secret)
+    big = body + b" " * (1 << 20)
+    r = client.post("/webhook", content=big, headers=signed_headers(secret, big))
+    assert r.status_code == 413 and "limit of 1048576 bytes" in r.json()["error"]
+
+    def chunks():
+        for _ in range(64):
+            yield b"x" * 65536
+
+    r = client.post("/webhook", content=chunks(), headers=headers)  # chunked: no Content-Length
+    assert r.status_code == 413
+    assert job_queue.pending() == 0
+    r = client.post("/webhook", content=body, headers=headers)  # the same delivery within the limit goes in
+    assert r.status_code == 202 and job_queue.pending() == 1
+
+
+def test_the_body_limit_is_validated():
+    with pytest.raises(ValueError, match="max-body-bytes"):
+        HookConfig(max_body_bytes=10).validate()

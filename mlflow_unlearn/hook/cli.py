@@ -128,13 +128,16 @@ def add_hook(sub):
     s.add_argument("--port", type=_int, default=8765)
     s.add_argument("--secret", default=None, help="webhook secret; env MLFLOW_UNLEARN_HOOK_SECRET")
     s.add_argument("--tolerance", type=float, default=None, help="accepted webhook timestamp skew in seconds (default 300)")
+    s.add_argument("--max-body-bytes", type=_int, default=None,
+                   help="largest webhook body read, in bytes (default 1 MiB; env MLFLOW_UNLEARN_HOOK_MAX_BODY_BYTES); "
+                        "larger ones get 413 before they are read")
     s.add_argument("--log-level", default="info")
     _config_args(s, reconcile_default=None)
 
     def serve(a):
         from .service import serve as _serve
 
-        cfg = _config(a, secret=a.secret, tolerance_s=a.tolerance)
+        cfg = _config(a, secret=a.secret, tolerance_s=a.tolerance, max_body_bytes=a.max_body_bytes)
         _serve(cfg, host=a.host, port=a.port, log_level=a.log_level)
 
     s.set_defaults(func=serve)

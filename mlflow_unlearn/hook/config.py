@@ -63,6 +63,10 @@ class HookConfig:
     budget: float = DEFAULT_BUDGET
     reconcile_interval_s: float = 30.0  # 0: no periodic scan
     tolerance_s: float = 300.0  # accepted webhook timestamp skew
+    # The largest webhook body the receiver reads (bytes). MLflow's deliveries are a few KiB (a tag
+    # event carries the tag value, 5,000 characters at most); anything larger is refused with 413
+    # before it is read, so unsigned floods cannot grow the receiver's memory.
+    max_body_bytes: int = 1 << 20
     lock_ttl_s: int = 3600  # Redis only: the lock of a worker on a lost host expires after this
     # The acceptance gate (mlflow_unlearn/gate.py) and what a job does when a result fails it: each
     # stage in order until one passes; "retrain" (an exact retrain on retain with the source's
@@ -85,6 +89,7 @@ class HookConfig:
             models=models,
             experiment=os.environ.get("MLFLOW_UNLEARN_HOOK_EXPERIMENT") or DEFAULT_EXPERIMENT,
             budget=parse_budget(os.environ.get("MLFLOW_UNLEARN_BUDGET") or DEFAULT_BUDGET, flag="MLFLOW_UNLEARN_BUDGET"),
+            max_body_bytes=_env_int("MLFLOW_UNLEARN_HOOK_MAX_BODY_BYTES", 1 << 20),
         )
         for key, value in overrides.items():
             if value is not None:
@@ -127,6 +132,9 @@ class HookConfig:
                              f"{self.retrain_after_fraction!r}")
         if self.retrain_after_requests is not None and self.retrain_after_requests < 1:
             raise ValueError(f"--retrain-after-requests must be 1 or more, got {self.retrain_after_requests!r}")
+        if isinstance(self.max_body_bytes, bool) or not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 1024:
+            raise ValueError(f"--max-body-bytes must be a whole number of bytes >= 1024 (MLflow's deliveries are a few "
+                             f"KiB), got {self.max_body_bytes!r}")
         if self.reconcile_interval_s < 0:
             raise ValueError(f"--reconcile-interval must be 0 (off) or more seconds, got {self.reconcile_interval_s}")
         return self
@@ -135,13 +143,20 @@ class HookConfig:
 ESCALATIONS = ("stronger", "retrain")
 
 MIN_SECRET_BYTES = 16  # an HMAC key anyone can guess in a few tries is no key (issue 11)
+MIN_SECRET_DISTINCT = 8  # 16 spaces or "aaaa..." are 16 bytes and no key either
 
 
 def check_secret(secret: str | None) -> None:
-    """A webhook secret must be at least MIN_SECRET_BYTES bytes; the message says how to make one."""
-    n = len((secret or "").encode())
-    if n < MIN_SECRET_BYTES:
-        raise ValueError(f"the webhook secret is {n} byte(s); use at least {MIN_SECRET_BYTES} (for example "
+    """A webhook secret must be at least MIN_SECRET_BYTES bytes of at least MIN_SECRET_DISTINCT
+    distinct characters, with no whitespace at either end (a copy-paste slip that `hook install`
+    and `hook serve` would not agree on); the message counts, never quotes, and says how to make one."""
+    text = secret or ""
+    n, distinct = len(text.encode()), len(set(text))
+    if n < MIN_SECRET_BYTES or distinct < MIN_SECRET_DISTINCT or text != text.strip():
+        why = (f"{n} byte(s)" if n < MIN_SECRET_BYTES else
+               "whitespace at an end" if text != text.strip() else f"only {distinct} distinct character(s)")
+        raise ValueError(f"the webhook secret is too weak ({why}); use at least {MIN_SECRET_BYTES} bytes of at least "
+                         f"{MIN_SECRET_DISTINCT} distinct characters, no whitespace at the ends (for example "
                          f"`python -c \"import secrets; print(secrets.token_hex(16))\"`), the same value for "
                          f"`hook serve` and `hook install`")
 

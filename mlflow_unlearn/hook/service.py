@@ -1,7 +1,8 @@
 """`mlflow-unlearn hook serve`: the HTTP receiver of MLflow's webhooks (FastAPI on uvicorn).
 
-POST /webhook   an MLflow webhook delivery. Unsigned, wrongly signed or stale (timestamp outside the
-                tolerance): 401 and nothing else. Signed events that do not concern a forget set
+POST /webhook   an MLflow webhook delivery. A body over --max-body-bytes (default 1 MiB): 413 before
+                it is read. Unsigned, wrongly signed or stale (timestamp outside the
+                tolerance): 401 and nothing else, checked before the body is parsed. Signed events that do not concern a forget set
                 (other tags, other entities, the webhook test payload): 200 `ignored`. A delivery id
                 seen before: 200 `duplicate`. Otherwise the job is queued (huey task) and the answer
                 is 202 `accepted`; the job runs in a worker.
@@ -76,7 +77,9 @@ def create_app(config: HookConfig):
 
     @app.post("/webhook")
     async def webhook(request: Request, background: BackgroundTasks):
-        body = await request.body()
+        body = await read_limited(request, config.max_body_bytes)
+        if isinstance(body, JSONResponse):  # too large (413) or a bad Content-Length (400), nothing read
+            return body
         try:
             delivery_id = verify(request.headers, body, config.secret or "", tolerance_s=config.tolerance_s)
         except SignatureError as exc:
@@ -125,6 +128,31 @@ def create_app(config: HookConfig):
             return JSONResponse({"error": exc.message}, status_code=404)
 
     return app
+
+
+async def read_limited(request: Request, limit: int) -> "bytes | JSONResponse":
+    """The body, read only while it stays within `limit` bytes: a declared Content-Length over it is
+    refused before a byte is read, and a body streamed without one is dropped at the first chunk past
+    it (the connection is then closed), so the receiver never holds more than `limit` of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            return JSONResponse({"error": "bad Content-Length header"}, status_code=400, headers={"Connection": "close"})
+        if int(declared) > limit:
+            return _too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> JSONResponse:
+    return JSONResponse({"error": f"the body is over the receiver's limit of {limit} bytes (got {size}+); MLflow's "
+                                  f"deliveries are a few KiB (raise it with --max-body-bytes)"},
+                        status_code=413, headers={"Connection": "close"})
 
 
 def bearer_matches(header: str | None, secret: str | None) -> bool:
