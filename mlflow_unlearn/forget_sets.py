@@ -96,13 +96,18 @@ def read_ids_and_digest(path: str | Path) -> tuple[np.ndarray, str | None]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
+            arr = np.load(path, allow_pickle=False)  # object arrays (pickles) raise ValueError: never loaded
+            if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+                raise ForgetSetError(f"forget-set file {path.name!r} holds a {arr.ndim}-d array of dtype kind "
+                                     f"{arr.dtype.kind!r}; a forget set is a 1-d array of whole numbers")
+            return arr, None
         if suffix == ".json":
             obj = json.loads(path.read_text())
             recorded = None
             if isinstance(obj, dict):
                 if "ids" not in obj:
-                    raise ForgetSetError(f"{path} is a JSON object without an 'ids' list (keys: {sorted(obj)})")
+                    raise ForgetSetError(f"forget-set file {path.name!r} is a JSON object without an 'ids' list "
+                                         f"({len(obj)} other key(s)); give {{\"ids\": [...]}} or a plain list")
                 recorded = obj.get("digest") if isinstance(obj.get("digest"), str) else None
                 obj = obj["ids"]
             return np.asarray(obj), recorded

@@ -83,13 +83,15 @@ def train_ids(ids: Any, n_train: int, *, what: str = "ids", allow_empty: bool = 
                                        for v in arr.tolist()):
             arr = arr.astype(np.int64)
         else:
-            raise error(f"{what} has ids that are not integers: values like {arr[:5].tolist()!r}; train ids are "
-                        f"whole numbers")
+            # counted and placed, never quoted: the values may be any file's content
+            kind = "mixed values" if arr.dtype.kind == "O" else str(arr.dtype)
+            raise error(f"{what} has ids that are not integers ({kind}, {arr.size} of them); train ids are whole numbers")
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any() or not from_file:
-            shown = arr[bad][:5].tolist() if bad.any() else f"a {arr.dtype} array"
-            raise error(f"{what} has ids that are not integers: {shown}; train ids are whole numbers")
+            where = (f"{int(bad.sum())} of {arr.size}, the first at position {int(np.flatnonzero(bad)[0])}" if bad.any()
+                     else f"a {arr.dtype} array")
+            raise error(f"{what} has ids that are not integers: {where}; train ids are whole numbers")
     arr = arr.astype(np.int64)
     out = arr[(arr < 0) | (arr >= n_train)]
     if out.size:

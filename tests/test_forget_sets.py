@@ -236,3 +236,16 @@ def test_a_request_the_pool_cannot_match_names_the_counts():
         calibration_forget_sets(c, mix_forget_set(c, 45), 2, pool=pool)
     msg = str(e.value)
     assert "calibration pool holds 15" in msg and "need 30" in msg and "--calibration-sets 1" in msg
+
+
+@pytest.mark.parametrize("arr,kw", [(np.array([1, "a", None], dtype=object), {"allow_pickle": True}),
+                                    (np.array(["0123", "5"]), {}), (np.zeros(3, dtype=[("a", "i4")]), {}),
+                                    (np.arange(6).reshape(2, 3), {}), (np.array([1 + 2j]), {})])
+def test_a_npy_that_is_not_a_1d_numeric_array_is_refused_without_quoting_it(tmp_path, arr, kw):
+    from mlflow_unlearn.forget_sets import ForgetSetError, read_ids_and_digest
+
+    path = tmp_path / "ids.npy"
+    np.save(path, arr, **kw)
+    with pytest.raises(ForgetSetError) as e:
+        read_ids_and_digest(path)
+    assert "0123" not in str(e.value) and str(tmp_path) not in str(e.value)

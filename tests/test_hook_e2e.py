@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import free_port, redis_or_skip, start_mlflow_server, use_tracking
@@ -336,13 +337,32 @@ def test_bad_forget_sets_are_rejected_with_the_reason_and_no_new_version(env):
     versions["no manifest"] = str(mlflow.register_model(f"models:/{run_model_id(run.info.run_id)}", MODEL).version)
     cases["no manifest"] = (log_ids_artifact(env, [1, 2, 3]), "training manifest")
     client.set_model_version_tag(MODEL, versions["no manifest"], ledger.FORGET_SET_TAG, cases["no manifest"][0])
+    # Content that must never come back in an error tag: keys of a JSON object, words of a text file,
+    # strings of a .npy, the URI itself (issue 27: errors quote nothing they read)
+    exp = client.get_experiment_by_name("external-tool")
+    leaky = client.create_run(exp.experiment_id)
+    client.log_dict(leaky.info.run_id, {"dataset_spec": "x", "LEAKY_KEY_7": "hunter2"}, "request/obj.json")
+    client.log_text(leaky.info.run_id, "1 2 LEAKY_WORD_7\n", "request/ids.txt")
+    npy = env.workdir / "strings.npy"
+    np.save(npy, np.array(["0123", "LEAKY_NPY_7"]))
+    client.log_artifact(leaky.info.run_id, str(npy), "request")
+    client.set_terminated(leaky.info.run_id)
+    for what, path, needle in (("json keys", "request/obj.json", "without an 'ids' list"),
+                               ("text words", "request/ids.txt", "not an integer"),
+                               ("npy strings", "request/strings.npy", "1-d array of whole numbers")):
+        versions[what] = env.new_version()
+        cases[what] = (f"runs:/{leaky.info.run_id}/{path}", needle)
+        client.set_model_version_tag(MODEL, versions[what], ledger.FORGET_SET_TAG, cases[what][0])
     n_sources = n_before + len(versions)
 
     for what, v in versions.items():
         state = wait_answer(env, v)
         assert state.status == "rejected", (what, state.tags)
         assert cases[what][1] in state.tags[ledger.ERROR_TAG], (what, state.tags[ledger.ERROR_TAG])
-        assert "root:" not in state.tags[ledger.ERROR_TAG] and "SECRET" not in state.tags[ledger.ERROR_TAG]
+        error = state.tags[ledger.ERROR_TAG]
+        assert "root:" not in error and "SECRET" not in error and "LEAKY" not in error and "hunter2" not in error
+        assert "dataset_spec" not in error and "/tmp" not in error and str(env.workdir) not in error, (what, error)
+        assert not cases[what][0].strip() or cases[what][0] not in error, (what, error)  # the tag is not echoed
         assert ledger.RESULT_VERSION_TAG not in state.tags
         assert results_of(env, v) == []
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == n_sources

@@ -91,3 +91,21 @@ def test_start_with_interval_zero_starts_no_thread(registry):
     reconciler = Reconciler(config).start()
     assert reconciler._thread is None
     reconciler.stop()
+
+
+def test_a_tag_longer_than_a_tag_can_echo_is_answered_once_and_never_requeued(registry):
+    """A 99,996-character forget-set tag is rejected by one job, and the answer refers to it (a hash
+    of it: a truncated copy would never equal it), so no later scan queues it again."""
+    client, config, queue = registry
+    huge = "runs:/" + "x" * 99_990
+    client.set_model_version_tag("m", "1", ledger.FORGET_SET_TAG, huge)
+    assert Reconciler(config).scan() == [("m", "1", "queued")]
+    drain(queue)
+    outcome = jobs.run_job("m", "1")
+    assert outcome.startswith("rejected"), outcome
+    state = ledger.read_state(client, "m", "1")
+    assert state.status == ledger.REJECTED and state.is_current and state.handled_request.startswith("sha256:")
+    assert "x" * 200 not in state.tags[ledger.ERROR_TAG]
+    for _ in range(3):
+        assert Reconciler(config, queued_grace_s=0).scan() == []
+    assert jobs.run_job("m", "1") == "skipped: already rejected"

@@ -13,7 +13,7 @@ from mlflow_unlearn.ids import IdError, TrainIds, check_something_retained, is_c
     ([-1, 3], "out of range: [-1]"),
     ([4, 9, 4], "repeats ids [4]"),
     ([], "is empty"),
-    ([1.5], "not integers: [1.5]"),
+    ([1.5], "not integers: 1 of 1, the first at position 0"),
     ([float("nan")], "not integers"),
     (["a"], "not integers"),
     ([True, False], "not integers"),

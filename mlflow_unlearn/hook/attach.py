@@ -200,29 +200,30 @@ def read_request(uri: str) -> RequestIds:
         raise ForgetSetError("the forget-set tag is empty (or only whitespace); attach a forget set with "
                              "`mlflow-unlearn attach --forget <file or spec>`")
     if is_spec(uri):
-        raise ForgetSetError(f"the forget-set tag {uri[:100]!r} is a spec, not a forget-set artifact; run "
-                             f"`mlflow-unlearn attach --forget {uri[:100]}` so the ids are logged and auditable")
+        raise ForgetSetError("the forget-set tag is a spec (random:N, mix:N, ...), not a forget-set artifact; run "
+                             "`mlflow-unlearn attach --forget <the spec>` so the ids are logged and auditable")
     if not uri.startswith(ARTIFACT_URI_SCHEMES):
         raise ForgetSetError(f"the forget-set tag must be an MLflow artifact URI ({', '.join(ARTIFACT_URI_SCHEMES)}), "
-                             f"got {uri[:100]!r}; the hook never reads local paths or file: URIs on its host: run "
+                             f"got a value of {len(uri)} character(s) that is not one; the hook never reads local "
+                             f"paths or file: URIs on its host: run "
                              f"`mlflow-unlearn attach --forget <file>`, which logs the ids as an artifact first")
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
     except Exception as exc:  # MLflow raises several types for unreadable URIs
-        raise ForgetSetError(f"cannot read the forget-set artifact {uri[:200]!r}: {type(exc).__name__}") from None
+        raise ForgetSetError(f"cannot read the forget-set artifact the tag names: {type(exc).__name__}") from None
     if Path(str(local)).is_dir():  # an artifact folder (downloaded, never a path on this host)
         files = sorted(p for p in Path(local).rglob("*") if p.suffix.lower() in (".json", ".txt", ".csv", ".npy"))
         if len(files) != 1:
-            raise ForgetSetError(f"the forget-set URI {uri[:200]!r} is a folder with {len(files)} id files; point it at one file")
+            raise ForgetSetError(f"the forget-set URI names a folder with {len(files)} id files; point it at one file")
         local = str(files[0])
     ids, recorded = read_ids_and_digest(local)
     try:
         digest = forget_digest(ids)
     except (TypeError, ValueError):
-        raise ForgetSetError(f"the forget set {uri[:200]!r} does not hold integer ids") from None
+        raise ForgetSetError("the forget set does not hold integer ids") from None
     if recorded and recorded != digest:
-        raise ForgetSetError(f"the forget-set artifact {uri[:200]!r} records digest {recorded[:12]}... but its ids hash "
-                             f"to {digest[:12]}...; it was changed after logging")
+        raise ForgetSetError(f"the forget-set artifact records a digest its ids do not hash to (they hash to "
+                             f"{digest[:12]}...); it was changed after logging")
     return RequestIds(np.asarray(ids), digest, uri)
 
 
@@ -236,7 +237,7 @@ def wait_for(model: str, version, *, timeout_s: float = 600.0, poll_s: float = 0
     while True:
         state = ledger.read_state(client, model, version)
         want = request or state.request
-        if state.handled_request == want and state.status in ledger.TERMINAL:
+        if state.handled_request == ledger.request_key(want) and state.status in ledger.TERMINAL:
             return state.to_dict()
         if request and request != state.request and ledger.request_run_id(request):
             try:

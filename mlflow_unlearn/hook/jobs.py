@@ -149,7 +149,7 @@ def submit(name: str, version, *, force_enqueue: bool = False, client: MlflowCli
     # With `enqueued` (the receiver queued the job before answering) a worker may already have started
     # it and written started_at: never clear that (the job clears the last answer itself when it starts).
     ledger.set_tags(client, name, state.version, {
-        ledger.JOB_REQUEST_TAG: state.request, ledger.QUEUED_AT_TAG: ledger.now(),
+        ledger.JOB_REQUEST_TAG: ledger.request_key(state.request), ledger.QUEUED_AT_TAG: ledger.now(),
         ledger.JOB_DIGEST_TAG: ledger.digest_from_uri(state.request), ledger.MERGED_TAG: merged})
     if enqueued:
         _keep_a_started_jobs_status(client, name, state)
@@ -213,7 +213,7 @@ class _Job:
         if self.merged or self.refused:  # every carried request is answered below, with this outcome
             tags[ledger.MERGED_TAG] = None
         ledger.set_tags(self.client, self.name, self.version, tags)
-        ledger.set_tags(self.client, self.name, self.version, {ledger.STATUS_TAG: status, ledger.JOB_REQUEST_TAG: self.uri})
+        ledger.set_tags(self.client, self.name, self.version, {ledger.STATUS_TAG: status, ledger.JOB_REQUEST_TAG: ledger.request_key(self.uri)})
         outcome = status + (f" -> version {result}" if result else "") + (f": {error}" if error else "")
         self.answer_requests(outcome)
         return outcome + (f" (answering {len(self.merged)} merged request(s) too)" if self.merged else "")
@@ -283,12 +283,12 @@ def _read(uri: str):
     except _rejections() as exc:
         raise ForgetSetError(_message(exc)) from None
     except (TypeError, ValueError) as exc:
-        raise ForgetSetError(f"the forget set {uri[:200]!r} does not hold integer ids: {_message(exc)}") from None
+        raise ForgetSetError(f"the forget set does not hold integer ids ({type(exc).__name__})") from None
     if len(req.ids) == 0:
-        raise ForgetSetError(f"the forget set {uri[:200]!r} is empty (no ids); attach at least one training-set id")
+        raise ForgetSetError("the forget set is empty (no ids); attach at least one training-set id")
     uniq, counts = np.unique(req.ids, return_counts=True)
     if (counts > 1).any():
-        raise ForgetSetError(f"the forget set {uri[:200]!r} repeats ids {uniq[counts > 1][:10].tolist()}; give each id once")
+        raise ForgetSetError(f"the forget set repeats ids {uniq[counts > 1][:10].tolist()}; give each id once")
     return req
 
 
@@ -340,7 +340,7 @@ def _run_locked(job: _Job, cfg: HookConfig, req) -> str:
     # started_at before the status: a receiver's late `queued` write then always sees a started_at it
     # did not read, and puts `running` back (_keep_a_started_jobs_status)
     ledger.set_tags(job.client, job.name, job.version, {
-        ledger.JOB_REQUEST_TAG: job.uri, ledger.JOB_DIGEST_TAG: digest, ledger.STARTED_AT_TAG: ledger.now(),
+        ledger.JOB_REQUEST_TAG: ledger.request_key(job.uri), ledger.JOB_DIGEST_TAG: digest, ledger.STARTED_AT_TAG: ledger.now(),
         ledger.ERROR_TAG: None, ledger.RESULT_VERSION_TAG: None, ledger.FINISHED_AT_TAG: None})
     ledger.set_tags(job.client, job.name, job.version, {ledger.STATUS_TAG: ledger.RUNNING})
     try:

@@ -82,6 +82,19 @@ def digest_from_uri(uri: str) -> str | None:
     return m.group(1) if m else None
 
 
+def request_key(uri: str) -> str:
+    """What `job_request` records for a forget-set tag value: the value itself when it fits in a tag,
+    else `sha256:<hex>` of it. A value longer than a tag holds (MLflow accepts ~100,000 characters on
+    a version tag) cannot be written back whole, and a truncated copy would never equal it: the
+    request would look unanswered forever and be re-queued every scan."""
+    uri = uri or ""
+    if len(uri) <= MAX_TAG_VALUE and not uri.startswith("sha256:"):
+        return uri
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(uri.encode()).hexdigest()
+
+
 def now() -> str:
     return f"{time.time():.3f}"
 
@@ -107,7 +120,7 @@ class VersionState:
     @property
     def is_current(self) -> bool:
         """The status tags describe the request now attached (not an older one)."""
-        return bool(self.request) and self.handled_request == self.request
+        return bool(self.request) and self.handled_request == request_key(self.request)
 
     def to_dict(self) -> dict:
         keys = (FORGET_SET_TAG, STATUS_TAG, RESULT_VERSION_TAG, ERROR_TAG, NOTE_TAG, JOB_REQUEST_TAG, JOB_DIGEST_TAG,
@@ -134,7 +147,8 @@ def carried_requests(state: VersionState, *, replacing: bool = False) -> list[st
     dies its request is not lost, and if it succeeds the next job finds those ids forgotten already
     (on the promoted version) or unlearns the union from the same version, which honours both."""
     out = merged_requests(state.tags)
-    candidates = [state.handled_request if state.status in (QUEUED, RUNNING) else None]
+    handled = state.handled_request if state.status in (QUEUED, RUNNING) else None
+    candidates = [handled if handled and not handled.startswith("sha256:") else None]  # a key is no URI
     if replacing and state.request and not (state.is_current and state.status in TERMINAL):
         candidates.append(state.request)
     for uri in candidates:
