@@ -616,10 +616,13 @@ def test_requests_waiting_on_a_version_are_merged_into_one_job(env, tmp_path):
     assert report["forget"]["requests"] == [c_uri, a.uri, b.uri]
     assert [r["uri"] for r in report["forget"]["refused_requests"]] == ["/etc/passwd"]
     assert "MLflow artifact URI" in report["forget"]["refused_requests"][0]["reason"]
-    for uri in (a.uri, b.uri, c_uri):  # every request answered with the one version, on its own run
+    for uri in (a.uri, b.uri):  # every request answered with the one version, on its own run
         answer = client.get_run(ledger.request_run_id(uri)).data.tags[ledger.ANSWER_TAG]
         assert answer == f"{merged_model}/{v}: done -> version {result}", answer
         assert wait_for(merged_model, v, request=uri, timeout_s=5, tracking_uri=env.url)["result_version"] == result
+    # c was set by hand and names another tool's run: answered on the version, that run left untouched
+    assert ledger.ANSWER_TAG not in client.get_run(ledger.request_run_id(c_uri)).data.tags
+    assert wait_for(merged_model, v, request=c_uri, timeout_s=5, tracking_uri=env.url)["result_version"] == result
     assert jobs.run_job(merged_model, v) == "skipped: already done"
     assert len(client.search_model_versions(f"name = '{merged_model}'")) == 2  # the source and one result
     # answered: the next request starts a fresh list

@@ -71,8 +71,11 @@ def test_a_merged_job_reads_every_request_once_and_answers_each(tracking, tmp_pa
     client.create_registered_model("m")
     v = client.create_model_version("m", "runs:/0123456789abcdef0123456789abcdef/model").version
     uris = {}
-    for name, ids in (("a", [1, 2, 3]), ("b", [3, 4]), ("c", [9]), ("dup", [5, 5, 6])):
-        with mlflow.start_run() as run:
+    for name, ids, owner in (("a", [1, 2, 3], "m/1"), ("b", [3, 4], "m/1"), ("c", [9], "m/1"), ("dup", [5, 5, 6], "m/1"),
+                             ("other", [7], "n/1"), ("tool", [8], None), ("sibling", [6], "m/2")):
+        with mlflow.start_run() as run:  # request runs as `attach` tags them; "tool": another tool's run
+            if owner:
+                mlflow.set_tags({"mlflow_unlearn.role": "request", "mlflow_unlearn.source_model": owner})
             mlflow.log_dict({"ids": ids}, f"forget_set/{name}.json")
         uris[name] = f"runs:/{run.info.run_id}/forget_set/{name}.json"
 
@@ -96,6 +99,14 @@ def test_a_merged_job_reads_every_request_once_and_answers_each(tracking, tmp_pa
 
     assert [answer(uris[k]) for k in "cab"] == ["m/1: done -> version 7"] * 3
     assert answer(uris["dup"]).startswith("m/1: rejected: ") and "repeats ids" in answer(uris["dup"])
+    # a request of another registered model is refused unread; neither it, another tool's run nor
+    # another version's request (both read and unlearned) gets this job's answer written into it
+    j = job(uris["c"])
+    req = jobs._merge_carried(j, [uris["other"], uris["tool"], uris["sibling"]])
+    assert req.ids.tolist() == [6, 8, 9] and "another registered model" in dict(j.refused)[uris["other"]]
+    j.finish(ledger.DONE, result="9", digest=req.digest)
+    assert answer(uris["other"]) is None and answer(uris["tool"]) is None and answer(uris["sibling"]) is None
+    assert answer(uris["c"]) == "m/1: done -> version 9"
     # the request attached now is unreadable: the carried ones are still unlearned, and the note says why
     j = job(uris["dup"])
     assert jobs._merge_carried(j, [uris["c"]]).ids.tolist() == [9] and j.all_requests() == [uris["c"]]

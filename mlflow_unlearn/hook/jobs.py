@@ -220,10 +220,11 @@ class _Job:
 
     def answer_requests(self, outcome: str) -> None:
         """Tag each request's run with its answer: a merged request has no status tag of its own."""
+        owner = f"{self.name}/{self.version}"
         for uri in self.all_requests():
-            ledger.answer_request_run(self.client, uri, f"{self.name}/{self.version}: {outcome}")
+            ledger.answer_request_run(self.client, uri, f"{owner}: {outcome}", owner=owner)
         for uri, reason in self.refused:
-            ledger.answer_request_run(self.client, uri, f"{self.name}/{self.version}: rejected: {reason}")
+            ledger.answer_request_run(self.client, uri, f"{owner}: rejected: {reason}", owner=owner)
 
     def all_requests(self) -> list[str]:
         """The requests this job unlearns (the one attached now unless it was refused, then the merged ones)."""
@@ -273,10 +274,18 @@ def run_job(name: str, version) -> str:
         lock.clear()
 
 
-def _read(uri: str):
+def _read(uri: str, owner: str | None = None, client: MlflowClient | None = None):
     """read_request, with every way a tag's artifact can be unusable as a ForgetSetError (repeats
-    checked here: a merged job's union would hide them)."""
+    checked here: a merged job's union would hide them). With `owner` (`name/version`): a URI naming
+    a request run made for another registered model is refused before it is read (another version of
+    the same model may hand its request on, as a version registered with the tag does)."""
     import numpy as np
+
+    if owner is not None and client is not None:
+        other = ledger.request_run_owner(client, uri)
+        if other is not None and other.rsplit("/", 1)[0] != owner.rsplit("/", 1)[0]:
+            raise ForgetSetError("the forget-set URI names a request made for another registered model; attach the "
+                                 "ids to this model with `mlflow-unlearn attach`")
 
     try:
         req = read_request(uri)
@@ -302,8 +311,9 @@ def _merge_carried(job: _Job, carried: list[str]):
     from ..forget_sets import forget_digest
     from .attach import RequestIds
 
+    owner = f"{job.name}/{job.version}"
     try:
-        own = _read(job.uri)
+        own = _read(job.uri, owner, job.client)
     except ForgetSetError as exc:
         if not carried:
             raise
@@ -311,7 +321,7 @@ def _merge_carried(job: _Job, carried: list[str]):
     merged, ids = [], [] if own is None else [np.asarray(own.ids)]
     for uri in carried:
         try:
-            ids.append(np.asarray(_read(uri).ids))
+            ids.append(np.asarray(_read(uri, owner, job.client).ids))
             merged.append(uri)
         except ForgetSetError as exc:
             job.refused += ((uri, _message(exc)),)

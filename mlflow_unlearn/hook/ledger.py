@@ -176,14 +176,30 @@ def request_run_id(uri: str) -> str | None:
     return m.group(1) if m else None
 
 
-def answer_request_run(client: MlflowClient, uri: str, answer: str) -> None:
-    """Tag the request's run with its answer (a merged request's only per-request answer; best effort)."""
+def request_run_owner(client: MlflowClient, uri: str) -> str | None:
+    """`name/version` when `uri` names a request run (role `request`, made by `attach` or recorded by
+    a job) for that model version, else None (another tool's run, no run, or an unreadable one)."""
     run_id = request_run_id(uri)
-    if run_id:
-        try:
-            client.set_tag(run_id, ANSWER_TAG, answer[:MAX_TAG_VALUE])
-        except MlflowException:
-            pass
+    if not run_id:
+        return None
+    try:
+        tags = client.get_run(run_id).data.tags
+    except MlflowException:
+        return None
+    return tags.get(Tag.SOURCE_MODEL) if tags.get(Tag.ROLE) == "request" else None
+
+
+def answer_request_run(client: MlflowClient, uri: str, answer: str, *, owner: str) -> bool:
+    """Tag the request's run with its answer, only when it is a request run made for `owner`
+    (`name/version`): a URI naming any other run (another model's request, another tool's run)
+    never gets this job's answer written into it. Returns whether it was tagged (best effort)."""
+    if request_run_owner(client, uri) != owner:
+        return False
+    try:
+        client.set_tag(request_run_id(uri), ANSWER_TAG, answer[:MAX_TAG_VALUE])
+        return True
+    except MlflowException:
+        return False
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
