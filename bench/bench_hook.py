@@ -12,7 +12,14 @@ Each request's forget set is logged beforehand (as `attach` does), so what is ti
 - latency: requests one at a time with 1 worker: tag set -> job started (`started_at` tag) and
   -> new version registered (its creation timestamp); p50 and p95;
 - throughput: all requests set as one burst, with 1 and then 2 workers: results per minute from the
-  first tag to the last registration, with the same latencies (which now include queueing).
+  first tag to the last registration, with the same latencies (which now include queueing);
+- concurrent attaches (`--concurrent N`, default 20): N `mlflow-unlearn attach` calls for distinct
+  ids on ONE version, each in its own process, started together, with 1 and then 2 workers:
+  requests made, attach errors, answered, lost (no answer within --drain-timeout), versions made
+  from that version, whether the version the `unlearned` alias serves lacks the union, drain time.
+
+    .venv/bin/python bench/bench_hook.py --quick --no-burst --concurrent 20                       # SQLite
+    .venv/bin/python bench/bench_hook.py --quick --no-burst --concurrent 20 --backend postgres --queue redis
 """
 from __future__ import annotations
 
@@ -50,6 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--subset", type=int, default=None, help="digits train subset (default: all 1437)")
     ap.add_argument("--workdir", default=str(ROOT / "bench" / "out" / "hook"))
     ap.add_argument("--quick", action="store_true", help="skip the latency phase")
+    ap.add_argument("--no-burst", action="store_true", help="skip the burst (throughput) phase")
+    ap.add_argument("--concurrent", type=int, default=20, help="attach processes on one version at once (0: skip)")
+    ap.add_argument("--concurrent-ids", type=int, default=5, help="ids per concurrent request")
+    ap.add_argument("--drain-timeout", type=float, default=1200.0, help="seconds to wait for every answer")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
     ap.add_argument("--backend", default="sqlite", choices=("sqlite", "postgres"),
                     help="the MLflow server's backend store: SQLite in --workdir, or a fresh database on the "
@@ -190,7 +201,15 @@ def main(argv=None) -> int:
             local.stop(hook)
             hook = None
 
-        for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
+        for workers in [int(w) for w in args.workers.split(",") if w.strip()] if args.concurrent > 0 else []:
+            print(f"concurrent phase: {args.concurrent} attach processes on one version, {workers} worker(s) ...", flush=True)
+            hook, _ = start_hook(workers, f"concurrent{workers}")
+            results["phases"][f"concurrent_{workers}_workers"] = concurrent_attaches(
+                client, model, server_url, trained.run_id, n_train, workers, args)
+            local.stop(hook)
+            hook = None
+
+        for workers in [int(w) for w in args.workers.split(",") if w.strip()] if not args.no_burst else []:
             print(f"throughput phase: burst of {args.requests} requests, {workers} {args.worker_type} worker(s) ...", flush=True)
             hook, _ = start_hook(workers, f"burst{workers}")
             warm_up()
@@ -221,9 +240,19 @@ def main(argv=None) -> int:
           f"plan {args.plan!r}; {args.forget} ids per request; small_cnn width {args.width} on digits")
     print()
     print(f"backend {args.backend}, queue {args.queue}")
-    print("| phase | n | tag -> start p50 (s) | p95 (s) | tag -> registered p50 (s) | p95 (s) | results/min | gate paths |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, s in results["phases"].items():
+    concurrent = {k: v for k, v in results["phases"].items() if k.startswith("concurrent_")}
+    if concurrent:
+        print("| backend, queue | workers | requests | attach errors | answered | lost | versions made | serving lacks the union | drain (s) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, c in concurrent.items():
+            print(f"| {args.backend}, {args.queue} | {c['workers']} | {c['requests']} | {c['attach_errors']} | {c['answered']} | "
+                  f"{c['lost']} | {c['versions_made']} | {'yes' if c['serving_lacks_union'] else 'NO'} | {c['drain_s']:.0f} |")
+        print()
+    bursts = {k: v for k, v in results["phases"].items() if not k.startswith("concurrent_")}
+    if bursts:
+        print("| phase | n | tag -> start p50 (s) | p95 (s) | tag -> registered p50 (s) | p95 (s) | results/min | gate paths |")
+        print("|---|---|---|---|---|---|---|---|")
+    for name, s in bursts.items():
         tp = f"{s['throughput_per_min']:.1f}" if "throughput_per_min" in s else "-"
         paths = ", ".join(f"{k} {v}" for k, v in s.get("gate_paths", {}).items())
         print(f"| {name} | {s['n']} | {s['to_start_s']['p50']:.2f} | {s['to_start_s']['p95']:.2f} | "
@@ -231,6 +260,58 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str))
     return 0
+
+
+ATTACH_SCRIPT = """
+import json, sys
+from mlflow_unlearn.hook.attach import attach
+model, version, url, ids = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+res = attach(model, version, ids, tracking_uri=url)
+print(json.dumps({"run_id": res.run_id}))
+"""
+
+
+def concurrent_attaches(client, model: str, server_url: str, run_id: str, n_train: int, workers: int, args) -> dict:
+    """N `attach` processes for distinct ids on one fresh version, started together; then wait for
+    every request run's answer (or --drain-timeout) and count what happened."""
+    import subprocess
+
+    import mlflow
+    import numpy as np
+
+    from mlflow_unlearn.hook import ledger
+    from mlflow_unlearn.tracking import read_lineage, run_model_id
+
+    v = str(mlflow.register_model(f"models:/{run_model_id(run_id)}", model).version)
+    ids = np.random.RandomState(1000 + workers).permutation(n_train)[: args.concurrent * args.concurrent_ids]
+    sets = [sorted(int(i) for i in ids[k::args.concurrent]) for k in range(args.concurrent)]
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, "-c", ATTACH_SCRIPT, model, v, server_url, json.dumps(one)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT)) for one in sets]
+    outs = [p.communicate(timeout=600) for p in procs]
+    attach_s = time.time() - t0
+    made = [(json.loads(out.strip().splitlines()[-1])["run_id"], one) for (out, _), p, one in zip(outs, procs, sets)
+            if p.returncode == 0 and out.strip()]
+    errors = [err.strip().splitlines()[-1][:200] if err.strip() else f"exit {p.returncode}"
+              for (_, err), p in zip(outs, procs) if p.returncode != 0]
+    answers, deadline = {}, time.time() + args.drain_timeout
+    while len(answers) < len(made) and time.time() < deadline:
+        for run, _ in made:
+            if run not in answers and (a := client.get_run(run).data.tags.get(ledger.ANSWER_TAG)):
+                answers[run] = a
+        time.sleep(1)
+    drain_s = time.time() - t0
+    versions = client.search_model_versions(f"name = '{model}' and tags.`{ledger.SOURCE_VERSION_TAG}` = '{v}'")
+    union = set().union(*(set(one) for _, one in made)) if made else set()
+    try:
+        serving = client.get_model_version_by_alias(model, "unlearned")
+        lacks = union <= set(read_lineage(client, serving)[0].forgotten.tolist())
+    except Exception:
+        lacks = False
+    return {"workers": workers, "requests": len(made), "attach_errors": len(errors), "errors": errors[:5],
+            "answered": len(answers), "lost": len(made) - len(answers), "versions_made": len(versions),
+            "answers_done": sum(": done" in a for a in answers.values()), "serving_lacks_union": lacks,
+            "attach_s": attach_s, "drain_s": drain_s}
 
 
 if __name__ == "__main__":

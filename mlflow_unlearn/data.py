@@ -55,6 +55,23 @@ class DatasetSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def host_paths(self) -> list[str]:
+        """The paths on this host the spec reads: an imagefolder tree (or archive), a torchvision root."""
+        paths = [self.name[len("imagefolder:"):]] if self.name.startswith("imagefolder:") else []
+        return paths + ([self.root] if self.root else [])
+
+    def check_within(self, roots: "list[str]") -> None:
+        """Refuse a spec that reads outside `roots` (the registry hook's --data-root): a model's manifest
+        is registry content, and loading a path it names would tell whoever registered it whether
+        that path exists on the worker. The message names neither the path nor whether it exists."""
+        allowed = [os.path.realpath(r) for r in roots]
+        for path in self.host_paths():
+            real = os.path.realpath(os.path.expanduser(path))  # symlinks resolved: no escaping a root through one
+            if not any(os.path.commonpath([real, root]) == root for root in allowed):
+                raise DatasetError("the source model's dataset reads files on this host outside the configured data "
+                                   "roots; start the hook with --data-root <folder holding the training data> (or "
+                                   "MLFLOW_UNLEARN_HOOK_DATA_ROOTS) to allow it")
+
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetSpec":
         known = {f.name for f in dataclasses.fields(cls)}

@@ -105,10 +105,11 @@ def resolve_forget_source(forget) -> Any:
 
 
 def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "auto", tier_names=None,
-            budget: float | None = DEFAULT_BUDGET) -> ForgetContext:
+            budget: float | None = DEFAULT_BUDGET, data_roots: list[str] | None = None) -> ForgetContext:
     """Load a registered source version and validate a forget set against its training manifest.
     `budget`: the most compute the request may use, a fraction in (0, 1] of the source's original
-    training (None: unlimited)."""
+    training (None: unlimited). `data_roots` (the registry hook): refuse a source whose dataset reads
+    files on this host outside these folders (None: no restriction, the CLI's own data)."""
 
     names = tuple(tier_names or DEFAULT_TIERS)
     if budget is not None:
@@ -125,7 +126,7 @@ def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "aut
         raise AlreadyForgotten(source.uri, len(fs), fs.digest)
     check_something_retained(len(new) + len(source.forgotten), len(labels), what="this request and the earlier ones",
                              error=ForgetSetError)
-    data = source.load_data(resolve_device(device))
+    data = source.load_data(resolve_device(device), data_roots=data_roots)
     tiers = tiers_from_c_proxy(new, c_proxy, names=names) if len(new) >= len(names) else {"all": new}
     histogram = tier_histogram(fs.ids, c_proxy, names=names)
     return ForgetContext(source=source, data=data, forget=fs, tiers=tiers, histogram=histogram, seed=seed,

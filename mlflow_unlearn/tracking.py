@@ -509,7 +509,10 @@ class SourceModel:
         recorded = self.manifest.get("train_passes", self.model_spec.get("train_passes"))
         return original_train_passes(self.model_spec["train_config"], len(self.manifest["labels"]), recorded)
 
-    def load_data(self, device="cpu", *, check_digest: bool = True) -> ImageData:
+    def load_data(self, device="cpu", *, check_digest: bool = True, data_roots: list[str] | None = None) -> ImageData:
+        """The source's data; with `data_roots` (the hook), only when every path it reads lies under one."""
+        if data_roots is not None:
+            self.dataset_spec.check_within(data_roots)
         data = load_dataset(self.dataset_spec, device=device)
         want = self.manifest.get("dataset_digest")
         if check_digest and want and data.digest != want:

@@ -87,3 +87,24 @@ def test_augmentation_is_a_seeded_crop_and_flip():
     # a crop keeps an inner window of the image: some original pixel rows survive intact
     shifted = augment_batch(x, pad=2, flip=False, generator=torch.Generator().manual_seed(3))
     assert any(torch.equal(shifted[0, 0, r, 2:6], x[0, 0, rr, 2 + dx:6 + dx]) for r in range(8) for rr in range(8) for dx in (-2, -1, 0, 1, 2) if 0 <= 2 + dx and 6 + dx <= 8)
+
+
+def test_a_spec_reading_outside_the_data_roots_is_refused_without_naming_the_path(tmp_path):
+    from mlflow_unlearn.data import DatasetError, DatasetSpec
+
+    inside, outside = tmp_path / "data" / "tree", tmp_path / "secret-home" / "tree"
+    make_imagefolder(inside)
+    DatasetSpec(name=f"imagefolder:{inside}").check_within([str(tmp_path / "data")])
+    DatasetSpec(name="digits").check_within([])  # embedded: reads no host path
+    (tmp_path / "data" / "escape").symlink_to(tmp_path / "secret-home")
+    messages = set()
+    for spec in (DatasetSpec(name=f"imagefolder:{outside}"),  # does not exist
+                 DatasetSpec(name=f"imagefolder:{inside}"),  # exists, but no root allows it
+                 DatasetSpec(name=f"imagefolder:{tmp_path / 'data' / 'escape' / 'tree'}"),  # out through a symlink
+                 DatasetSpec(name="cifar10", root=str(tmp_path / "secret-home"))):
+        roots = [] if spec.name.endswith(str(inside)) else [str(tmp_path / "data")]
+        with pytest.raises(DatasetError) as e:
+            spec.check_within(roots)
+        assert str(tmp_path) not in str(e.value) and "--data-root" in str(e.value)
+        messages.add(str(e.value))
+    assert len(messages) == 1  # the same words whether the path exists or not

@@ -570,6 +570,22 @@ def test_a_request_on_the_serving_alias_follows_it_and_promotes_the_result(env, 
     assert tracking.read_lineage(client, client.get_model_version(served, second))[0].forgotten.tolist() == [
         *range(30, 40), *range(50, 56)]
     assert str(client.get_model_version_by_alias(served, "champion").version) == result
+    # promoted again with 5 ids the served version already lacks and 3 new: the version the alias
+    # leaves still contains 3 examples, not 8
+    attach(served, None, [*range(30, 35), 60, 61, 62], alias="champion", tracking_uri=env.url)
+    assert jobs.run_job(served, result).startswith("done -> version ")
+    third = str(client.get_model_version_by_alias(served, "champion").version)
+    assert third not in (result, second)
+    assert client.get_model_version(served, result).tags[Tag.STILL_CONTAINS].startswith(f"3 examples forgotten in version {third}")
+    # a rollback: champion moved back to vb, which still holds what `result` forgot; a request through
+    # the alias is refused naming both versions, and nothing is registered
+    client.set_registered_model_alias(served, "champion", vb)
+    n_versions = len(client.search_model_versions(f"name = '{served}'"))
+    attach(served, None, [70, 71], alias="champion", tracking_uri=env.url)
+    assert jobs.run_job(served, vb).startswith("rejected")
+    error = ledger.read_state(client, served, vb).tags[ledger.ERROR_TAG]
+    assert f"to version {vb}" in error and f"to version {third}" in error and "moved back" in error, error
+    assert len(client.search_model_versions(f"name = '{served}'")) == n_versions
     with pytest.raises(ValueError, match=r"no alias 'prod'"):
         attach(served, None, [1], alias="prod", tracking_uri=env.url)
     with pytest.raises(ValueError, match="not both"):
@@ -677,6 +693,10 @@ def test_a_result_that_fails_the_gate_escalates_to_an_exact_retrain(env, tmp_pat
     assert tier_checks and all(c["passed"] is not None for c in tier_checks), tier_checks
     lineage, _ = tracking.read_lineage(client, mv)
     assert lineage.requests[-1]["how"] == "retrain" and lineage.forgotten.tolist() == list(range(40, 52))
+    assert report["lineage"]["requests"][-1]["how"] == "retrain"  # the evidence says what produced it
+    superseded = [client.get_run(a["run_id"]).data.tags.get(Tag.SUPERSEDED_BY) for a in attempts]
+    assert superseded[0].startswith("a stronger attempt") and superseded[1].startswith("an exact retrain")
+    assert superseded[2] is None
 
     v2 = str(mlflow.register_model(f"models:/{run_model_id(env.run_id)}", gated).version)
     jobs = _in_process_jobs(env, tmp_path, gated, escalation=())
@@ -685,6 +705,8 @@ def test_a_result_that_fails_the_gate_escalates_to_an_exact_retrain(env, tmp_pat
     state = ledger.read_state(client, gated, v2)
     assert state.status == ledger.FAILED and "acceptance gate" in state.tags[ledger.ERROR_TAG], outcome
     assert results_of(env, v2, gated) == []  # nothing registered
+    failed_run = client.get_run(state.tags[ledger.JOB_RUN_TAG])
+    assert failed_run.data.tags[Tag.GATE] == "failed" and Tag.SUPERSEDED_BY not in failed_run.data.tags  # nothing ran after it
 
     v3 = str(mlflow.register_model(f"models:/{run_model_id(env.run_id)}", gated).version)
     jobs = _in_process_jobs(env, tmp_path, gated, retrain_after_requests=1)

@@ -239,3 +239,41 @@ def test_a_job_that_finishes_while_the_receiver_puts_running_back_is_queued_agai
     monkeypatch.setattr(ledger, "read_state", read_state)
     assert ledger.read_state(client, "m", v).status == ledger.RUNNING  # over the answer, for now
     assert job_queue.queued_targets() == {("m", v)}  # ... and the job that will write it again is queued
+
+
+@pytest.mark.integration  # a tiny imagefolder model and one job
+def test_a_model_whose_data_lies_outside_the_data_roots_is_rejected_without_touching_it(tracking, tmp_path):
+    """A manifest is registry content: the job refuses a source whose dataset names a host path
+    outside --data-root before opening it, in words that do not say whether the path exists; with
+    the folder as a data root the same request is answered."""
+    import shutil
+
+    from test_data import make_imagefolder
+
+    from mlflow_unlearn.hook import jobs
+    from mlflow_unlearn.hook.attach import attach
+    from mlflow_unlearn.steps import train_step
+
+    tree = tmp_path / "data" / "tree"
+    make_imagefolder(tree, n_per_class=12)
+    trained = train_step(dataset=f"imagefolder:{tree}", width=4, epochs=1, registered_model_name="m", progress=False)
+
+    def job(roots, ids):
+        jobs.configure(HookConfig(tracking_uri=tracking, queue=str(tmp_path / f"q{len(ids)}.db"), models=["m"],
+                                  reconcile_interval_s=0, device="cpu", data_roots=roots, escalation=("retrain",),
+                                  budget=1.0))  # 40 images: the default 0.1 is a couple of passes
+        attach("m", trained.version, ids, tracking_uri=tracking)
+        outcome = jobs.run_job("m", trained.version)
+        return outcome, ledger.read_state(MlflowClient(), "m", trained.version).tags.get(ledger.ERROR_TAG)
+
+    from mlflow import MlflowClient
+
+    outcome, error = job([], [0, 1])
+    assert outcome.startswith("rejected") and "--data-root" in error and str(tmp_path) not in error
+    hidden = tmp_path / "moved"
+    shutil.move(str(tree), str(hidden))  # gone: the refusal reads the same
+    outcome, error_gone = job([], [0, 1, 2])
+    assert outcome.startswith("rejected") and error_gone == error
+    shutil.move(str(hidden), str(tree))
+    outcome, _ = job([str(tmp_path / "data")], [0, 1, 2, 3])
+    assert outcome.startswith("done -> version "), outcome

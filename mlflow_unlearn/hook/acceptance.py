@@ -101,7 +101,7 @@ def gated_unlearning(job, cfg: HookConfig, ctx, resolved, before: dict, request_
             stages.append(retrain_stage)
     c_proxy = ctx.source.proxies["c_proxy"] if ctx.source.proxies is not None else None
     attempts = []
-    for path, stage in stages:
+    for position, (path, stage) in enumerate(stages):
         # The stronger attempt may spend twice the budget (at most one training): with a budget that
         # binds, doubling `epochs` alone would change nothing.
         attempt_ctx = ctx if path != "escalated" or ctx.budget is None else dataclasses.replace(
@@ -118,7 +118,9 @@ def gated_unlearning(job, cfg: HookConfig, ctx, resolved, before: dict, request_
         if report.passed or path == "retrained":
             return Gated(result, after, stage, path, attempts, dict(vars(thresholds)),
                           never_seen.source if never_seen is not None else None)
-        job.client.set_tag(result.run_id, Tag.SUPERSEDED_BY, "a stronger attempt (the acceptance gate failed)")
+        if position + 1 < len(stages):  # only when a later attempt runs: with --escalate none nothing supersedes it
+            following = "an exact retrain" if stages[position + 1][0] == "retrained" else "a stronger attempt"
+            job.client.set_tag(result.run_id, Tag.SUPERSEDED_BY, f"{following} (the acceptance gate failed)")
     raise GateFailed(f"the result failed the acceptance gate ({report.summary()}) and "
                      f"escalation {list(cfg.escalation) or 'none'} did not produce one that passes; nothing was "
                      f"registered (attempt runs: {', '.join(a['run_id'] for a in attempts)})")

@@ -43,6 +43,10 @@ def _config_args(p, *, workers_default=None, reconcile_default=None):
                         "(then nothing is registered and the request ends failed)")
     p.add_argument("--retrain-after-fraction", type=float, default=None,
                    help="retrain exactly instead of unlearning once this fraction of the train set is forgotten in total")
+    p.add_argument("--data-root", action="append", default=None, metavar="FOLDER",
+                   help="a folder the source models' training data may be read from (repeat for several; env "
+                        "MLFLOW_UNLEARN_HOOK_DATA_ROOTS, os.pathsep-separated); a model whose manifest names data "
+                        "elsewhere on this host is rejected (default: none, only the embedded datasets)")
     p.add_argument("--retrain-after-requests", type=_int, default=None,
                    help="answer the N-th request since the last retrain (or training) with an exact retrain: at most "
                         "N-1 approximate requests in a row")
@@ -58,6 +62,7 @@ def _config(a, **extra):
         device=getattr(a, "device", None), seed=getattr(a, "seed", None), budget=getattr(a, "budget", None),
         reconcile_interval_s=getattr(a, "reconcile_interval", None), lock_ttl_s=getattr(a, "lock_ttl", None),
         gate=_gate_thresholds(getattr(a, "gate", None)), escalation=_escalation(getattr(a, "escalate", None)),
+        data_roots=getattr(a, "data_root", None),
         retrain_after_fraction=getattr(a, "retrain_after_fraction", None),
         retrain_after_requests=getattr(a, "retrain_after_requests", None), **extra)
 

@@ -67,6 +67,10 @@ class HookConfig:
     # event carries the tag value, 5,000 characters at most); anything larger is refused with 413
     # before it is read, so unsigned floods cannot grow the receiver's memory.
     max_body_bytes: int = 1 << 20
+    # Folders a source model's training data may be read from. A manifest is registry content: without
+    # this, a model registered with `imagefolder:<any path>` would make a worker open that path and
+    # tell its requester whether it exists. Empty: only the embedded datasets (digits).
+    data_roots: list[str] = field(default_factory=list)
     lock_ttl_s: int = 3600  # Redis only: the lock of a worker on a lost host expires after this
     # The acceptance gate (mlflow_unlearn/gate.py) and what a job does when a result fails it: each
     # stage in order until one passes; "retrain" (an exact retrain on retain with the source's
@@ -90,6 +94,7 @@ class HookConfig:
             experiment=os.environ.get("MLFLOW_UNLEARN_HOOK_EXPERIMENT") or DEFAULT_EXPERIMENT,
             budget=parse_budget(os.environ.get("MLFLOW_UNLEARN_BUDGET") or DEFAULT_BUDGET, flag="MLFLOW_UNLEARN_BUDGET"),
             max_body_bytes=_env_int("MLFLOW_UNLEARN_HOOK_MAX_BODY_BYTES", 1 << 20),
+            data_roots=[r for r in os.environ.get("MLFLOW_UNLEARN_HOOK_DATA_ROOTS", "").split(os.pathsep) if r.strip()],
         )
         for key, value in overrides.items():
             if value is not None:

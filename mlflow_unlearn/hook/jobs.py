@@ -26,6 +26,7 @@ Any other exception ends as status failed with the error.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -394,6 +395,7 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
     source_version = follow_alias(job)  # the tagged version, or the one its alias names now
     # the ids read once by read_request, validated here against the source's training manifest
     ctx = request.prepare(f"models:/{job.name}/{source_version}", req.ids, seed=cfg.seed, device=cfg.device,
+                          data_roots=list(cfg.data_roots),
                           budget=cfg.budget)
     ctx.forget.source = req.uri  # what was requested, not "ids"
     # The hook's policy: a registered plan that does not fit this request's tiers falls back to the
@@ -436,7 +438,7 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
                 "already_forgotten_ids": ctx.already_forgotten[:100].tolist(),
                 # the requests this job answers: the one attached now and those merged into it
                 "requests": job.all_requests(), "refused_requests": [{"uri": u, "reason": r} for u, r in job.refused]},
-        lineage={k: v for k, v in ctx.lineage_after(run_id, "rum").to_dict().items() if k != "forgotten"},
+        lineage={k: v for k, v in ctx.lineage_after(run_id, _how(plan, gated.path)).to_dict().items() if k != "forgotten"},
         gate=gated.evidence(), plan=plan.to_dict(), plan_source=plan_source, before=before, after=after,
         against_source=against_source,
         reference=reference, reference_run=reference_run, times=times, reference_tier_acc=reference_tier_acc,
@@ -496,10 +498,29 @@ def follow_alias(job: _Job) -> str:
     if not alias:
         return job.version
     try:
-        return str(job.client.get_model_version_by_alias(job.name, alias).version)
+        served = job.client.get_model_version_by_alias(job.name, alias)
     except MlflowException:
-        raise ForgetSetError(f"the request follows alias {alias!r}, which registered model {job.name!r} no longer has; "
-                             f"set the alias again, or attach to a version") from None
+        raise ForgetSetError(f"the request follows an alias that registered model {job.name!r} no longer has; set the "
+                             f"alias again, or attach to a version") from None
+    # Forgetting is monotone: an alias moved back to a version the hook moved it away from (a
+    # rollback) would serve again what a later version forgot. The hook tagged that version
+    # still_contains when it moved the alias; only the version number is read from the tag.
+    newest, seen = None, {str(served.version)}
+    tags = served.tags or {}
+    while (left := re.search(r"forgotten in version (\d+)", tags.get(Tag.STILL_CONTAINS, ""))) and left.group(1) not in seen:
+        newest = left.group(1)  # follow the alias's moves to the last version it was moved to
+        seen.add(newest)
+        try:
+            tags = job.client.get_model_version(job.name, newest).tags or {}
+        except MlflowException:
+            break
+    if newest is not None:
+        raise ForgetSetError(
+            f"the request follows the alias to version {served.version}, but the hook moved that alias from there on "
+            f"to version {newest}, which forgot examples version {served.version} still holds (the alias was moved "
+            f"back); attach the request to version {newest} or move the alias to it, or attach it to version "
+            f"{served.version} by --version to unlearn from that version on purpose")
+    return str(served.version)
 
 
 def promote(job: _Job, result: str) -> str | None:
@@ -526,12 +547,29 @@ def promote(job: _Job, result: str) -> str | None:
         job.client.set_registered_model_alias(job.name, alias, str(result))
         if source:
             job.client.set_model_version_tag(job.name, source, Tag.STILL_CONTAINS, (
-                f"{(mv.tags or {}).get(Tag.N_FORGET, '?')} examples forgotten in version {result} (forget digest "
+                f"{_newly_forgotten(job.client, mv)} examples forgotten in version {result} (forget digest "
                 f"{(mv.tags or {}).get(Tag.FORGET_DIGEST, '')[:12]}...): alias {alias} moved there"))
         return f"alias {alias} -> version {result}"
     except MlflowException as exc:
         log.warning("job %s/%s: could not promote alias %r to %s: %s", job.name, job.version, alias, result, exc)
         return None
+
+
+def _how(plan, path: str) -> str:
+    """What produced the version, as its lineage records it: an exact retrain, a stronger plan than
+    the one resolved (the gate failed the first attempt), or the resolved RUM plan."""
+    if all(s.algorithm == "retrain" for s in plan.steps):
+        return "retrain"
+    return "rum (stronger plan: the gate failed the first attempt)" if path == "escalated" else "rum"
+
+
+def _newly_forgotten(client: MlflowClient, mv) -> str:
+    """How many ids the result forgot that its source version still holds (its lineage's last entry:
+    ids an earlier request already removed are not counted again)."""
+    try:
+        return str(int(tracking.read_lineage(client, mv)[0].requests[-1]["n_new"]))
+    except Exception:  # a result without a readable lineage: the request's size, as tagged
+        return (mv.tags or {}).get(Tag.N_FORGET, "?")
 
 
 def repair_result(job: _Job, version: str, digest: str) -> list[str]:
