@@ -166,10 +166,15 @@ def main(argv=None) -> int:
             for v, _ in reqs:
                 st = ledger.read_state(client, model, v)
                 res = client.get_model_version(model, st.tags[ledger.RESULT_VERSION_TAG])
+                try:  # the job's whole cost, every attempt (the evidence), in trainings
+                    report = json.loads(mlflow.artifacts.load_text((res.tags or {})[ledger.EVIDENCE_TAG]))
+                    job_cost = float(report["cost"]["attempts_train_fraction"])
+                except Exception:
+                    job_cost = float("nan")
                 rows.append({"version": v, "to_start_s": float(st.tags[ledger.STARTED_AT_TAG]) - t_set[v],
                              "to_registered_s": res.creation_timestamp / 1000.0 - t_set[v],
                              "registered_at": res.creation_timestamp / 1000.0,
-                             "gate": (res.tags or {}).get(Tag.GATE)})
+                             "gate": (res.tags or {}).get(Tag.GATE), "job_cost": job_cost})
             return rows
 
         def summary(rows, span=None):
@@ -177,6 +182,8 @@ def main(argv=None) -> int:
                    for k in ("to_start_s", "to_registered_s")}
             out["n"] = len(rows)
             out["gate_paths"] = {p: sum(1 for r in rows if r["gate"] == p) for p in sorted({r["gate"] for r in rows}, key=str)}
+            out["gate_path_cost"] = {p: sum(r["job_cost"] for r in rows if r["gate"] == p) / max(1, out["gate_paths"][p])
+                                     for p in out["gate_paths"]}
             if span:
                 out["span_s"] = span
                 out["throughput_per_min"] = 60.0 * len(rows) / span
@@ -254,7 +261,8 @@ def main(argv=None) -> int:
         print("|---|---|---|---|---|---|---|---|")
     for name, s in bursts.items():
         tp = f"{s['throughput_per_min']:.1f}" if "throughput_per_min" in s else "-"
-        paths = ", ".join(f"{k} {v}" for k, v in s.get("gate_paths", {}).items())
+        paths = ", ".join(f"{k} {v} (mean job cost {s.get('gate_path_cost', {}).get(k, float('nan')):.3f})"
+                          for k, v in s.get("gate_paths", {}).items())
         print(f"| {name} | {s['n']} | {s['to_start_s']['p50']:.2f} | {s['to_start_s']['p95']:.2f} | "
               f"{s['to_registered_s']['p50']:.2f} | {s['to_registered_s']['p95']:.2f} | {tp} | {paths} |")
     if args.out:

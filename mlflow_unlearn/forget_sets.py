@@ -87,18 +87,21 @@ def read_ids_file(path: str | Path) -> np.ndarray:
     return read_ids_and_digest(path)[0]
 
 
-def read_ids_and_digest(path: str | Path) -> tuple[np.ndarray, str | None]:
+def read_ids_and_digest(path: str | Path, *, label: str | None = None) -> tuple[np.ndarray, str | None]:
     """(ids, the digest the file records or None), reading and parsing the file once. A JSON
-    object may record `digest` beside `ids` (what `attach` logs), so a changed artifact is caught."""
+    object may record `digest` beside `ids` (what `attach` logs), so a changed artifact is caught.
+    `label`: how messages name the file (default: its name; the registry hook passes a fixed label,
+    since the name comes from an untrusted tag and the folder is the worker's)."""
     path = Path(path)
+    name = label or f"forget-set file {path.name!r}"
     if not path.exists():
-        raise ForgetSetError(f"forget-set file {str(path)!r} does not exist")
+        raise ForgetSetError(f"{label or f'forget-set file {str(path)!r}'} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)  # object arrays (pickles) raise ValueError: never loaded
             if arr.ndim != 1 or arr.dtype.kind not in "iuf":
-                raise ForgetSetError(f"forget-set file {path.name!r} holds a {arr.ndim}-d array of dtype kind "
+                raise ForgetSetError(f"{name} holds a {arr.ndim}-d array of dtype kind "
                                      f"{arr.dtype.kind!r}; a forget set is a 1-d array of whole numbers")
             return arr, None
         if suffix == ".json":
@@ -106,7 +109,7 @@ def read_ids_and_digest(path: str | Path) -> tuple[np.ndarray, str | None]:
             recorded = None
             if isinstance(obj, dict):
                 if "ids" not in obj:
-                    raise ForgetSetError(f"forget-set file {path.name!r} is a JSON object without an 'ids' list "
+                    raise ForgetSetError(f"{name} is a JSON object without an 'ids' list "
                                          f"({len(obj)} other key(s)); give {{\"ids\": [...]}} or a plain list")
                 recorded = obj.get("digest") if isinstance(obj.get("digest"), str) else None
                 obj = obj["ids"]
@@ -120,26 +123,26 @@ def read_ids_and_digest(path: str | Path) -> tuple[np.ndarray, str | None]:
             has_header = not re.fullmatch(r"-?\d+", header[0])
             col = header.index("id") if has_header and "id" in header else 0
             values = [r[col] if col < len(r) else "" for r in rows[1 if has_header else 0:]]
-            return _integers(values, path, "row"), None
+            return _integers(values, name, "row"), None
         if suffix in (".txt", ""):
             tokens = [t for t in re.split(r"[\s,]+", path.read_text()) if t]
-            return _integers(tokens, path, "value"), None
+            return _integers(tokens, name, "value"), None
     except ForgetSetError:
         raise
     except (ValueError, OSError) as exc:
         # the exception type only: a parser's message can quote the file, and these messages end up
         # in public tags (the registry hook's mlflow_unlearn.error)
-        raise ForgetSetError(f"cannot read forget-set file {path.name!r}: {type(exc).__name__}") from None
-    raise ForgetSetError(f"forget-set file {str(path)!r} has an unknown suffix; use one of {', '.join(FILE_SUFFIXES)}")
+        raise ForgetSetError(f"cannot read {name}: {type(exc).__name__}") from None
+    raise ForgetSetError(f"{name} has an unknown suffix; use one of {', '.join(FILE_SUFFIXES)}")
 
 
-def _integers(tokens: list[str], path: Path, unit: str) -> np.ndarray:
+def _integers(tokens: list[str], name: str, unit: str) -> np.ndarray:
     """Whole numbers from text tokens; a bad one is named by position, never quoted (it could be
     any file's content)."""
     out = []
     for i, token in enumerate(tokens):
         if not re.fullmatch(r"\s*-?\d+\s*", token):
-            raise ForgetSetError(f"forget-set file {path.name!r}: {unit} {i + 1} is not an integer train id "
+            raise ForgetSetError(f"{name}: {unit} {i + 1} is not an integer train id "
                                  f"(a forget set is whole numbers, one per line or comma-separated)")
         out.append(int(token))
     return np.asarray(out, dtype=np.int64)

@@ -363,6 +363,7 @@ def test_bad_forget_sets_are_rejected_with_the_reason_and_no_new_version(env):
         assert "root:" not in error and "SECRET" not in error and "LEAKY" not in error and "hunter2" not in error
         assert "dataset_spec" not in error and "/tmp" not in error and str(env.workdir) not in error, (what, error)
         assert not cases[what][0].strip() or cases[what][0] not in error, (what, error)  # the tag is not echoed
+        assert not any(n in error for n in ("obj.json", "strings.npy", "request/")), (what, error)  # nor its file name
         assert ledger.RESULT_VERSION_TAG not in state.tags
         assert results_of(env, v) == []
     assert len(client.search_model_versions(f"name = '{MODEL}'")) == n_sources

@@ -216,7 +216,7 @@ def read_request(uri: str) -> RequestIds:
         if len(files) != 1:
             raise ForgetSetError(f"the forget-set URI names a folder with {len(files)} id files; point it at one file")
         local = str(files[0])
-    ids, recorded = read_ids_and_digest(local)
+    ids, recorded = read_ids_and_digest(local, label="the forget-set artifact")
     try:
         digest = forget_digest(ids)
     except (TypeError, ValueError):
