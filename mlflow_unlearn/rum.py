@@ -458,36 +458,37 @@ def default_plan(tier_names: Sequence[str] = DEFAULT_TIERS) -> Plan:
     """The fallback plan used when no searched plan is registered. `tier_names` go from the lowest
     to the highest memorisation (the order tiers are cut in), and the plan applies them in that order.
 
-    - lowest tier: `finetune` for 2 epochs. The RUM paper found that low-memorisation examples need
-      little or nothing (`none` or light fine-tuning did best there): the model predicts them from
-      what it learned from similar examples, and so does the retrained reference. A short retain-only
-      pass costs little and keeps every tier of a deletion request under an active step.
-    - middle tiers: `neggrad_plus` with its defaults (alpha 0.95, lr 0.08): the paper's most robust
-      algorithm across memorisation levels, pushing the forget loss up while holding retain accuracy.
-    - highest tier: `neggrad_plus` with alpha 0.9, a twice stronger forget term: the paper found
-      high-memorisation examples the hardest, where weak algorithms (fine-tuning, `none`) leave them
-      recognisable; the model was right on them only because it memorised them, so the reference
-      gets many of them wrong and the forget term has to move them further.
-    - a single tier (mixed memorisation): `neggrad_plus` with its defaults, the vanilla baseline.
+    - every tier but the highest: `finetune` for 1 epoch on retain. The RUM paper found that low- and
+      mid-memorisation examples need little (`none` or light fine-tuning did best there): the model
+      predicts them from what it learned from similar examples, and so does the retrained reference.
+      A short retain-only pass costs little and keeps every tier of a request under an active step.
+    - highest tier: `neggrad_plus` with lr 0.03 and alpha 0.99, a gentle forget term: the examples the
+      model may have memorised, moved without the damage to retain and test accuracy a stronger
+      setting does.
+    - a single tier (mixed memorisation): the same gentle `neggrad_plus`.
 
-    The retain mode is the DESIGN default `exclude_all`. These are heuristics, not searched values:
-    a plan searched on the model's own data (the search step) should replace them.
+    Why gentle: it is what the registry hook runs when nothing was searched, and its result must pass
+    the acceptance gate (retain and test within 0.05 of the source, each tier's forget accuracy near
+    what a model that never saw it gets); where that needs more, the hook escalates (stronger plan,
+    then an exact retrain). Chosen on selection data only (a digits small_cnn trained with seed 1, ten
+    `random:30` requests drawn with seeds 1000-1009, budget 0.1, the gate's defaults): this plan passed
+    9 of 10; the earlier default (finetune 2 epochs, neggrad_plus lr 0.08 alpha 0.95, alpha 0.9 on the
+    highest tier) passed 1 of 10, failing retain (5), test (7) and the highest tier, forgotten far
+    below never-seen accuracy (9). The reported numbers (another model and requests) are in the
+    README ("The acceptance gate, and escalation"). The retain mode is the default `exclude_all`.
+    These are heuristics, not searched values: a plan searched on the model's own data (the search
+    step) replaces them.
     """
     names = [str(t) for t in tier_names]
     if not names:
         raise PlanError("default_plan needs at least one tier name")
     if len(set(names)) != len(names):
         raise PlanError(f"tier names must be distinct, got {names}")
+    gentle = {"lr": 0.03, "alpha": 0.99}
     if len(names) == 1:
-        return Plan([PlanStep(names[0], "neggrad_plus", {})], DEFAULT_RETAIN_MODE, "default")
-    steps = []
-    for i, tier in enumerate(names):
-        if i == 0:
-            steps.append(PlanStep(tier, "finetune", {"epochs": 2}))
-        elif i == len(names) - 1:
-            steps.append(PlanStep(tier, "neggrad_plus", {"alpha": 0.9}))
-        else:
-            steps.append(PlanStep(tier, "neggrad_plus", {}))
+        return Plan([PlanStep(names[0], "neggrad_plus", dict(gentle))], DEFAULT_RETAIN_MODE, "default")
+    steps = [PlanStep(tier, "finetune", {"epochs": 1}) for tier in names[:-1]]
+    steps.append(PlanStep(names[-1], "neggrad_plus", dict(gentle)))
     return Plan(steps, DEFAULT_RETAIN_MODE, "default")
 
 
