@@ -238,11 +238,13 @@ def test_attach_yields_one_audited_version_and_duplicates_change_nothing(env):
     labels = mlflow.pyfunc.load_model(f"models:/{MODEL}/{new}").predict(raw_images(data, data.test))
     assert float((labels == data.test.y.numpy()).mean()) == pytest.approx(metrics["after"]["test/acc"], abs=1e-6)  # tag rounds to 6 digits
 
-    # The same ids attached again: nothing new.
+    # The same ids attached again, in any order: nothing new.
     again = attach(MODEL, v, "random:24", tracking_uri=env.url)
     assert again.already_attached and again.run_id is None
-    # The same ids attached by another tool (a new tag value pointing to another artifact): done, same result.
     ids = json.loads(Path(mlflow.artifacts.download_artifacts(res.uri, tracking_uri=env.url)).read_text())["ids"]
+    reordered = attach(MODEL, v, ids[::-1], tracking_uri=env.url)
+    assert reordered.already_attached and reordered.uri == res.uri
+    # The same ids attached by another tool (a new tag value pointing to another artifact): done, same result.
     other_uri = log_ids_artifact(env, ids[::-1], "request/ids.txt")
     env.client.set_model_version_tag(MODEL, v, ledger.FORGET_SET_TAG, other_uri)
     state = wait_answer(env, v)
