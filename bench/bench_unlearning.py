@@ -43,11 +43,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe  # noqa: E402
+from mlflow_unlearn.compute import Budget, break_even_requests, original_train_passes  # noqa: E402
 from mlflow_unlearn.confidences import ConfidenceRecorder, heldout_c_proxy  # noqa: E402
 from mlflow_unlearn.gate import NeverSeen, heldout_never_seen, tier_expectation  # noqa: E402
 from mlflow_unlearn.data import DatasetSpec, load_dataset  # noqa: E402
 from mlflow_unlearn.memorization import tiers_from_c_proxy
-from mlflow_unlearn.forget_sets import calibration_forget_sets, mix_forget_set  # noqa: E402
+from mlflow_unlearn.forget_sets import calibration_forget_sets, calibration_pool, mix_forget_set  # noqa: E402
 from mlflow_unlearn.metrics import SplitOutputs, evaluate_unlearning, mean_ci, outputs_for, paired_test  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
 from mlflow_unlearn.rum import Plan, single_algorithm_plan  # noqa: E402
@@ -76,6 +77,8 @@ class Scale:
     seeds: tuple[int, ...]
     val_fraction: float = 0.1  # held out of training; the search's stand-in for the test split
     calibration_sets: int = 2
+    budget: float = 0.1  # compute per request (fraction of the original training): every trial and the main table
+    curve: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)  # the cost-quality curve: every method at each budget
 
 
 # CPU scale (modes algorithms, rum and regime), DESIGN.md section 7: the memorisation regime on a
@@ -90,7 +93,7 @@ PAPER = Scale(subset=None, test_subset=None, model="resnet18", width=64, epochs=
               augment=True, forget=3000, trials=4, max_epochs=2, seeds=(0,))
 # The paper mode's code path at a size that runs in CI on 2 CPU cores.
 SMOKE = Scale(subset=300, test_subset=200, model="resnet18", width=4, epochs=2, batch_size=64, lr=0.1,
-              augment=True, forget=30, trials=2, max_epochs=1, seeds=(0,))
+              augment=True, forget=30, trials=2, max_epochs=1, seeds=(0,), budget=0.5, curve=(0.25, 0.5))
 
 
 def say(*parts) -> None:
@@ -169,6 +172,10 @@ class Original:
     test_acc: float
     seconds: float
     heldout_c_proxy: np.ndarray | None = None  # the validation split's, recorded while training (as `train` does)
+    passes: int = 0  # its example passes (epochs x train images, as train_model runs): the unit of cost
+
+    def budget(self, fraction: float) -> Budget:
+        return Budget.of(fraction, self.passes)
 
 
 def recipe(data, scale: Scale, seed: int) -> TrainRecipe:
@@ -195,7 +202,8 @@ def train_original(data, scale: Scale, seed: int) -> Original:
     out = Original(model, recorder.proxies()["c_proxy"], accuracy(model, data, data.train),
                    accuracy(model, data, data.test), seconds,
                    # float16, as the artifact the gate reads (confidences.save_confidences)
-                   None if held is None else heldout_c_proxy(held.true_class_prob().astype(np.float16)))
+                   None if held is None else heldout_c_proxy(held.true_class_prob().astype(np.float16)),
+                   original_train_passes({"epochs": scale.epochs}, len(data.train)))
     steps = math.ceil(len(data.train) / scale.batch_size) * scale.epochs
     say(f"original: {scale.model} width {scale.width}, {scale.epochs} epochs ({steps} steps of {scale.batch_size}), "
         f"{seconds:.1f} s ({steps * scale.batch_size / seconds:.0f} img/s): train acc {out.train_acc:.4f}, "
@@ -221,17 +229,18 @@ class Target:
     tier_acc: dict | None = None  # the reference's accuracy on each tier of the forget set
     heldout: object = None  # the split standing in for test (validation while selecting; None = test)
     retrained_here: bool = True  # False: loaded from the seed cache (retrain_s was measured by an earlier run)
+    retain_ids: np.ndarray | None = None  # where retain is compared (None: train minus the forget set)
 
     def tier_positions(self) -> dict[str, np.ndarray]:
         return {t: np.searchsorted(self.forget_ids, ids) for t, ids in self.tiers.items()}
 
     def evaluate(self, model, data, seed: int) -> dict[str, float]:
-        u = outputs_for(model, data, self.forget_ids, batch_size=self.eval_batch, heldout=self.heldout)
+        u = outputs_for(model, data, self.forget_ids, self.retain_ids, batch_size=self.eval_batch, heldout=self.heldout)
         return evaluate_unlearning(u, self.reference_outputs, tiers=self.tier_positions(), seed=seed)
 
     def as_reference(self) -> tuning.Reference:
         return tuning.Reference(self.forget_ids, self.tiers, self.reference, self.reference_outputs, self.retrain_s,
-                                self.heldout, self.name)
+                                self.heldout, self.name, self.retain_ids)
 
 
 def make_target(name: str, data, original: Original, forget_ids, scale: Scale, seed: int, *, heldout=None,
@@ -310,7 +319,7 @@ class SeedCache:
                 tiers = {t: z[f"tier_{t}"] for t in meta["tiers"]}
                 target = Target(name, z["forget_ids"], tiers, None, outputs, meta["retrain_s"], meta["eval_batch"],
                                 tier_acc=meta["tier_acc"], heldout=data.val if meta["heldout_is_val"] else None,
-                                retrained_here=False)
+                                retrained_here=False, retain_ids=z["retain_ids"] if "retain_ids" in z.files else None)
             say(f"{name}: cached ({path.name}; retrained {meta['retrain_s']:.1f} s in an earlier run); per tier "
                 f"{'/'.join(fmt(a, 2) for a in target.tier_acc.values())}")
             return target
@@ -322,6 +331,8 @@ class SeedCache:
             arrays = {f"logits_{k}": np.asarray(o.logits, dtype=np.float32) for k, o in target.reference_outputs.items()}
             arrays.update({f"labels_{k}": np.asarray(o.labels) for k, o in target.reference_outputs.items()})
             arrays.update({f"tier_{t}": ids for t, ids in target.tiers.items()})
+            if target.retain_ids is not None:
+                arrays["retain_ids"] = target.retain_ids
             with _replacing(path) as tmp:
                 np.savez_compressed(tmp, meta=json.dumps(meta), forget_ids=target.forget_ids, **arrays)
         return target
@@ -329,6 +340,15 @@ class SeedCache:
     def storage(self) -> str | None:
         """Optuna storage for this seed's studies (None: in memory)."""
         return None if self.dir is None else f"sqlite:///{self.dir / 'studies.db'}"
+
+    def search_cost(self) -> dict:
+        """What scoring each space's trials has cost so far, in trainings, over every run of this seed."""
+        path = None if self.dir is None else self.dir / "search_cost.json"
+        return json.loads(path.read_text()) if path is not None and path.exists() else {}
+
+    def save_search_cost(self, spent: dict) -> None:
+        if self.dir is not None:
+            (self.dir / "search_cost.json").write_text(json.dumps(spent, indent=1) + "\n")
 
 
 @contextlib.contextmanager
@@ -345,10 +365,43 @@ def _replacing(path: Path):
 
 def forget_sets(original: Original, n: int, seed: int, k: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
     """The paper's mix forget set (n/3 from the least, the middle and the most memorised ranks by
-    C-proxy) and `k` calibration sets like it (`calibration_forget_sets`: neighbouring ranks, same
-    train-set bins, disjoint from it and from each other)."""
+    C-proxy) and `k` calibration sets like it, drawn as the product draws them: inside the model's
+    calibration pool (`calibration_pool`: the calibration sets of the canonical mix of this size,
+    so here exactly the neighbouring ranks), same train-set bins, disjoint from it and each other."""
     forget = mix_forget_set(original.c_proxy, n, names=TIERS, seed=seed)
-    return forget, calibration_forget_sets(original.c_proxy, forget, k, names=TIERS, seed=seed)
+    pool = calibration_pool(original.c_proxy, n, k, names=TIERS, seed=seed)
+    return forget, calibration_forget_sets(original.c_proxy, forget, k, names=TIERS, seed=seed, pool=pool)
+
+
+def calibration_targets(cache, data, original: Original, sets: list[np.ndarray], scale: Scale, seed: int) -> list[Target]:
+    """The K calibration sets scored against ONE reference retrained without their union, as the
+    product does (`search.prepare_calibration`): one retrain for K sets, retain compared on train
+    minus the union. Each set is cached as its own Target (outputs only); the retrain is timed once."""
+    names = [f"calibration {j + 1} (pool)" for j in range(len(sets))]
+    cached = [cache.cached_target(name, data) for name in names]
+    if all(t is not None for t in cached):
+        return cached
+    union = np.unique(np.concatenate(sets))
+    init_seed = seed + 1000
+    model, retrain_s = tuning.train_reference(lambda s: new_model(data, scale, s), train_config(scale, init_seed), data,
+                                              union, seed=init_seed)
+    keep = np.ones(len(data.train), dtype=bool)
+    keep[union] = False
+    retain = np.flatnonzero(keep)
+    eval_batch = 4096 if data.device.type == "cuda" else 1024
+    targets = []
+    for name, ids in zip(names, sets):
+        ids = np.sort(np.asarray(ids, dtype=np.int64))
+        t = Target(name, ids, tiers_from_c_proxy(ids, original.c_proxy, TIERS), model,
+                   outputs_for(model, data, ids, retain, batch_size=eval_batch, heldout=data.val), retrain_s, eval_batch,
+                   heldout=data.val, retain_ids=retain)
+        r = evaluate_unlearning(t.reference_outputs, None, tiers=t.tier_positions(), seed=seed)
+        t.tier_acc = {tier: r[f"tier/{tier}/forget_acc"] for tier in TIERS}
+        targets.append(cache.target(name, lambda t=t: t, data))
+    say(f"calibration reference: one retrain without the union of {len(sets)} set(s) ({len(union)} ids), "
+        f"{retrain_s:.1f} s; per set, forget acc per tier: " + "; ".join(
+            "/".join(fmt(a, 2) for a in t.tier_acc.values()) for t in targets))
+    return targets
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,10 +417,11 @@ def row(label: str, metrics: dict, seconds: float, retrain_s: float) -> dict:
 def show(r: dict) -> None:
     say(f"  {r['method']:<34} ToW {r['tow']:.4f}  ToW-MIA {r['tow_mia']:.4f}  MIA gap {r['mia/gap']:.4f}  "
         f"ToW-PE {r['tow_pe']:.4f}  forget/retain/test acc {r['forget/acc']:.3f}/{r['retain/acc']:.3f}/"
-        f"{r['test/acc']:.3f}  {r['time/unlearn_s']:.1f} s ({r['time/fraction_of_retrain']:.3f} of retrain)")
+        f"{r['test/acc']:.3f}  cost {r.get('cost/train_fraction', float('nan')):.4f} of a training, "
+        f"{r['time/unlearn_s']:.1f} s")
 
 
-class Budget:
+class WallClock:
     """Wall-clock seconds for the rest of a run (None: unlimited)."""
 
     def __init__(self, seconds: float | None):
@@ -400,30 +454,38 @@ FINISHED = (_optuna.trial.TrialState.COMPLETE, _optuna.trial.TrialState.PRUNED)
 
 def requeue_stale_trials(study) -> int:
     """Trials left RUNNING by a run that was killed (the bench runs one process per study, so any
-    RUNNING trial at start is stale): mark them failed (tagged `stale`) and queue their points again."""
+    RUNNING trial at start is stale): mark them failed and queue their points again, through Optuna's
+    public API (`tell`; the stale numbers kept in the study's user attribute `stale_trials`)."""
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == _optuna.trial.TrialState.RUNNING]
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "stale", True)
-        study._storage.set_trial_state_values(t._trial_id, _optuna.trial.TrialState.FAIL)
+        study.tell(t.number, state=_optuna.trial.TrialState.FAIL)
         study.enqueue_trial(dict(t.params), skip_if_exists=False)
+    if stale:
+        study.set_user_attr("stale_trials", sorted({*_stale_numbers(study), *(t.number for t in stale)}))
     return len(stale)
+
+
+def _stale_numbers(study) -> set[int]:
+    return {int(n) for n in study.user_attrs.get("stale_trials", [])}
 
 
 def failed_stale(study) -> int:
     """Stale trials do not count against the budget (tuning.optimize counts failed trials)."""
-    return sum(t.state == _optuna.trial.TrialState.FAIL and bool(t.user_attrs.get("stale")) for t in study.trials)
+    stale = _stale_numbers(study)
+    return sum(t.state == _optuna.trial.TrialState.FAIL and t.number in stale for t in study.trials)
 
 
 def counted(study) -> int:
     """Trials that count against the budget: complete, pruned or diverged, not stale, not a repeat
     (a plan an earlier trial scored: free, tuning.counts_against_budget)."""
-    return sum(t.state in (*FINISHED, _optuna.trial.TrialState.FAIL) and not t.user_attrs.get("stale")
+    stale = _stale_numbers(study)
+    return sum(t.state in (*FINISHED, _optuna.trial.TrialState.FAIL) and t.number not in stale
                and tuning.counts_against_budget(t) for t in study.trials)
 
 
 def search_plans(original, data, calibration: list, scale: Scale, seed: int, algorithms, *,
-                 timeout_s: float | None = None, values: dict | None = None, storage: str | None = None
-                 ) -> dict[str, Plan] | None:
+                 timeout_s: float | None = None, values: dict | None = None, storage: str | None = None,
+                 spent: dict | None = None) -> dict[str, Plan] | None:
     """The RUM plan and one tuned setting per baseline algorithm, each from a study of
     `scale.trials` trials (at least the RUM study's known-good points) on the calibration sets.
     `values` (optional) receives each space's best calibration ToW (selection only, never reported
@@ -432,7 +494,7 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     scorer = tuning.CalibrationScorer(original.model, data, [t.as_reference() for t in calibration], seed=seed,
-                                      recipe=recipe(data, scale, seed))
+                                      recipe=recipe(data, scale, seed), budget=original.budget(scale.budget))
     searched = ["none", *[a for a in algorithms if a != "none"]]  # the RUM space: none plus the compared algorithms
     enqueue = tuning.rum_default_trials(TIERS, searched)
     n_trials = max(scale.trials, len(enqueue))  # the same budget for RUM and for every tuned baseline
@@ -454,8 +516,11 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
         if storage is None:
             left = None if timeout_s is None else timeout_s / len(spaces)
         if storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
+            before = scorer.spent_passes
             tuning.optimize(study, candidates, scorer, n_trials=n_trials + failed_stale(study), enqueue=first,
                             observer=_PrintTrials(space), timeout_s=left)
+            if spent is not None:  # what scoring this space's trials cost, in trainings (summed over runs)
+                spent[space] = spent.get(space, 0.0) + (scorer.spent_passes - before) / original.passes
         if storage is not None and counted(study) < n_trials and not tuning.budget_spent(study, n_trials + failed_stale(study)):
             say(f"  search {space}: stopped with {counted(study)} of {n_trials} trials; run the same command again to "
                 "continue")
@@ -598,7 +663,8 @@ def mode_algorithms(args, scale: Scale, device) -> None:
             skipped.append(name)
             continue
         report = tuning.report_plan(name, original.model, data, target.as_reference(), single_algorithm_plan(name),
-                                    seeds=[seed], eval_seed=seed, recipe=recipe(data, scale, seed))
+                                    seeds=[seed], eval_seed=seed, recipe=recipe(data, scale, seed),
+                                    budget=original.budget(scale.budget))
         measured.append((name, report))
         say(f"  {name}: {report.per_seed[0]['time/unlearn_s']:.1f} s")
     retrain_run = next((r.per_seed[0]["time/unlearn_s"] for n, r in measured if n == "retrain"), None)
@@ -610,10 +676,11 @@ def mode_algorithms(args, scale: Scale, device) -> None:
         show(r)
         rows.append(r)
     header = ["algorithm", "forget acc", "retain acc", "test acc", "ToW", "MIA efficacy", "MIA gap", "ToW-MIA",
-              "ToW-PE", "gap high tier", "seconds", "time / retrain"]
+              "ToW-PE", "gap high tier", "cost (trainings)", "seconds", "time / retrain"]
     body = [[r["method"], fmt(r["forget/acc"], 3), fmt(r["retain/acc"], 3), fmt(r["test/acc"], 3), fmt(r["tow"]),
              fmt(r["mia/efficacy"], 3), fmt(r["mia/gap"], 3), fmt(r["tow_mia"]), fmt(r["tow_pe"]),
-             fmt(r["tier/high/gap"], 3), f"{r['time/unlearn_s']:.1f}", fmt(r["time/fraction_of_retrain"], 3)]
+             fmt(r["tier/high/gap"], 3), fmt(r.get("cost/train_fraction"), 4), f"{r['time/unlearn_s']:.1f}",
+             fmt(r["time/fraction_of_retrain"], 3)]
             for r in rows]
     text = "\n".join([
         "# Unlearning algorithms against retrain", "", f"`{command_line()}`", "",
@@ -625,7 +692,9 @@ def mode_algorithms(args, scale: Scale, device) -> None:
         f"1.00 on all three if it fits); seed {seed}; every algorithm with its registered defaults on the whole "
         "forget set, one run each, all in this one run",
         "- ToW, ToW-MIA, ToW-PE: 1 = retrain-equivalent; MIA gap = |MIA efficacy - that of retrain|; "
-        "gap high tier = forget-accuracy gap on the most memorised third; time / retrain = wall seconds of the "
+        f"gap high tier = forget-accuracy gap on the most memorised third; every algorithm but `retrain` (exact) "
+        f"within a budget of {scale.budget:g} of the original training; cost = its example passes / the original's; "
+        "time / retrain = wall seconds of the "
         "algorithm divided by " + ("the `retrain` row's seconds (the same recipe, timed in this run)" if retrain_run
                                    is not None else f"the reference's retrain seconds ({retrain_s:.1f})"), "",
         table(header, body), "",
@@ -640,7 +709,7 @@ def mode_algorithms(args, scale: Scale, device) -> None:
 # Mode 2 (and 3): RUM with a searched plan vs the best single algorithm, vanilla vs per-tier
 
 
-def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None) -> dict:
+def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" = None) -> dict:
     """One seed: its own subset, original, forget and calibration sets, references and searches.
     Selection first (calibration sets, validation split), then reporting on the evaluated set."""
     say(f"\n=== seed {seed} ===")
@@ -657,53 +726,59 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
             say(f"  search: stored in {search_path(args, seed)} ({search_record.get('finished', '?')}); plans "
                 + "; ".join(f"{k} `{v}`" for k, v in search_record["plans"].items()))
         else:
-            calibration = [cache.target(f"calibration {j + 1}", lambda j=j, ids=ids: make_target(
-                f"calibration {j + 1}", data, original, ids, scale, seed, heldout=data.val), data)
-                for j, ids in enumerate(calibration_ids)]
+            calibration = calibration_targets(cache, data, original, calibration_ids, scale, seed)
             timeout = None if budget is None else max(min(args.search_s, budget.left() - 0.5 * args.search_s), 1.0)
             if args.stop_after_s is not None:  # a run cut to fit a session: stop starting trials in time
                 left = args.stop_after_s - (time.perf_counter() - T0)
                 timeout = max(1.0, left if timeout is None else min(timeout, left))
-            values = {}
+            values, spent = {}, cache.search_cost()
             plans = search_plans(original, data, calibration, scale, seed, args.algorithms, timeout_s=timeout,
-                                 values=values, storage=cache.storage())
+                                 values=values, storage=cache.storage(), spent=spent)
+            cache.save_search_cost(spent)
             if plans is None:  # stopped by --stop-after-s with trials left: the next run continues the studies
                 return None
-            search_record = save_search(args, scale, seed, plans, values, calibration, device)
+            search_record = save_search(args, scale, seed, plans, values, calibration, device, spent)
     target = cache.target("evaluated", lambda: make_target("evaluated", data, original, forget, scale, seed), data)
     second = cache.target("evaluated (second retrain)", lambda: make_target(
         "evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000), data)
     calibration = calibration or [t for j in range(scale.calibration_sets)
-                                   if (t := cache.cached_target(f"calibration {j + 1}", data))]
+                                   if (t := cache.cached_target(f"calibration {j + 1} (pool)", data))]
     gate_check = never_seen_check(original, data, target, calibration)
     floor = tuning.noise_floor(second.as_reference(), target.as_reference(), data, seed=seed)
     say(f"noise floor (retrain vs retrain): ToW {floor['floor/tow']:.4f}, ToW-PE {floor['floor/tow_pe']:.4f}, "
         f"MIA gap {floor['floor/mia_gap']:.4f}")
     reference = target.as_reference()
-    # Unlearning seconds are divided by a retrain timed in this run where there is one (the machine's
-    # speed changes between sessions: 700.6 s and 772.5 s for the same retrain on two machines)
-    timing = next((t for t in (target, second) if t.retrained_here), target)
+    # Every method runs under a compute budget and reports its cost in trainings (example passes /
+    # the original's): at the main budget for the table, and at each budget of the curve. `none`
+    # costs nothing and runs once. Seconds are kept as measured, never divided by another run's.
     methods = [("RUM, searched plan", plans.get("rum")), ("none (no unlearning)", single_algorithm_plan("none"))]
     for a in args.algorithms:
         methods += [(f"{a} (defaults)", single_algorithm_plan(a)), (f"{a} (tuned)", plans.get(a))]
-    rows = []
+    budgets = sorted({scale.budget, *scale.curve})
+    rows, curve = [], []
     for label, plan in methods:
         if plan is None:
             continue
-        projected = target.retrain_s * 12 / scale.epochs  # at most ~10 epochs of retain at the defaults
-        if budget is not None and not budget.allows(projected):
-            say(f"  {label:<34} skipped: projected {projected:.0f} s, {budget.left():.0f} s left")
-            continue
-        report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
-                                    recipe=recipe(data, scale, seed))
-        m = report.per_seed[0]
-        r = row(label, m, m["time/unlearn_s"], timing.retrain_s)
-        r.update(plan=plan.to_compact(), unchanged=report.unchanged)
-        show(r)
-        rows.append(r)
+        for fraction in ([scale.budget] if label.startswith("none") else budgets):
+            if budget is not None and not budget.allows(target.retrain_s * fraction * 1.5):
+                say(f"  {label:<34} at budget {fraction:g} skipped: {budget.left():.0f} s left")
+                continue
+            report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
+                                        recipe=recipe(data, scale, seed), budget=original.budget(fraction))
+            r = dict(report.per_seed[0], method=label, budget=fraction, plan=plan.to_compact(), unchanged=report.unchanged)
+            curve.append(r)
+            if fraction == scale.budget:
+                show(r)
+                rows.append(r)
+    retrain_fraction = (len(data.train) - len(forget)) / len(data.train)  # a retrain: epochs x retain
+    union = np.unique(np.concatenate(calibration_ids)) if len(calibration_ids) else np.zeros(0, dtype=np.int64)
+    spent = (search_record or {}).get("search_cost") or {}
+    costs = {"calibration_reference": (len(data.train) - len(union)) / len(data.train),
+             "rum_search": spent.get("rum", float("nan")), "baseline_searches": {k: v for k, v in spent.items() if k != "rum"},
+             "retrain": retrain_fraction}
     return {"seed": seed, "machine": machine(device), "n_train": len(data.train), "n_test": len(data.test), "train_acc": original.train_acc,
             "test_acc": original.test_acc, "original_s": original.seconds, "retrain_s": target.retrain_s, "rows": rows,
-            "ratio_retrain": {"name": timing.name, "seconds": timing.retrain_s, "in_this_run": timing.retrained_here},
+            "curve": curve, "costs": costs, "budget": scale.budget, "original_passes": original.passes,
             "tier_acc": target.tier_acc, "floor": floor, "never_seen_check": gate_check,
             "plans": {k: v.to_compact() for k, v in plans.items()},
             "search": None if search_record is None else {k: search_record.get(k) for k in (
@@ -719,7 +794,8 @@ def run_seed(args, scale: Scale, seed: int, device, budget: Budget | None = None
 def config_key(args, scale: Scale) -> dict:
     """What must match for two seeds to share a table (everything but the seed itself)."""
     fields = {k: v for k, v in dataclasses.asdict(scale).items() if k != "seeds"}
-    return {"scale": fields, "algorithms": list(args.algorithms), "data": Path(args.data).name}
+    # as JSON reads it back (tuples become lists), so a stored key compares equal to this one
+    return json.loads(json.dumps({"scale": fields, "algorithms": list(args.algorithms), "data": Path(args.data).name}))
 
 
 def seed_path(args, seed: int) -> Path:
@@ -747,14 +823,15 @@ def search_path(args, seed: int) -> Path:
     return Path(args.results_dir) / f"seed{seed}-search.json"
 
 
-def save_search(args, scale: Scale, seed: int, plans: dict, values: dict, calibration: list, device) -> dict:
+def save_search(args, scale: Scale, seed: int, plans: dict, values: dict, calibration: list, device,
+                spent: dict | None = None) -> dict:
     """The selection half of a seed (calibration references + studies: about two thirds of a CPU
     seed's hours), stored before the reporting half runs, so a run cut short resumes from it. The
     reporting half never reads anything but the plans."""
     record = {"config": config_key(args, scale), "seed": seed, "machine": machine(device), "command": command_line(),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "plans": {k: v.to_compact() for k, v in plans.items()},
-              "calibration_tow": values,
+              "calibration_tow": values, "search_cost": spent or {},
               "calibration": [{"retrain_s": t.retrain_s, "tier_acc": t.tier_acc} for t in calibration]}
     if args.results_dir is not None:
         path = search_path(args, seed)
@@ -808,18 +885,20 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
         mean, lo, hi = mean_ci(vals)
         return fmt(mean, digits) if len(vals) < 2 else f"{fmt(mean, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"
 
-    header = ["method", "n", "ToW", "MIA gap", "ToW-MIA", "ToW-PE", "forget acc", "time / retrain"]
+    header = ["method", "n", "ToW", "MIA gap", "ToW-MIA", "ToW-PE", "forget acc", "cost (trainings)"]
     def label(m):  # a method whose predictions never differed from the original's is marked
         rows = [r for r in per[m] if r is not None]
         return m + (" (unchanged)" if rows and all(r.get("unchanged") for r in rows) else "")
 
     floors = [res["floor"] for res in results]
     body = [[label(m), str(sum(r is not None for r in per[m])), ci(m, "tow"), ci(m, "mia/gap", 3), ci(m, "tow_mia"),
-             ci(m, "tow_pe"), ci(m, "forget/acc", 3), ci(m, "time/fraction_of_retrain", 3)] for m in methods]
+             ci(m, "tow_pe"), ci(m, "forget/acc", 3), ci(m, "cost/train_fraction", 4)] for m in methods]
     floor_cell = lambda key, d=4: (fmt(mean_ci([f[key] for f in floors])[0], d) if len(floors) < 2 else
                                    "{} [{}, {}]".format(*(fmt(v, d) for v in mean_ci([f[key] for f in floors]))))
+    retrain_cost = [res["costs"]["retrain"] for res in results if res.get("costs")]
     body.append(["retrain vs retrain (noise floor)", str(len(floors)), floor_cell("floor/tow"),
-                 floor_cell("floor/mia_gap", 3), floor_cell("floor/tow_mia"), floor_cell("floor/tow_pe"), "-", "1"])
+                 floor_cell("floor/mia_gap", 3), floor_cell("floor/tow_mia"), floor_cell("floor/tow_pe"), "-",
+                 fmt(float(np.mean(retrain_cost)), 4) if retrain_cost else "-"])
 
     tests = []
     rum = "RUM, searched plan"
@@ -846,9 +925,6 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
             plans.append(f"  (seed {res['seed']} best calibration ToW, selection only: " + ", ".join(
                 f"{k} {v:.4f}" for k, v in search["calibration_tow"].items()) + ")")
     retrain = ", ".join(f"{res['retrain_s']:.1f}" for res in results)
-    ratio_by = "; ".join(f"{r['seconds']:.1f} s ({r['name']}, {'this' if r['in_this_run'] else 'an earlier'} run)"
-                         for r in (res.get("ratio_retrain") or {"name": "evaluated", "seconds": res["retrain_s"],
-                                                                 "in_this_run": True} for res in results))
     tier_acc = "; ".join("/".join(fmt(a, 2) for a in res["tier_acc"].values()) for res in results)
     return "\n".join([
         f"# {title}", "", f"`{command_line()}`", "",
@@ -858,23 +934,116 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
         f"the reference's forget accuracy per tier low/mid/high, per seed: {tier_acc}",
         f"- selection: `mlflow_unlearn.tuning` (Optuna TPE, seeded, median pruner), objective mean ToW over "
         f"{scale.calibration_sets} calibration mix forget sets like the evaluated one (disjoint, neighbouring "
-        f"memorisation ranks, each with its own retrain), the validation split ({scale.val_fraction:g} of the subset) "
+        f"memorisation ranks, all scored against ONE reference retrained without their union, as the product's "
+        f"calibration reference), every trial within the budget {scale.budget:g}, the validation split "
+        f"({scale.val_fraction:g} of the subset) "
         f"standing in for test; the RUM study (space: none + {', '.join(args.algorithms)}; whole-set and per-tier "
         f"plans; its defaults first) and one study per tuned baseline get the same number of trials "
         f"(at least {scale.trials}), max_epochs {scale.max_epochs}",
         "- reporting: every method on the evaluated forget set and the test split, which no selection touched; "
         "defaults = the algorithm's registered defaults on the whole forget set; (unchanged) = predictions equal "
         "the original's on every split; the noise floor is a second retrain (another seed) against the reference",
-        "- cells: mean [95% Student-t interval] over seeds (one seed: its value, no interval); time / retrain = "
-        f"unlearning wall seconds / the seconds of a retrain timed in the same run where one ran, per seed: {ratio_by}",
+        "- cells: mean [95% Student-t interval] over seeds (one seed: its value, no interval); every method within "
+        f"a budget of {scale.budget:g} of the original training (equal compute; `retrain` is exact); cost = its "
+        "example passes / the original training's (the same on every machine; seconds stay in the seed JSONs)",
         "", table(header, body), "",
         "Paired tests over seeds (difference a - b; ToW: higher is better, MIA gap: lower is better):", "",
         (table(["a - b", "metric", "n", "mean diff [95% CI]", "t", "p", "better"], tests) if len(results) >= 2 else
          f"(none yet: a paired test needs at least 2 seeds, {len(results)} stored)"), "",
         *verdict_lines(per, pairs, floors), "",
+        *curve_lines(args, results, floors), "",
+        *cost_lines(results), "",
         "Searched plans:", "", *plans, "",
         *never_seen_lines([(res["seed"], res["never_seen_check"]) for res in results if res.get("never_seen_check")]),
     ])
+
+
+def curve_table(results: list[dict]) -> tuple[list[float], dict[str, dict[float, list[float]]]]:
+    """(budgets, method -> budget -> ToW per seed) from every stored seed's curve rows."""
+    budgets = sorted({r["budget"] for res in results for r in res.get("curve", [])})
+    by: dict[str, dict[float, list[float]]] = {}
+    for res in results:
+        for r in res.get("curve", []):
+            by.setdefault(r["method"], {}).setdefault(r["budget"], []).append(r["tow"])
+    return budgets, by
+
+
+def curve_lines(args, results: list[dict], floors: list[dict]) -> list[str]:
+    """The cost-quality curve: held-out ToW of every method at each budget (mean [95% interval] over
+    seeds), with `none` at cost 0 and the retrain floor at about one training; also a plot."""
+    budgets, by = curve_table(results)
+    if not budgets:
+        return []
+
+    def cell(vals):
+        if not vals:
+            return "-"
+        mean, lo, hi = mean_ci(vals)
+        return fmt(mean) if len(vals) < 2 else f"{fmt(mean)} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
+
+    rows = [[m] + [cell(v.get(b, [])) for b in budgets] for m, v in by.items() if not m.startswith("none")]
+    none = by.get("none (no unlearning)", {})
+    rows.append(["none (no unlearning), cost 0"] + [cell(sum(none.values(), []))] * len(budgets))
+    rows.append(["retrain vs retrain, about one training"] + [cell([f["floor/tow"] for f in floors])] * len(budgets))
+    plot = write_curve_plot(args, budgets, by, floors)
+    return ["Cost-quality curve (held-out ToW; each method run within each budget, as a fraction of the original "
+            "training; plans selected at the main budget and applied at each):", "",
+            table(["method"] + [f"budget {b:g}" for b in budgets], rows), "",
+            *([f"![cost-quality curve]({plot})", ""] if plot else [])]
+
+
+def write_curve_plot(args, budgets, by, floors) -> str | None:
+    """docs/<bench>_curve.png (only with --out-dir): ToW against budget per method."""
+    if args.out_dir is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m, v in by.items():
+        if m.startswith("none"):
+            vals = sum(v.values(), [])
+            ax.scatter([0.0], [np.mean(vals)], marker="x", color="black", label="none (cost 0)")
+            continue
+        xs = [b for b in budgets if v.get(b)]
+        ax.plot(xs, [np.mean(v[b]) for b in xs], marker="o", label=m)
+    if floors:
+        ax.axhline(np.mean([f["floor/tow"] for f in floors]), color="grey", linestyle="--",
+                   label="retrain vs retrain (about 1 training)")
+    ax.set_xlabel("budget (fraction of the original training)")
+    ax.set_ylabel("held-out ToW (1 = retrain)")
+    ax.set_title("Cost-quality curve")
+    ax.legend(fontsize=7)
+    name = f"bench_{args.mode}_curve.png"
+    path = Path(args.out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return name
+
+
+def cost_lines(results: list[dict]) -> list[str]:
+    """The first request's cost (the calibration reference + the RUM search + the request) and each
+    later one's (the request alone), in trainings, and after how many requests unlearning costs less
+    in total than retraining every time (compute.break_even_requests), per seed."""
+    out = []
+    for res in results:
+        c = res.get("costs")
+        rum = next((r for r in res["rows"] if r["method"] == "RUM, searched plan"), None)
+        if not c or rum is None:
+            continue
+        request = float(rum.get("cost/train_fraction", float("nan")))
+        first = c["calibration_reference"] + c["rum_search"] + request
+        n = break_even_requests(first, request, c["retrain"])
+        when = "never" if not math.isfinite(n) else f"from request {int(n)} on"
+        out.append(f"- seed {res['seed']}: first request {fmt(first, 3)} trainings (calibration reference "
+                   f"{fmt(c['calibration_reference'], 3)} + RUM search {fmt(c['rum_search'], 3)} + the request "
+                   f"{fmt(request, 4)}); each later request {fmt(request, 4)}; a retrain {fmt(c['retrain'], 3)}; "
+                   f"cheaper than retraining every time {when} (the tuned baselines' searches, for the comparison "
+                   f"only: {', '.join(f'{k} {fmt(v, 3)}' for k, v in c['baseline_searches'].items()) or 'none'})")
+    return ["Cost per request, in trainings (example passes / the original training's):", "", *out] if out else []
 
 
 def verdict_lines(per: dict, pairs: list[tuple[str, str]], floors: list[dict]) -> list[str]:
@@ -961,7 +1130,7 @@ def mode_paper(args, scale: Scale, device) -> None:
     t0 = time.perf_counter()
     results = []
     for seed in scale.seeds:
-        budget = Budget(args.budget_s)
+        budget = WallClock(args.budget_s)
         results.append(run_seed(args, scale, seed, device, budget))
         say(f"seed {seed}: {time.perf_counter() - budget.t0:.0f} s")
     text = summary_text(args, scale, device, results, "The RUM paper's setting" + (" (smoke)" if args.smoke else ""))
@@ -1007,6 +1176,9 @@ def main(argv=None) -> int:
                    "continues it (a CPU seed takes more hours than one session); algorithms mode: start no new "
                    "algorithm after it (the table lists those not run)")
     p.add_argument("--rerun", action="store_true", help="rum mode: run the requested seeds even if stored")
+    p.add_argument("--budget", type=float, help="compute per request as a fraction of the original training: every "
+                   "trial and every method of the main table runs within it (default 0.1; smoke 0.5)")
+    p.add_argument("--curve", type=float, nargs="+", help="budgets of the cost-quality curve (default 0.02 0.05 0.1 0.2)")
     args = p.parse_args(argv)
 
     device = pick_device(args.device)
@@ -1020,13 +1192,23 @@ def main(argv=None) -> int:
     over = {"subset": args.subset, "test_subset": args.test_subset, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "width": args.width, "model": args.model, "forget": args.forget, "trials": args.trials,
             "max_epochs": args.max_epochs, "seeds": tuple(args.seeds) if args.seeds else None,
+            "budget": args.budget, "curve": tuple(args.curve) if args.curve else None,
             "augment": None if args.augment is None else args.augment == "on"}
     over = {k: (None if v == 0 and k in ("subset", "test_subset") else v) for k, v in over.items() if v is not None}
     scale = dataclasses.replace(base, **over)
+    from mlflow_unlearn.compute import BudgetError, parse_budget
+
+    try:
+        for fraction in (scale.budget, *scale.curve):
+            parse_budget(fraction, flag="--budget/--curve")
+    except BudgetError as exc:
+        p.error(str(exc))
     if args.out_dir is None and not args.smoke:
         args.out_dir = str(REPO / "docs")
     if args.results_dir is None and args.mode == "rum" and not args.smoke:
-        args.results_dir = str(REPO / "bench" / "results" / "rum-cpu")
+        # the budgeted configuration; bench/results/rum-cpu holds the earlier, unbudgeted one (its
+        # evaluated references are budget-free: copy target-evaluated*.npz across to skip two retrains)
+        args.results_dir = str(REPO / "bench" / "results" / "rum-cpu-budget")
     if args.mode == "paper" and args.budget_s is None and device.type == "cuda" and not args.smoke:
         args.budget_s = 540.0
     if args.budget_s is not None and args.budget_s <= 0:
