@@ -18,7 +18,11 @@ On the source version (the one a forget set is attached to):
     mlflow_unlearn.follow_alias    (optional) apply the request to the version this alias names when the
                                    job runs; mlflow_unlearn.promote=true moves the alias to the result
 
-On a request run (`attach`): mlflow_unlearn.answer, the status and version that answered it.
+Every request `attach` makes is its own run (role `request`, tags source_model = name/version and
+forget_digest; FINISHED once its forget set is logged): the record no concurrent attach can
+overwrite. A job collects every such run of its version that has no answer yet (`pending_requests`),
+whatever the forget-set tag was last set to, and tags each with mlflow_unlearn.answer (the status and
+version that answered it); it writes answers only into request runs made for its own version.
 
 On the result version: role, source_model, source_version, forget_digest, n_forget, plan, plan_source,
 metrics (JSON), metric.<key> for the headline metrics, request (the forget_set URI), evidence (URI).
