@@ -276,7 +276,12 @@ class SeedCache:
     they are, so selection and reporting sets stay disjoint even if a C-proxy rank moves.
     No --results-dir (smoke runs): nothing is kept."""
 
+    # what a retrained reference depends on: a file stored under another recipe (copied from another
+    # configuration's cache, say a 45-epoch run into a 40-epoch one) is retrained, never scored against
+    RECIPE_FIELDS = ("subset", "test_subset", "model", "width", "epochs", "batch_size", "lr", "augment", "val_fraction")
+
     def __init__(self, root: str | None, seed: int, key: dict, *, rerun: bool = False):
+        self.recipe = {k: key["scale"][k] for k in self.RECIPE_FIELDS} | {"data": key["data"], "seed": seed}
         self.dir = None if root is None else Path(root) / f"seed{seed}-cache"
         if self.dir is None:
             return
@@ -305,12 +310,23 @@ class SeedCache:
     def cached_target(self, name: str, data) -> "Target | None":
         """The Target `name` if an earlier run stored it, else None (nothing is retrained)."""
         path = self._target_path(name)
-        return self.target(name, None, data) if path is not None and path.exists() else None
+        return self.target(name, None, data) if self._stored(path) else None
+
+    def _stored(self, path: Path | None) -> bool:
+        """Whether `path` holds a reference retrained under this cache's recipe."""
+        if path is None or not path.exists():
+            return False
+        with np.load(path) as z:
+            stored = json.loads(str(z["meta"])).get("recipe")
+        if stored != self.recipe:
+            say(f"{path.name}: stored under another recipe ({_recipe_difference(stored, self.recipe)}); retrained")
+            return False
+        return True
 
     def target(self, name: str, make, data) -> "Target":
         """The Target `name` from the cache (reference weights not kept: None), else `make()` stored."""
         path = self._target_path(name)
-        if path is not None and path.exists():
+        if self._stored(path):
             from mlflow_unlearn.metrics import SplitOutputs
 
             with np.load(path) as z:
@@ -327,7 +343,7 @@ class SeedCache:
         if path is not None:
             meta = {"splits": list(target.reference_outputs), "tiers": list(target.tiers), "retrain_s": target.retrain_s,
                     "eval_batch": target.eval_batch, "tier_acc": target.tier_acc,
-                    "heldout_is_val": target.heldout is not None}
+                    "heldout_is_val": target.heldout is not None, "recipe": self.recipe}
             arrays = {f"logits_{k}": np.asarray(o.logits, dtype=np.float32) for k, o in target.reference_outputs.items()}
             arrays.update({f"labels_{k}": np.asarray(o.labels) for k, o in target.reference_outputs.items()})
             arrays.update({f"tier_{t}": ids for t, ids in target.tiers.items()})
@@ -336,6 +352,48 @@ class SeedCache:
             with _replacing(path) as tmp:
                 np.savez_compressed(tmp, meta=json.dumps(meta), forget_ids=target.forget_ids, **arrays)
         return target
+
+    def original(self, train, data, scale: Scale, seed: int, where: str) -> Original:
+        """The original model from `original.pt` (kept out of git: ~11 MB) when an earlier run on this
+        machine (`where`: CPU model, ISA, threads, torch) trained it under this recipe, else `train()`
+        stored. Training is bit-identical run to run on one machine, so this only saves its minutes."""
+        path = None if self.dir is None else self.dir / "original.pt"
+        if path is not None and path.exists():
+            stored = torch.load(path, map_location=data.device, weights_only=True)
+            if stored["recipe"] == self.recipe and stored["machine"] == where:
+                model = new_model(data, scale, seed)
+                model.load_state_dict(stored["state_dict"])
+                model.eval()
+                out = Original(model, stored["c_proxy"].numpy(), stored["train_acc"], stored["test_acc"],
+                               stored["seconds"], None if stored["heldout_c_proxy"] is None
+                               else stored["heldout_c_proxy"].numpy(), stored["passes"])
+                say(f"original: {path.name} (trained {out.seconds:.1f} s by an earlier run on this machine): train acc "
+                    f"{out.train_acc:.4f}, test acc {out.test_acc:.4f}")
+                return out
+            say(f"{path.name}: trained on another machine or recipe; trained again")
+        out = train()
+        if path is not None:
+            with _replacing(path) as tmp:
+                torch.save({"recipe": self.recipe, "machine": where, "state_dict": out.model.state_dict(),
+                            "c_proxy": torch.from_numpy(np.asarray(out.c_proxy)), "train_acc": out.train_acc,
+                            "test_acc": out.test_acc, "seconds": out.seconds, "passes": out.passes,
+                            "heldout_c_proxy": None if out.heldout_c_proxy is None
+                            else torch.from_numpy(np.asarray(out.heldout_c_proxy))}, tmp)
+        return out
+
+    def reports(self) -> dict[tuple, dict]:
+        """Report rows of earlier runs of this seed, by (method, budget, plan): the reporting half
+        takes an hour here, and a run stopped in it (a session ending) keeps the rows it finished."""
+        path = None if self.dir is None else self.dir / "reports.jsonl"
+        if path is None or not path.exists():
+            return {}
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return {(r["method"], r["budget"], r["plan"]): r for r in rows}
+
+    def save_report(self, row: dict) -> None:
+        if self.dir is not None:
+            with open(self.dir / "reports.jsonl", "a") as f:
+                f.write(json.dumps(row, default=_jsonable) + "\n")
 
     def storage(self) -> str | None:
         """Optuna storage for this seed's studies (None: in memory)."""
@@ -349,6 +407,12 @@ class SeedCache:
     def save_search_cost(self, spent: dict) -> None:
         if self.dir is not None:
             (self.dir / "search_cost.json").write_text(json.dumps(spent, indent=1) + "\n")
+
+
+def _recipe_difference(stored: dict | None, current: dict) -> str:
+    if stored is None:
+        return "no recipe recorded"
+    return ", ".join(f"{k} {stored.get(k)!r} here {v!r}" for k, v in current.items() if stored.get(k) != v)
 
 
 @contextlib.contextmanager
@@ -714,8 +778,8 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     Selection first (calibration sets, validation split), then reporting on the evaluated set."""
     say(f"\n=== seed {seed} ===")
     data = load(args, scale, seed, device)
-    original = train_original(data, scale, seed)
     cache = SeedCache(args.results_dir, seed, config_key(args, scale), rerun=args.rerun)
+    original = cache.original(lambda: train_original(data, scale, seed), data, scale, seed, machine(device))
     forget, calibration_ids = cache.sets(lambda: forget_sets(original, scale.forget, seed, scale.calibration_sets))
     plans, search_record, resumed, calibration = {}, None, False, []
     if scale.trials > 0:
@@ -755,17 +819,21 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     for a in args.algorithms:
         methods += [(f"{a} (defaults)", single_algorithm_plan(a)), (f"{a} (tuned)", plans.get(a))]
     budgets = sorted({scale.budget, *scale.curve})
-    rows, curve = [], []
+    rows, curve, done = [], [], cache.reports()
     for label, plan in methods:
         if plan is None:
             continue
         for fraction in ([scale.budget] if label.startswith("none") else budgets):
-            if budget is not None and not budget.allows(target.retrain_s * fraction * 1.5):
-                say(f"  {label:<34} at budget {fraction:g} skipped: {budget.left():.0f} s left")
-                continue
-            report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
-                                        recipe=recipe(data, scale, seed), budget=original.budget(fraction))
-            r = dict(report.per_seed[0], method=label, budget=fraction, plan=plan.to_compact(), unchanged=report.unchanged)
+            r = done.get((label, fraction, plan.to_compact()))
+            if r is None:
+                if budget is not None and not budget.allows(target.retrain_s * fraction * 1.5):
+                    say(f"  {label:<34} at budget {fraction:g} skipped: {budget.left():.0f} s left")
+                    continue
+                report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
+                                            recipe=recipe(data, scale, seed), budget=original.budget(fraction))
+                r = dict(report.per_seed[0], method=label, budget=fraction, plan=plan.to_compact(),
+                         unchanged=report.unchanged, machine=machine(device))
+                cache.save_report(r)
             curve.append(r)
             if fraction == scale.budget:
                 show(r)
