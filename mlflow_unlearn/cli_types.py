@@ -54,6 +54,20 @@ def budget(value: str) -> float:
 budget.__name__ = "budget"
 
 
+def dataset(value: str) -> str:
+    """A dataset name (`digits`, `digits-noisy[:<rate>]`, `cifar10`, ...), checked before any work."""
+    from .data import DatasetError, validate_dataset_name
+
+    try:
+        validate_dataset_name(value)
+    except DatasetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+dataset.__name__ = "dataset"
+
+
 def boolean(value: str) -> bool:
     v = str(value).strip().lower()
     if v in ("1", "true", "yes", "on"):

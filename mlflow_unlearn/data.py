@@ -1,8 +1,17 @@
 """Datasets by name, held as uint8 tensors on the training device.
 
-Names: `digits` (scikit-learn's 8x8 digits, shipped, offline: the embedded default), `cifar10`,
-`cifar100` (torchvision; downloaded only when `download=True`), and `imagefolder:<path>` (a tree with
+Names: `digits` (scikit-learn's 8x8 digits, shipped, offline), `digits-noisy[:<rate>]` (the same
+with a seeded share of train labels flipped, default 0.1: the demo's default), `cifar10`, `cifar100`
+(torchvision; downloaded only when `download=True`), and `imagefolder:<path>` (a tree with
 `train/<class>/*` and `test/<class>/*`, or a .tar.gz of one, such as the CIFAR-10 JPEG copy).
+
+Why the noisy digits: what a network memorises is what it cannot learn from the rest of the data,
+and mislabelled examples are the plainest case. Clean digits has almost nothing in that tail (a
+retrain without any forget set still classifies nearly all of it), so there is nothing to unlearn;
+with flipped labels the examples a retrain gets wrong are exactly the high-memorisation tier.
+Only train labels are flipped (validation and test stay clean), each to a uniformly drawn other
+class, at exactly round(rate x n_train) train ids drawn with the spec's seed; the manifest records
+the flipped ids and their clean labels.
 
 Every train example has a stable integer id: its index in the train split as this spec defines it
 (after the optional seeded subset and validation carve-out), so ids are always 0..n_train-1 and a
@@ -24,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "imagefolder:<path>")
+DATASET_NAMES = ("digits", "digits-noisy[:<rate>]", "cifar10", "cifar100", "imagefolder:<path>")
+NOISY_DIGITS = "digits-noisy"
+DEFAULT_LABEL_NOISE = 0.1  # 10% of 1,293 train labels: 129 flipped, enough for a tier of 30 and two calibration sets
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp")
 
 
@@ -107,6 +118,8 @@ class ImageData:
     augment: bool  # whether crop+flip suits these images (CIFAR-like: yes; digits: no)
     source_index: np.ndarray = field(repr=False, default=None)  # train id -> index in the source data
     digest: str = ""
+    flipped_ids: np.ndarray | None = field(repr=False, default=None)  # train ids whose label was flipped (noisy data)
+    clean_labels: np.ndarray | None = field(repr=False, default=None)  # their labels before the flip
 
     @property
     def num_classes(self) -> int:
@@ -150,13 +163,37 @@ class ImageData:
             "ids": self.train.ids.cpu().tolist(),
             "labels": self.train.y.cpu().tolist(),
             "source_index": [int(i) for i in self.source_index],
+            **({} if self.flipped_ids is None else {
+                "label_noise": label_noise_rate(self.spec.name),
+                "flipped_ids": [int(i) for i in self.flipped_ids],
+                "clean_labels": [int(c) for c in self.clean_labels]}),
         }
+
+
+def label_noise_rate(name: str) -> float | None:
+    """The share of flipped train labels a dataset name asks for (`digits-noisy[:<rate>]`), else None."""
+    if name != NOISY_DIGITS and not name.startswith(NOISY_DIGITS + ":"):
+        return None
+    if name == NOISY_DIGITS:
+        return DEFAULT_LABEL_NOISE
+    text = name[len(NOISY_DIGITS) + 1:]
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float("nan")
+    if not 0.0 <= rate < 0.5:  # NaN fails too; at 0.5 a flipped class would outnumber the true one
+        raise DatasetError(f"{NOISY_DIGITS} takes a label-noise rate, a fraction in [0, 0.5) (not a percentage): "
+                           f"use '{NOISY_DIGITS}' ({DEFAULT_LABEL_NOISE:g}) or for example '{NOISY_DIGITS}:0.1'; "
+                           f"got {text[:20]!r}")
+    return rate
 
 
 def validate_dataset_name(name: str) -> None:
     if not isinstance(name, str) or not name:
         raise DatasetError(f"dataset name must be a non-empty string, got {name!r}; valid: {', '.join(DATASET_NAMES)}")
     if name in ("digits", "cifar10", "cifar100"):
+        return
+    if label_noise_rate(name) is not None:
         return
     if name.startswith("imagefolder:"):
         if not name[len("imagefolder:"):]:
@@ -174,7 +211,8 @@ def check_dataset(spec: DatasetSpec) -> None:
 def load_dataset(spec: DatasetSpec | str, device: str | torch.device = "cpu") -> ImageData:
     if isinstance(spec, str):
         spec = DatasetSpec(name=spec)
-    if spec.name == "digits":
+    noise = label_noise_rate(spec.name)
+    if spec.name == "digits" or noise is not None:
         x_tr, y_tr, x_te, y_te, classes = _load_digits()
         augment = False  # flipping a 2 or cropping an 8x8 digit changes what it is
     elif spec.name in ("cifar10", "cifar100"):
@@ -183,10 +221,10 @@ def load_dataset(spec: DatasetSpec | str, device: str | torch.device = "cpu") ->
     else:
         x_tr, y_tr, x_te, y_te, classes = _load_imagefolder(Path(spec.name[len("imagefolder:"):]))
         augment = x_tr.shape[-1] >= 16
-    return _build(spec, x_tr, y_tr, x_te, y_te, classes, augment).to(device)
+    return _build(spec, x_tr, y_tr, x_te, y_te, classes, augment, label_noise=noise or 0.0).to(device)
 
 
-def _build(spec, x_tr, y_tr, x_te, y_te, classes, augment) -> ImageData:
+def _build(spec, x_tr, y_tr, x_te, y_te, classes, augment, *, label_noise: float = 0.0) -> ImageData:
     source_index = np.arange(len(y_tr))
     rng = np.random.RandomState(spec.seed)
     if spec.subset is not None:
@@ -199,7 +237,15 @@ def _build(spec, x_tr, y_tr, x_te, y_te, classes, augment) -> ImageData:
         perm = rng.permutation(len(source_index))
         val_index = np.sort(source_index[perm[:n_val]])
         source_index = np.sort(source_index[perm[n_val:]])
-    x_train, y_train = x_tr[source_index], y_tr[source_index]
+    x_train, y_train = x_tr[source_index], y_tr[source_index].astype(np.int64)
+    flipped = clean = None
+    if label_noise > 0:  # train only, after the validation carve-out: validation and test labels stay clean
+        flip_rng = np.random.RandomState([spec.seed, 1])  # its own stream: the subset and split do not move
+        flipped = np.sort(flip_rng.choice(len(y_train), size=int(round(label_noise * len(y_train))), replace=False))
+        clean = y_train[flipped].copy()
+        n_classes = len(classes)
+        y_train = y_train.copy()
+        y_train[flipped] = (clean + flip_rng.randint(1, n_classes, size=len(flipped))) % n_classes  # never itself
     train = Split(torch.from_numpy(np.ascontiguousarray(x_train)), torch.from_numpy(y_train.astype(np.int64)),
                   torch.arange(len(y_train), dtype=torch.long))
     test = Split(torch.from_numpy(np.ascontiguousarray(x_te)), torch.from_numpy(y_te.astype(np.int64)),
@@ -215,7 +261,8 @@ def _build(spec, x_tr, y_tr, x_te, y_te, classes, augment) -> ImageData:
     for arr in (x_train, y_train.astype(np.int64), x_te, y_te.astype(np.int64)):
         h.update(np.ascontiguousarray(arr).tobytes())
     return ImageData(spec=spec, train=train, test=test, val=val, classes=list(classes), mean=mean, std=std,
-                     augment=augment, source_index=source_index, digest=h.hexdigest())
+                     augment=augment, source_index=source_index, digest=h.hexdigest(), flipped_ids=flipped,
+                     clean_labels=clean)
 
 
 def _load_digits():

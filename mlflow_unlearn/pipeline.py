@@ -21,6 +21,7 @@ import numpy as np
 from . import evaluation, references, request, runs, steps, tracking
 from .algorithms import ALGORITHMS, default_search_algorithms
 from .compute import DEFAULT_BUDGET, break_even_requests, parse_budget
+from .data import validate_dataset_name
 from .metrics import METRICS, paired_test
 from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
@@ -115,7 +116,7 @@ def cost_summary(*, reference: float, search: float, request: float, retrain: fl
                   "cost/break_even_requests": float(n) if math.isfinite(n) else -1.0}
 
 
-def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int = 15, lr: float = 0.05, batch_size: int = 64,
+def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs: int = 30, lr: float = 0.05, batch_size: int = 64,
               width: int | None = None, subset: int | None = None, val_fraction: float = 0.1, forget: str = "mix:90",
               n_trials: int = 16, calibration_sets: int = 2, max_epochs: int = 3, objective: str = "tow",
               baselines: Sequence[str] | None = None, algorithms: Sequence[str] | None = None,
@@ -143,6 +144,7 @@ def main_step(*, dataset: str = "digits", model: str = "small_cnn", epochs: int 
     if not isinstance(unlearn_seeds, int) or unlearn_seeds < 1:
         raise ValueError(f"unlearn_seeds must be a whole number >= 1, got {unlearn_seeds!r}")
     objective_directions(objective)  # an unknown objective lists the valid ones, before any training
+    validate_dataset_name(dataset)
     parse_budget(budget)
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be a fraction in (0, 1): selection needs a validation split; got {val_fraction!r}")

@@ -63,3 +63,14 @@ def test_cli_bad_calibration_size_exits_2(size, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--calibration-size", size])
     assert exit_.value.code == 2 and "--calibration-size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["digits-noisy:abc", "digits-noisy:0.7"])
+def test_cli_bad_noise_rate_exits_2_before_any_work(value, capsys):
+    from mlflow_unlearn.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["main", "--dataset", value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--dataset" in err and "[0, 0.5)" in err and "digits-noisy:0.1" in err

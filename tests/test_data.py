@@ -108,3 +108,48 @@ def test_a_spec_reading_outside_the_data_roots_is_refused_without_naming_the_pat
         assert str(tmp_path) not in str(e.value) and "--data-root" in str(e.value)
         messages.add(str(e.value))
     assert len(messages) == 1  # the same words whether the path exists or not
+
+
+def test_noisy_digits_flips_a_seeded_share_of_train_labels_only(digits):
+    clean = load_dataset(DatasetSpec("digits", val_fraction=0.1))
+    noisy = load_dataset(DatasetSpec("digits-noisy", val_fraction=0.1))
+    n = len(noisy.train)
+    assert len(noisy.flipped_ids) == round(0.1 * n) == 129  # exactly round(rate x n_train), not a coin per example
+    changed = np.flatnonzero((noisy.train.y != clean.train.y).numpy())
+    np.testing.assert_array_equal(changed, noisy.flipped_ids)  # every flipped label differs, nothing else moved
+    np.testing.assert_array_equal(noisy.clean_labels, clean.train.y.numpy()[noisy.flipped_ids])
+    assert torch.equal(noisy.train.x, clean.train.x)  # the images are the clean ones
+    assert torch.equal(noisy.val.y, clean.val.y) and torch.equal(noisy.test.y, clean.test.y)  # selection and test clean
+    assert noisy.digest != clean.digest  # the labels are part of what a model was trained on
+    # symmetric: the flipped labels spread over the other classes
+    assert len(np.unique(noisy.train.y.numpy()[noisy.flipped_ids])) == 10
+    again = load_dataset(DatasetSpec("digits-noisy", val_fraction=0.1))
+    np.testing.assert_array_equal(again.flipped_ids, noisy.flipped_ids)
+    assert again.digest == noisy.digest
+    other = load_dataset(DatasetSpec("digits-noisy", val_fraction=0.1, seed=1))
+    assert not np.array_equal(other.flipped_ids, noisy.flipped_ids)
+
+
+def test_noisy_digits_manifest_records_the_flipped_ids_and_their_clean_labels():
+    data = load_dataset(DatasetSpec("digits-noisy:0.2"))
+    m = data.manifest()
+    assert m["label_noise"] == 0.2 and m["dataset"] == "digits-noisy:0.2"
+    assert len(m["flipped_ids"]) == round(0.2 * len(data.train))
+    assert all(m["labels"][i] != c for i, c in zip(m["flipped_ids"], m["clean_labels"]))
+    assert "flipped_ids" not in load_dataset("digits").manifest()
+    assert load_dataset("digits-noisy:0").flipped_ids is None  # rate 0: the clean labels
+
+
+@pytest.mark.parametrize("name", ["digits-noisy:abc", "digits-noisy:0.5", "digits-noisy:-0.1", "digits-noisy:10",
+                                  "digits-noisy:", "digits-noisy:nan"])
+def test_bad_noise_rate_names_the_accepted_form(name):
+    with pytest.raises(DatasetError) as e:
+        DatasetSpec(name=name)
+    msg = str(e.value)
+    assert "[0, 0.5)" in msg and "digits-noisy:0.1" in msg
+
+
+def test_a_long_bad_noise_rate_is_not_quoted_back_whole():
+    with pytest.raises(DatasetError) as e:
+        DatasetSpec(name="digits-noisy:" + "x" * 5000)
+    assert len(str(e.value)) < 400
