@@ -51,3 +51,28 @@ def test_progress_bar_with_nothing_to_do_still_closes(monkeypatch):
     monkeypatch.setattr("sys.stderr", _Terminal(True))
     bar = ProgressBar(total=0, desc="empty")  # an empty tier: the total is clamped to 1
     bar.close()
+
+
+def test_without_a_terminal_a_long_phase_prints_a_heartbeat_line(monkeypatch):
+    """A piped log (`make demo > log`, CI) gets a plain line at most every HEARTBEAT_S, none more often."""
+    import mlflow_unlearn.progress as progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(ProgressBar, "_last_line", 1000.0)
+    stderr = _Terminal(False)
+    monkeypatch.setattr("sys.stderr", stderr)
+    bar = ProgressBar(total=100, desc="train epoch 3/30", unit="step")
+    for _ in range(10):  # 10 steps within 5 s: no line
+        clock[0] += 0.5
+        bar.update(loss=0.25)
+    assert stderr.getvalue() == ""
+    clock[0] += progress.HEARTBEAT_S
+    bar.update(loss=0.25)
+    assert stderr.getvalue() == "  ... train epoch 3/30: 11/100 steps, loss 0.25\n"
+    bar.update()
+    assert stderr.getvalue().count("\n") == 1  # not again until another HEARTBEAT_S has passed
+    quiet = ProgressBar(total=5, desc="quiet", enabled=False)
+    clock[0] += 10 * progress.HEARTBEAT_S
+    quiet.update()
+    assert "quiet" not in stderr.getvalue()
