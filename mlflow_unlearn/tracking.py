@@ -40,6 +40,7 @@ from mlflow.exceptions import MlflowException
 from .compute import original_train_passes
 from .confidences import HELDOUT_FILE, ConfidenceRecorder, save_confidences
 from .data import DatasetSpec, ImageData, load_dataset
+from .image_input import expected_input
 from .models import load_classifier, save_classifier
 from .lineage import LINEAGE_PATH, Lineage, LineageError
 
@@ -325,8 +326,10 @@ def model_signature(data: ImageData):
     from mlflow.models import ModelSignature
     from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    c, h, w = data.input_shape
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, h, w, c))]),
+    # object: MLflow passes what the client sent to the model unchanged (a uint8 tensor spec made the
+    # REST server cast JSON floats to uint8 first); the model checks dtype, range and shape itself
+    # (image_input), the same through pyfunc.predict and REST
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(object), (-1,))]),
                           outputs=Schema([TensorSpec(np.dtype(np.int64), (-1,))]),
                           params=ParamSchema([ParamSpec("output", "string", "label")]))
 
@@ -346,6 +349,7 @@ def log_model(model: torch.nn.Module, model_spec: dict, data: ImageData, *, name
             name=name, python_model=str(MODEL_CODE), artifacts={"classifier": str(folder)},
             code_paths=[_package_dir()], signature=model_signature(data),
             input_example=raw_images(data, data.test, INPUT_EXAMPLE_SIZE), pip_requirements=pip_requirements(),
+            metadata={"input": expected_input(data.input_shape)},  # the contract the object signature cannot state
         )
     mlflow.log_dict(model_spec, "model_spec.json")
     return info

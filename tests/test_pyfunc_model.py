@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mlflow_unlearn.models import build_model, save_classifier
-from mlflow_unlearn.pyfunc_model import RawImageModel
+from mlflow_unlearn.pyfunc_model import RawImageModel, ServingInputError
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,54 @@ def test_empty_input_gives_empty_outputs_of_the_right_shape(served):
 def test_unknown_output_and_wrong_layout_are_named(served):
     model, _ = served
     images = np.zeros((2, 8, 8), dtype=np.uint8)
-    with pytest.raises(ValueError, match="unknown output 'logits'"):
+    with pytest.raises(ServingInputError, match="unknown output 'logits'"):
         model.predict(None, images, params={"output": "logits"})
-    with pytest.raises(ValueError, match=r"channels last.*\(2, 3, 8, 8\)"):
-        model.predict(None, np.zeros((2, 3, 8, 8), dtype=np.uint8))
+    for shape, hint in (((2, 1, 8, 8), "Channels first: x.transpose(0, 2, 3, 1)"),
+                        ((2, 64), "Flattened images: x.reshape(-1, 8, 8, 1)"),  # scikit-learn's digits.data
+                        ((8, 8, 1), "One image: add the batch axis, x[None]"),
+                        ((2, 3, 8, 8), "Reshape each image to (8, 8, 1)")):
+        with pytest.raises(ServingInputError) as e:
+            model.predict(None, np.zeros(shape, dtype=np.uint8))
+        assert f"wrong input shape {shape}" in e.value.message and "[N, 8, 8, 1] (channels last)" in e.value.message
+        assert hint in e.value.message
+    for bad in (np.array([["a"] * 8] * 8), [[1, 2], [3]], np.zeros((2, 8, 8), dtype=bool)):
+        with pytest.raises(ServingInputError, match=r"not (numbers|a rectangular array)"):
+            model.predict(None, bad)
+
+
+def test_floats_in_unit_range_are_read_as_pixels_and_integers_of_any_type_as_uint8(served):
+    model, _ = served
+    images = np.random.default_rng(2).integers(0, 256, size=(5, 8, 8, 1), dtype=np.uint8)
+    expected = model.predict(None, images)
+    assert model.predict(None, images.astype(np.float32) / 255.0).tolist() == expected.tolist()
+    assert model.predict(None, images.astype(np.int64)).tolist() == expected.tolist()
+    # JSON over REST reaches the model as an object array of Python numbers
+    assert model.predict(None, np.array(images.tolist(), dtype=object)).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("values, words", [
+    (np.full((2, 8, 8, 1), 16.0), "above 1"),  # scikit-learn digits sent as floats
+    (np.full((2, 8, 8, 1), -0.5), "below 0"),
+    (np.full((2, 8, 8, 1), np.nan), "NaN"),
+    (np.full((2, 8, 8, 1), 300), "above 255"),
+    (np.full((2, 8, 8, 1), -1), "below 0"),
+])
+def test_values_outside_the_contract_are_refused_without_echoing_them(served, values, words):
+    model, _ = served
+    values = values.copy()
+    values.flat[7] = values.flat[7]  # the data: the error must not contain any of it
+    with pytest.raises(ServingInputError) as e:
+        model.predict(None, values)
+    msg = e.value.message
+    assert words in msg and "[0, 255]" in msg and "[0, 1]" in msg and "[N, 8, 8, 1]" in msg
+    e.value.message = "Failed to predict data '<the request>'"  # what MLflow's scoring server does to it
+    assert e.value.message == msg and "<the request>" not in e.value.serialize_as_json()
+    assert e.value.get_http_status_code() == 400
+
+
+def test_digits_in_their_native_range_are_answered_with_a_warning_in_the_log(served, caplog):
+    model, _ = served
+    digits = np.random.default_rng(3).integers(0, 17, size=(3, 8, 8, 1))
+    with caplog.at_level("WARNING", logger="mlflow_unlearn.serving"):
+        assert model.predict(None, digits).shape == (3,)
+    assert "np.rint(x * 255 / 16).astype(np.uint8)" in caplog.text

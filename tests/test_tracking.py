@@ -62,7 +62,11 @@ def test_train_log_register_load_round_trip(tracking):
     assert np.mean(labels == data.test.y.numpy()) == pytest.approx(run.data.metrics["test/acc"], abs=1e-9)
     probs = served.predict(tr.raw_images(data, data.test, 3), params={"output": "probabilities"})
     assert probs.shape == (3, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    assert served.metadata.get_input_schema().inputs[0].type == np.dtype(np.uint8)
+    # an object tensor: MLflow passes the input as sent and the model checks it (image_input), the same
+    # through pyfunc and REST; the contract in words is in the model's metadata
+    assert served.metadata.get_input_schema().inputs[0].type == np.dtype(object)
+    assert served.metadata.metadata["input"].startswith("images as an array of shape [N, 8, 8, 1]")
+    assert np.array_equal(served.predict(tr.raw_images(data, data.test, 5).astype(np.float32) / 255), labels[:5])
     (logged,) = mlflow.search_logged_models(filter_string=f"source_run_id = '{result.run_id}'", output_format="list")
     assert logged.name == "original"
     assert served.metadata.saved_input_example_info is not None
