@@ -188,6 +188,9 @@ def _add_search(sub):
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--storage", type=_none_or(str), default=None, help="Optuna RDB URL (default: sqlite optuna.db beside mlflow.db)")
     p.add_argument("--study-name", type=_none_or(str), default=None, help="join this study (several workers share one)")
+    p.add_argument("--trial-runs", type=_bool, default=False,
+                   help="log every search trial as a nested MLflow run (default false: the trials stay in the Optuna "
+                        "storage and the search run's trials.json table)")
     p.add_argument("--calibration-noise", type=_bool, default=False,
                    help="retrain the calibration reference a second time (another seed) to measure the calibration "
                         "noise, and register the cheapest plan within it of the best (default false: the best plan, "
@@ -201,7 +204,8 @@ def _add_search(sub):
         search_step(a.model_uri, a.forget, n_trials=a.n_trials, objective=a.objective, algorithms=a.algorithms,
                     max_epochs=a.max_epochs, storage=a.storage, study_name=a.study_name, seed=a.seed,
                     calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment, budget=a.budget,
-                    calibration_noise=a.calibration_noise, calibration_size=a.calibration_size)
+                    calibration_noise=a.calibration_noise, calibration_size=a.calibration_size,
+                    trial_runs=a.trial_runs)
 
     p.set_defaults(func=run)
 
@@ -253,6 +257,9 @@ def _add_main(sub):
     p.add_argument("--storage", type=_none_or(str), default=None)
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--experiment", type=_none_or(str), default=None)
+    p.add_argument("--trial-runs", type=_bool, default=False,
+                   help="log every search trial as a nested MLflow run (default false: the trials stay in the Optuna "
+                        "storage and the search run's trials.json table)")
     p.add_argument("--calibration-noise", type=_bool, default=False,
                    help="a second calibration reference to measure the calibration noise; the registered RUM plan is "
                         "then the cheapest within it of the best (default false)")
@@ -268,7 +275,8 @@ def _add_main(sub):
                   objective=a.objective,
                   baselines=a.baselines, seed=a.seed,
                   registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment,
-                  budget=a.budget, calibration_noise=a.calibration_noise, calibration_size=a.calibration_size)
+                  budget=a.budget, calibration_noise=a.calibration_noise, calibration_size=a.calibration_size,
+                  trial_runs=a.trial_runs)
 
     p.set_defaults(func=run)
 

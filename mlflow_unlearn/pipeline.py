@@ -123,7 +123,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
               unlearn_seeds: int = 3, seed: int = 0, registered_model_name: str | None = None,
               storage: str | None = None, device: str | None = "auto", experiment: str | None = None,
               budget: float = DEFAULT_BUDGET, calibration_noise: bool = False,
-              calibration_size: int | None = None) -> dict:
+              calibration_size: int | None = None, trial_runs: bool = False) -> dict:
     """Run the pipeline; `n_trials` is the budget of the RUM search and of each baseline's search
     alike. `baselines` (default: the registry's default search space but `none`) are reported at
     their defaults and tuned; `algorithms`: the RUM search space (default `none` plus the baselines)."""
@@ -167,13 +167,13 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         # Selection: calibration sets only (their references, the validation split).
         calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise, size=calibration_size)
         found = search(ctx, calibration, n_trials=n_trials, max_epochs=max_epochs, objective=objective,
-                       algorithms=algorithms, storage=storage)
+                       algorithms=algorithms, storage=storage, trial_runs=trial_runs)
         print(f"searched plan: {found.best_plan.to_compact()}  (calibration {objective} {found.best_value:.4f}: a "
               f"selection score, not a result)")
         tuned = {}
         for algorithm in baselines:
             tuned[algorithm] = search_algorithm(ctx, calibration, algorithm, n_trials=n_trials, max_epochs=max_epochs,
-                                                objective=objective, storage=storage)
+                                                objective=objective, storage=storage, trial_runs=trial_runs)
             print(f"tuned {algorithm}: {tuned[algorithm].best_plan.to_compact()}  (calibration {tuned[algorithm].best_value:.4f})")
 
         # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.

@@ -8,10 +8,14 @@ and a candidate's score is the mean over them, with the validation split (the tr
 `--val-fraction`) standing in for the test split. The request's own reference and the test split
 are not touched; their digests are logged on the search run so anyone can check.
 
-One trial = one candidate plan, a nested MLflow run (role `trial`). A pruned trial ends FINISHED
-with the tag `mlflow_unlearn.pruned`; a diverged one FAILED with `mlflow_unlearn.diverged`. The
-study lives in an Optuna RDB storage (default: `optuna.db` beside the SQLite tracking database), so
-several processes or machines can run `mlflow-unlearn search` with the same `--study-name`.
+One trial = one candidate plan. The study lives in an Optuna RDB storage (default: `optuna.db`
+beside the SQLite tracking database), so several processes or machines can run `mlflow-unlearn
+search` with the same `--study-name`; the search run carries every trial as a row of `trials.json`
+(`mlflow.log_table`: plan, state, calibration score, cost), with the plots. Trials become nested
+MLflow runs (role `trial`) only with `trial_runs=True` (`--trial-runs true`): a `main` searches
+RUM and every tuned baseline, and a run per trial buried its dozen comparable runs under hundreds.
+As runs, a pruned trial ends FINISHED with the tag `mlflow_unlearn.pruned`; a diverged one FAILED
+with `mlflow_unlearn.diverged`.
 """
 from __future__ import annotations
 
@@ -213,14 +217,48 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = references.DEFAULT_
 
 
 # --------------------------------------------------------------------------------------------------
-# Trials as nested MLflow runs
+# Trials: a line each, a table on the search run, nested MLflow runs on request
 
 
-class _TrialRuns:
-    """A TrialObserver that logs each trial as a nested run under the active search run."""
+class _TrialLines:
+    """A TrialObserver that prints one compact line per finished trial."""
 
     def __init__(self, ctx: request.ForgetContext, study_name: str, space: str):
         self.ctx, self.study_name, self.space = ctx, study_name, space
+
+    def trial_started(self, trial, plan: Plan) -> None:
+        pass
+
+    def trial_finished(self, trial, plan: Plan, metrics: dict, state: str, reason: str = "") -> None:
+        # one compact line per trial instead of Optuna's own log (silenced in _search_run)
+        value = f"tow {metrics['tow']:.4f}" if "tow" in metrics else reason[:60]
+        repeat = f" (repeat of {trial.user_attrs['repeat_of']})" if "repeat_of" in trial.user_attrs else ""
+        print(f"  {self.space} trial {trial.number:>3}: {state:<8} {value + repeat:<40} {plan.to_compact()[:100]}",
+              flush=True)
+
+
+def trials_table(study) -> dict[str, list]:
+    """Every trial of `study` as columns for `mlflow.log_table`: what it tried, how it ended, its
+    calibration scores and cost (metrics copied from the trial it repeats are marked)."""
+    keys = ("tow", "tow_mia", "mia/gap", "cost/train_fraction")
+    cols: dict[str, list] = {"trial": [], "state": [], "plan": [], "enqueued": [], "repeat_of": [],
+                             **{f"calibration {k}": [] for k in keys}}
+    for t in study.trials:
+        metrics = t.user_attrs.get("metrics", {}) if isinstance(t.user_attrs.get("metrics"), dict) else {}
+        cols["trial"].append(t.number)
+        state = t.state.name.lower()
+        cols["state"].append("pruned" if state == "pruned" else state)
+        cols["plan"].append(_plan_label(t))
+        cols["enqueued"].append(bool(is_enqueued(t)))
+        cols["repeat_of"].append(t.user_attrs.get("repeat_of"))
+        for k in keys:
+            v = metrics.get(k)
+            cols[f"calibration {k}"].append(round(float(v), 4) if isinstance(v, (int, float)) and np.isfinite(v) else None)
+    return cols
+
+
+class _TrialRuns(_TrialLines):
+    """A TrialObserver that also logs each trial as a nested run under the active search run."""
 
     def trial_started(self, trial, plan: Plan) -> None:
         mlflow.start_run(run_name=f"trial-{self.space}-{trial.number}", nested=True)
@@ -232,9 +270,7 @@ class _TrialRuns:
                            **{k: v for k, v in trial.params.items()}})
 
     def trial_finished(self, trial, plan: Plan, metrics: dict, state: str, reason: str = "") -> None:
-        # one compact line per trial instead of Optuna's own log (silenced in _search_run)
-        value = f"tow {metrics['tow']:.4f}" if "tow" in metrics else reason[:60]
-        print(f"  {self.space} trial {trial.number:>3}: {state:<8} {value:<40} {plan.to_compact()[:100]}", flush=True)
+        super().trial_finished(trial, plan, metrics, state, reason)
         if state == "complete":
             if "repeat_of" in trial.user_attrs:  # the same plan as an earlier trial: its metrics, not rescored
                 mlflow.set_tag(TAG + "repeat_of", str(trial.user_attrs["repeat_of"]))
@@ -274,7 +310,7 @@ def _check_algorithms(algorithms: Sequence[str]) -> None:
 
 def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candidates, enqueue, *, n_trials: int,
                 objective: str, max_epochs: int, storage: str | None, study_name: str | None,
-                timeout_s: float | None, extra_params: dict) -> tuple[Plan, float, str, str, float]:
+                timeout_s: float | None, extra_params: dict, trial_runs: bool = False) -> tuple[Plan, float, str, str, float]:
     # Every setting is checked before a run exists, so bad input leaves nothing behind.
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
@@ -319,7 +355,8 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
         scorer = CalibrationScorer(ctx.source.model.to(ctx.data.device), ctx.data, calibration.references, seed=ctx.seed,
                                    recipe=ctx.recipe(), budget=ctx.budget, original_passes=ctx.source.original_passes)
         optimize(study, candidates, scorer, n_trials=n_trials, objective=objective, enqueue=enqueue,
-                 observer=_TrialRuns(ctx, study_name, space), timeout_s=timeout_s)
+                 observer=(_TrialRuns if trial_runs else _TrialLines)(ctx, study_name, space), timeout_s=timeout_s)
+        mlflow.log_table(trials_table(study), "trials.json")  # sortable in the run's artifact view
         key = "tow" if objective == TOW_COST else objective
         tolerance = (calibration.noise or {}).get(key, 0.0)
         plan, value, best = cheapest_within(study, tolerance)
@@ -412,7 +449,7 @@ def log_study_plots(study, objective: str, budget: float | None = None) -> None:
 def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: int = 20, objective: str = "tow",
            algorithms: Sequence[str] | None = None, max_epochs: int = 3, storage: str | None = None,
            study_name: str | None = None, retain_mode: str = "exclude_all", attach: bool = True,
-           timeout_s: float | None = None) -> SearchResult:
+           timeout_s: float | None = None, trial_runs: bool = False) -> SearchResult:
     """Search RUM plans on the calibration sets; attach the best to the registered model so later
     requests (and the registry hook) reuse it. `algorithms`: the search space (default: the
     registry's, `default_search_algorithms()`)."""
@@ -424,7 +461,7 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
         ctx, calibration, f"search-{ctx.source_tag}", "rum", rum_candidates(tiers, algorithms, max_epochs=max_epochs,
                                                                             retain_mode=retain_mode),
         enqueue, n_trials=n_trials, objective=objective, max_epochs=max_epochs, storage=storage, study_name=study_name,
-        timeout_s=timeout_s, extra_params={"algorithms": ",".join(algorithms)})
+        timeout_s=timeout_s, extra_params={"algorithms": ",".join(algorithms)}, trial_runs=trial_runs)
     if attach:
         client = mlflow.MlflowClient()
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, tracking.plan_tag_value(plan.to_dict()))
@@ -434,14 +471,15 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
 
 def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algorithm: str, *, n_trials: int = 20,
                      objective: str = "tow", max_epochs: int = 3, storage: str | None = None,
-                     timeout_s: float | None = None) -> SearchResult:
+                     timeout_s: float | None = None, trial_runs: bool = False) -> SearchResult:
     """Tune one algorithm on the whole forget set with the same calibration sets, budget and space
     rules as the RUM search (its defaults are the first trial): the tuned baseline."""
     _check_algorithms([algorithm])
     plan, value, run_id, name, spent = _search_run(
         ctx, calibration, f"search-{algorithm}", f"tuned-{algorithm}", algorithm_candidates(algorithm, max_epochs=max_epochs),
         algorithm_default_trials(algorithm), n_trials=n_trials, objective=objective, max_epochs=max_epochs,
-        storage=storage, study_name=None, timeout_s=timeout_s, extra_params={"algorithm": algorithm})
+        storage=storage, study_name=None, timeout_s=timeout_s, extra_params={"algorithm": algorithm},
+        trial_runs=trial_runs)
     return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent)
 
 
@@ -449,7 +487,7 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
                 max_epochs: int = 3, storage: str | None = None, study_name: str | None = None, seed: int = 0,
                 calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None,
                 budget: float | None = DEFAULT_BUDGET, calibration_noise: bool = False,
-                calibration_size: int | None = None) -> SearchResult:
+                calibration_size: int | None = None, trial_runs: bool = False) -> SearchResult:
     algorithms = tuple(algorithms or default_search_algorithms())
     if not isinstance(n_trials, int) or n_trials <= 0:  # before loading anything
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
@@ -469,7 +507,7 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
     with runs.project_run():  # under `mlflow run`, the calibration retrains nest under the search run
         calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise, size=calibration_size)
         result = search(ctx, calibration, n_trials=n_trials, objective=objective, algorithms=algorithms,
-                        max_epochs=max_epochs, storage=storage, study_name=study_name)
+                        max_epochs=max_epochs, storage=storage, study_name=study_name, trial_runs=trial_runs)
     print(f"best plan (mean calibration {objective} {result.best_value:.4f} over {calibration_sets} set(s); a selection "
           f"score, not a result): {result.best_plan.to_compact()}")
     print(f"attached to registered model {ctx.source.name!r} as tag {Tag.SEARCHED_PLAN}")

@@ -72,7 +72,8 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     for c, ref in zip(calibration.contexts, calibration.runs):
         oracle_algorithm["references"][frozenset(c.tiers["high"].tolist())] = {k: v.clone() for k, v in ref.model.state_dict().items()}
     oracle_algorithm["original"] = {k: v.detach().cpu().clone() for k, v in ctx.source.model.state_dict().items()}
-    found = search.search(ctx, calibration, n_trials=16, algorithms=("none", "test_oracle"), storage=f"sqlite:///{tmp_path}/o.db")
+    found = search.search(ctx, calibration, n_trials=16, algorithms=("none", "test_oracle"), storage=f"sqlite:///{tmp_path}/o.db",
+                          trial_runs=True)
     assert found.best_plan.to_compact() == "low=none;mid=none;high=test_oracle"
     assert found.best_value == pytest.approx(1.0)
     tags = MlflowClient().get_registered_model("digits-src").tags
@@ -93,9 +94,30 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     assert search_run.data.metrics["n_scored_enqueued"] == 3 and search_run.data.metrics["n_scored_sampled"] >= 1
     # what scoring the trials cost, in trainings: nothing here (none, and an oracle that copies weights)
     assert search_run.data.metrics["cost/train_fraction"] == 0.0
+    table = mlflow.artifacts.load_dict(f"runs:/{found.run_id}/trials.json")  # the trials as a table, too
+    assert len(table["data"]) == len(study.trials)
     first = [t.user_attrs["plan"] for t in study.trials[:3]]
     assert [s["algorithm"] for s in first[0]["steps"]] == ["none"] * 3
     assert first[1]["steps"][0]["tier"] == "all"
+
+
+@pytest.mark.integration
+def test_trials_are_a_table_on_the_search_run_not_runs_by_default(source_model, tmp_path):
+    _, uri = source_model
+    ctx = request.prepare(uri, FORGET)
+    calibration = search.prepare_calibration(ctx, 2)
+    before = len(runs(""))
+    found = search.search_algorithm(ctx, calibration, "finetune", n_trials=4, max_epochs=1,
+                                    storage=f"sqlite:///{tmp_path}/t.db")
+    assert len(runs("")) == before + 1  # the search run alone
+    assert not runs(f"tags.`mlflow_unlearn.study` = '{found.study_name}' and tags.`mlflow_unlearn.role` = 'trial'")
+    study = optuna.load_study(study_name=found.study_name, storage=found.storage)
+    table = mlflow.artifacts.load_dict(f"runs:/{found.run_id}/trials.json")
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [r["trial"] for r in rows] == [t.number for t in study.trials]
+    assert rows[0]["enqueued"] and rows[0]["plan"] == "all=finetune" and rows[0]["state"] == "complete"
+    scored = [r for r in rows if r["state"] == "complete" and r["repeat_of"] is None]
+    assert scored and all(0 <= r["calibration tow"] <= 1 and r["calibration cost/train_fraction"] > 0 for r in scored)
 
 
 @pytest.mark.integration
