@@ -36,12 +36,12 @@ SUMMARY_KEYS = ("tow", "tow_mia", "mia/gap", "tow_pe", "forget/acc", "retain/acc
                 "time/unlearn_s", "cost/train_fraction")
 
 
-def _cell(mean: float, lo: float, hi: float) -> str:
+def _cell(mean: float, lo: float, hi: float, digits: int = 4) -> str:
     if mean is None or not math.isfinite(mean):
         return "-"
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{mean:.4f}"
-    return f"{mean:.4f} [{lo:.3f}, {hi:.3f}]"
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.3f}, {hi:.3f}]"
 
 
 def format_table(reports, floor: dict[str, float], retrain_fraction: float) -> str:
@@ -59,24 +59,50 @@ def format_table(reports, floor: dict[str, float], retrain_fraction: float) -> s
     return "\n".join(lines)
 
 
-def verdict(reports) -> str:
-    """Does the searched plan beat doing nothing on the held-out request? A paired test over seeds."""
-
+def verdict(reports, floor: dict[str, float] | None = None, *, plan: str | None = None,
+            costs: dict[str, float] | None = None, request_note: str = "") -> str:
+    """The pipeline's answer in one paragraph: what the searched RUM plan scored on the held-out
+    request against doing nothing, the retrain noise floor and the best baseline at the same budget
+    (paired tests over unlearning seeds), and what the request cost (`costs`: cost_summary's metrics)."""
     by = {r.name: r for r in reports}
     rum, none = by.get("RUM (searched plan)"), by.get("none (no unlearning)")
     if rum is None or none is None:
         return ""
+    tow, lo, hi = rum.summary("tow")
+    parts = [f"Verdict: on the held-out request{request_note}, the searched RUM plan"
+             f"{f' `{plan}`' if plan else ''} scores ToW {_cell(tow, lo, hi, 3)} at "
+             f"{rum.summary('cost/train_fraction')[0]:.3f} of a training; doing nothing scores "
+             f"{none.summary('tow')[0]:.3f}"
+             + (f" and a second retrain {floor['floor/tow']:.3f} (the noise floor)" if floor else "") + "."]
     a, b = rum.values("tow"), none.values("tow")
     diff = float(np.mean(a) - np.mean(b))
     if len(a) >= 2 and np.ptp(np.asarray(a) - np.asarray(b)) > 0:
         t = paired_test(a, b)
-        detail = f"mean difference {diff:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}], p = {t['p']:.3f}"
+        detail = f"{diff:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}], p = {t['p']:.3f}"
     else:
-        detail = f"mean difference {diff:+.4f}"
+        detail = f"{diff:+.3f}"
     if diff <= 0:
-        return (f"The searched RUM plan does NOT beat doing nothing on the held-out request (ToW {detail}); "
-                f"the registered plan would not help requests like this one.")
-    return f"The searched RUM plan beats doing nothing on the held-out request (ToW {detail})."
+        parts.append(f"The searched RUM plan does NOT beat doing nothing (ToW {detail}); the registered plan would "
+                     f"not help requests like this one.")
+    else:
+        parts.append(f"The searched RUM plan beats doing nothing (ToW {detail}).")
+    baselines = [r for r in reports if r is not rum and r is not none]
+    if baselines:
+        best = max(baselines, key=lambda r: r.summary("tow")[0])
+        t = paired_test(a, best.values("tow"))
+        call = ("better than" if t["ci_low"] > 0 else "worse than" if t["ci_high"] < 0
+                else "not distinguishable from")
+        interval = f" [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]" if math.isfinite(t["ci_low"]) else ""
+        parts.append(f"At the same budget it is {call} the best baseline, {best.name} (ToW "
+                     f"{best.summary('tow')[0]:.3f} at {best.summary('cost/train_fraction')[0]:.3f} of a training; "
+                     f"RUM minus it {t['mean_diff']:+.3f}{interval}).")
+    if costs:
+        n = costs["cost/break_even_requests"]
+        when = "never" if n < 0 else "from the first request on" if n == 1 else f"from request {int(n)} on"
+        parts.append(f"Cost in trainings: the first request {costs['cost/first_request_train_fraction']:.2f} "
+                     f"(calibration reference and RUM search included), each later one "
+                     f"{costs['cost/later_request_train_fraction']:.3f}; cheaper than retraining every time: {when}.")
+    return " ".join(parts)
 
 
 def compute_matched(reports) -> list[str]:
@@ -178,9 +204,17 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
 
         # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.
         reference = references.retrain(ctx, progress=True)
+        ctx.cache["original_tier_acc"] = evaluation.forget_tier_accuracy(ctx, ctx.source.model)
+        ctx.cache["reference_tier_acc"] = evaluation.forget_tier_accuracy(ctx, reference.model)
+        tier_line = (f"forget-set accuracy per tier ({', '.join(ctx.tiers)}): the retrained reference "
+                     + "/".join(f"{ctx.cache['reference_tier_acc'][t]:.2f}" for t in ctx.tiers) + ", the original "
+                     + "/".join(f"{ctx.cache['original_tier_acc'][t]:.2f}" for t in ctx.tiers)
+                     + " (what unlearning should move towards)")
+        print(tier_line)
         floor = evaluation.noise_floor(ctx, reference)
         # Per-request constants live once, on the parent: no flat chart on every method run.
-        mlflow.log_metrics({**floor, "time/retrain_s": reference.seconds, "entanglement": evaluation.entanglement(ctx)})
+        mlflow.log_metrics(_rounded({**floor, "time/retrain_s": reference.seconds,
+                                     "entanglement": evaluation.entanglement(ctx)}))
         held_out = Reference.build(reference.model, ctx.data, ctx.forget.ids, ctx.tiers, seconds=reference.seconds)
         seeds = [seed + i for i in range(unlearn_seeds)]
         methods = [("RUM (searched plan)", found.best_plan, "rum"),
@@ -201,14 +235,15 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
                   f"{'  (unchanged: predictions equal the original)' if report.unchanged else ''}")
 
         rum = steps.rum(ctx, found.best_plan, register=True, run_name="rum-searched")
+        held = evaluation.evaluation_metrics(ctx, rum.model, reference.model)
         mlflow.MlflowClient().log_batch(rum.run_id, metrics=[
-            mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
-            for k, v in evaluation.evaluation_metrics(ctx, rum.model, reference.model).items() if np.isfinite(v)])
+            mlflow.entities.Metric(k, round(float(v), 6), int(time.time() * 1000), 0)
+            for k, v in held.items() if np.isfinite(v)])
+        _describe_with_metrics(ctx, rum, held, reference.run_id)
         mlflow.MlflowClient().log_figure(rum.run_id, evaluation.tier_chart(ctx, rum.model, reference.model, "RUM (registered)"),
                                          "plots/tiers.png")
         retrain_fraction = len(ctx.retain_ids) / len(ctx.data.train)  # epochs x n_retain over epochs x n_train
         table = format_table(reports, floor, retrain_fraction)
-        conclusion = verdict(reports)
         matched = compute_matched(reports)
         n_train = len(ctx.data.train)
         # the calibration reference(s): one retrain without the union, a second one for the noise
@@ -217,14 +252,22 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
             reference=references_cost, search=found.cost_train_fraction,
             request=rum.cost.get("cost/train_fraction", float("nan")), retrain=retrain_fraction)
         mlflow.log_metrics(cost_metrics)
+        conclusion = verdict(reports, floor, plan=found.best_plan.to_compact(), costs=cost_metrics,
+                             request_note=_request_note(ctx))
         header = (f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seeds {seeds}; original train acc "
                   f"{original.history[-1]['train/acc']:.4f}. Selection on {calibration_sets} calibration forget set(s) "
                   f"({', '.join(d[:12] for d in calibration.digests)}) with the validation split; reported on the request "
                   f"({ctx.forget.digest[:12]}) and the test split. Search: {n_trials} trials for RUM and for each tuned "
                   f"baseline. Compute: every method at the same budget, at most {ctx.budget.fraction:g} of the original "
                   f"training per request; cost in trainings (example passes / the original's). Cells: mean [95% "
-                  f"interval] over unlearning seeds.")
-        summary = "\n".join([header, "", table, "", conclusion, "",
+                  f"interval] over unlearning seeds (a t-interval cut to the metric's range: [0, 1] for scores and "
+                  f"accuracies, >= 0 for costs). {tier_line[0].upper() + tier_line[1:]}.")
+        view = runs.publish_methods_view(parent.info.experiment_id, parent.info.run_id)
+        conclusion += f" Compare the methods in the MLflow UI: {view} (the saved view under Views)."
+        # the experiment's description (the newest main's verdict): what opening the experiment shows first
+        mlflow.MlflowClient().set_experiment_tag(parent.info.experiment_id, "mlflow.note.content",
+                                                 f"Newest `main` run {parent.info.run_id}. {conclusion}")
+        summary = "\n".join([conclusion, "", header, "", table, "",
                              f"At the same budget ({ctx.budget.fraction:g}), held out, paired over seeds:", *matched, "",
                              costs])
         mlflow.log_text(summary + "\n", "summary.md")
@@ -237,9 +280,39 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
     print(summary)
     print(f"\nRUM model registered as models:/{ctx.source.name}/{rum.version} (source version {ctx.source.version}); "
           f"pipeline run {parent.info.run_id}, {time.perf_counter() - t_start:.0f} s")
-    print(runs.ui_hint())
+    print(runs.ui_hint(view))
     return {"original": original, "rum": rum, "reports": reports, "search": found, "tuned": tuned, "table": table,
             "floor": floor, "verdict": conclusion, "calibration": calibration, "ctx": ctx}
+
+
+def _rounded(metrics: dict[str, float], digits: int = 4) -> dict[str, float]:
+    """Metrics as the UI should show them: 4 decimals (a ToW of 0.9113 over 3 seeds has no meaningful
+    fifth digit; the UI printed all 16)."""
+    return {k: round(float(v), digits) for k, v in metrics.items()}
+
+
+def _describe_with_metrics(ctx, rum, held: dict[str, float], reference_run: str) -> None:
+    """Append the registered version's headline numbers on the request to its description, so the
+    registry page answers "how well did it forget, at what cost" without opening a run."""
+    client = mlflow.MlflowClient()
+    base = client.get_model_version(ctx.source.name, rum.version).description or ""
+    cost = rum.cost.get("cost/train_fraction", float("nan"))
+    reference_acc = ctx.cache.get("reference_tier_acc", {}).get("all", float("nan"))
+    tracking.describe_version(ctx.source.name, rum.version, (
+        f"{base} On the request, against its retrained reference (run {reference_run}): ToW {held['tow']:.3f}, "
+        f"MIA gap {held['mia/gap']:.3f}, forget accuracy {held['forget/acc']:.3f} (the reference {reference_acc:.3f}), "
+        f"test accuracy {held['test/acc']:.3f}; cost {cost:.3f} of a training."))
+
+
+def _request_note(ctx) -> str:
+    """What the request holds, in the words of its data: its size, and on label-noise data how many
+    of its examples carry a flipped label, per tier (those are what a retrain gets wrong)."""
+    note = f" ({len(ctx.forget)} examples"
+    flipped = getattr(ctx.data, "flipped_ids", None)
+    if flipped is not None:
+        per_tier = ", ".join(f"{t} {int(np.isin(ids, flipped).sum())}" for t, ids in ctx.tiers.items())
+        note += f"; flipped labels per tier: {per_tier}"
+    return note + ")"
 
 
 def summary_table(reports, floor: dict[str, float]) -> dict[str, list]:
@@ -287,7 +360,8 @@ def _log_method(ctx, report, algorithm: str, reference_run: str, tier_reference=
         tracking.log_params(params)
         mlflow.log_dict(report.plan.to_dict(), "plan.json")
         for step, row in enumerate(report.per_seed):
-            mlflow.log_metrics({f"seed/{k}": v for k, v in row.items() if k in SUMMARY_KEYS and np.isfinite(v)}, step=step)
+            mlflow.log_metrics(_rounded({f"seed/{k}": v for k, v in row.items() if k in SUMMARY_KEYS and np.isfinite(v)}),
+                               step=step)
         out = {}
         for key in SUMMARY_KEYS:
             mean, lo, hi = report.summary(key)
@@ -295,7 +369,7 @@ def _log_method(ctx, report, algorithm: str, reference_run: str, tier_reference=
                 out[key] = mean
             if math.isfinite(lo) and math.isfinite(hi):
                 out[f"ci95_low/{key}"], out[f"ci95_high/{key}"] = lo, hi
-        mlflow.log_metrics(out)
+        mlflow.log_metrics(_rounded(out))
         if tier_reference is not None:
             mlflow.log_figure(_method_tier_chart(ctx, report, tier_reference), "plots/tiers.png")
 

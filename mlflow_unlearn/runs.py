@@ -44,11 +44,52 @@ def step_run(run_name: str):
     return mlflow.start_run(run_name=run_name, nested=active is not None)
 
 
-def ui_hint() -> str:
+def ui_hint(view: str | None = None) -> str:
+    """How to open what a step logged in the MLflow UI; `view`: a page route (methods_view's)."""
     uri = tracking.tracking_uri()
+    page = f"/{view}" if view else ""
     if uri.startswith(("http://", "https://")):
-        return f"Open the runs in the MLflow UI: {uri}"
-    return f"Open the runs in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
+        return f"Open the runs in the MLflow UI: {uri.rstrip('/')}{page}"
+    return (f"Open the runs in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then "
+            f"http://127.0.0.1:5000{page})")
+
+
+# The MLflow UI keeps saved and shared views of an experiment's run table as experiment tags under
+# this prefix: a saved view is {"name", "createdAt", "state"} (listed under "Views"); a shared link
+# `?viewStateShareKey=<key>` opens the state stored directly under <prefix><key>. Both carry the
+# run filter, the sort and the selected columns (MLflow's own format: `metrics.`<key>``).
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+LATEST_METHODS_VIEW = "mlflow-unlearn-methods"
+METHOD_COLUMNS = ("tow", "mia/gap", "forget/acc", "cost/train_fraction")
+
+
+def methods_view_state(pipeline_run_id: str) -> dict:
+    """The run table of one `main` run's methods: one row per method (the nested evaluate runs,
+    shown flat by the filter), best ToW first, with ToW, MIA gap, forget accuracy and cost."""
+    return {"searchFilter": f"tags.`mlflow.parentRunId` = '{pipeline_run_id}' and "
+                            f"tags.`{Tag.ROLE}` = '{tracking.Role.EVALUATE}'",
+            "orderByKey": "metrics.`tow`", "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
+            "datasetsFilter": [], "modelVersionFilter": "All Runs",
+            "selectedColumns": [f"metrics.`{k}`" for k in METHOD_COLUMNS],
+            "viewMaximized": False, "runListHidden": False, "groupBy": None}
+
+
+def publish_methods_view(experiment_id: str, pipeline_run_id: str) -> str:
+    """Store the methods view of `pipeline_run_id` as this run's shared link and as the experiment's
+    saved view "mlflow-unlearn: methods of the latest main" (the newest main replaces it); returns
+    the UI route that opens it. The MLflow run table shows no metric columns by default, and the
+    method runs nest under the collapsed `main` row: without this, comparing them took clicks."""
+    import json
+    import time
+
+    client = mlflow.MlflowClient()
+    state = json.dumps(methods_view_state(pipeline_run_id))
+    now = int(time.time() * 1000)
+    link = f"methods-{pipeline_run_id}"
+    tracking.retry_transient(lambda: client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + link, state))
+    tracking.retry_transient(lambda: client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + LATEST_METHODS_VIEW, json.dumps(
+        {"name": "mlflow-unlearn: methods of the latest main", "createdAt": now, "updatedAt": now, "state": state})))
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={link}"
 
 
 def load_run_model(run_id: str, map_location="cpu") -> torch.nn.Module:

@@ -155,10 +155,14 @@ def register_unlearned(ctx: ForgetContext, run_id: str, model_uri: str, extra_ta
                        how: str) -> str:
     """A new version of the source's registered model, tagged, described and aliased `unlearned`
     (the alias moves to the newest result)."""
-    description = (f"Version {ctx.source.version} with {len(ctx.forget)} training examples unlearned "
-                   f"(forget digest {ctx.forget.digest[:12]}..., per memorisation tier {ctx.histogram}) by {how}. "
-                   f"Run {run_id}; evaluate it against retraining with `mlflow-unlearn evaluate --model-uri "
-                   f"{ctx.source.uri} --run-id {run_id} --forget <the same forget set>`.")
+    source = str(ctx.forget.source)
+    # the request as given when it is a plain spec or URI (a path or anything longer: its size)
+    named = f"`{source}`" if re.fullmatch(r"[\w:/.@=,+-]{1,100}", source) else f"of {len(ctx.forget)} ids"
+    tiers = ", ".join(f"{t} {n}" for t, n in ctx.histogram.items())
+    description = (f"Version {ctx.source.version} with {len(ctx.forget)} training examples unlearned by {how}: the "
+                   f"request {named} (forget digest {ctx.forget.digest[:12]}; per memorisation tier {tiers}). Run "
+                   f"{run_id}. Evaluate it against retraining: `mlflow-unlearn evaluate --model-uri {ctx.source.uri} "
+                   f"--run-id {run_id} --forget runs:/{run_id}/forget_set/ids.json`.")
     mv = tracking.register_version(model_uri, ctx.source.name, {
         **ctx.tags(Role.UNLEARN), Tag.SOURCE_VERSION: ctx.source.version, Tag.RUN_ID: run_id,
         Tag.N_FORGET: str(len(ctx.forget)), **extra_tags}, description=description, aliases=("unlearned",))

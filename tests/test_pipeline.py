@@ -50,7 +50,22 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     assert "plots/methods.png" in [a.path for a in client.list_artifacts(parent.info.run_id, "plots")]
     table = mlflow.load_table("summary_table.json", run_ids=[parent.info.run_id])
     assert "RUM (searched plan)" in set(table["method"]) and "tow ci95_low" in table.columns
-    assert "RUM (searched plan)" in parent.data.tags["mlflow.note.content"]  # the description on the run page
+    note = parent.data.tags["mlflow.note.content"]  # the description on the run page: the verdict first
+    assert note.startswith("Verdict: on the held-out request") and "RUM (searched plan)" in note
+    assert "flipped labels per tier" in note and "the retrained reference" in note  # noisy digits, the tiers
+    # the UI view of the methods: its filter finds exactly one run per method, with the columns' metrics
+    import json
+
+    from mlflow_unlearn import runs as run_views
+    tags = MlflowClient().get_experiment(parent.info.experiment_id).tags
+    state = json.loads(tags[f"{run_views.VIEW_TAG_PREFIX}methods-{parent.info.run_id}"])
+    listed = runs(state["searchFilter"])
+    assert sorted(r.info.run_name for r in listed) == sorted(r.name for r in out["reports"])
+    assert all({"tow", "mia/gap", "forget/acc", "cost/train_fraction"} <= set(r.data.metrics) for r in listed)
+    assert all(len(repr(v)) <= 8 for r in listed for k, v in r.data.metrics.items() if k == "tow")  # rounded
+    saved = json.loads(tags[run_views.VIEW_TAG_PREFIX + run_views.LATEST_METHODS_VIEW])
+    assert json.loads(saved["state"]) == state and saved["name"].startswith("mlflow-unlearn")
+    assert f"viewStateShareKey=methods-{parent.info.run_id}" in note
     rum_search = next(r for r in search_runs if r.data.tags["mlflow_unlearn.search_space"] == "rum")
     plots = [a.path for a in client.list_artifacts(rum_search.info.run_id, "plots")]
     assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots
