@@ -61,33 +61,47 @@ def tier_accuracy_chart(per_tier: Mapping[str, Mapping[str, float]], *, title: s
 def method_comparison(rows: Sequence[Mapping], floor: Mapping[str, float] | None, *, title: str,
                       budget: float | None = None) -> Figure:
     """ToW (higher is better, 1 = retrain) and MIA gap (lower is better, 0 = retrain) per method,
-    mean with the 95% interval over unlearning seeds; the retrain-vs-retrain noise floor dashed.
-    `rows`: dicts with `name` and `tow`, `mia/gap` as (mean, low, high), and optionally `cost`
-    (cost/train_fraction, the same form): then a third panel shows it, `budget` dashed."""
+    mean (a labelled dot) with the 95% interval over unlearning seeds (a bar; the caller cuts it to
+    the metric's range), the retrain-vs-retrain noise floor dashed. `rows`: dicts with `name` and
+    `tow`, `mia/gap` as (mean, low, high), and optionally `cost` (cost/train_fraction, the same form):
+    then a third panel shows it, `budget` dashed. Each axis is zoomed to the data (ToW 0.87-0.98 on
+    an axis from 0 looked alike), within the metric's range."""
     names = [r["name"] for r in rows]
-    panels = [("tow", "ToW (1 = as retrain; higher is better)", "floor/tow"),
-              ("mia/gap", "MIA gap (0 = as retrain; lower is better)", "floor/mia_gap")]
+    panels = [("tow", "ToW (1 = as retrain; higher is better)", "floor/tow", (0.0, 1.0)),
+              ("mia/gap", "MIA gap (0 = as retrain; lower is better)", "floor/mia_gap", (0.0, 1.0))]
     if all("cost" in r for r in rows):
-        panels.append(("cost", "cost (trainings: example passes / the original's)", "budget"))
+        panels.append(("cost", "cost (trainings: example passes / the original's)", "budget", (0.0, np.inf)))
         floor = {**(floor or {}), **({"budget": budget} if budget is not None else {})}
-    fig = Figure(figsize=(5.0 * len(panels), 0.45 * len(rows) + 1.6), dpi=110)
+    fig = Figure(figsize=(4.6 * len(panels) + 1.6, 0.42 * len(rows) + 1.9), dpi=110)
     y = np.arange(len(rows))[::-1]
-    for k, (key, label, floor_key) in enumerate(panels):
+    for k, (key, label, floor_key, (low_bound, high_bound)) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         mean = np.array([r[key][0] for r in rows], dtype=np.float64)
         lo = np.array([r[key][1] for r in rows], dtype=np.float64)
         hi = np.array([r[key][2] for r in rows], dtype=np.float64)
-        err = np.vstack([np.where(np.isfinite(lo), mean - lo, 0), np.where(np.isfinite(hi), hi - mean, 0)])
-        colors = ["#1f77b4" if n.startswith("RUM") else "#9e9e9e" if n.startswith("none") else "#8c8c8c" for n in names]
-        ax.barh(y, mean, xerr=err, color=colors, alpha=0.85, error_kw={"elinewidth": 1, "capsize": 2})
-        if floor and floor_key in floor and np.isfinite(floor[floor_key]):
-            ax.axvline(floor[floor_key], color="#2ca02c", linestyle="--", linewidth=1.2,
+        lo, hi = np.where(np.isfinite(lo), lo, mean), np.where(np.isfinite(hi), hi, mean)
+        colors = ["#1f77b4" if n.startswith("RUM") else "#7f7f7f" for n in names]
+        ax.hlines(y, lo, hi, colors=colors, linewidth=2.2, alpha=0.6)
+        ax.scatter(mean, y, c=colors, s=28, zorder=3)
+        reference = floor.get(floor_key) if floor else None
+        shown = [v for v in (*lo, *hi, *([reference] if reference is not None else [])) if np.isfinite(v)]
+        if shown:
+            left, right = min(shown), max(shown)
+            pad = max(0.08 * (right - left), 0.01)
+            left, right = max(left - pad, low_bound), min(right + 3.5 * pad, high_bound)  # room for the labels
+            ax.set_xlim(left, right)
+        for yi, m in zip(y, mean):
+            if np.isfinite(m):
+                ax.annotate(f"{m:.3f}", (m, yi), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+        if reference is not None and np.isfinite(reference):
+            ax.axvline(reference, color="#2ca02c", linestyle="--", linewidth=1.2,
                        label="budget" if key == "cost" else "retrain vs retrain")
-            ax.legend(fontsize=8, loc="lower right" if key == "tow" else "upper right")
+            ax.legend(fontsize=8, loc="lower left" if key == "tow" else "lower right")
         ax.set_yticks(y, names if k == 0 else [""] * len(names), fontsize=8)
+        ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_xlabel(label, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=9, wrap=True)
     fig.tight_layout()
     return fig
 

@@ -36,9 +36,22 @@ def test_method_comparison_draws_intervals_and_the_floor():
             {"name": "none (no unlearning)", "tow": (0.8, np.nan, np.nan), "mia/gap": (0.3, np.nan, np.nan)}]
     fig = plots.method_comparison(rows, {"floor/tow": 0.97, "floor/mia_gap": 0.02}, title="t")
     tow, gap = fig.axes
-    assert sorted(p.get_width() for p in tow.patches) == [0.8, 0.9]
+    assert sorted(tow.collections[1].get_offsets()[:, 0].tolist()) == [0.8, 0.9]  # the means, as dots
     assert [line.get_xdata()[0] for line in tow.get_lines() if line.get_linestyle() == "--"] == [0.97]
     assert "higher is better" in tow.get_xlabel() and "lower is better" in gap.get_xlabel()
+    assert {t.get_text() for t in tow.texts} == {"0.900", "0.800"}  # every mean labelled
+    left, right = tow.get_xlim()
+    assert 0.7 < left < 0.8 and 0.97 < right <= 1.0  # zoomed to the data, inside ToW's range
+    assert gap.get_xlim()[0] >= 0.0
+
+
+def test_method_comparison_zooms_to_close_scores_within_the_range():
+    """ToW 0.87-0.98 on an axis from 0 looked alike; an interval cut at 1 stays at 1."""
+    rows = [{"name": f"m{i}", "tow": (v, v - 0.01, min(v + 0.03, 1.0)), "mia/gap": (0.05, 0.0, 0.1)}
+            for i, v in enumerate((0.87, 0.93, 0.98))]
+    tow, _ = plots.method_comparison(rows, {"floor/tow": 0.95, "floor/mia_gap": 0.02}, title="t").axes
+    left, right = tow.get_xlim()
+    assert 0.8 < left < 0.86 and right == 1.0
 
 
 def test_method_comparison_shows_each_methods_cost_against_the_budget():
@@ -48,7 +61,8 @@ def test_method_comparison_shows_each_methods_cost_against_the_budget():
              "cost": (0.0, np.nan, np.nan)}]
     fig = plots.method_comparison(rows, {"floor/tow": 0.97, "floor/mia_gap": 0.02}, title="t", budget=0.1)
     tow, gap, cost = fig.axes
-    assert sorted(p.get_width() for p in cost.patches) == [0.0, 0.095]
+    assert sorted(cost.collections[1].get_offsets()[:, 0].tolist()) == [0.0, 0.095]
+    assert cost.get_xlim()[0] == 0.0 and cost.get_xlim()[1] > 0.1  # the budget line inside the panel
     assert [line.get_xdata()[0] for line in cost.get_lines() if line.get_linestyle() == "--"] == [0.1]
     assert "trainings" in cost.get_xlabel() and cost.get_legend().get_texts()[0].get_text() == "budget"
 
