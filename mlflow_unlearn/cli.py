@@ -249,8 +249,9 @@ def _add_main(sub):
     p.add_argument("--unlearn-seeds", type=_int, default=3, help="unlearning seeds per reported method (mean, 95%% interval)")
     p.add_argument("--max-epochs", type=_int, default=3)
     p.add_argument("--objective", default="tow")
-    p.add_argument("--baselines", type=_algorithm_list, default=None,
-                   help="comma-separated algorithms reported at defaults and tuned beside RUM, or `default` (every "
+    p.add_argument("--baselines", type=_algorithm_list, default="finetune,neggrad_plus,salun,scrub",
+                   help="comma-separated algorithms reported at defaults and tuned beside RUM (default: the CIFAR "
+                        "benchmark's four), or `default` (every "
                         "registered algorithm declared for the default search; `mlflow-unlearn algorithms` lists them)")
     p.add_argument("--seed", type=_int, default=0)
     p.add_argument("--registered-model-name", type=_none_or(str), default=None)
