@@ -84,7 +84,8 @@ def verdict(reports, floor: dict[str, float] | None = None, *, plan: str | None 
     diff = float(np.mean(a) - np.mean(b))
     if len(a) >= 2 and np.ptp(np.asarray(a) - np.asarray(b)) > 0:
         t = paired_test(a, b)
-        detail = f"{diff:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}], p = {t['p']:.3f}"
+        p = "p < 0.001" if t["p"] < 0.001 else f"p = {t['p']:.3f}"
+        detail = f"{diff:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}], {p}"
     else:
         detail = f"{diff:+.3f}"
     if diff <= 0:
@@ -283,7 +284,9 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         mlflow.set_tag("mlflow.note.content", summary)  # the run's description on its page
         mlflow.log_metric("time/pipeline_s", time.perf_counter() - t_start)
     print()
-    print(summary)
+    # on the terminal the verdict comes last, where a reader's eye lands; in the run's description first
+    print("\n".join([header, "", table, "", f"At the same budget ({ctx.budget.fraction:g}), held out, paired over seeds:",
+                     *matched, "", costs, "", conclusion]))
     print(f"\nRUM model registered as models:/{ctx.source.name}/{rum.version} (source version {ctx.source.version}); "
           f"pipeline run {parent.info.run_id}, {time.perf_counter() - t_start:.0f} s")
     print(runs.ui_hint(view))

@@ -466,6 +466,12 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
         client = mlflow.MlflowClient()
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, tracking.plan_tag_value(plan.to_dict()))
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, run_id)
+        # the tags are for machines (the hook reads them); the description says the same for people
+        readable = plan.to_compact().replace(";", "; ").replace(",", ", ")
+        client.update_registered_model(ctx.source.name, description=(
+            f"RUM plan for deletion requests (searched for version {ctx.source.version} on {len(calibration.digests)} "
+            f"calibration forget set(s), mean calibration {objective} {value:.3f}, search run {run_id}): {readable}. "
+            f"Requests use it with `--plan registered` and through the registry hook."))
     return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent)
 
 

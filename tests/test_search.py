@@ -76,7 +76,9 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
                           trial_runs=True)
     assert found.best_plan.to_compact() == "low=none;mid=none;high=test_oracle"
     assert found.best_value == pytest.approx(1.0)
-    tags = MlflowClient().get_registered_model("digits-src").tags
+    registered = MlflowClient().get_registered_model("digits-src")
+    tags = registered.tags
+    assert "low=none; mid=none; high=test_oracle" in registered.description  # readable, beside the JSON tag
     assert json.loads(tags[Tag.SEARCHED_PLAN]) == found.best_plan.to_dict()
     assert request.resolve_plan(ctx, "registered").plan.to_dict() == found.best_plan.validate(ctx.tiers).to_dict()
     trials = runs(f"tags.`mlflow_unlearn.role` = 'trial' and tags.`mlflow_unlearn.study` = '{found.study_name}'")

@@ -3,10 +3,10 @@
 functions (lazy ones), each marked as such.
 
     python tools/import_graph.py              # one line per module: what it imports from the package
-    python tools/import_graph.py --mermaid    # a mermaid flowchart (the picture in README's Layout)
+    python tools/import_graph.py --mermaid    # a mermaid flowchart (the picture in docs/layout.md)
     python tools/import_graph.py --cycles     # module-level import cycles, if any
     python tools/import_graph.py --reduced    # mermaid, hook/ and algorithms/ as one node each, implied edges left out
-                                              # (README's Layout picture)
+                                              # (docs/layout.md's picture)
 
 `tests/test_layering.py` uses `imports()` to keep the core free of mlflow and of the edge modules.
 """

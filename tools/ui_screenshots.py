@@ -3,9 +3,10 @@
     .venv/bin/python tools/ui_screenshots.py --backend-store-uri sqlite:///mlflow.db --out ui-shots/
 
 Starts `mlflow server` on 127.0.0.1 over the given store, finds the newest `main` pipeline run (or
-the newest runs of each role), and saves PNGs of: the experiment's run list, the pipeline run, its
-`plots/methods.png`, an evaluate run's `plots/tiers.png`, the train run's `plots/c_proxy.png`, the
-RUM search's `plots/optimization_history.png` and the registered model's page. The MLflow 3 UI
+the newest runs of each role), and saves PNGs of: the experiment's run list, the methods view the
+pipeline published (one row per method), the pipeline run, its `plots/methods.png`, an evaluate
+run's `plots/tiers.png`, the train run's `plots/c_proxy.png`, the RUM search's
+`plots/optimization_history.png`, the registered model's page and its newest version's. The MLflow 3 UI
 opens in its GenAI view in a fresh browser; the "Model training" switch (top left) shows the runs.
 Needs Debian's
 `chromium` (apt-get install chromium). The pages are single-page-app routes; Chromium is given a
@@ -73,7 +74,11 @@ def main(argv=None) -> int:
         pipeline = newest(client, "pipeline")
         if pipeline:
             eid, rid = pipeline.info.experiment_id, pipeline.info.run_id
-            pages += [("experiment", f"#/experiments/{eid}"), ("pipeline-run", f"#/experiments/{eid}/runs/{rid}"),
+            # workflowType: the "Model training" switch (a fresh browser opens in the GenAI view)
+            ml = "workflowType=machine_learning"
+            pages += [("experiment", f"#/experiments/{eid}/runs?{ml}"),
+                      ("methods-view", f"#/experiments/{eid}/runs?viewStateShareKey=methods-{rid}&{ml}"),
+                      ("pipeline-run", f"#/experiments/{eid}/runs/{rid}?{ml}"),
                       ("pipeline-methods-plot", f"#/experiments/{eid}/runs/{rid}/artifacts/plots/methods.png")]
         for role, name, extra in (("evaluate", "tiers", ""), ("original", "c_proxy", ""),
                                   ("search", "optimization_history", " and tags.`mlflow_unlearn.search_space` = 'rum'")):
@@ -84,6 +89,8 @@ def main(argv=None) -> int:
         models = client.search_registered_models(max_results=1)
         if models:
             pages.append(("registered-model", f"#/models/{models[0].name}"))
+            newest_version = max(int(v.version) for v in client.search_model_versions(f"name = '{models[0].name}'"))
+            pages.append(("model-version", f"#/models/{models[0].name}/versions/{newest_version}"))
         if not pages:
             raise SystemExit(f"no mlflow-unlearn runs in {args.backend_store_uri}")
         for name, route in pages:
