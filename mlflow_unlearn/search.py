@@ -211,8 +211,12 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = references.DEFAULT_
             same = evaluate_unlearning(ref.outputs, ref.outputs, tiers=tier_pos, seed=ctx.seed)
             per_set.append({m: abs(other[m] - same[m]) for m in other if m in same and np.isfinite(other[m])})
         spread = {m: float(np.mean([s[m] for s in per_set])) for m in per_set[0] if all(m in s for s in per_set)}
+    # whether the calibration sets show the request's regime: what their reference still gets right, per tier
+    regime = "; ".join("/".join(f"{float(np.mean(ref.outputs['forget'].correct[pos])):.2f}" if len(pos) else "-"
+                                for pos in ref.tier_positions().values()) for ref in refs)
     print(f"calibration: {k} set(s) inside the pool of {len(pool)} ({spec.tag()}), reference run {run.run_id}"
-          f"{' (cached)' if run.cached else ''}; rank-quantile distance to the request {distance:.4f}")
+          f"{' (cached)' if run.cached else ''}; rank-quantile distance to the request {distance:.4f}; the "
+          f"reference's accuracy per tier ({', '.join(names)}) on each set: {regime}")
     return Calibration(contexts, [run] * k, refs, pool, spread, spec, distance)
 
 
