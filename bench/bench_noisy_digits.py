@@ -14,7 +14,7 @@ has something to unlearn where the reference gets a tier wrong that the original
 calibration sets are useful for selection where they show the same pattern.
 
 `--atypical F` shifts a seeded F of the clean train images by 2 pixels (a diagonal roll): correctly
-labelled but atypical images, tried to give the middle tier something to do (README: it did not).
+labelled but atypical images, tried to give the middle tier something to do (bench/README.md: it did not).
 """
 from __future__ import annotations
 

@@ -475,7 +475,7 @@ def default_plan(tier_names: Sequence[str] = DEFAULT_TIERS) -> Plan:
     9 of 10; the earlier default (finetune 2 epochs, neggrad_plus lr 0.08 alpha 0.95, alpha 0.9 on the
     highest tier) passed 1 of 10, failing retain (5), test (7) and the highest tier, forgotten far
     below never-seen accuracy (9). The reported numbers (another model and requests) are in the
-    README ("The acceptance gate, and escalation"). The retain mode is the default `exclude_all`.
+    docs/hook.md ("The acceptance gate, and escalation"). The retain mode is the default `exclude_all`.
     These are heuristics, not searched values: a plan searched on the model's own data (the search
     step) replaces them.
     """

@@ -150,7 +150,7 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = references.DEFAULT_
     members nearest to it in memorisation rank within its bin (the extreme tail included). Without
     `size`: the smallest cached pool that matches the request, else a new default one (6% of train,
     or the request's size if larger). The reference never saw the pool, so retain is compared on
-    train minus the pool; its own accuracies move by the examples it lacks, which README ("Compute
+    train minus the pool; its own accuracies move by the examples it lacks, which docs/steps.md ("Compute
     and budget") measures against the retrain-vs-retrain noise.
     With `noise`, a second reference (another seed, same pool) gives the calibration noise: how far
     retraining itself lands from the first reference on every metric (the search then registers the
