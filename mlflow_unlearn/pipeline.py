@@ -270,7 +270,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
                   f"interval] over unlearning seeds (a t-interval cut to the metric's range: [0, 1] for scores and "
                   f"accuracies, >= 0 for costs). {tier_line[0].upper() + tier_line[1:]}.")
         view = runs.publish_methods_view(parent.info.experiment_id, parent.info.run_id)
-        conclusion += f" Compare the methods in the MLflow UI: {view} (the saved view under Views)."
+        conclusion += f" Compare the methods in the MLflow UI: [one row per method]({view}) (also under Views)."
         # the experiment's description (the newest main's verdict): what opening the experiment shows first
         mlflow.MlflowClient().set_experiment_tag(parent.info.experiment_id, "mlflow.note.content",
                                                  f"Newest `main` run {parent.info.run_id}. {conclusion}")

@@ -159,7 +159,7 @@ def register_unlearned(ctx: ForgetContext, run_id: str, model_uri: str, extra_ta
     # the request as given when it is a plain spec or URI (a path or anything longer: its size)
     named = f"`{source}`" if re.fullmatch(r"[\w:/.@=,+-]{1,100}", source) else f"of {len(ctx.forget)} ids"
     tiers = ", ".join(f"{t} {n}" for t, n in ctx.histogram.items())
-    how = how.replace(";", "; ").replace(",", ", ")  # a compact plan has no spaces: it ran off the version page
+    how = re.sub(r"([;,])(?=\S)", r"\1 ", how)  # a compact plan has no spaces: it ran off the version page
     description = (f"Version {ctx.source.version} with {len(ctx.forget)} training examples unlearned by {how}: the "
                    f"request {named} (forget digest {ctx.forget.digest[:12]}; per memorisation tier {tiers}). Run "
                    f"{run_id}. Evaluate it against retraining: `mlflow-unlearn evaluate --model-uri {ctx.source.uri} "

@@ -33,6 +33,9 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_bar_draws_on_a_terminal_only(monkeypatch):
+    import time
+
+    monkeypatch.setattr(ProgressBar, "_last_line", time.monotonic())  # no heartbeat line within this test
     for tty, enabled, drawn in ((True, True, True), (False, True, False), (True, False, False)):
         stderr = _Terminal(tty)
         monkeypatch.setattr("sys.stderr", stderr)

@@ -225,7 +225,11 @@ def test_a_diverged_trial_fails_and_the_study_goes_on(source_model, diverging_al
     assert scored <= 4 and tuning.budget_spent(study, 4) and optuna.trial.TrialState.FAIL in states
     assert optuna.trial.TrialState.COMPLETE in states
     assert "test_diverge" not in found.best_plan.to_compact()
-    failed = [r for r in runs(f"tags.`mlflow_unlearn.study` = '{found.study_name}'") if r.info.status == "FAILED"]
+    table = mlflow.artifacts.load_dict(f"runs:/{found.run_id}/trials.json")  # the table says so (no trial runs)
+    assert "fail" in [dict(zip(table["columns"], row))["state"] for row in table["data"]]
+    again = search.search(ctx, calibration, n_trials=4, algorithms=("none", "test_diverge"), attach=False,
+                          storage=f"sqlite:///{tmp_path}/d2.db", trial_runs=True)
+    failed = [r for r in runs(f"tags.`mlflow_unlearn.study` = '{again.study_name}'") if r.info.status == "FAILED"]
     assert failed and all("mlflow_unlearn.diverged" in r.data.tags for r in failed)
 
 
