@@ -65,7 +65,10 @@ def format_table(reports, floor: dict[str, float], retrain_fraction: float) -> s
     return "\n".join(lines)
 
 
-def verdict(reports, floor: dict[str, float] | None = None, *, plan: str | None = None,
+PLAN_KINDS = {"enqueued": "one of the enqueued defaults", "sampled": "found by the sampler"}
+
+
+def verdict(reports, floor: dict[str, float] | None = None, *, plan: str | None = None, plan_kind: str | None = None,
             costs: dict[str, float] | None = None, request_note: str = "") -> str:
     """The pipeline's answer in one paragraph: what the searched RUM plan scored on the held-out
     request against doing nothing, the retrain noise floor and the best baseline at the same budget
@@ -75,8 +78,9 @@ def verdict(reports, floor: dict[str, float] | None = None, *, plan: str | None 
     if rum is None or none is None:
         return ""
     tow, lo, hi = rum.summary("tow")
+    kind = f" ({PLAN_KINDS[plan_kind]})" if plan_kind in PLAN_KINDS else ""
     parts = [f"Verdict: on the held-out request{request_note}, the searched RUM plan"
-             f"{f' `{plan}`' if plan else ''} scores ToW {_cell(tow, lo, hi, 3)} at "
+             f"{f' `{plan}`' if plan else ''}{kind} scores ToW {_cell(tow, lo, hi, 3)} at "
              f"{rum.summary('cost/train_fraction')[0]:.3f} of a training; doing nothing scores "
              f"{none.summary('tow')[0]:.3f}"
              + (f" and a second retrain {floor['floor/tow']:.3f} (the noise floor)" if floor else "") + "."]
@@ -260,6 +264,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
             request=rum.cost.get("cost/train_fraction", float("nan")), retrain=retrain_fraction)
         mlflow.log_metrics(cost_metrics)
         conclusion = verdict(reports, floor, plan=found.best_plan.to_compact(), costs=cost_metrics,
+                             plan_kind=mlflow.MlflowClient().get_run(found.run_id).data.tags.get(Tag.BEST_KIND),
                              request_note=_request_note(ctx))
         header = (f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seeds {seeds}; original train acc "
                   f"{original.history[-1]['train/acc']:.4f}. Selection on {calibration_sets} calibration forget set(s) "
