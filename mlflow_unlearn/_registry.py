@@ -7,6 +7,7 @@ plugin that is registered by an entry point declares them exactly like a built-i
 as a decorator, or keywords to `Registry.register`."""
 from __future__ import annotations
 
+import difflib
 import inspect
 import warnings
 from importlib.metadata import entry_points
@@ -108,9 +109,18 @@ class Registry:
         try:
             return self._items[name]
         except KeyError:
-            raise UnknownComponentError(
-                f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}"
-            ) from None
+            raise UnknownComponentError(self.unknown_message([name])) from None
+
+    def unknown_message(self, names) -> str:
+        """"unknown <kind> 'x' (did you mean 'y'?); registered: ...": the one wording of an unknown
+        name, with the closest registered name when one is close (difflib)."""
+        known = self.names()
+        named = []
+        for name in names:
+            text = str(name)[:60]
+            close = difflib.get_close_matches(text, known, n=1)
+            named.append(f"{text!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return f"unknown {self.kind}{'s' if len(named) > 1 else ''} {', '.join(named)}; registered: {', '.join(known)}"
 
     def declared(self, name: str) -> dict[str, Any]:
         """The declarations of component `name` (unknown names raise the registry's error)."""

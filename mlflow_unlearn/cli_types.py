@@ -86,7 +86,7 @@ def algorithm_list(value: str) -> list[str] | None:
     names = [x.strip() for x in value.split(",") if x.strip()]
     unknown = [n for n in names if n not in ALGORITHMS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {unknown}; registered: {', '.join(ALGORITHMS.names())}")
+        raise argparse.ArgumentTypeError(ALGORITHMS.unknown_message(unknown))
     return names
 
 

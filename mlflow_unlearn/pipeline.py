@@ -170,7 +170,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
     algorithms = list(algorithms) if algorithms is not None else ["none", *baselines]
     unknown = [b for b in [*baselines, *algorithms] if b not in ALGORITHMS]
     if unknown:
-        raise ValueError(f"unknown algorithm(s) {unknown}; registered: {', '.join(ALGORITHMS.names())}")
+        raise ValueError(ALGORITHMS.unknown_message(unknown))
     if not isinstance(n_trials, int) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
     needed = len(rum_default_trials(("low", "mid", "high"), algorithms))

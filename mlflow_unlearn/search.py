@@ -309,7 +309,8 @@ class SearchResult:
 def _check_algorithms(algorithms: Sequence[str]) -> None:
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown or not algorithms:
-        raise SearchError(f"unknown algorithm(s) {unknown} in the search space; registered: {', '.join(ALGORITHMS.names())}")
+        raise SearchError(f"{ALGORITHMS.unknown_message(unknown)} (in the search space)" if unknown
+                          else f"the search space is empty; registered: {', '.join(ALGORITHMS.names())}")
 
 
 def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candidates, enqueue, *, n_trials: int,

@@ -358,3 +358,13 @@ def test_train_recipe_and_unlearn_data_validate(small_data):
 
 # --------------------------------------------------------------------------------------------------
 # Search spaces declared at registration
+
+
+def test_a_misspelt_algorithm_gets_the_closest_registered_name():
+    from mlflow_unlearn.algorithms import ALGORITHMS
+
+    with pytest.raises(UnknownComponentError) as err:
+        ALGORITHMS.get("negrad_plus")
+    assert "unknown algorithm 'negrad_plus' (did you mean 'neggrad_plus'?); registered:" in str(err.value)
+    assert "did you mean" not in ALGORITHMS.unknown_message(["zzzz"])  # nothing close: no guess
+    assert ALGORITHMS.unknown_message(["finetun", "x"]).startswith("unknown algorithms 'finetun' (did you mean 'finetune'?), 'x';")

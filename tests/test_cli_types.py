@@ -12,7 +12,7 @@ from mlflow_unlearn import cli_types
     (cli_types.whole_number, "two", "'two'"),
     (cli_types.boolean, "maybe", "'maybe'"),
     (cli_types.device, "tpu", "unknown device 'tpu'"),
-    (cli_types.algorithm_list, "finetune,sgd", "['sgd']"),
+    (cli_types.algorithm_list, "finetune,sgd", "unknown algorithm 'sgd'"),
 ])
 def test_argument_types_name_the_bad_value(parse, value, needle):
     with pytest.raises(argparse.ArgumentTypeError) as info:
