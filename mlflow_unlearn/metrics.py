@@ -1,8 +1,9 @@
 """Unlearning metrics: a pure functional core over arrays, plus thin model-level glue.
 
 Everything here follows DESIGN.md section 2 and reports fractions in [0, 1], never percentages.
-Core layering: numpy, scipy, torch and the package's own core modules only (never mlflow or
-scikit-learn); the MLflow edge logs the flat dict that `evaluate_unlearning` returns as is.
+Core layering: numpy, scipy, torch, the package's own core modules and scikit-learn (the attack's
+logistic regression and ROC AUC; MLflow depends on it anyway), never mlflow; the MLflow edge logs
+the flat dict that `evaluate_unlearning` returns as is.
 
 Array functions (the building blocks, usable on stored predictions without a model):
 

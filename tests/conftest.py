@@ -207,3 +207,11 @@ def redis_or_skip(url: str = "redis://127.0.0.1:6379/15") -> str:
     except Exception as exc:
         pytest.skip(f"no Redis answers at {url}: {exc}")
     return url
+
+
+@pytest.fixture(scope="session")
+def problem():
+    """The tiny unlearning problem of the algorithm tests (tests/algorithm_problem.py), trained once."""
+    from algorithm_problem import build_problem
+
+    return build_problem()

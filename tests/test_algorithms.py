@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
-
+from algorithm_problem import forgot as _forgot, same as _same, state as _state, stats as _stats
 
 from mlflow_unlearn._registry import UnknownComponentError
 from mlflow_unlearn.algorithms import (
@@ -28,9 +27,8 @@ from mlflow_unlearn.algorithms import (
     validate_hyperparameters,
 )
 from mlflow_unlearn.data import DatasetSpec, load_dataset
-from mlflow_unlearn.models import build_model
 from mlflow_unlearn.progress import ListLogger
-from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model
+from mlflow_unlearn.training import TrainConfig
 
 BUILTINS = {"none", "finetune", "l1_sparse", "neggrad", "neggrad_plus", "scrub", "random_label", "salun",
             "influence", "retrain"}
@@ -58,46 +56,6 @@ FORGETTING = {
     "example_ascent_then_repair": {"ascent_steps": 3, "ascent_lr": 0.05},
 }
 RETAIN_KEPT = ("finetune", "l1_sparse")  # retain accuracy within 0.05 of the original
-
-
-TINY_CONFIG = TrainConfig(epochs=8, lr=0.1, batch_size=32)
-
-
-@pytest.fixture(scope="module")
-def problem():
-    data = load_dataset(DatasetSpec("digits", subset=400))
-    build = lambda seed: build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=seed, width=8)
-    model = build(0)
-    train_model(model, data, TINY_CONFIG, progress=False, eval_test=False)
-    model.eval()
-    forget_ids = torch.nonzero(data.train.y == 3).flatten()
-    udata = UnlearnData.from_forget(data, forget_ids, recipe=TrainRecipe(build, TINY_CONFIG))
-    stats = _stats(model, udata)
-    assert stats["retain_acc"] == 1.0 and stats["forget_acc"] == 1.0, stats  # the regime the paper needs
-    return model, udata, stats
-
-
-def _stats(model, udata):
-    data = udata.data
-    forget_logits = predict_logits(model, data, udata.forget)
-    return {
-        "forget_acc": (forget_logits.argmax(1) == udata.forget.y).float().mean().item(),
-        "forget_ce": F.cross_entropy(forget_logits, udata.forget.y).item(),
-        "retain_acc": accuracy(model, data, udata.retain),
-    }
-
-
-def _forgot(before: dict, after: dict) -> bool:
-    """The forgetting bar: forget CE up by more than 0.15 nats, or forget accuracy down by 0.2."""
-    return after["forget_ce"] > before["forget_ce"] + 0.15 or after["forget_acc"] <= before["forget_acc"] - 0.2
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())

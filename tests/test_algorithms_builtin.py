@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from algorithm_problem import same as _same, state as _state, stats as _stats
 
 from mlflow_unlearn.algorithms import (
     ALGORITHMS,
@@ -20,57 +21,14 @@ from mlflow_unlearn.algorithms import (
     MIN_FORGET_BATCHES,
     MIN_RETAIN_BATCHES,
     Loop,
-    TrainRecipe,
     UnlearnData,
     effective_batch_size,
     run_algorithm,
     saliency_mask,
     validate_hyperparameters,
 )
-from mlflow_unlearn.data import DatasetSpec, load_dataset
-from mlflow_unlearn.models import build_model
 from mlflow_unlearn.progress import ListLogger
-from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model
-
-
-TINY_CONFIG = TrainConfig(epochs=8, lr=0.1, batch_size=32)
-
-
-@pytest.fixture(scope="module")
-def problem():
-    data = load_dataset(DatasetSpec("digits", subset=400))
-    build = lambda seed: build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=seed, width=8)
-    model = build(0)
-    train_model(model, data, TINY_CONFIG, progress=False, eval_test=False)
-    model.eval()
-    forget_ids = torch.nonzero(data.train.y == 3).flatten()
-    udata = UnlearnData.from_forget(data, forget_ids, recipe=TrainRecipe(build, TINY_CONFIG))
-    stats = _stats(model, udata)
-    assert stats["retain_acc"] == 1.0 and stats["forget_acc"] == 1.0, stats  # the regime the paper needs
-    return model, udata, stats
-
-
-def _stats(model, udata):
-    data = udata.data
-    forget_logits = predict_logits(model, data, udata.forget)
-    return {
-        "forget_acc": (forget_logits.argmax(1) == udata.forget.y).float().mean().item(),
-        "forget_ce": F.cross_entropy(forget_logits, udata.forget.y).item(),
-        "retain_acc": accuracy(model, data, udata.retain),
-    }
-
-
-def _forgot(before: dict, after: dict) -> bool:
-    """The forgetting bar: forget CE up by more than 0.15 nats, or forget accuracy down by 0.2."""
-    return after["forget_ce"] > before["forget_ce"] + 0.15 or after["forget_acc"] <= before["forget_acc"] - 0.2
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _state(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+from mlflow_unlearn.training import train_model
 
 
 def test_salun_only_moves_salient_weights(problem):
