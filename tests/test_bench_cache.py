@@ -1,0 +1,48 @@
+"""bench/bench_unlearning.py's seed cache: a retrained reference stored under another recipe (a
+45-epoch run's file copied into a 40-epoch run's cache) is never scored against; report rows resume."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+bench = pytest.importorskip("bench_unlearning")
+
+
+def key(epochs: int) -> dict:
+    scale = {f: 1 for f in bench.SeedCache.RECIPE_FIELDS} | {"epochs": epochs}
+    return {"scale": scale, "algorithms": ["finetune"], "data": "cifar.tar.gz"}
+
+
+def stored_target(name: str) -> "bench.Target":
+    from mlflow_unlearn.metrics import SplitOutputs
+
+    outputs = {k: SplitOutputs(np.zeros((3, 10), dtype=np.float32), np.zeros(3, dtype=np.int64))
+               for k in ("forget", "retain", "test")}
+    return bench.Target(name, np.arange(3), {"low": np.arange(3)}, None, outputs, 1.0, 8, tier_acc={"low": 0.5})
+
+
+def test_a_reference_from_another_recipe_is_retrained_not_used(tmp_path):
+    cache = bench.SeedCache(str(tmp_path), 0, key(40))
+    made = []
+    cache.target("evaluated", lambda: made.append(1) or stored_target("evaluated"), data=None)
+    assert made == [1] and cache.cached_target("evaluated", None) is not None  # stored, with its recipe
+    path = tmp_path / "seed0-cache" / "target-evaluated.npz"
+    with np.load(path) as z:  # as if copied from a 45-epoch run's cache
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    meta["recipe"]["epochs"] = 45
+    np.savez_compressed(path, meta=json.dumps(meta), **arrays)
+    assert cache.cached_target("evaluated", None) is None
+    cache.target("evaluated", lambda: made.append(2) or stored_target("evaluated"), data=None)
+    assert made == [1, 2]  # retrained under this recipe
+
+
+def test_report_rows_resume(tmp_path):
+    cache = bench.SeedCache(str(tmp_path), 0, key(40))
+    assert cache.reports() == {}
+    cache.save_report({"method": "finetune (tuned)", "budget": 0.1, "plan": "all=finetune", "tow": np.float64(0.9)})
+    rows = bench.SeedCache(str(tmp_path), 0, key(40)).reports()
+    assert rows[("finetune (tuned)", 0.1, "all=finetune")]["tow"] == 0.9
