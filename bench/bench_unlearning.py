@@ -549,23 +549,30 @@ def counted(study) -> int:
 
 def search_plans(original, data, calibration: list, scale: Scale, seed: int, algorithms, *,
                  timeout_s: float | None = None, values: dict | None = None, storage: str | None = None,
-                 spent: dict | None = None) -> dict[str, Plan] | None:
+                 spent: dict | None = None, strategy: str = tuning.COMPOSED) -> dict[str, Plan] | None:
     """The RUM plan and one tuned setting per baseline algorithm, each from a study of
-    `scale.trials` trials (at least the RUM study's known-good points) on the calibration sets.
-    `values` (optional) receives each space's best calibration ToW (selection only, never reported
-    as a result)."""
+    `scale.trials` trials on the calibration sets: the product's search (`mlflow_unlearn.search`),
+    without MLflow. `composed` (default): the baselines' tunings first, then the per-tier coordinate
+    search over their settings (`tuning.compose_search`), with each tuned setting copied in; its
+    cost is the composition's trials plus every tuning's. `joint`: one study over every tier's
+    algorithm and hyperparameters, before the tunings. `values` (optional) receives each space's
+    best calibration ToW (selection only, never reported as a result)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     scorer = tuning.CalibrationScorer(original.model, data, [t.as_reference() for t in calibration], seed=seed,
                                       recipe=recipe(data, scale, seed), budget=original.budget(scale.budget))
     searched = ["none", *[a for a in algorithms if a != "none"]]  # the RUM space: none plus the compared algorithms
-    enqueue = tuning.rum_default_trials(TIERS, searched)
-    n_trials = max(scale.trials, len(enqueue))  # the same budget for RUM and for every tuned baseline
-    spaces = [("rum", tuning.rum_candidates(TIERS, searched, max_epochs=scale.max_epochs), enqueue)]
-    spaces += [(a, tuning.algorithm_candidates(a, max_epochs=scale.max_epochs), tuning.algorithm_default_trials(a))
+    tunings = [(a, tuning.algorithm_candidates(a, max_epochs=scale.max_epochs), tuning.algorithm_default_trials(a))
                for a in algorithms]
-    best = {}
+    if strategy == tuning.JOINT:
+        enqueue = tuning.rum_default_trials(TIERS, searched)
+        n_trials = max(scale.trials, len(enqueue))  # the same budget for RUM and for every tuned baseline
+        spaces = [("rum", tuning.rum_candidates(TIERS, searched, max_epochs=scale.max_epochs), enqueue), *tunings]
+    else:
+        n_trials = scale.trials
+        spaces = [*tunings, ("rum-composed", None, [])]
+    best, known_metrics = {}, {}
     t0 = time.perf_counter()
     for space, candidates, first in spaces:
         study = tuning.make_study(None if storage is None else space, storage, seed=seed)
@@ -579,25 +586,38 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
         left = None if timeout_s is None else max(1.0, timeout_s - (time.perf_counter() - t0))
         if storage is None:
             left = None if timeout_s is None else timeout_s / len(spaces)
-        if storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
-            before = scorer.spent_passes
+        before = scorer.spent_passes
+        if candidates is None:  # the composed RUM search: one arm per tier from the tunings above
+            tuned = {a: best[a] for a in algorithms if a in best}
+            arms = tuning.compose_arms(searched, tuned)
+            tuning.add_known_trials(study, [tuning.KnownTrial(p, known_metrics[a], a) for a, p in tuned.items()])
+            tuning.compose_search(study, TIERS, arms, scorer, n_trials=n_trials, observer=_PrintTrials(space),
+                                  timeout_s=left)
+        elif storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
             tuning.optimize(study, candidates, scorer, n_trials=n_trials + failed_stale(study), enqueue=first,
                             observer=_PrintTrials(space), timeout_s=left)
-            if spent is not None:  # what scoring this space's trials cost, in trainings (summed over runs)
-                spent[space] = spent.get(space, 0.0) + (scorer.spent_passes - before) / original.passes
-        if storage is not None and counted(study) < n_trials and not tuning.budget_spent(study, n_trials + failed_stale(study)):
+        if spent is not None and scorer.spent_passes > before:  # what this space's trials cost, in trainings
+            spent[space] = spent.get(space, 0.0) + (scorer.spent_passes - before) / original.passes
+        if (storage is not None and candidates is not None and counted(study) < n_trials
+                and not tuning.budget_spent(study, n_trials + failed_stale(study))):
             say(f"  search {space}: stopped with {counted(study)} of {n_trials} trials; run the same command again to "
                 "continue")
             return None
         try:
-            best[space], value = tuning.best_plan(study)
+            plan, value = tuning.best_plan(study)
         except tuning.SearchError:
             say(f"  search {space}: no completed trial")
             continue
+        key = "rum" if space.startswith("rum") else space
+        best[key] = plan
+        if space not in ("rum", "rum-composed"):
+            known_metrics[space] = dict(tuning.completed_with_plan(study, plan.to_dict()).user_attrs["metrics"])
         if values is not None:
-            values[space] = value
+            values[key] = value
         say(f"  search {space}: best calibration ToW {value:.4f} (selection only) after {counted(study)} scored plans ({len(study.trials)} trials, repeats free): "
-            f"{best[space].to_compact()}")
+            f"{plan.to_compact()}")
+    if strategy == tuning.COMPOSED and spent is not None:  # RUM's selection: its composition and every tuning
+        spent["rum"] = spent.get("rum-composed", 0.0) + sum(spent.get(a, 0.0) for a in algorithms)
     return best
 
 
@@ -797,7 +817,7 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
                 timeout = max(1.0, left if timeout is None else min(timeout, left))
             values, spent = {}, cache.search_cost()
             plans = search_plans(original, data, calibration, scale, seed, args.algorithms, timeout_s=timeout,
-                                 values=values, storage=cache.storage(), spent=spent)
+                                 values=values, storage=cache.storage(), spent=spent, strategy=args.strategy)
             cache.save_search_cost(spent)
             if plans is None:  # stopped by --stop-after-s with trials left: the next run continues the studies
                 return None
@@ -842,13 +862,14 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     union = np.unique(np.concatenate(calibration_ids)) if len(calibration_ids) else np.zeros(0, dtype=np.int64)
     spent = (search_record or {}).get("search_cost") or {}
     costs = {"calibration_reference": (len(data.train) - len(union)) / len(data.train),
-             "rum_search": spent.get("rum", float("nan")), "baseline_searches": {k: v for k, v in spent.items() if k != "rum"},
+             "rum_search": spent.get("rum", float("nan")), "rum_composition": spent.get("rum-composed"),
+             "baseline_searches": {k: v for k, v in spent.items() if k not in ("rum", "rum-composed")},
              "retrain": retrain_fraction}
     return {"seed": seed, "machine": machine(device), "n_train": len(data.train), "n_test": len(data.test), "train_acc": original.train_acc,
             "test_acc": original.test_acc, "original_s": original.seconds, "retrain_s": target.retrain_s, "rows": rows,
             "curve": curve, "costs": costs, "budget": scale.budget, "original_passes": original.passes,
             "tier_acc": target.tier_acc, "floor": floor, "never_seen_check": gate_check,
-            "plans": {k: v.to_compact() for k, v in plans.items()},
+            "plans": {k: v.to_compact() for k, v in plans.items()}, "strategy": args.strategy,
             "search": None if search_record is None else {k: search_record.get(k) for k in (
                 "finished", "machine", "calibration_tow", "calibration", "original", "note")},
             "search_resumed": resumed}
@@ -899,7 +920,7 @@ def save_search(args, scale: Scale, seed: int, plans: dict, values: dict, calibr
     record = {"config": config_key(args, scale), "seed": seed, "machine": machine(device), "command": command_line(),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "plans": {k: v.to_compact() for k, v in plans.items()},
-              "calibration_tow": values, "search_cost": spent or {},
+              "calibration_tow": values, "search_cost": spent or {}, "strategy": args.strategy,
               "calibration": [{"retrain_s": t.retrain_s, "tier_acc": t.tier_acc} for t in calibration]}
     if args.results_dir is not None:
         path = search_path(args, seed)
@@ -916,6 +937,10 @@ def stored_search(args, scale: Scale, seed: int) -> dict | None:
     record = json.loads(search_path(args, seed).read_text())
     if record.get("config") != config_key(args, scale):
         say(f"ignoring {search_path(args, seed)}: another configuration ({record.get('command', '?')})")
+        return None
+    if record.get("strategy", tuning.JOINT) != args.strategy:  # the studies stay: only the RUM search runs again
+        say(f"{search_path(args, seed)} holds a {record.get('strategy', tuning.JOINT)} RUM search; running the "
+            f"{args.strategy} one (stored studies are reused)")
         return None
     return record
 
@@ -1106,11 +1131,17 @@ def cost_lines(results: list[dict]) -> list[str]:
         first = c["calibration_reference"] + c["rum_search"] + request
         n = break_even_requests(first, request, c["retrain"])
         when = "never" if not math.isfinite(n) else f"from request {int(n)} on"
+        searches = ', '.join(f'{k} {fmt(v, 3)}' for k, v in c['baseline_searches'].items()) or 'none'
+        if c.get("rum_composition") is not None:  # composed: the tunings are part of RUM's search
+            search = (f"RUM search {fmt(c['rum_search'], 3)}: the per-tier composition "
+                      f"{fmt(c['rum_composition'], 3)} + the tunings it builds on ({searches})")
+        else:
+            search = (f"RUM search {fmt(c['rum_search'], 3)}; the tuned baselines' searches, for the comparison "
+                      f"only: {searches}")
         out.append(f"- seed {res['seed']}: first request {fmt(first, 3)} trainings (calibration reference "
                    f"{fmt(c['calibration_reference'], 3)} + RUM search {fmt(c['rum_search'], 3)} + the request "
                    f"{fmt(request, 4)}); each later request {fmt(request, 4)}; a retrain {fmt(c['retrain'], 3)}; "
-                   f"cheaper than retraining every time {when} (the tuned baselines' searches, for the comparison "
-                   f"only: {', '.join(f'{k} {fmt(v, 3)}' for k, v in c['baseline_searches'].items()) or 'none'})")
+                   f"cheaper than retraining every time {when} ({search})")
     return ["Cost per request, in trainings (example passes / the original training's):", "", *out] if out else []
 
 
@@ -1244,6 +1275,9 @@ def main(argv=None) -> int:
                    "continues it (a CPU seed takes more hours than one session); algorithms mode: start no new "
                    "algorithm after it (the table lists those not run)")
     p.add_argument("--rerun", action="store_true", help="rum mode: run the requested seeds even if stored")
+    p.add_argument("--strategy", choices=tuning.STRATEGIES, default=tuning.COMPOSED,
+                   help="how the RUM plan is searched (as `mlflow-unlearn search --strategy`): composed (default: "
+                        "the baselines' tunings, then one tuned algorithm per tier) or joint")
     p.add_argument("--budget", type=float, help="compute per request as a fraction of the original training: every "
                    "trial and every method of the main table runs within it (default 0.1; smoke 0.5)")
     p.add_argument("--curve", type=float, nargs="+", help="budgets of the cost-quality curve (default 0.02 0.05 0.1 0.2)")

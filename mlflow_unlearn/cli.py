@@ -17,6 +17,7 @@ from .cli_types import dataset as _dataset  # noqa: E402
 from .cli_types import device as _device  # noqa: E402
 from .cli_types import none_or as _none_or  # noqa: E402
 from .cli_types import positive_whole_number, whole_number as _int  # noqa: E402
+from .cli_types import strategy as _strategy  # noqa: E402
 
 
 def _add_train(sub):
@@ -176,8 +177,13 @@ def _add_rum(sub):
 def _add_search(sub):
     p = sub.add_parser("search", help="Optuna search for the per-tier plan; attaches the best plan to the registered model")
     _add_forget_args(p)
-    p.add_argument("--n-trials", type=_int, default=20, help="trials in the study (shared by all workers of a study); at "
-                   "least 1 + 2 x the algorithms other than none (their defaults are the first trials)")
+    p.add_argument("--n-trials", type=_int, default=20, help="trials in each study (shared by all workers of a study): "
+                   "each algorithm's tuning and the per-tier composition; a joint search needs at least 1 + 2 x the "
+                   "algorithms other than none (their defaults are its first trials)")
+    p.add_argument("--strategy", type=_strategy, default="composed",
+                   help="how the RUM plan is searched: composed (default: tune every algorithm on the whole "
+                        "calibration sets, then pick one tuned/default algorithm per tier; costs a tuning per "
+                        "algorithm) or joint (one study samples every tier's algorithm and hyperparameters)")
     p.add_argument("--calibration-sets", type=_int, default=2, help="calibration forget sets like the request, each "
                    "with its own reference; the search is scored on them, never on the request")
     p.add_argument("--objective", default="tow", help="what the search optimises: tow (default), tow_mia, tow_pe, "
@@ -205,7 +211,7 @@ def _add_search(sub):
                     max_epochs=a.max_epochs, storage=a.storage, study_name=a.study_name, seed=a.seed,
                     calibration_sets=a.calibration_sets, device=a.device, experiment=a.experiment, budget=a.budget,
                     calibration_noise=a.calibration_noise, calibration_size=a.calibration_size,
-                    trial_runs=a.trial_runs)
+                    trial_runs=a.trial_runs, strategy=a.strategy)
 
     p.set_defaults(func=run)
 
@@ -245,6 +251,10 @@ def _add_main(sub):
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation split used for selection")
     p.add_argument("--forget", default="mix:90")
     p.add_argument("--n-trials", type=_int, default=16, help="trial budget of the RUM search and of each tuned baseline")
+    p.add_argument("--strategy", type=_strategy, default="composed",
+                   help="how the RUM plan is searched: composed (default: tune every algorithm on the whole "
+                        "calibration sets, then pick one tuned/default algorithm per tier; costs a tuning per "
+                        "algorithm) or joint (one study samples every tier's algorithm and hyperparameters)")
     p.add_argument("--calibration-sets", type=_int, default=2)
     p.add_argument("--unlearn-seeds", type=_int, default=3, help="unlearning seeds per reported method (mean, 95%% interval)")
     p.add_argument("--max-epochs", type=_int, default=3)
@@ -277,7 +287,7 @@ def _add_main(sub):
                   baselines=a.baselines, seed=a.seed,
                   registered_model_name=a.registered_model_name, storage=a.storage, device=a.device, experiment=a.experiment,
                   budget=a.budget, calibration_noise=a.calibration_noise, calibration_size=a.calibration_size,
-                  trial_runs=a.trial_runs)
+                  trial_runs=a.trial_runs, strategy=a.strategy)
 
     p.set_defaults(func=run)
 

@@ -68,6 +68,19 @@ def dataset(value: str) -> str:
 dataset.__name__ = "dataset"
 
 
+def strategy(value: str) -> str:
+    """A RUM search strategy (`composed` or `joint`), checked before any work."""
+    from .tuning import SearchError, check_strategy
+
+    try:
+        return check_strategy(value)
+    except SearchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+strategy.__name__ = "strategy"
+
+
 def boolean(value: str) -> bool:
     v = str(value).strip().lower()
     if v in ("1", "true", "yes", "on"):

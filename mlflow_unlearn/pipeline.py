@@ -25,9 +25,10 @@ from .data import validate_dataset_name
 from .metrics import METRICS, paired_test
 from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
-from .search import SearchError, prepare_calibration, rum_default_trials, search, search_algorithm
+from .memorization import DEFAULT_TIERS
+from .search import SearchError, check_trials, prepare_calibration, search, search_algorithm
 from .tracking import Role, Tag
-from .tuning import Reference, objective_directions, report_plan
+from .tuning import COMPOSED, Reference, check_strategy, objective_directions, report_plan
 
 # The baselines `main` compares RUM with by default, and so RUM's search space (with `none`): the
 # four the CIFAR benchmark compares (bench/README.md). With every registered algorithm the 16-trial
@@ -65,7 +66,9 @@ def format_table(reports, floor: dict[str, float], retrain_fraction: float) -> s
     return "\n".join(lines)
 
 
-PLAN_KINDS = {"enqueued": "one of the enqueued defaults", "sampled": "found by the sampler"}
+PLAN_KINDS = {"enqueued": "one of the enqueued defaults", "sampled": "found by the sampler",
+              "tuned": "a tuned algorithm on the whole set: no per-tier mix scored better on calibration",
+              "uniform": "one tuned algorithm run tier by tier", "per-tier": "a per-tier mix of tuned algorithms"}
 
 
 def verdict(reports, floor: dict[str, float] | None = None, *, plan: str | None = None, plan_kind: str | None = None,
@@ -160,7 +163,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
               unlearn_seeds: int = 3, seed: int = 0, registered_model_name: str | None = None,
               storage: str | None = None, device: str | None = "auto", experiment: str | None = None,
               budget: float = DEFAULT_BUDGET, calibration_noise: bool = False,
-              calibration_size: int | None = None, trial_runs: bool = False) -> dict:
+              calibration_size: int | None = None, trial_runs: bool = False, strategy: str = COMPOSED) -> dict:
     """Run the pipeline; `n_trials` is the budget of the RUM search and of each baseline's search
     alike. `baselines` (default: the registry's default search space but `none`) are reported at
     their defaults and tuned; `algorithms`: the RUM search space (default `none` plus the baselines)."""
@@ -173,11 +176,8 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         raise ValueError(ALGORITHMS.unknown_message(unknown))
     if not isinstance(n_trials, int) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
-    needed = len(rum_default_trials(("low", "mid", "high"), algorithms))
-    if n_trials < needed:
-        raise SearchError(f"n_trials={n_trials} is smaller than the {needed} known-good starting points of the RUM "
-                          f"search (every algorithm at its defaults, whole-set and per tier, and `none`); use "
-                          f"--n-trials >= {needed} or fewer --baselines")
+    check_strategy(strategy)
+    check_trials(n_trials, strategy, DEFAULT_TIERS, algorithms)
     if not isinstance(unlearn_seeds, int) or unlearn_seeds < 1:
         raise ValueError(f"unlearn_seeds must be a whole number >= 1, got {unlearn_seeds!r}")
     objective_directions(objective)  # an unknown objective lists the valid ones, before any training
@@ -203,15 +203,21 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
 
         # Selection: calibration sets only (their references, the validation split).
         calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise, size=calibration_size)
-        found = search(ctx, calibration, n_trials=n_trials, max_epochs=max_epochs, objective=objective,
-                       algorithms=algorithms, storage=storage, trial_runs=trial_runs)
-        print(f"searched plan: {found.best_plan.to_compact()}  (calibration {objective} {found.best_value:.4f}: a "
-              f"selection score, not a result)")
+        # The baselines are tuned first: a composed RUM search builds its per-tier arms on these
+        # tunings (same calibration sets, budget and trials), and the first request's cost counts them.
         tuned = {}
         for algorithm in baselines:
             tuned[algorithm] = search_algorithm(ctx, calibration, algorithm, n_trials=n_trials, max_epochs=max_epochs,
                                                 objective=objective, storage=storage, trial_runs=trial_runs)
             print(f"tuned {algorithm}: {tuned[algorithm].best_plan.to_compact()}  (calibration {tuned[algorithm].best_value:.4f})")
+        found = search(ctx, calibration, n_trials=n_trials, max_epochs=max_epochs, objective=objective,
+                       algorithms=algorithms, storage=storage, trial_runs=trial_runs, strategy=strategy,
+                       tuned={a: r for a, r in tuned.items() if a in algorithms})
+        print(f"searched plan: {found.best_plan.to_compact()}  (calibration {objective} {found.best_value:.4f}: a "
+              f"selection score, not a result)")
+        # what the RUM plan's selection cost: its own study, plus the tunings it built on
+        rum_search_cost = found.cost_train_fraction + found.tuning_cost_train_fraction + (
+            sum(tuned[a].cost_train_fraction for a in tuned if a in algorithms) if strategy == COMPOSED else 0.0)
 
         # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.
         reference = references.retrain(ctx, progress=True)
@@ -260,7 +266,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         # the calibration reference(s): one retrain without the union, a second one for the noise
         references_cost = (2 if calibration.noise else 1) * (n_train - len(calibration.union_ids)) / n_train
         costs, cost_metrics = cost_summary(
-            reference=references_cost, search=found.cost_train_fraction,
+            reference=references_cost, search=rum_search_cost,
             request=rum.cost.get("cost/train_fraction", float("nan")), retrain=retrain_fraction)
         mlflow.log_metrics(cost_metrics)
         conclusion = verdict(reports, floor, plan=found.best_plan.to_compact(), costs=cost_metrics,

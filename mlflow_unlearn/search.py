@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import mlflow
 import numpy as np
@@ -42,13 +42,23 @@ from .plots import cost_quality
 from .rum import Plan
 from .tracking import TAG, Role, Tag
 from .tuning import (
+    COMPOSED,
+    JOINT,
     TOW_COST,
     CalibrationScorer,
+    KnownTrial,
+    NoCompletedTrial,
     Reference,
     SearchError,
     algorithm_candidates,
     algorithm_default_trials,
+    add_known_trials,
+    check_strategy,
     cheapest_within,
+    compose_arms,
+    compose_search,
+    completed_with_plan,
+    is_copied,
     is_enqueued,
     make_study,
     objective_directions,
@@ -245,7 +255,7 @@ def trials_table(study) -> dict[str, list]:
     """Every trial of `study` as columns for `mlflow.log_table`: what it tried, how it ended, its
     calibration scores and cost (metrics copied from the trial it repeats are marked)."""
     keys = ("tow", "tow_mia", "mia/gap", "cost/train_fraction")
-    cols: dict[str, list] = {"trial": [], "state": [], "plan": [], "enqueued": [], "repeat_of": [],
+    cols: dict[str, list] = {"trial": [], "state": [], "plan": [], "enqueued": [], "repeat_of": [], "copied_from": [],
                              **{f"calibration {k}": [] for k in keys}}
     for t in study.trials:
         metrics = t.user_attrs.get("metrics", {}) if isinstance(t.user_attrs.get("metrics"), dict) else {}
@@ -255,6 +265,7 @@ def trials_table(study) -> dict[str, list]:
         cols["plan"].append(_plan_label(t))
         cols["enqueued"].append(bool(is_enqueued(t)))
         cols["repeat_of"].append(t.user_attrs.get("repeat_of"))
+        cols["copied_from"].append(t.user_attrs.get("copied_from"))  # a tuned baseline's study, not scored here
         for k in keys:
             v = metrics.get(k)
             cols[f"calibration {k}"].append(round(float(v), 4) if isinstance(v, (int, float)) and np.isfinite(v) else None)
@@ -304,6 +315,11 @@ class SearchResult:
     # what scoring the trials cost in this process, in trainings (every plan run on every calibration
     # set, pruned trials included; repeats are free); the calibration reference is not in it
     cost_train_fraction: float = float("nan")
+    # the selected plan's mean calibration metrics (what a composed search copies instead of rescoring)
+    metrics: dict | None = None
+    # a composed RUM search: what the per-algorithm tunings it builds on cost, in trainings (0 when it
+    # reused tunings already paid for, e.g. `main`'s tuned baselines, which are then counted there)
+    tuning_cost_train_fraction: float = 0.0
 
 
 def _check_algorithms(algorithms: Sequence[str]) -> None:
@@ -313,19 +329,39 @@ def _check_algorithms(algorithms: Sequence[str]) -> None:
                           else f"the search space is empty; registered: {', '.join(ALGORITHMS.names())}")
 
 
-def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candidates, enqueue, *, n_trials: int,
-                objective: str, max_epochs: int, storage: str | None, study_name: str | None,
-                timeout_s: float | None, extra_params: dict, trial_runs: bool = False) -> tuple[Plan, float, str, str, float]:
-    # Every setting is checked before a run exists, so bad input leaves nothing behind.
+def _arm_label(step) -> str:
+    return Plan([step]).to_compact().split("=", 1)[1]
+
+
+def _check_settings(n_trials: int, objective: str, max_epochs: int) -> None:
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
     objective_directions(objective)  # an unknown objective lists the valid ones
     if not isinstance(max_epochs, int) or max_epochs < 1:
         raise SearchError(f"max_epochs must be a whole number >= 1, got {max_epochs!r}")
+
+
+def check_trials(n_trials: int, strategy: str, tiers: Sequence[str], algorithms: Sequence[str]) -> None:
+    """A joint search needs room for its known-good starting points (`rum_default_trials`); a
+    composed one runs what fits (its first trials are `none` and the tuned arms, in that order)."""
+    if strategy == JOINT:
+        needed = len(rum_default_trials(list(tiers), algorithms))
+        if n_trials < needed:
+            raise SearchError(f"n_trials={n_trials} is smaller than the {needed} known-good starting points of the "
+                              f"joint search (every algorithm at its defaults, whole-set and per tier, and `none`); "
+                              f"use --n-trials >= {needed}, fewer --algorithms or --strategy {COMPOSED}")
+
+
+def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candidates, enqueue, *, n_trials: int,
+                objective: str, max_epochs: int, storage: str | None, study_name: str | None,
+                timeout_s: float | None, extra_params: dict, trial_runs: bool = False,
+                known: Sequence[KnownTrial] = (), arms: Mapping | None = None,
+                retain_mode: str = "exclude_all") -> tuple[Plan, float, str, str, float, dict]:
+    # Every setting is checked before a run exists, so bad input leaves nothing behind.
+    _check_settings(n_trials, objective, max_epochs)
     if n_trials < len(enqueue):
-        raise SearchError(f"n_trials={n_trials} is smaller than the {len(enqueue)} known-good starting points (every "
-                          f"algorithm at its defaults, whole-set and per tier, and `none`); use --n-trials "
-                          f">= {len(enqueue)} or fewer --algorithms")
+        raise SearchError(f"n_trials={n_trials} is smaller than the {len(enqueue)} known-good starting points of the "
+                          f"{space} search; use --n-trials >= {len(enqueue)} or fewer --algorithms")
     storage = storage or default_storage()
     store = open_storage(storage)
     shared = study_name is not None
@@ -357,15 +393,23 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                            "budget": None if ctx.budget is None else ctx.budget.fraction, **extra_params})
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = make_study(study_name, store, seed=sampler_seed, objective=objective)
+        add_known_trials(study, known, objective)  # scored elsewhere on these sets: compete, cost nothing
         scorer = CalibrationScorer(ctx.source.model.to(ctx.data.device), ctx.data, calibration.references, seed=ctx.seed,
                                    recipe=ctx.recipe(), budget=ctx.budget, original_passes=ctx.source.original_passes)
-        optimize(study, candidates, scorer, n_trials=n_trials, objective=objective, enqueue=enqueue,
-                 observer=(_TrialRuns if trial_runs else _TrialLines)(ctx, study_name, space), timeout_s=timeout_s)
+        observer = (_TrialRuns if trial_runs else _TrialLines)(ctx, study_name, space)
+        if arms is not None:  # a composed search: one arm per tier, coordinate by coordinate
+            compose_search(study, list(ctx.tiers), arms, scorer, n_trials=n_trials, objective=objective,
+                           observer=observer, timeout_s=timeout_s, retain_mode=retain_mode)
+        else:
+            optimize(study, candidates, scorer, n_trials=n_trials, objective=objective, enqueue=enqueue,
+                     observer=observer, timeout_s=timeout_s)
         mlflow.log_table(trials_table(study), "trials.json")  # sortable in the run's artifact view
         key = "tow" if objective == TOW_COST else objective
         tolerance = (calibration.noise or {}).get(key, 0.0)
         plan, value, best = cheapest_within(study, tolerance)
         mlflow.log_dict(plan.to_dict(), "best_plan.json")
+        chosen = completed_with_plan(study, plan.to_dict())
+        chosen_metrics = dict(chosen.user_attrs.get("metrics", {})) if chosen is not None else {}
         spent = scorer.spent_passes / ctx.source.original_passes
         mlflow.log_metrics({f"calibration/best_{key}": best, f"calibration/selected_{key}": value,
                             f"calibration/noise_{key}": tolerance, **trial_counts(study), "cost/train_fraction": spent,
@@ -376,7 +420,7 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
                                       f"{key} {best:.4f}")
         mlflow.set_tag(Tag.BEST_KIND, best_kind(study, plan))
         log_study_plots(study, objective, None if ctx.budget is None else ctx.budget.fraction)
-    return plan, value, run.info.run_id, study_name, spent
+    return plan, value, run.info.run_id, study_name, spent, chosen_metrics
 
 
 def never_seen_record(ref: Reference) -> dict:
@@ -390,13 +434,20 @@ def never_seen_record(ref: Reference) -> dict:
 
 
 def best_kind(study, plan: Plan) -> str:
-    """`enqueued` when the selected plan is one of the known-good starting points (a default),
-    `sampled` when the sampler found it: whether the search itself bought anything."""
+    """What kind of plan won: whether the search itself bought anything. A joint search: `enqueued`
+    (one of the known-good starting points, a default) or `sampled` (the sampler found it). A
+    composed search: `tuned` (a tuned algorithm's whole-set setting, copied in), `uniform` (one
+    arm on every tier) or `per-tier` (a mix the coordinate steps found)."""
     wanted = plan.to_dict()
     for t in study.trials:
         if t.state == optuna.trial.TrialState.COMPLETE and "plan" in t.user_attrs:
             try:
                 if Plan.from_dict(t.user_attrs["plan"]).to_dict() == wanted:
+                    if is_copied(t):
+                        return "tuned"
+                    arms = {v for k, v in t.params.items() if k.endswith(".arm")}  # a composed study's trial
+                    if arms:
+                        return "uniform" if len(arms) == 1 else "per-tier"
                     return "enqueued" if is_enqueued(t) else "sampled"
             except (KeyError, TypeError, ValueError):
                 continue
@@ -454,19 +505,64 @@ def log_study_plots(study, objective: str, budget: float | None = None) -> None:
 def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: int = 20, objective: str = "tow",
            algorithms: Sequence[str] | None = None, max_epochs: int = 3, storage: str | None = None,
            study_name: str | None = None, retain_mode: str = "exclude_all", attach: bool = True,
-           timeout_s: float | None = None, trial_runs: bool = False) -> SearchResult:
+           timeout_s: float | None = None, trial_runs: bool = False, strategy: str = COMPOSED,
+           tuned: Mapping[str, SearchResult] | None = None) -> SearchResult:
     """Search RUM plans on the calibration sets; attach the best to the registered model so later
     requests (and the registry hook) reuse it. `algorithms`: the search space (default: the
-    registry's, `default_search_algorithms()`)."""
+    registry's, `default_search_algorithms()`).
+
+    `strategy` `composed` (default): every algorithm but `none` is tuned on the whole calibration
+    forget sets first (`search_algorithm`, `n_trials` each; `tuned` passes tunings already run on
+    these calibration sets, as `main` does for its tuned baselines), then a study of `n_trials`
+    picks one arm per tier (`none`, an algorithm at its defaults or at its tuned setting), with
+    the tuned whole-set settings copied in as scored trials. The selected plan is never worse on
+    calibration than the best tuned algorithm. `joint`: one study samples every tier's algorithm
+    and hyperparameters together (fewer trials in all, but at 10-16 trials it found less than
+    tuning one algorithm did)."""
     algorithms = tuple(algorithms or default_search_algorithms())
     _check_algorithms(algorithms)
+    check_strategy(strategy)
+    # a composed search runs its tunings first: everything its last study needs is checked before them
+    _check_settings(n_trials, objective, max_epochs)
+    check_trials(n_trials, strategy, ctx.tiers, algorithms)
+    if storage:
+        open_storage(storage)
+    if not calibration.references:
+        raise SearchError("the search needs at least one calibration reference")
     tiers = list(ctx.tiers)
-    enqueue = rum_default_trials(tiers, algorithms)  # optimize() refuses fewer trials than these
-    plan, value, run_id, name, spent = _search_run(
-        ctx, calibration, f"search-{ctx.source_tag}", "rum", rum_candidates(tiers, algorithms, max_epochs=max_epochs,
-                                                                            retain_mode=retain_mode),
+    if strategy == COMPOSED:
+        tuned = dict(tuned or {})
+        tuning_cost = 0.0
+        for a in algorithms:
+            if a != "none" and a not in tuned:
+                try:
+                    # workers sharing a named study share its tunings too (each with its own sampler seed)
+                    tuned[a] = search_algorithm(ctx, calibration, a, n_trials=n_trials, objective=objective,
+                                                max_epochs=max_epochs, storage=storage, timeout_s=timeout_s,
+                                                trial_runs=trial_runs,
+                                                study_name=None if study_name is None else f"{study_name}-tuned-{a}")
+                except NoCompletedTrial as exc:  # every setting diverged: the composition offers its defaults only
+                    print(f"tuning {a}: {exc}; the per-tier search offers {a} at its defaults only")
+                    continue
+                tuning_cost += tuned[a].cost_train_fraction
+        arms = compose_arms(algorithms, {a: r.best_plan for a, r in tuned.items()})
+        known = [KnownTrial(r.best_plan, r.metrics, r.study_name) for a, r in tuned.items()
+                 if a in algorithms and r.metrics]
+        candidates, enqueue = None, []
+        extra = {"algorithms": ",".join(algorithms), "strategy": strategy,
+                 "arms": "; ".join(f"{name}={_arm_label(step)}" for name, step in arms.items()),
+                 "tuned_studies": ",".join(r.study_name for r in tuned.values())}
+    else:
+        enqueue = rum_default_trials(tiers, algorithms)  # optimize() refuses fewer trials than these
+        candidates = rum_candidates(tiers, algorithms, max_epochs=max_epochs, retain_mode=retain_mode)
+        known, tuning_cost, arms = [], 0.0, None
+        extra = {"algorithms": ",".join(algorithms), "strategy": strategy}
+    plan, value, run_id, name, spent, metrics = _search_run(
+        ctx, calibration, f"search-{ctx.source_tag}", "rum" if strategy == JOINT else "rum-composed", candidates,
         enqueue, n_trials=n_trials, objective=objective, max_epochs=max_epochs, storage=storage, study_name=study_name,
-        timeout_s=timeout_s, extra_params={"algorithms": ",".join(algorithms)}, trial_runs=trial_runs)
+        timeout_s=timeout_s, extra_params=extra, trial_runs=trial_runs, known=known, arms=arms, retain_mode=retain_mode)
+    if strategy == COMPOSED:
+        mlflow.MlflowClient().log_metric(run_id, "cost/tuning_train_fraction", round(tuning_cost, 6))
     if attach:
         client = mlflow.MlflowClient()
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, tracking.plan_tag_value(plan.to_dict()))
@@ -477,29 +573,33 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
             f"RUM plan for deletion requests (searched for version {ctx.source.version} on {len(calibration.digests)} "
             f"calibration forget set(s), mean calibration {objective} {value:.3f}, search run {run_id}): {readable}. "
             f"Requests use it with `--plan registered` and through the registry hook."))
-    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent)
+    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent,
+                        metrics, tuning_cost)
 
 
 def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algorithm: str, *, n_trials: int = 20,
                      objective: str = "tow", max_epochs: int = 3, storage: str | None = None,
-                     timeout_s: float | None = None, trial_runs: bool = False) -> SearchResult:
+                     timeout_s: float | None = None, trial_runs: bool = False,
+                     study_name: str | None = None) -> SearchResult:
     """Tune one algorithm on the whole forget set with the same calibration sets, budget and space
     rules as the RUM search (its defaults are the first trial): the tuned baseline."""
     _check_algorithms([algorithm])
-    plan, value, run_id, name, spent = _search_run(
+    plan, value, run_id, name, spent, metrics = _search_run(
         ctx, calibration, f"search-{algorithm}", f"tuned-{algorithm}", algorithm_candidates(algorithm, max_epochs=max_epochs),
         algorithm_default_trials(algorithm), n_trials=n_trials, objective=objective, max_epochs=max_epochs,
-        storage=storage, study_name=None, timeout_s=timeout_s, extra_params={"algorithm": algorithm},
+        storage=storage, study_name=study_name, timeout_s=timeout_s, extra_params={"algorithm": algorithm},
         trial_runs=trial_runs)
-    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent)
+    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent,
+                        metrics)
 
 
 def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = "tow", algorithms: Sequence[str] | None = None,
                 max_epochs: int = 3, storage: str | None = None, study_name: str | None = None, seed: int = 0,
                 calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None,
                 budget: float | None = DEFAULT_BUDGET, calibration_noise: bool = False,
-                calibration_size: int | None = None, trial_runs: bool = False) -> SearchResult:
+                calibration_size: int | None = None, trial_runs: bool = False, strategy: str = COMPOSED) -> SearchResult:
     algorithms = tuple(algorithms or default_search_algorithms())
+    check_strategy(strategy)
     if not isinstance(n_trials, int) or n_trials <= 0:  # before loading anything
         raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
     objective_directions(objective)  # an unknown objective lists the valid ones
@@ -509,16 +609,13 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
     if storage:
         open_storage(storage)
     ctx = request.prepare(model_uri, forget, seed=seed, device=device, budget=budget)
-    needed = len(rum_default_trials(list(ctx.tiers), algorithms))
-    if n_trials < needed:
-        raise SearchError(f"n_trials={n_trials} is smaller than the {needed} known-good starting points (every "
-                          f"algorithm at its defaults, whole-set and per tier, and `none`); use --n-trials >= {needed} "
-                          f"or fewer --algorithms")
+    check_trials(n_trials, strategy, list(ctx.tiers), algorithms)
     tracking.use_experiment(experiment)
     with runs.project_run():  # under `mlflow run`, the calibration retrains nest under the search run
         calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise, size=calibration_size)
         result = search(ctx, calibration, n_trials=n_trials, objective=objective, algorithms=algorithms,
-                        max_epochs=max_epochs, storage=storage, study_name=study_name, trial_runs=trial_runs)
+                        max_epochs=max_epochs, storage=storage, study_name=study_name, trial_runs=trial_runs,
+                        strategy=strategy)
     print(f"best plan (mean calibration {objective} {result.best_value:.4f} over {calibration_sets} set(s); a selection "
           f"score, not a result): {result.best_plan.to_compact()}")
     print(f"attached to registered model {ctx.source.name!r} as tag {Tag.SEARCHED_PLAN}")

@@ -104,7 +104,7 @@ class Tag:
     STUDY = TAG + "study"
     TRIAL = TAG + "trial"
     SEARCH_SPACE = TAG + "search_space"
-    BEST_KIND = TAG + "best_kind"  # on a search run: enqueued (a known-good default won) or sampled
+    BEST_KIND = TAG + "best_kind"  # on a search run: what won (search.best_kind: enqueued, sampled, tuned, uniform, per-tier)
     SELECTION = TAG + "selection"  # on a search run: how the registered plan was chosen among the scored ones
     OBJECTIVE = TAG + "objective"
     WORKER = TAG + "worker"  # host:pid that ran a trial

@@ -92,6 +92,10 @@ class SearchError(ValueError):
     """A search setting that cannot work; the message names it and the fix."""
 
 
+class NoCompletedTrial(SearchError):
+    """Every trial of a study was pruned or diverged: it has no plan to offer."""
+
+
 class Diverged(RuntimeError):
     """A candidate produced non-finite weights or outputs: the trial fails, the study goes on."""
 
@@ -227,6 +231,191 @@ def rum_default_trials(tiers: Sequence[str], algorithms: Sequence[str]) -> list[
                 params.update({f"{t}.algorithm": a, **_defaults_flag(f"{t}.", a)})
             out.append(params)
     return out
+
+
+COMPOSED = "composed"  # the default RUM search: per-tier arms built from each algorithm's tuned setting
+JOINT = "joint"  # the earlier RUM search: every tier's algorithm and hyperparameters sampled together
+STRATEGIES = (COMPOSED, JOINT)
+
+
+def check_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise SearchError(f"unknown search strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    return strategy
+
+
+@dataclass(frozen=True)
+class KnownTrial:
+    """A plan scored by another study on the same calibration sets, scorer seed and budget (a tuned
+    baseline's selected setting): copied into a composed study with its metrics, so it competes for
+    selection without being run again. `source`: where the score comes from (study and trial)."""
+
+    plan: Plan
+    metrics: Mapping[str, float]
+    source: str
+
+
+def compose_arms(algorithms: Sequence[str], tuned: Mapping[str, Plan]) -> dict[str, PlanStep]:
+    """The choices of one tier in a composed search, by name: `none`, and every other algorithm at
+    its tuned whole-set setting (`tuned[a]`; its defaults where it was not tuned or kept them). A
+    tuning starts from the defaults, so on calibration its setting is never worse than them: one
+    arm per algorithm keeps the per-tier search short. Tier names are filled in by the search."""
+    arms: dict[str, PlanStep] = {}
+    for a in algorithms:
+        plan = tuned.get(a)
+        if a != "none" and plan is not None and len(plan.steps) == 1 and plan.steps[0].algorithm == a:
+            arms[a] = PlanStep(ALL_TIER, a, dict(plan.steps[0].hyperparameters))
+        else:
+            arms[a] = PlanStep(ALL_TIER, a, {})
+    return arms
+
+
+def compose_candidates(tiers: Sequence[str], arms: Mapping[str, PlanStep], *,
+                       retain_mode: str = "exclude_all") -> Callable[[optuna.Trial], Plan]:
+    """A per-tier plan from one arm per tier (Optuna parameter `<tier>.arm`), hyperparameters fixed
+    by the arm."""
+    tiers, names = list(tiers), list(arms)
+
+    def candidate(trial: optuna.Trial) -> Plan:
+        steps = []
+        for tier in tiers:
+            arm = arms[trial.suggest_categorical(f"{tier}.arm", names)]
+            steps.append(PlanStep(tier, arm.algorithm, dict(arm.hyperparameters)))
+        return Plan(steps, retain_mode=retain_mode, name="per-tier")
+
+    return candidate
+
+
+def compose_default_trials(tiers: Sequence[str], arms: Mapping[str, PlanStep]) -> list[dict[str, Any]]:
+    """The first trials of a composed search: every arm on every tier (`none` first), i.e. the
+    paper's sequential variant of each tuned algorithm. Whole-set settings are not run again: they
+    come in as `KnownTrial`s."""
+    names = sorted(arms, key=lambda a: a != "none")
+    return [{f"{t}.arm": name for t in tiers} for name in names]
+
+
+def compose_search(study: optuna.Study, tiers: Sequence[str], arms: Mapping[str, PlanStep], scorer: CalibrationScorer,
+                   *, n_trials: int, objective: str = "tow", observer: TrialObserver | None = None,
+                   timeout_s: float | None = None, retain_mode: str = "exclude_all") -> list[dict[str, str]]:
+    """Choose one arm per tier by coordinate search, at most `n_trials` scored plans:
+
+    1. every arm on every tier (`compose_default_trials`); the best is the current assignment;
+    2. for each tier, highest memorisation first (where algorithms differ most), every other arm on
+       that tier with the other tiers as they are; the best (ties: the cheaper) becomes current;
+    3. passes repeat while one changed something and budget is left.
+
+    Why not a sampler: per tier the choice is categorical and tiers interact little (each tier's
+    step mostly moves its own examples), so a pass of (arms - 1) x tiers trials visits every
+    single-tier change, where TPE over the arms^tiers grid at 10-16 trials left most of it unseen
+    (the joint space fared worse still). A pruned or diverged plan is not better. Returns the
+    assignments visited in order (tests and logs)."""
+    directions, _ = objective_directions(objective)  # tow+cost: ToW decides, cost breaks ties (both are logged)
+    sign = 1.0 if directions[0] == "maximize" else -1.0
+    tiers, names = list(tiers), list(arms)
+    candidates = compose_candidates(tiers, arms, retain_mode=retain_mode)
+    if isinstance(study.pruner, optuna.pruners.MedianPruner):
+        study.pruner = BehindBestPruner()  # only a new best matters here, not beating the median
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    seen: dict[tuple, tuple[float, float] | None] = {}  # assignment -> (signed objective, cost), None: not better
+    visited: list[dict[str, str]] = []
+    for t in study.get_trials(deepcopy=False):  # a resumed study: what it scored before
+        key = tuple(t.params.get(f"{tier}.arm") for tier in tiers)
+        if None not in key and t.state != optuna.trial.TrialState.RUNNING:
+            seen[key] = _composed_score(t, sign) if t.state == optuna.trial.TrialState.COMPLETE else None
+
+    def score(assignment: tuple) -> tuple[float, float] | None:
+        if assignment not in seen:
+            if budget_spent(study, n_trials) or (deadline is not None and time.monotonic() >= deadline):
+                raise _Exhausted
+            before = {t.number for t in study.get_trials(deepcopy=False)}
+            params = {f"{tier}.arm": arm for tier, arm in zip(tiers, assignment)}
+            optimize(study, candidates, scorer, n_trials=_scored(study) + 1, objective=objective, enqueue=[params],
+                     observer=observer, timeout_s=None if deadline is None else max(1.0, deadline - time.monotonic()),
+                     skip_existing=False)
+            mine = [t for t in study.get_trials(deepcopy=False) if t.number not in before and t.params == params]
+            done = [t for t in mine if t.state == optuna.trial.TrialState.COMPLETE]
+            seen[assignment] = _composed_score(done[0], sign) if done else None
+            visited.append(params)
+        return seen[assignment]
+
+    def better(a, b) -> bool:  # (signed value, cost): higher value, then lower cost
+        return a is not None and (b is None or a[0] > b[0] + 1e-12 or (abs(a[0] - b[0]) <= 1e-12 and a[1] < b[1]))
+
+    current, best = None, None
+    try:
+        for params in compose_default_trials(tiers, arms):
+            assignment = tuple(params[f"{tier}.arm"] for tier in tiers)
+            result = score(assignment)
+            if current is None or better(result, best):  # (the first start stands while nothing scores)
+                current, best = assignment, result
+        changed = True
+        while changed:
+            changed = False
+            for i in reversed(range(len(tiers))):  # the last tier is the most memorised one
+                for arm in names:
+                    if arm == current[i]:
+                        continue
+                    trial_assignment = current[:i] + (arm,) + current[i + 1:]
+                    result = score(trial_assignment)
+                    if better(result, best):
+                        current, best, changed = trial_assignment, result, True
+    except _Exhausted:
+        pass
+    return visited
+
+
+class BehindBestPruner(optuna.pruners.BasePruner):
+    """Prune a trial whose mean after calibration set j is behind the best complete trial's mean
+    after set j (single objective). A coordinate search keeps a plan only if it beats the best, so
+    the median (what `make_study`'s pruner compares with) lets through trials that cannot matter and
+    cut ones that could: on digits it pruned a per-tier plan at 0.936 after one set while the best
+    finished at 0.919. Copied trials (no per-set values) and the first trial are never compared."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                    if step in t.intermediate_values]
+        if not complete:
+            return False
+        higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        best = (max if higher else min)(complete, key=lambda t: t.values[0])
+        value, reference = trial.intermediate_values[step], best.intermediate_values[step]
+        return value < reference if higher else value > reference
+
+
+class _Exhausted(Exception):
+    """The composed search's budget or time is spent."""
+
+
+def _composed_score(trial: optuna.trial.FrozenTrial, sign: float) -> tuple[float, float]:
+    cost = trial.user_attrs.get("metrics", {}).get("cost/train_fraction", math.inf)
+    return sign * trial.values[0], float(cost)
+
+
+def _scored(study: optuna.Study) -> int:
+    return sum(counts_against_budget(t) for t in study.get_trials(deepcopy=False, states=_STARTED))
+
+
+def add_known_trials(study: optuna.Study, known: Sequence[KnownTrial], objective: str = "tow") -> int:
+    """Copy scored plans into `study` as complete trials (user attribute `copied_from`), once: a
+    resumed study that holds a plan already is left as it is. They compete for selection and are
+    free (`counts_against_budget`). Returns how many were added."""
+    objective_directions(objective)  # an unknown objective lists the valid ones
+    added = 0
+    for k in known:
+        plan = k.plan.to_dict()
+        if completed_with_plan(study, plan) is not None:
+            continue
+        values = ([float(k.metrics["tow"]), float(k.metrics.get("cost/train_fraction", math.nan))]
+                  if len(study.directions) > 1 else [float(k.metrics[objective])])
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.COMPLETE, values=values, params={}, distributions={},
+            user_attrs={"plan": plan, "metrics": {m: float(v) for m, v in k.metrics.items()},
+                        "copied_from": k.source}))
+        added += 1
+    return added
 
 
 def algorithm_candidates(algorithm: str, *, max_epochs: int,
@@ -396,7 +585,7 @@ class ExploreAfterRepeat(optuna.samplers.BaseSampler):
 
 def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], scorer: CalibrationScorer, *,
              n_trials: int, objective: str = "tow", enqueue: Sequence[Mapping[str, Any]] = (),
-             observer: TrialObserver | None = None, timeout_s: float | None = None) -> None:
+             observer: TrialObserver | None = None, timeout_s: float | None = None, skip_existing: bool = True) -> None:
     """Run the study until `n_trials` of its trials scored a plan of their own (shared by every worker
     of a named study): the `enqueue`d known-good points first (skipped when a worker already enqueued
     them), then the sampler's. Each trial's plan is stored in its user attribute `plan` and its metrics
@@ -417,7 +606,9 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
                           f"n_trials >= {len(enqueue)} or search fewer algorithms")
     multi = objective == TOW_COST
     for params in enqueue:
-        study.enqueue_trial(dict(params), skip_if_exists=True)
+        # skip_existing=False: a coordinate step that must run exactly this point even where a pruned
+        # trial holds its params (it then runs it again rather than letting the sampler draw)
+        study.enqueue_trial(dict(params), skip_if_exists=skip_existing)
 
     def objective_fn(trial: optuna.Trial):
         plan = candidates(trial)
@@ -432,7 +623,7 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
             if trial.should_prune():
                 raise optuna.TrialPruned(f"{objective} {mean_so_far[objective]:.4f} after calibration set {j + 1}")
 
-        earlier = _completed_with_plan(trial.study, trial.user_attrs["plan"])
+        earlier = completed_with_plan(trial.study, trial.user_attrs["plan"])
         try:
             if earlier is not None:  # the sampler drew a plan already scored: the score is deterministic
                 trial.set_user_attr("repeat_of", earlier.number)
@@ -511,7 +702,7 @@ _STARTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, op
 def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether a started trial spends the study's budget: it scored (or is scoring) a plan of its own.
     A repeat (`repeat_of`: a plan an earlier trial scored, its metrics copied) is free."""
-    return trial.state in _STARTED and "repeat_of" not in trial.user_attrs
+    return trial.state in _STARTED and "repeat_of" not in trial.user_attrs and "copied_from" not in trial.user_attrs
 
 
 def budget_spent(study: optuna.Study, n_trials: int) -> bool:
@@ -524,11 +715,11 @@ def budget_spent(study: optuna.Study, n_trials: int) -> bool:
     for t in reversed(started):
         if counts_against_budget(t):
             break
-        in_a_row += 1
+        in_a_row += not is_copied(t)  # a copied trial (a tuned setting) was not drawn by this study
     return in_a_row >= REPEAT_ALLOWANCE * n_trials
 
 
-def _completed_with_plan(study: optuna.Study, plan: dict) -> optuna.trial.FrozenTrial | None:
+def completed_with_plan(study: optuna.Study, plan: dict) -> optuna.trial.FrozenTrial | None:
     """A complete trial of `study` that scored exactly this plan (its `plan` user attribute), or None.
     Scoring is deterministic (fixed seed, data and references), so a repeat (a search space whose
     `defaults` branch the sampler draws again, an enqueued point a worker already ran) costs nothing."""
@@ -551,7 +742,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 def best_plan(study: optuna.Study) -> tuple[Plan, float]:
     t = best_trial(study)
     if t is None:
-        raise SearchError(f"study {study.study_name!r} has no completed trial (all pruned or diverged); raise n_trials")
+        raise NoCompletedTrial(f"study {study.study_name!r} has no completed trial (all pruned or diverged); raise n_trials")
     return Plan.from_dict(t.user_attrs["plan"]), t.values[0]
 
 
@@ -567,7 +758,7 @@ def cheapest_within(study: optuna.Study, tolerance: float = 0.0) -> tuple[Plan, 
     scored = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "plan" in t.user_attrs
               and "repeat_of" not in t.user_attrs]
     if not scored:
-        raise SearchError(f"study {study.study_name!r} has no completed trial (all pruned or diverged); raise n_trials")
+        raise NoCompletedTrial(f"study {study.study_name!r} has no completed trial (all pruned or diverged); raise n_trials")
     higher = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     sign = 1.0 if higher else -1.0
     best = max(sign * t.values[0] for t in scored)
@@ -583,6 +774,11 @@ def is_enqueued(trial) -> bool:
     return "fixed_params" in trial.system_attrs
 
 
+def is_copied(trial) -> bool:
+    """Whether a trial was copied from another study (`add_known_trials`), not scored in this one."""
+    return "copied_from" in trial.user_attrs
+
+
 def trial_counts(study: optuna.Study) -> dict[str, float]:
     """How the study's trials ended, and how many plans it scored of each kind: enqueued (the
     known-good starting points) and sampled (drawn by the sampler); repeats are not scored."""
@@ -593,7 +789,8 @@ def trial_counts(study: optuna.Study) -> dict[str, float]:
             "n_trials_failed": float(states.count(S.FAIL)),
             "n_trials_repeat": float(sum("repeat_of" in t.user_attrs for t in study.trials)),
             "n_scored_enqueued": float(sum(is_enqueued(t) for t in scored)),
-            "n_scored_sampled": float(sum(not is_enqueued(t) for t in scored))}
+            "n_scored_sampled": float(sum(not is_enqueued(t) and not is_copied(t) for t in scored)),
+            "n_copied": float(sum(is_copied(t) for t in scored))}
 
 
 def metric_range(key: str) -> tuple[float, float]:

@@ -66,12 +66,12 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     saved = json.loads(tags[run_views.VIEW_TAG_PREFIX + run_views.LATEST_METHODS_VIEW])
     assert json.loads(saved["state"]) == state and saved["name"].startswith("mlflow-unlearn")
     assert f"viewStateShareKey=methods-{parent.info.run_id}" in note
-    rum_search = next(r for r in search_runs if r.data.tags["mlflow_unlearn.search_space"] == "rum")
+    rum_search = next(r for r in search_runs if r.data.tags["mlflow_unlearn.search_space"] == "rum-composed")
     plots = [a.path for a in client.list_artifacts(rum_search.info.run_id, "plots")]
     assert "plots/optimization_history.png" in plots and "plots/param_importances.png" in plots
     assert "plots/pareto.png" in plots  # calibration ToW against cost, every scored plan
     assert rum_search.data.metrics["cost/train_fraction"] > 0  # scoring the trials cost compute, counted
-    assert rum_search.data.tags["mlflow_unlearn.best_kind"] in ("enqueued", "sampled")
+    assert rum_search.data.tags["mlflow_unlearn.best_kind"] in ("tuned", "uniform", "per-tier")  # composed
     assert rum_search.data.metrics["n_scored_enqueued"] >= 1
     # the calibration noise was measured (a second calibration reference) and set the selection tolerance
     assert rum_search.data.metrics["calibration/noise_tow"] == pytest.approx(out["calibration"].noise["tow"])

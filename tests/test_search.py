@@ -15,6 +15,7 @@ from mlflow_unlearn import request
 
 from mlflow_unlearn import references, search, steps, tuning
 from mlflow_unlearn.algorithms import ALGORITHMS
+from mlflow_unlearn.rum import Plan
 from mlflow_unlearn.tracking import Tag
 
 FORGET = "mix:30"
@@ -29,15 +30,16 @@ def oracle_algorithm():
     """A test-only algorithm that is the *only* way to unlearn a calibration set's `high` tier: given
     exactly that tier and a model still untouched, it copies that set's retrained reference; anywhere
     else it damages the model. So the one plan with mean calibration ToW 1 is
-    low=none;mid=none;high=test_oracle."""
-    state = {"references": {}}
+    low=none;mid=none;high=test_oracle. With `state["anywhere"]` it copies the reference whatever
+    ran before (a separable problem: what a one-tier-at-a-time search can solve)."""
+    state = {"references": {}, "anywhere": False}
 
     def untouched(model):
         return all(torch.equal(v.cpu(), state["original"][k]) for k, v in model.state_dict().items())
 
     def oracle(model, data, *, seed=0, log=None):
         ids = frozenset(data.forget_ids.tolist())
-        if ids in state["references"] and untouched(model):
+        if ids in state["references"] and (state["anywhere"] or untouched(model)):
             model.load_state_dict(state["references"][ids])
         else:
             with torch.no_grad():
@@ -73,7 +75,7 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
         oracle_algorithm["references"][frozenset(c.tiers["high"].tolist())] = {k: v.clone() for k, v in ref.model.state_dict().items()}
     oracle_algorithm["original"] = {k: v.detach().cpu().clone() for k, v in ctx.source.model.state_dict().items()}
     found = search.search(ctx, calibration, n_trials=16, algorithms=("none", "test_oracle"), storage=f"sqlite:///{tmp_path}/o.db",
-                          trial_runs=True)
+                          trial_runs=True, strategy="joint")
     assert found.best_plan.to_compact() == "low=none;mid=none;high=test_oracle"
     assert found.best_value == pytest.approx(1.0)
     registered = MlflowClient().get_registered_model("digits-src")
@@ -101,6 +103,42 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     first = [t.user_attrs["plan"] for t in study.trials[:3]]
     assert [s["algorithm"] for s in first[0]["steps"]] == ["none"] * 3
     assert first[1]["steps"][0]["tier"] == "all"
+
+
+@pytest.mark.integration
+def test_a_composed_search_tunes_each_algorithm_then_picks_an_arm_per_tier(source_model, oracle_algorithm, tmp_path):
+    """The default strategy: every algorithm is tuned on the whole calibration sets (its own search
+    run), its selected setting is copied into the per-tier study (scored once, never again), and
+    the per-tier study finds the oracle on the high tier only; the search run says what it built on."""
+    _, uri = source_model
+    ctx = request.prepare(uri, FORGET)
+    calibration = search.prepare_calibration(ctx, 2)
+    for c, ref in zip(calibration.contexts, calibration.runs):
+        oracle_algorithm["references"][frozenset(c.tiers["high"].tolist())] = {k: v.clone() for k, v in ref.model.state_dict().items()}
+    oracle_algorithm["original"] = {k: v.detach().cpu().clone() for k, v in ctx.source.model.state_dict().items()}
+    oracle_algorithm["anywhere"] = True
+    found = search.search(ctx, calibration, n_trials=8, algorithms=("none", "test_oracle", "finetune"), max_epochs=1,
+                          storage=f"sqlite:///{tmp_path}/c.db", attach=False)
+    assert found.best_plan.steps[-1].algorithm == "test_oracle" and found.best_value == pytest.approx(1.0)
+    assert found.tuning_cost_train_fraction > 0  # finetune's tuning ran here, and its cost is reported
+    study = optuna.load_study(study_name=found.study_name, storage=found.storage)
+    copied = [t for t in study.trials if tuning.is_copied(t)]
+    assert sorted(Plan.from_dict(t.user_attrs["plan"]).steps[0].algorithm for t in copied) == ["finetune", "test_oracle"]
+    assert all(t.user_attrs["copied_from"].startswith("tuned-") for t in copied)
+    ran = [Plan.from_dict(t.user_attrs["plan"]).to_compact() for t in study.trials if not tuning.is_copied(t)]
+    # every arm on every tier first (`none` first), then one tier at a time (tests/test_tuning.py has the path)
+    assert ran[0] == "low=none;mid=none;high=none" and ran[1] == "low=test_oracle;mid=test_oracle;high=test_oracle"
+    assert ran[2].startswith("low=finetune(")
+    assert len(ran) <= 8
+    run = MlflowClient().get_run(found.run_id)
+    assert run.data.params["strategy"] == "composed" and run.data.tags[Tag.BEST_KIND] in ("uniform", "per-tier")
+    assert run.data.metrics["n_copied"] == 2 and run.data.metrics["cost/tuning_train_fraction"] > 0
+    assert run.data.params["arms"].startswith("none=none; test_oracle=test_oracle; finetune=finetune(")
+    tuned_runs = runs("tags.`mlflow_unlearn.search_space` LIKE 'tuned-%'")
+    assert {r.data.params.get("algorithm") for r in tuned_runs} >= {"test_oracle", "finetune"}
+    table = mlflow.artifacts.load_dict(f"runs:/{found.run_id}/trials.json")
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert sum(r["copied_from"] is not None for r in rows) == 2
 
 
 @pytest.mark.integration
@@ -248,7 +286,8 @@ def test_a_request_too_large_for_calibration_names_sizes_and_fix(source_model):
 
 
 @pytest.mark.parametrize("kw,needle", [({"n_trials": 0}, "n_trials"), ({"objective": "accuracy"}, "accuracy"),
-                                       ({"algorithms": ("none", "frob")}, "frob"), ({"n_trials": 2}, "known-good"),
+                                       ({"algorithms": ("none", "frob")}, "frob"), ({"n_trials": 2, "strategy": "joint"}, "known-good"),
+                                       ({"strategy": "greedy"}, "composed, joint"), ({"max_epochs": 0}, "max_epochs"),
                                        ({"storage": "notadb://x"}, "notadb://x")])
 def test_bad_search_settings(source_model, kw, needle):
     _, uri = source_model
@@ -266,7 +305,7 @@ def _worker(uri, tracking_uri, storage, study):
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "mlflow_unlearn.cli", "search", "--model-uri", uri, "--forget", FORGET,
                              "--n-trials", "4", "--calibration-sets", "1", "--max-epochs", "1", "--storage", storage,
-                             "--study-name", study, "--algorithms", "none,neggrad"],
+                             "--study-name", study, "--algorithms", "none,neggrad", "--strategy", "joint"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -280,7 +319,8 @@ def _two_workers_share(uri, tracking_uri, storage):
     scored = sum(tuning.counts_against_budget(t) for t in finished)  # repeats are free (tuning.optimize)
     # the budget is the study's; two racing workers may each start the last one
     assert scored <= 5 and tuning.budget_spent(study, 4)
-    assert len({t.user_attrs["worker"] for t in finished}) == 2, "both workers ran trials"
+    ran = [t for t in finished if not tuning.is_copied(t)]  # copied trials (tuned settings) ran in no worker
+    assert len({t.user_attrs["worker"] for t in ran}) == 2, "both workers ran trials"
 
 
 @pytest.mark.integration
