@@ -209,11 +209,11 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         for algorithm in baselines:
             tuned[algorithm] = search_algorithm(ctx, calibration, algorithm, n_trials=n_trials, max_epochs=max_epochs,
                                                 objective=objective, storage=storage, trial_runs=trial_runs)
-            print(f"tuned {algorithm}: {tuned[algorithm].best_plan.to_compact()}  (calibration {tuned[algorithm].best_value:.4f})")
+            print(f"tuned {algorithm}: {tuned[algorithm].best_plan.to_compact(3)}  (calibration {tuned[algorithm].best_value:.4f})")
         found = search(ctx, calibration, n_trials=n_trials, max_epochs=max_epochs, objective=objective,
                        algorithms=algorithms, storage=storage, trial_runs=trial_runs, strategy=strategy,
                        tuned={a: r for a, r in tuned.items() if a in algorithms})
-        print(f"searched plan: {found.best_plan.to_compact()}  (calibration {objective} {found.best_value:.4f}: a "
+        print(f"searched plan: {found.best_plan.to_compact(3)}  (calibration {objective} {found.best_value:.4f}: a "
               f"selection score, not a result)")
         # what the RUM plan's selection cost: its own study, plus the tunings it built on
         rum_search_cost = found.cost_train_fraction + found.tuning_cost_train_fraction + (
@@ -269,7 +269,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
             reference=references_cost, search=rum_search_cost,
             request=rum.cost.get("cost/train_fraction", float("nan")), retrain=retrain_fraction)
         mlflow.log_metrics(cost_metrics)
-        conclusion = verdict(reports, floor, plan=found.best_plan.to_compact(), costs=cost_metrics,
+        conclusion = verdict(reports, floor, plan=found.best_plan.to_compact(3), costs=cost_metrics,
                              plan_kind=mlflow.MlflowClient().get_run(found.run_id).data.tags.get(Tag.BEST_KIND),
                              request_note=_request_note(ctx))
         header = (f"{dataset} / {model}: forget {forget} ({len(ctx.forget)} examples), seeds {seeds}; original train acc "

@@ -178,11 +178,14 @@ class Plan:
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def to_compact(self) -> str:
-        """The one-line form `parse` reads back (a non-default retain mode comes first)."""
+    def to_compact(self, digits: int | None = None) -> str:
+        """The one-line form `parse` reads back (a non-default retain mode comes first). `digits`:
+        floats to that many significant digits, for people (a verdict, a description); the plan
+        itself, in tags and files, keeps every digit."""
         parts = [] if self.retain_mode == DEFAULT_RETAIN_MODE else [f"retain_mode={self.retain_mode}"]
+        show = (lambda v: f"{v:.{digits}g}" if isinstance(v, float) else _compact_value(v)) if digits else _compact_value
         for s in self.steps:
-            args = ",".join(f"{k}={_compact_value(v)}" for k, v in s.hyperparameters.items())
+            args = ",".join(f"{k}={show(v)}" for k, v in s.hyperparameters.items())
             parts.append(f"{s.tier}={s.algorithm}" + (f"({args})" if args else ""))
         return ";".join(parts)
 

@@ -247,7 +247,7 @@ class _TrialLines:
         # one compact line per trial instead of Optuna's own log (silenced in _search_run)
         value = f"tow {metrics['tow']:.4f}" if "tow" in metrics else reason[:60]
         repeat = f" (repeat of {trial.user_attrs['repeat_of']})" if "repeat_of" in trial.user_attrs else ""
-        print(f"  {self.space} trial {trial.number:>3}: {state:<8} {value + repeat:<40} {plan.to_compact()[:100]}",
+        print(f"  {self.space} trial {trial.number:>3}: {state:<8} {value + repeat:<40} {plan.to_compact(3)[:100]}",
               flush=True)
 
 
@@ -456,7 +456,7 @@ def best_kind(study, plan: Plan) -> str:
 
 def _plan_label(trial) -> str:
     try:
-        return Plan.from_dict(trial.user_attrs["plan"]).to_compact()
+        return Plan.from_dict(trial.user_attrs["plan"]).to_compact(3)
     except (KeyError, TypeError, ValueError):  # a trial written by another version: its number is label enough
         return f"trial {trial.number}"
 
@@ -568,7 +568,7 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, tracking.plan_tag_value(plan.to_dict()))
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, run_id)
         # the tags are for machines (the hook reads them); the description says the same for people
-        readable = plan.to_compact().replace(";", "; ").replace(",", ", ")
+        readable = plan.to_compact(3).replace(";", "; ").replace(",", ", ")
         client.update_registered_model(ctx.source.name, description=(
             f"RUM plan for deletion requests (searched for version {ctx.source.version} on {len(calibration.digests)} "
             f"calibration forget set(s), mean calibration {objective} {value:.3f}, search run {run_id}): {readable}. "
@@ -617,6 +617,6 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
                         max_epochs=max_epochs, storage=storage, study_name=study_name, trial_runs=trial_runs,
                         strategy=strategy)
     print(f"best plan (mean calibration {objective} {result.best_value:.4f} over {calibration_sets} set(s); a selection "
-          f"score, not a result): {result.best_plan.to_compact()}")
+          f"score, not a result): {result.best_plan.to_compact(3)}")
     print(f"attached to registered model {ctx.source.name!r} as tag {Tag.SEARCHED_PLAN}")
     return result

@@ -21,6 +21,10 @@ Candidates (what a trial can be):
   never worse on calibration than any default or than doing nothing.
 - `algorithm_candidates`: one algorithm on the whole set, defaults first: the tuned baseline that
   gets the same trial budget and space rules as RUM.
+- `compose_search` (the default RUM search, strategy `composed`): one arm per tier (`none` or an
+  algorithm at its tuned whole-set setting, `compose_arms`), chosen by coordinate search; the
+  tuned whole-set plans enter as `KnownTrial`s (copied with their scores, never rerun). The
+  `rum_candidates` space above is strategy `joint`.
 
 Hyperparameter spaces are declared by each algorithm when it is registered
 (`mlflow_unlearn.algorithms.search_space`; built-ins in `algorithms/builtin.py`, plugins with
