@@ -30,8 +30,8 @@ def calls(verdict: str) -> dict:
 
 def test_the_readme_verdict_parses():
     quoted = calls(readme_verdict())
-    assert quoted["plan"] == "low=finetune;mid=finetune;high=finetune" and quoted["kind"] == "one of the enqueued defaults"
-    assert quoted["vs best"] == ("worse than", "finetune (tuned)")
+    assert quoted["plan"].startswith("low=neggrad_plus(") and quoted["kind"] == "a per-tier mix of tuned algorithms"
+    assert quoted["vs best"] == ("not distinguishable from", "finetune (tuned)")
 
 
 @pytest.mark.slow  # the demo itself: ~3 minutes on 2 cores
