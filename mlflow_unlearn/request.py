@@ -219,10 +219,9 @@ def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") ->
 
 
 def registered_plan(model_name: str):
-    """The searched plan on a registered model, or None. Read as data (JSON), never executed; the
-    pre-0.2 key `mlflow_unlearn.plan` is still read."""
+    """The searched plan on a registered model, or None. Read as data (JSON), never executed."""
 
     rm = mlflow.MlflowClient().get_registered_model(model_name)
     tags = rm.tags or {}
-    text = tags.get(Tag.SEARCHED_PLAN) or tags.get(Tag.LEGACY_PLAN)
+    text = tags.get(Tag.SEARCHED_PLAN)
     return Plan.from_json(text) if text else None

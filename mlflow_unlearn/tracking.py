@@ -99,7 +99,6 @@ class Tag:
     APPLIED_PLAN = TAG + "applied_plan"  # on a version: the plan that produced it
     PLAN_NAME = TAG + "plan_name"
     PLAN_SOURCE = TAG + "plan_source"  # where the applied plan came from (registered, default, ...)
-    LEGACY_PLAN = TAG + "plan"  # before 0.2 the searched plan's key; still read, never written
     # search
     STUDY = TAG + "study"
     TRIAL = TAG + "trial"
@@ -445,7 +444,8 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 def read_lineage(client: MlflowClient, mv) -> tuple[Lineage, dict]:
     """(lineage, training manifest) of a registered version. A version made by this package carries
     `manifest/lineage.json` in its run, naming the training run that holds the manifest and the
-    C-proxy; a trained version without one (before 0.3) is its own original with nothing forgotten.
+    C-proxy; a version without one (logged by the user's own training loop with `log_manifest`) is
+    its own original with nothing forgotten.
     The lineage is read as checked JSON (lineage.Lineage.from_dict), never as a path or code."""
     where = f"models:/{mv.name}/{mv.version}"
     if not mv.run_id:

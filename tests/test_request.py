@@ -16,8 +16,7 @@ def ctx(source_model):
     _, uri = source_model
     client = MlflowClient()
     yield request.prepare(uri, FORGET)
-    for key in (Tag.SEARCHED_PLAN, Tag.LEGACY_PLAN):
-        client.delete_registered_model_tag("digits-src", key)
+    client.delete_registered_model_tag("digits-src", Tag.SEARCHED_PLAN)
 
 
 def test_prepare_resolves_the_forget_set_and_its_tiers_once(ctx):
@@ -51,9 +50,3 @@ def test_a_registered_plan_that_cannot_be_used_follows_the_policy(ctx, tag, need
     assert fallback.plan.tiers == ["low", "mid", "high"]
     with pytest.raises(ValueError, match="unknown plan policy on_unfit='ignore'"):
         request.resolve_plan(ctx, "auto", on_unfit="ignore")
-
-
-def test_the_pre_0_2_plan_key_is_still_read(ctx):
-    MlflowClient().set_registered_model_tag("digits-src", Tag.LEGACY_PLAN, '{"steps": [{"tier": "all", "algorithm": "none"}]}')
-    resolved = request.resolve_plan(ctx, "registered")
-    assert resolved.plan.steps[0].algorithm == "none" and resolved.source.startswith("registered")
