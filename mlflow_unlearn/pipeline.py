@@ -26,9 +26,9 @@ from .metrics import METRICS, paired_test
 from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
 from .memorization import DEFAULT_TIERS
-from .search import SearchError, check_trials, prepare_calibration, search, search_algorithm
+from .search import check_trials, prepare_calibration, search, search_algorithm
 from .tracking import Role, Tag
-from .tuning import COMPOSED, Reference, check_strategy, objective_directions, report_plan
+from .tuning import COMPOSED, Reference, check_n_trials, check_strategy, objective_directions, report_plan
 
 # The baselines `main` compares RUM with by default, and so RUM's search space (with `none`): the
 # four the CIFAR benchmark compares (bench/README.md). With every registered algorithm the 16-trial
@@ -174,8 +174,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
     unknown = [b for b in [*baselines, *algorithms] if b not in ALGORITHMS]
     if unknown:
         raise ValueError(ALGORITHMS.unknown_message(unknown))
-    if not isinstance(n_trials, int) or n_trials <= 0:
-        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
+    check_n_trials(n_trials)
     check_strategy(strategy)
     check_trials(n_trials, strategy, DEFAULT_TIERS, algorithms)
     if not isinstance(unlearn_seeds, int) or unlearn_seeds < 1:

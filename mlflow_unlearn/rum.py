@@ -56,11 +56,11 @@ from .compute import Budget, BudgetError, ComputeMeter
 from .data import ImageData
 from .progress import MetricLogger
 from .ids import check_something_retained, train_ids
+from .memorization import DEFAULT_TIERS
 
 RETAIN_MODES = ("exclude_all", "shrinking")
 DEFAULT_RETAIN_MODE = "exclude_all"
 ALL_TIER = "all"  # the single tier of a vanilla (one-algorithm) run
-DEFAULT_TIERS = ("low", "mid", "high")
 PLAN_SUFFIXES = (".json", ".yaml", ".yml")
 
 _PLAN_KEYS = ("name", "retain_mode", "steps")

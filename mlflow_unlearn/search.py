@@ -53,6 +53,7 @@ from .tuning import (
     algorithm_candidates,
     algorithm_default_trials,
     add_known_trials,
+    check_n_trials,
     check_strategy,
     cheapest_within,
     compose_arms,
@@ -334,8 +335,7 @@ def _arm_label(step) -> str:
 
 
 def _check_settings(n_trials: int, objective: str, max_epochs: int) -> None:
-    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
-        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
+    check_n_trials(n_trials)
     objective_directions(objective)  # an unknown objective lists the valid ones
     if not isinstance(max_epochs, int) or max_epochs < 1:
         raise SearchError(f"max_epochs must be a whole number >= 1, got {max_epochs!r}")
@@ -600,9 +600,7 @@ def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = 
                 calibration_size: int | None = None, trial_runs: bool = False, strategy: str = COMPOSED) -> SearchResult:
     algorithms = tuple(algorithms or default_search_algorithms())
     check_strategy(strategy)
-    if not isinstance(n_trials, int) or n_trials <= 0:  # before loading anything
-        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
-    objective_directions(objective)  # an unknown objective lists the valid ones
+    _check_settings(n_trials, objective, max_epochs)  # before loading anything
     if not isinstance(calibration_sets, int) or calibration_sets < 1:
         raise SearchError(f"calibration_sets must be a whole number >= 1, got {calibration_sets!r}")
     _check_algorithms(algorithms)

@@ -242,6 +242,13 @@ JOINT = "joint"  # the earlier RUM search: every tier's algorithm and hyperparam
 STRATEGIES = (COMPOSED, JOINT)
 
 
+def check_n_trials(n_trials) -> int:
+    """The one check of a trial budget (CLI, `main`, `search` and `optimize` all call it)."""
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
+        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
+    return n_trials
+
+
 def check_strategy(strategy: str) -> str:
     if strategy not in STRATEGIES:
         raise SearchError(f"unknown search strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
@@ -599,8 +606,7 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
     "the same number of trials" would explore different numbers of plans (`make_study`'s sampler
     draws at random after a repeat). A space with fewer distinct plans than `n_trials` stops after
     `REPEAT_ALLOWANCE` x `n_trials` repeats in a row (`budget_spent`)."""
-    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
-        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
+    check_n_trials(n_trials)
     _, metric = objective_directions(objective)
     if metric is not None and metric not in BUILTIN_METRICS and metric not in (scorer.metrics or ()):
         scorer = dataclasses.replace(scorer, metrics=[*(scorer.metrics or ()), metric])  # a plugin metric's key
