@@ -36,6 +36,18 @@ def test_main_pipeline_selects_on_calibration_and_reports_on_the_request(trackin
     # selection and reporting saw different forget sets
     search_runs = runs("tags.`mlflow_unlearn.role` = 'search'")
     assert len(search_runs) == 3  # RUM and one per baseline, with the same budget
+    # the composed RUM search builds on the baselines' tunings (not run twice), and its cost counts them
+    by_space = {r.data.tags["mlflow_unlearn.search_space"]: r for r in search_runs}
+    assert set(by_space) == {"rum-composed", "tuned-finetune", "tuned-neggrad"}
+    assert set(by_space["rum-composed"].data.params["tuned_studies"].split(",")) == {
+        by_space["tuned-finetune"].data.params["study_name"], by_space["tuned-neggrad"].data.params["study_name"]}
+    search_cost = sum(r.data.metrics["cost/train_fraction"] for r in search_runs)
+    pipeline_metrics = runs("tags.`mlflow_unlearn.role` = 'pipeline'")[0].data.metrics
+    calibration_reference = pipeline_metrics["cost/first_request_train_fraction"] - search_cost - rum.summary(
+        "cost/train_fraction")[0]  # first request = reference + every search + the request
+    n_train, pool = len(out["ctx"].data.train), len(out["calibration"].union_ids)
+    # two retrains without the calibration pool (the second measures the calibration noise, on here)
+    assert calibration_reference == pytest.approx(2 * (n_train - pool) / n_train, abs=1e-3), pipeline_metrics
     target = out["ctx"].forget.digest
     for r in search_runs:
         assert int(r.data.params["n_trials"]) == 5
