@@ -959,6 +959,11 @@ def stored_seeds(args, scale: Scale) -> dict[int, dict]:
         if record.get("config") != want:
             say(f"ignoring {path}: another configuration ({record.get('command', '?')})")
             continue
+        strategy = record["result"].get("strategy", tuning.JOINT)  # seeds run before --strategy: joint
+        if strategy != getattr(args, "strategy", tuning.COMPOSED):
+            say(f"{path}: its RUM plan came from a {strategy} search; this run's seed is reported again with "
+                f"--strategy {args.strategy} (its studies, references and baseline rows are reused)")
+            continue
         out[int(record["result"]["seed"])] = record["result"]
     return out
 
@@ -1030,9 +1035,15 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
         f"memorisation ranks, all scored against ONE reference retrained without their union, as the product's "
         f"calibration reference), every trial within the budget {scale.budget:g}, the validation split "
         f"({scale.val_fraction:g} of the subset) "
-        f"standing in for test; the RUM study (space: none + {', '.join(args.algorithms)}; whole-set and per-tier "
-        f"plans; its defaults first) and one study per tuned baseline get the same number of trials "
-        f"(at least {scale.trials}), max_epochs {scale.max_epochs}",
+        f"standing in for test; " + (
+            f"each baseline tuned by its own study ({scale.trials} trials, its defaults first, median pruner), then "
+            f"the RUM plan by the composed search (`--strategy composed`): one arm per tier among none and the "
+            f"tuned {', '.join(args.algorithms)}, coordinate search, at most {scale.trials} plans, the tuned "
+            f"whole-set settings competing as copied trials; max_epochs {scale.max_epochs}"
+            if getattr(args, "strategy", tuning.COMPOSED) == tuning.COMPOSED else
+            f"the RUM study (`--strategy joint`; space: none + {', '.join(args.algorithms)}; whole-set and per-tier "
+            f"plans; its defaults first) and one study per tuned baseline get the same number of trials "
+            f"(at least {scale.trials}), max_epochs {scale.max_epochs}"),
         "- reporting: every method on the evaluated forget set and the test split, which no selection touched; "
         "defaults = the algorithm's registered defaults on the whole forget set; (unchanged) = predictions equal "
         "the original's on every split; the noise floor is a second retrain (another seed) against the reference",
@@ -1190,7 +1201,8 @@ def mode_rum(args, scale: Scale, device) -> None:
         if seed in stored and not args.rerun:
             say(f"seed {seed}: stored in {seed_path(args, seed)} (same configuration); --rerun to run it again")
             continue
-        if args.results_dir is not None and seed_path(args, seed).exists() and seed not in stored and not args.rerun:
+        if (args.results_dir is not None and seed_path(args, seed).exists() and seed not in stored and not args.rerun
+                and json.loads(seed_path(args, seed).read_text()).get("config") != config_key(args, scale)):
             raise SystemExit(f"{seed_path(args, seed)} holds seed {seed} of another configuration: pass "
                              "--results-dir DIR for this one, or --rerun to replace it")
         result = run_seed(args, scale, seed, device)
