@@ -53,7 +53,7 @@ from mlflow_unlearn.metrics import SplitOutputs, evaluate_unlearning, mean_ci, o
 from mlflow_unlearn.models import build_model  # noqa: E402
 from mlflow_unlearn.rum import Plan, single_algorithm_plan  # noqa: E402
 from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model  # noqa: E402
-from mlflow_unlearn import tuning  # noqa: E402  (the search core, the same one `mlflow-unlearn search` runs)
+from mlflow_unlearn import compose, tuning  # noqa: E402  (the search core, the same one `mlflow-unlearn search` runs)
 
 DEFAULT_DATA = str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 T0 = time.perf_counter()  # process start: --stop-after-s counts from here
@@ -589,9 +589,9 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
         before = scorer.spent_passes
         if candidates is None:  # the composed RUM search: one arm per tier from the tunings above
             tuned = {a: best[a] for a in algorithms if a in best}
-            arms = tuning.compose_arms(searched, tuned)
-            tuning.add_known_trials(study, [tuning.KnownTrial(p, known_metrics[a], a) for a, p in tuned.items()])
-            tuning.compose_search(study, TIERS, arms, scorer, n_trials=n_trials, observer=_PrintTrials(space),
+            arms = compose.compose_arms(searched, tuned)
+            compose.add_known_trials(study, [compose.KnownTrial(p, known_metrics[a], a) for a, p in tuned.items()])
+            compose.compose_search(study, TIERS, arms, scorer, n_trials=n_trials, observer=_PrintTrials(space),
                                   timeout_s=left)
         elif storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
             tuning.optimize(study, candidates, scorer, n_trials=n_trials + failed_stale(study), enqueue=first,

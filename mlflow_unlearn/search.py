@@ -41,23 +41,20 @@ from .metrics import evaluate_unlearning, mia_auc, outputs_for
 from .plots import cost_quality
 from .rum import Plan
 from .tracking import TAG, Role, Tag
+from .compose import KnownTrial, add_known_trials, compose_arms, compose_search
 from .tuning import (
     COMPOSED,
     JOINT,
     TOW_COST,
     CalibrationScorer,
-    KnownTrial,
     NoCompletedTrial,
     Reference,
     SearchError,
     algorithm_candidates,
     algorithm_default_trials,
-    add_known_trials,
     check_n_trials,
     check_strategy,
     cheapest_within,
-    compose_arms,
-    compose_search,
     completed_with_plan,
     is_copied,
     is_enqueued,
