@@ -140,7 +140,8 @@ def compute_matched(reports) -> list[str]:
     return lines
 
 
-def cost_summary(*, reference: float, search: float, request: float, retrain: float) -> tuple[str, dict[str, float]]:
+def cost_summary(*, reference: float, search: float, request: float, retrain: float,
+                 tunings: float | None = None) -> tuple[str, dict[str, float]]:
     """The first request's total cost (calibration reference + search + the request itself) and each
     later request's (the reference and the searched plan reused: the request alone), in trainings,
     and after how many requests unlearning has cost less than retraining for each."""
@@ -149,7 +150,9 @@ def cost_summary(*, reference: float, search: float, request: float, retrain: fl
     when = ("never: a later request costs as much as a retrain" if math.isinf(n)
             else "from the first request on" if n == 1 else f"from request {n} on")
     text = (f"Cost in trainings (example passes / the original training's): the first request "
-            f"{first:.3f} (calibration reference(s) {reference:.3f} + RUM search {search:.3f} + the request "
+            f"{first:.3f} (calibration reference(s) {reference:.3f} + RUM search {search:.3f}"
+            + (f" [the tunings it builds on {tunings:.3f} + the per-tier search {search - tunings:.3f}]"
+               if tunings is not None else "") + " + the request "
             f"{request:.4f}); each later request like it {request:.4f}; a retrain on retain {retrain:.3f}. "
             f"Unlearning is cheaper in total than retraining for every request {when}.")
     return text, {"cost/first_request_train_fraction": first, "cost/later_request_train_fraction": request,
@@ -215,8 +218,9 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         print(f"searched plan: {found.best_plan.to_compact(3)}  (calibration {objective} {found.best_value:.4f}: a "
               f"selection score, not a result)")
         # what the RUM plan's selection cost: its own study, plus the tunings it built on
-        rum_search_cost = found.cost_train_fraction + found.tuning_cost_train_fraction + (
+        tunings_cost = found.tuning_cost_train_fraction + (
             sum(tuned[a].cost_train_fraction for a in tuned if a in algorithms) if strategy == COMPOSED else 0.0)
+        rum_search_cost = found.cost_train_fraction + tunings_cost
 
         # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.
         reference = references.retrain(ctx, progress=True)
@@ -265,7 +269,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         # the calibration reference(s): one retrain without the union, a second one for the noise
         references_cost = (2 if calibration.noise else 1) * (n_train - len(calibration.union_ids)) / n_train
         costs, cost_metrics = cost_summary(
-            reference=references_cost, search=rum_search_cost,
+            reference=references_cost, search=rum_search_cost, tunings=tunings_cost if strategy == COMPOSED else None,
             request=rum.cost.get("cost/train_fraction", float("nan")), retrain=retrain_fraction)
         mlflow.log_metrics(cost_metrics)
         conclusion = verdict(reports, floor, plan=found.best_plan.to_compact(3), costs=cost_metrics,

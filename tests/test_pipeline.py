@@ -107,3 +107,5 @@ def test_the_cost_summary_on_fixed_inputs():
     assert never["cost/break_even_requests"] == -1.0
     text, cheap = pipeline.cost_summary(reference=0.0, search=0.0, request=0.1, retrain=0.93)
     assert cheap["cost/break_even_requests"] == 1 and "from the first request on" in text
+    text, _ = pipeline.cost_summary(reference=0.86, search=7.7, request=0.09, retrain=0.93, tunings=6.0)
+    assert "RUM search 7.700 [the tunings it builds on 6.000 + the per-tier search 1.700] + the request" in text
