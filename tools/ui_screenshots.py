@@ -81,7 +81,8 @@ def main(argv=None) -> int:
                       ("pipeline-run", f"#/experiments/{eid}/runs/{rid}?{ml}"),
                       ("pipeline-methods-plot", f"#/experiments/{eid}/runs/{rid}/artifacts/plots/methods.png")]
         for role, name, extra in (("evaluate", "tiers", ""), ("original", "c_proxy", ""),
-                                  ("search", "optimization_history", " and tags.`mlflow_unlearn.search_space` = 'rum'")):
+                                  ("search", "optimization_history", " and tags.`mlflow_unlearn.search_space` LIKE 'rum%'"),
+                                  ("search", "pareto", " and tags.`mlflow_unlearn.search_space` LIKE 'rum%'")):
             run = newest(client, role, extra, artifact=f"plots/{name}.png")
             if run:
                 pages.append((f"{role}-{name}-plot",
