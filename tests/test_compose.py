@@ -128,3 +128,20 @@ def test_composed_search_ends_when_every_plan_is_pruned_or_diverged():
     assert len(scorer.scored) == 9 == len(set(scorer.scored))
     with pytest.raises(tuning.NoCompletedTrial):
         tuning.cheapest_within(study)
+
+
+def test_a_trial_behind_the_best_after_a_set_is_pruned_one_ahead_is_not():
+    study = optuna.create_study(direction="maximize", pruner=compose.BehindBestPruner())
+    best = study.ask()
+    best.report(0.90, 0)  # after calibration set 1
+    study.tell(best, 0.85)  # its mean over both sets
+    worse_final = study.ask()
+    worse_final.report(0.95, 0)
+    study.tell(worse_final, 0.80)  # a better first set does not make it the best
+    behind, ahead = study.ask(), study.ask()
+    behind.report(0.89, 0)
+    ahead.report(0.91, 0)
+    assert behind.should_prune() and not ahead.should_prune()  # compared with the best plan's first set
+    empty = optuna.create_study(direction="maximize", pruner=compose.BehindBestPruner()).ask()
+    empty.report(0.1, 0)
+    assert not empty.should_prune()  # nothing complete yet: nothing to be behind
