@@ -730,10 +730,11 @@ def never_seen_lines(checks: list[tuple[int, dict]]) -> list[str]:
 def mode_algorithms(args, scale: Scale, device) -> None:
     seed = scale.seeds[0]
     data = load(args, scale, seed, device)
-    original = train_original(data, scale, seed)
     # With --results-dir naming a `--mode rum` run of the same configuration, its seed cache gives the
-    # same forget set and the evaluated reference's outputs (no second 12-minute retrain here).
+    # same original (its weights, when trained on this machine), forget set and the evaluated
+    # reference's outputs (no second 12-minute training or retrain here).
     cache = SeedCache(args.results_dir, seed, config_key(args, scale))
+    original = cache.original(lambda: train_original(data, scale, seed), data, scale, seed, machine(device))
     forget, _ = cache.sets(lambda: forget_sets(original, scale.forget, seed, scale.calibration_sets))
     target = cache.target("evaluated", lambda: make_target("evaluated", data, original, forget, scale, seed), data)
     calibration = [t for j in range(scale.calibration_sets) if (t := cache.cached_target(f"calibration {j + 1}", data))]
