@@ -17,7 +17,7 @@ reported, next to `none` and the retrain-vs-retrain noise floor. Results are pri
 written as markdown tables under --out-dir (default docs/; nothing is written with --smoke unless
 --out-dir is given).
 
-Scale (DESIGN.md section 7, "shrink the data, not the fit"): on the CPU a small subset is trained to
+Scale (docs/design.md section 7, "shrink the data, not the fit"): on the CPU a small subset is trained to
 near 100% train accuracy; every table states the subset, model, epochs and the original's train
 accuracy (plain images, eval mode).
 """
@@ -81,7 +81,7 @@ class Scale:
     curve: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)  # the cost-quality curve: every method at each budget
 
 
-# CPU scale (modes algorithms, rum and regime), DESIGN.md section 7: the memorisation regime on a
+# CPU scale (modes algorithms, rum and regime), docs/design.md section 7: the memorisation regime on a
 # CPU, "shrink the data, not the fit": 3,000 CIFAR-10 images (2,700 train after the validation
 # split), resnet18 width 32, crop+flip, batch 64, lr 0.05 cosine, 40 epochs. `--mode regime` checks
 # that it is reached (eval-mode train accuracy >= 0.97, test >= 0.55, the reference's forget accuracy

@@ -1,5 +1,5 @@
 """Name -> component registries, filled by built-ins in code and by third-party packages through
-Python entry points. One mechanism for algorithms and metrics (DESIGN.md section 3).
+Python entry points. One mechanism for algorithms and metrics (docs/design.md section 3).
 
 A component can carry declarations beside its function (an algorithm's search space, a metric's
 direction). They live on the function itself, in the attribute `DECLARATIONS` (a dict), so a

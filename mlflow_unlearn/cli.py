@@ -14,6 +14,8 @@ from .cli_types import algorithm_list as _algorithm_list  # noqa: E402
 from .cli_types import boolean as _bool  # noqa: E402
 from .cli_types import budget as _budget  # noqa: E402
 from .cli_types import dataset as _dataset  # noqa: E402
+from .cli_types import dataset_help, model_help  # noqa: E402
+from .cli_types import model_name as _model  # noqa: E402
 from .cli_types import device as _device  # noqa: E402
 from .cli_types import none_or as _none_or  # noqa: E402
 from .cli_types import positive_whole_number, whole_number as _int  # noqa: E402
@@ -23,8 +25,8 @@ from .cli_types import strategy as _strategy  # noqa: E402
 def _add_train(sub):
     p = sub.add_parser("train", help="train an original model, record per-example confidences, log and register it")
     p.add_argument("--dataset", type=_dataset, default="digits",
-                   help="digits | digits-noisy[:<rate>] | cifar10 | cifar100 | imagefolder:<path> (default: digits)")
-    p.add_argument("--model", default="small_cnn", help="small_cnn | resnet18 | resnet50 | vgg16_bn")
+                   help=f"{dataset_help()} (default: digits)")
+    p.add_argument("--model", type=_model, default="small_cnn", help=f"{model_help()} (default: small_cnn)")
     p.add_argument("--epochs", type=_int, default=15)
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate, cosine-decayed per step")
     p.add_argument("--batch-size", type=_int, default=64)
@@ -241,8 +243,8 @@ def _add_main(sub):
     p = sub.add_parser("main", help="the whole pipeline: train, forget set, retrain, search, RUM, baselines, evaluate")
     p.add_argument("--dataset", type=_dataset, default="digits-noisy",
                    help="default digits-noisy: digits with 10%% of train labels flipped (seeded), the examples a network "
-                        "memorises; clean `digits` has almost nothing to unlearn")
-    p.add_argument("--model", default="small_cnn")
+                        f"memorises; clean `digits` has almost nothing to unlearn ({dataset_help()})")
+    p.add_argument("--model", type=_model, default="small_cnn", help=f"{model_help()} (default: small_cnn)")
     p.add_argument("--epochs", type=_int, default=30, help="default 30: enough to memorise the flipped labels")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=_int, default=64)

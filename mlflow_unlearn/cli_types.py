@@ -68,6 +68,33 @@ def dataset(value: str) -> str:
 dataset.__name__ = "dataset"
 
 
+def model_name(value: str) -> str:
+    """A registered model name (built-in or plugin), checked before any work."""
+    from .models import ModelError, validate_model_name
+
+    try:
+        validate_model_name(value)
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+model_name.__name__ = "model"
+
+
+def dataset_help() -> str:
+    """The registered dataset names as `--dataset` help writes them (plugins included)."""
+    from .data import dataset_forms
+
+    return " | ".join(dataset_forms())
+
+
+def model_help() -> str:
+    from .models import MODELS
+
+    return " | ".join(MODELS.registered())
+
+
 def strategy(value: str) -> str:
     """A RUM search strategy (`composed` or `joint`), checked before any work."""
     from .tuning import SearchError, check_strategy

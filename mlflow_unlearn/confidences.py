@@ -1,6 +1,6 @@
 """Per-example confidences recorded during training, and the memorisation proxies derived from them.
 
-The C-proxy of example i (DESIGN.md section 2) is the mean over training epochs of the softmax
+The C-proxy of example i (docs/design.md section 2) is the mean over training epochs of the softmax
 probability of its true class, taken from the training forward pass of i's minibatch: no extra
 pass. Low C-proxy = high memorisation. In the same pass we also record the max-class probability,
 the entropy of the prediction, and whether it was correct (the "learning events" proxy).
@@ -122,7 +122,7 @@ def heldout_c_proxy(true_prob: np.ndarray) -> np.ndarray:
 def save_confidences(recorder: "ConfidenceRecorder | Mapping[str, np.ndarray]", folder, *,
                      heldout: "ConfidenceRecorder | np.ndarray | None" = None) -> dict[str, np.ndarray]:
     """Write a training run's confidences into `folder` (the layout of an original run's
-    `confidences/` artifacts, DESIGN.md section 4) and return the proxies:
+    `confidences/` artifacts, docs/design.md section 4) and return the proxies:
     `true_class_prob.npy` float16 [epochs, n_train], `history.npz` (max_prob, entropy, correct;
     float16), `proxies.npz` float32 [n_train] and `proxies.csv` (one row per id, readable in the UI);
     with `heldout` (the recorder `training.train_model` filled on the validation split, or its

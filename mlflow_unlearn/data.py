@@ -1,6 +1,7 @@
-"""Datasets by name, held as uint8 tensors on the training device.
+"""Datasets by name (the `DATASETS` registry; plugins add theirs through the entry-point group
+`mlflow_unlearn.datasets`), held as uint8 tensors on the training device.
 
-Names: `digits` (scikit-learn's 8x8 digits, shipped, offline), `digits-noisy[:<rate>]` (the same
+Built-in names: `digits` (scikit-learn's 8x8 digits, shipped, offline), `digits-noisy[:<rate>]` (the same
 with a seeded share of train labels flipped, default 0.1: the demo's default), `cifar10`, `cifar100`
 (torchvision; downloaded only when `download=True`), and `imagefolder:<path>` (a tree with
 `train/<class>/*` and `test/<class>/*`, or a .tar.gz of one, such as the CIFAR-10 JPEG copy).
@@ -24,16 +25,19 @@ the airbench way, rather than a per-image Python DataLoader.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-DATASET_NAMES = ("digits", "digits-noisy[:<rate>]", "cifar10", "cifar100", "imagefolder:<path>")
+from ._registry import Registry, declare
+
 NOISY_DIGITS = "digits-noisy"
 DEFAULT_LABEL_NOISE = 0.1  # 10% of 1,293 train labels: 129 flipped, enough for a tier of 30 and two calibration sets
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp")
@@ -68,7 +72,8 @@ class DatasetSpec:
 
     def host_paths(self) -> list[str]:
         """The paths on this host the spec reads: an imagefolder tree (or archive), a torchvision root."""
-        paths = [self.name[len("imagefolder:"):]] if self.name.startswith("imagefolder:") else []
+        base, option = split_dataset_name(self.name)
+        paths = [option] if option and DATASETS.declared(base).get("option") == PATH_OPTION else []
         return paths + ([self.root] if self.root else [])
 
     def check_within(self, roots: "list[str]") -> None:
@@ -170,13 +175,112 @@ class ImageData:
         }
 
 
+# ------------------------------------------------------------------------------------------------
+# The dataset registry
+#
+# A dataset is a loader `fn(spec: DatasetSpec, option) -> RawImages`, registered under the part of
+# the name before the first ':'; what follows is its option (`digits-noisy:0.1`,
+# `imagefolder:/data/tree`). Declarations (`DATASETS.register(name, ...)` or
+# `mlflow_unlearn._registry.declare` on a plugin's loader): `form`, how the name is written in help
+# and errors (default: the name); `option`, None (takes none), a function `text -> value` that checks
+# the option without touching the file system (raising DatasetError) and whose value reaches the
+# loader, or PATH_OPTION (a path on this host: the registry hook refuses one outside its data roots);
+# `option_required`; `check`, `fn(spec, option)` run before any MLflow run is created (file-system
+# checks). Plugins register through the entry-point group `mlflow_unlearn.datasets`.
+
+DATASETS = Registry("dataset", "mlflow_unlearn.datasets")
+PATH_OPTION = "path"
+
+
+def declare_dataset(*, form: str | None = None, option: Callable[[str], Any] | str | None = None,
+                    option_required: bool = False, check: Callable[..., None] | None = None):
+    """Decorator for a plugin's loader (its entry point registers it): the declarations above."""
+    declared = {"form": form, "option": option, "option_required": option_required, "check": check}
+    return declare(**{k: v for k, v in declared.items() if v not in (None, False)})
+
+
+@dataclass(frozen=True)
+class RawImages:
+    """What a dataset loader returns: both splits as uint8 [N, C, H, W] images with int labels."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    augment: bool  # whether crop+flip suits these images (CIFAR-like: yes; 8x8 digits: no)
+    label_noise: float = 0.0  # the share of train labels to flip (after the validation carve-out)
+
+
+def split_dataset_name(name: str) -> tuple[str, str | None]:
+    """'imagefolder:/data/x' -> ('imagefolder', '/data/x'); 'digits' -> ('digits', None)."""
+    base, sep, option = name.partition(":")
+    return base, (option if sep else None)
+
+
+def dataset_forms() -> list[str]:
+    """How each registered dataset's name is written (`digits-noisy[:<rate>]`, ...), for help text."""
+    return [DATASETS.declared(name).get("form", name) for name in DATASETS.registered()]
+
+
+def _parse_dataset_name(name: str) -> tuple[str, Any]:
+    """The registered base name and its checked option value; DatasetError naming the fix otherwise."""
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"dataset name must be a non-empty string, got {name!r}; valid: {', '.join(dataset_forms())}")
+    base, option = split_dataset_name(name)
+    if base not in DATASETS:
+        close = difflib.get_close_matches(base[:60], DATASETS.names(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DatasetError(f"unknown dataset {base[:60]!r}{hint}; valid names: {', '.join(dataset_forms())}")
+    declared = DATASETS.declared(base)
+    form, parse = declared.get("form", base), declared.get("option")
+    if option is None:
+        if declared.get("option_required"):
+            raise DatasetError(f"dataset {base!r} needs an option: write it as {form!r}; valid names: "
+                               f"{', '.join(dataset_forms())}")
+        return base, None
+    if parse is None:
+        raise DatasetError(f"dataset {base!r} takes no option after ':'; write it as {form!r}; valid names: "
+                           f"{', '.join(dataset_forms())}")
+    if parse == PATH_OPTION:
+        if not option:
+            raise DatasetError(f"dataset {base!r} needs a path: write it as {form!r} (a folder with train/ and test/ "
+                               f"inside, or a .tar.gz of one); valid names: {', '.join(dataset_forms())}")
+        return base, option
+    return base, parse(option)
+
+
+def validate_dataset_name(name: str) -> None:
+    """Check a dataset name without touching the file system (done once per CLI value)."""
+    _parse_dataset_name(name)
+
+
 def label_noise_rate(name: str) -> float | None:
     """The share of flipped train labels a dataset name asks for (`digits-noisy[:<rate>]`), else None."""
-    if name != NOISY_DIGITS and not name.startswith(NOISY_DIGITS + ":"):
-        return None
-    if name == NOISY_DIGITS:
-        return DEFAULT_LABEL_NOISE
-    text = name[len(NOISY_DIGITS) + 1:]
+    base, rate = _parse_dataset_name(name)
+    return (DEFAULT_LABEL_NOISE if rate is None else rate) if base == NOISY_DIGITS else None
+
+
+def check_dataset(spec: DatasetSpec) -> None:
+    """Cheap checks that need the file system, done before any run is created."""
+    base, option = _parse_dataset_name(spec.name)
+    check = DATASETS.declared(base).get("check")
+    if check is not None:
+        check(spec, option)
+
+
+def load_dataset(spec: DatasetSpec | str, device: str | torch.device = "cpu") -> ImageData:
+    if isinstance(spec, str):
+        spec = DatasetSpec(name=spec)
+    base, option = _parse_dataset_name(spec.name)
+    raw = DATASETS.get(base)(spec, option)
+    if not isinstance(raw, RawImages):
+        raise DatasetError(f"dataset {base!r}'s loader returned {type(raw).__name__}, not data.RawImages")
+    return _build(spec, raw.x_train, raw.y_train, raw.x_test, raw.y_test, raw.classes, raw.augment,
+                  label_noise=raw.label_noise).to(device)
+
+
+def _noise_rate(text: str) -> float:
     try:
         rate = float(text)
     except ValueError:
@@ -188,40 +292,35 @@ def label_noise_rate(name: str) -> float | None:
     return rate
 
 
-def validate_dataset_name(name: str) -> None:
-    if not isinstance(name, str) or not name:
-        raise DatasetError(f"dataset name must be a non-empty string, got {name!r}; valid: {', '.join(DATASET_NAMES)}")
-    if name in ("digits", "cifar10", "cifar100"):
-        return
-    if label_noise_rate(name) is not None:
-        return
-    if name.startswith("imagefolder:"):
-        if not name[len("imagefolder:"):]:
-            raise DatasetError(f"imagefolder needs a path: use 'imagefolder:/path/to/tree' (with train/ and test/ inside); valid names: {', '.join(DATASET_NAMES)}")
-        return
-    raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+@DATASETS.register("digits")
+def _digits(spec: DatasetSpec, option: None) -> RawImages:
+    """scikit-learn's 8x8 digits (shipped, offline). No crop or flip: flipping a 2 or cropping an
+    8x8 digit changes what it is."""
+    return RawImages(*_load_digits(), augment=False)
 
 
-def check_dataset(spec: DatasetSpec) -> None:
-    """Cheap checks that need the file system, done before any run is created."""
-    if spec.name.startswith("imagefolder:"):
-        _imagefolder_root(Path(spec.name[len("imagefolder:"):]))
+@DATASETS.register(NOISY_DIGITS, form=f"{NOISY_DIGITS}[:<rate>]", option=_noise_rate)
+def _noisy_digits(spec: DatasetSpec, rate: float | None) -> RawImages:
+    """digits with a seeded share of train labels flipped (default 0.1): see the module docstring."""
+    return RawImages(*_load_digits(), augment=False, label_noise=DEFAULT_LABEL_NOISE if rate is None else rate)
 
 
-def load_dataset(spec: DatasetSpec | str, device: str | torch.device = "cpu") -> ImageData:
-    if isinstance(spec, str):
-        spec = DatasetSpec(name=spec)
-    noise = label_noise_rate(spec.name)
-    if spec.name == "digits" or noise is not None:
-        x_tr, y_tr, x_te, y_te, classes = _load_digits()
-        augment = False  # flipping a 2 or cropping an 8x8 digit changes what it is
-    elif spec.name in ("cifar10", "cifar100"):
-        x_tr, y_tr, x_te, y_te, classes = _load_torchvision_cifar(spec)
-        augment = True
-    else:
-        x_tr, y_tr, x_te, y_te, classes = _load_imagefolder(Path(spec.name[len("imagefolder:"):]))
-        augment = x_tr.shape[-1] >= 16
-    return _build(spec, x_tr, y_tr, x_te, y_te, classes, augment, label_noise=noise or 0.0).to(device)
+@DATASETS.register("cifar10")
+def _cifar10(spec: DatasetSpec, option: None) -> RawImages:
+    return RawImages(*_load_torchvision_cifar(spec), augment=True)
+
+
+@DATASETS.register("cifar100")
+def _cifar100(spec: DatasetSpec, option: None) -> RawImages:
+    return RawImages(*_load_torchvision_cifar(spec), augment=True)
+
+
+@DATASETS.register("imagefolder", form="imagefolder:<path>", option=PATH_OPTION, option_required=True,
+                   check=lambda spec, path: _imagefolder_root(Path(path)))
+def _imagefolder(spec: DatasetSpec, path: str) -> RawImages:
+    """A tree with train/<class>/* and test/<class>/* (or a .tar.gz of one). Crop+flip from 16x16 up."""
+    x_tr, y_tr, x_te, y_te, classes = _load_imagefolder(Path(path))
+    return RawImages(x_tr, y_tr, x_te, y_te, classes, augment=x_tr.shape[-1] >= 16)
 
 
 def _build(spec, x_tr, y_tr, x_te, y_te, classes, augment, *, label_noise: float = 0.0) -> ImageData:

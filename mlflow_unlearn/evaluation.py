@@ -1,4 +1,4 @@
-"""Evaluating an unlearned model against its retrained reference (DESIGN.md section 4's metrics,
+"""Evaluating an unlearned model against its retrained reference (docs/design.md section 4's metrics,
 every registered metric, the retrain-vs-retrain noise floor, the per-tier chart), logged to a run
 with role `evaluate` and copied onto the evaluated run."""
 from __future__ import annotations
@@ -56,7 +56,7 @@ def tier_chart(ctx: ForgetContext, model: torch.nn.Module, reference: torch.nn.M
 
 
 def entanglement(ctx: ForgetContext) -> float:
-    """Entanglement score of forget vs retain in the source model's penultimate layer (DESIGN.md
+    """Entanglement score of forget vs retain in the source model's penultimate layer (docs/design.md
     section 2: higher = harder to unlearn); a property of the request, computed once per context."""
 
     if "entanglement" not in ctx.cache:
@@ -93,7 +93,7 @@ def _as_reference(ctx: ForgetContext, result: StepResult, outputs: dict):
 
 def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *, model: torch.nn.Module | None = None,
              label: str | None = None, floor: bool = True) -> dict[str, float]:
-    """Every metric of DESIGN.md section 4 for an unlearned run against the retrained reference,
+    """Every metric of docs/design.md section 4 for an unlearned run against the retrained reference,
     plus the retrain-vs-retrain noise floor (`floor/*`, unless `floor=False`), logged to a run with
     role `evaluate` and copied onto the unlearned run, so runs compare in the UI."""
     client = mlflow.MlflowClient()

@@ -65,7 +65,7 @@ class ForgetSet:
 
 
 def forget_digest(ids) -> str:
-    """sha256 of the sorted ids as comma-separated decimal text (DESIGN.md section 4)."""
+    """sha256 of the sorted ids as comma-separated decimal text (docs/design.md section 4)."""
     return hashlib.sha256(",".join(str(int(i)) for i in sorted(int(i) for i in ids)).encode()).hexdigest()
 
 

@@ -1,5 +1,5 @@
 """Train ids: positions in the train split (`data.train`), the one way examples are named
-(DESIGN.md section 2). `train_ids` is the one check every layer runs on ids it is given (forget
+(docs/design.md section 2). `train_ids` is the one check every layer runs on ids it is given (forget
 sets, tiers, calibration sets, UnlearnData, metrics), so a bad id gets the same message wherever it
 is caught; each layer passes its own exception class so its callers keep catching what they catch.
 

@@ -1,7 +1,7 @@
 """Memorisation tiers: ranking examples by how strongly a model memorised them (the C-proxy, or an
 estimate), cutting a forget set into tiers and counting it per train-set bin.
 
-Definitions are in DESIGN.md section 2. Conventions used throughout:
+Definitions are in docs/design.md section 2. Conventions used throughout:
 
 - Memorisation *rank* order is ascending: position 0 is the least memorised example. With the
   C-proxy (mean true-class probability during training) the order is by decreasing C-proxy, since

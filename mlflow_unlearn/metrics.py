@@ -1,6 +1,6 @@
 """Unlearning metrics: a pure functional core over arrays, plus thin model-level glue.
 
-Everything here follows DESIGN.md section 2 and reports fractions in [0, 1], never percentages.
+Everything here follows docs/design.md section 2 and reports fractions in [0, 1], never percentages.
 Core layering: numpy, scipy, torch, the package's own core modules and scikit-learn (the attack's
 logistic regression and ROC AUC; MLflow depends on it anyway), never mlflow; the MLflow edge logs
 the flat dict that `evaluate_unlearning` returns as is.
@@ -17,7 +17,7 @@ Array functions (the building blocks, usable on stored predictions without a mod
 
 Model-level glue: `SplitOutputs` (logits and labels of one split), `outputs_for(model, data,
 forget_ids, retain_ids)` (a `ModelOutputs` dict keyed forget/retain/test), `embeddings(...)` and
-`evaluate_unlearning(unlearned, reference, ...)`, which returns the metric keys of DESIGN.md section 4.
+`evaluate_unlearning(unlearned, reference, ...)`, which returns the metric keys of docs/design.md section 4.
 
 Metrics are looked up by name in `METRICS` (entry-point group `mlflow_unlearn.metrics`): a metric
 is a callable `(unlearned: ModelOutputs, reference: ModelOutputs | None) -> dict[str, float]` that
@@ -486,7 +486,7 @@ def outputs_for(model: torch.nn.Module, data, forget_ids: Any, retain_ids: Any =
 
     `forget_ids` and `retain_ids` are train ids (= positions in `data.train`); `retain_ids=None`
     means train minus forget. `heldout`: a split that stands in for `test` (the validation split
-    while selecting, so the reported test split is never used to choose anything; DESIGN.md
+    while selecting, so the reported test split is never used to choose anything; docs/design.md
     section 2). Uses `training.predict_logits`; the model's mode is restored.
     """
 
@@ -687,7 +687,7 @@ def evaluate_unlearning(
     metrics: Sequence[str] | None = None,
     signal: str = "confidence",
 ) -> dict[str, float]:
-    """All unlearning metrics of one model as a flat dict of fractions, keyed as in DESIGN.md section 4.
+    """All unlearning metrics of one model as a flat dict of fractions, keyed as in docs/design.md section 4.
 
     - `unlearned`, `reference`: `ModelOutputs` (dicts `forget`/`retain`/`test` -> `SplitOutputs`,
       e.g. from `outputs_for`) of the unlearned model and, optionally, of the retrained reference,

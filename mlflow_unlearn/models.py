@@ -1,4 +1,5 @@
-"""Models by name. Class count, input channels and image size come from the dataset.
+"""Models by name (the `MODELS` registry; plugins add theirs through the entry-point group
+`mlflow_unlearn.models`). Class count, input channels and image size come from the dataset.
 
 - `small_cnn`: three conv blocks and a linear head; for tests and digits (8x8).
 - `resnet18`, `resnet50`: torchvision's residual blocks with the CIFAR stem used by the RUM paper
@@ -13,10 +14,11 @@ import json
 import pickle
 import re
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
+
+from ._registry import Registry
 
 
 class ModelError(ValueError):
@@ -125,17 +127,19 @@ def _vgg16_bn(num_classes, in_channels, image_size):
     return VGG16BN(num_classes, in_channels)
 
 
-MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "small_cnn": _small_cnn,
-    "resnet18": _resnet18,
-    "resnet50": _resnet50,
-    "vgg16_bn": _vgg16_bn,
-}
+# Name -> builder `fn(num_classes, in_channels, image_size, **options) -> nn.Module`; plugins add their
+# own through the entry-point group `mlflow_unlearn.models`. A built model has `embed(x)` (the
+# penultimate features, for the entanglement score) and `forward(x)` (logits).
+MODELS = Registry("model", "mlflow_unlearn.models")
+MODELS.add("small_cnn", _small_cnn)
+MODELS.add("resnet18", _resnet18)
+MODELS.add("resnet50", _resnet50)
+MODELS.add("vgg16_bn", _vgg16_bn)
 
 
 def validate_model_name(name: str) -> None:
-    if name not in MODEL_BUILDERS:
-        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(MODEL_BUILDERS)}")
+    if not isinstance(name, str) or name not in MODELS:
+        raise ModelError(MODELS.unknown_message([name]))
 
 
 def build_model(name: str, *, num_classes: int, input_shape, seed: int | None = None, **kwargs) -> nn.Module:
@@ -143,7 +147,7 @@ def build_model(name: str, *, num_classes: int, input_shape, seed: int | None = 
     are reproducible without touching the caller's global RNG state."""
     validate_model_name(name)
     in_channels, height, width_px = input_shape
-    builder = MODEL_BUILDERS[name]
+    builder = MODELS.get(name)
     try:
         if seed is None:
             return builder(num_classes, in_channels, min(height, width_px), **kwargs)
@@ -158,9 +162,9 @@ def build_model(name: str, *, num_classes: int, input_shape, seed: int | None = 
 # A classifier that stands alone: preprocessing inside, saved as weights plus a JSON spec
 #
 # `save_classifier` / `load_classifier` are the pure core of the logged-model format (tracking.log_model
-# is the thin MLflow wrapper). Loading never unpickles: the spec names a builder from MODEL_BUILDERS
+# is the thin MLflow wrapper). Loading never unpickles: the spec names a builder from MODELS (installed code)
 # and the weights are read with torch.load(weights_only=True), so a model in the registry cannot run
-# code in the process that loads it (DESIGN.md section 4).
+# code in the process that loads it (docs/design.md section 4).
 
 CLASSIFIER_FORMAT = 1
 WEIGHTS_FILE, SPEC_FILE = "weights.pt", "classifier.json"

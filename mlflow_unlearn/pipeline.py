@@ -1,5 +1,5 @@
 """`main`: the whole pipeline on one dataset, as the README's main job, with selection kept apart
-from reporting (DESIGN.md section 2).
+from reporting (docs/design.md section 2).
 
 train (with a validation split) + register -> the request (`mix:90` by default) -> K calibration
 forget sets like it, each with its own reference -> select on them: the RUM plan search and, with

@@ -1,4 +1,4 @@
-"""RUM, the Refined-Unlearning Meta-algorithm (DESIGN.md section 2): a forget set cut into tiers by
+"""RUM, the Refined-Unlearning Meta-algorithm (docs/design.md section 2): a forget set cut into tiers by
 memorisation, each tier unlearned by its own algorithm, in order, carrying the model from step to step.
 
     from mlflow_unlearn.rum import Plan, run_rum, default_plan
@@ -33,7 +33,7 @@ Completeness: every tier of the forget set must appear in the plan exactly once 
 ``none`` to leave it explicitly as it is). A tier silently left out would mean part of a deletion
 request was never unlearned, so a missing tier is an error, as is a tier with no examples.
 
-No mlflow here (DESIGN.md section 3): the edge reports progress through `RumCallbacks`.
+No mlflow here (docs/design.md section 3): the edge reports progress through `RumCallbacks`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The `search` step: Optuna chooses the plan (per memorisation tier or whole-set) on calibration
 forget sets, never on the request it will be reported on. The MLflow edge of `mlflow_unlearn.tuning`.
 
-Protocol (DESIGN.md section 2): `--calibration-sets K` (default 2) calibration forget sets are drawn
+Protocol (docs/design.md section 2): `--calibration-sets K` (default 2) calibration forget sets are drawn
 with the same tier composition as the request (neighbouring memorisation ranks, disjoint from the
 request and from each other), each gets its own retrained reference (cached like every retrain),
 and a candidate's score is the mean over them, with the validation split (the train step's

@@ -1,7 +1,7 @@
 """MLflow edge: connecting, logging original models with their confidence artifacts and manifest,
 registering them, and loading everything back from a `models:/` URI.
 
-Artifact layout of an original run (DESIGN.md section 4):
+Artifact layout of an original run (docs/design.md section 4):
     models: original            pyfunc from code (pyfunc_model.py): raw uint8 images in; artifacts/classifier/
                                 holds weights.pt + classifier.json, which the package reloads (never unpickled)
     model_spec.json             model name, builder options, dataset spec, training config
@@ -50,7 +50,7 @@ TAG = "mlflow_unlearn."  # the prefix of every tag this package writes
 
 
 class Role:
-    """Values of the run tag `mlflow_unlearn.role` (DESIGN.md section 4): what a run is."""
+    """Values of the run tag `mlflow_unlearn.role` (docs/design.md section 4): what a run is."""
 
     ORIGINAL = "original"  # train: the model requests are made against
     RETRAIN = "retrain"  # trained from scratch on retain: the reference (cached per source, forget digest, seed, recipe)
@@ -67,7 +67,7 @@ class Role:
 
 
 class Tag:
-    """Every tag key this package writes, in one place (DESIGN.md sections 4 and 5)."""
+    """Every tag key this package writes, in one place (docs/design.md sections 4 and 5)."""
 
     # runs and versions alike
     ROLE = TAG + "role"

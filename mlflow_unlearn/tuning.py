@@ -1,6 +1,6 @@
 """Choosing plans and hyperparameters without peeking: the MLflow-free core of the search.
 
-DESIGN.md section 2, "Selection is not reporting": anything chosen by looking at scores is chosen
+docs/design.md section 2, "Selection is not reporting": anything chosen by looking at scores is chosen
 on *calibration* forget sets (same tier composition as the request, disjoint from it and from each
 other, each with its own retrained reference), and the accuracy term that stands for unseen data
 comes from the validation split held out of training, never from the test split that is reported.

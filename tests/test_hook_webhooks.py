@@ -16,7 +16,7 @@ SECRET = "a-secret-of-at-least-16-bytes"
 @pytest.fixture(autouse=True)
 def local_receivers_allowed(tracking, tmp_path, monkeypatch):
     """MLflow validates the URL and encrypts the secret in the client process too: the same
-    environment the server needs for a receiver on 127.0.0.1 (DESIGN.md section 5)."""
+    environment the server needs for a receiver on 127.0.0.1 (docs/design.md section 5)."""
     for key, value in webhook_server_env(tmp_path).items():
         monkeypatch.setenv(key, value)
 

@@ -1,4 +1,4 @@
-"""The core never imports mlflow (DESIGN.md section 3), in any form: checked statically over every
+"""The core never imports mlflow (docs/design.md section 3), in any form: checked statically over every
 import (top-level, relative, `from . import x`, inside functions) and at import time."""
 import subprocess
 import sys

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from mlflow_unlearn.models import MODEL_BUILDERS, ModelError, build_model
+from mlflow_unlearn.models import MODELS, ModelError, build_model
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_BUILDERS))
+@pytest.mark.parametrize("name", MODELS.names())  # the built-ins and every installed plugin model
 def test_every_model_maps_cifar_images_to_class_logits(name):
     kw = {"width": 8} if name in ("small_cnn", "resnet18", "resnet50") else {}
     model = build_model(name, num_classes=7, input_shape=(3, 32, 32), seed=0, **kw)
@@ -35,8 +35,9 @@ def test_seed_makes_weights_reproducible_without_touching_global_rng():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ModelError, match="resnet18"):
+    with pytest.raises(ModelError, match="resnet18") as err:
         build_model("resnet19", num_classes=10, input_shape=(3, 32, 32))
+    assert "did you mean 'resnet18'?" in str(err.value) and "small_cnn" in str(err.value)
 
 
 def test_vgg_rejects_images_too_small():

@@ -168,3 +168,40 @@ def test_example_plugin_declares_its_search_space_and_is_searched_like_a_builtin
         assert 1e-3 <= params[f"{example_plugin}.ascent_lr"] <= 0.3
     plan, value = tuning.best_plan(study)
     assert plan.steps[0].algorithm == example_plugin and 0.0 <= value <= 1.0
+
+
+@pytest.mark.integration
+def test_a_plugin_dataset_model_and_algorithm_reach_mains_summary(example_plugin, tracking):
+    """Each extension is one function and one entry point (plugins/mlflow-unlearn-example/pyproject.toml):
+    `main` trains the plugin's model on the plugin's dataset, tunes and reports the plugin's algorithm
+    beside the built-ins, and registers the result under the dataset's and model's names."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlflow_unlearn import pipeline
+    from mlflow_unlearn.data import DATASETS, dataset_forms
+    from mlflow_unlearn.models import MODELS
+
+    assert "example-bars" in DATASETS.names() and "example-bars[:<rate>]" in dataset_forms()
+    assert "example_mlp" in MODELS.names()
+    out = pipeline.main_step(dataset="example-bars", model="example_mlp", width=32, epochs=8, forget="mix:30",
+                             n_trials=3, max_epochs=1, unlearn_seeds=1, baselines=(example_plugin,))
+    assert f"{example_plugin} (defaults)" in out["table"] and f"{example_plugin} (tuned)" in out["table"]
+    assert "RUM (searched plan)" in out["table"]
+    assert len(out["ctx"].data.train) == 630 and len(out["ctx"].data.flipped_ids) == 63  # 700 - 10% val; 10% noise
+    original = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string="tags.`mlflow_unlearn.role` = 'original'")[0]
+    assert original.data.tags["mlflow_unlearn.dataset"] == "example-bars"
+    assert original.data.tags["mlflow_unlearn.model"] == "example_mlp"
+    mv = MlflowClient().get_model_version("example-bars-example_mlp", out["rum"].version)
+    assert mv.tags["mlflow_unlearn.algorithm"] == "rum"
+
+
+def test_plugin_dataset_names_are_checked_by_the_plugins_own_rule(example_plugin):
+    from mlflow_unlearn.data import DatasetError, DatasetSpec, label_noise_rate
+
+    with pytest.raises(DatasetError, match=r"fraction in \[0, 0.5\).*got '0.7'"):
+        DatasetSpec("example-bars:0.7")
+    with pytest.raises(DatasetError, match=r"did you mean 'example-bars'\?.*example-bars\[:<rate>\]"):
+        DatasetSpec("example-bar")
+    assert label_noise_rate("example-bars:0.2") is None  # the digits-noisy rule is digits-noisy's only

@@ -37,7 +37,7 @@ def test_train_log_register_load_round_trip(tracking):
     assert want.keys() == got.keys()
     for k in want:
         assert torch.equal(want[k], got[k]), k
-    # 200 digits minus the default 10% validation split (held out for selection, DESIGN.md section 2)
+    # 200 digits minus the default 10% validation split (held out for selection, docs/design.md section 2)
     assert src.manifest["ids"] == list(range(180)) and src.manifest["n_train"] == 180
     assert src.true_class_prob.shape == (2, 180) and src.true_class_prob.dtype == np.float16
     assert set(src.proxies) == {"c_proxy", "max_conf", "entropy", "learning_events"}

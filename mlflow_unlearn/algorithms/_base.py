@@ -1,7 +1,7 @@
 """The algorithm interface: the data an algorithm sees, the registry, hyperparameter validation and
 `run_algorithm`, plus the small training helpers the built-in algorithms share.
 
-No mlflow here (DESIGN.md section 3): progress goes to a `MetricLogger`.
+No mlflow here (docs/design.md section 3): progress goes to a `MetricLogger`.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class TrainRecipe:
 class UnlearnData:
     """What an unlearning algorithm works on: the dataset and two disjoint sets of train ids.
 
-    Ids are positions in `data.train` (DESIGN.md section 2). `retain_ids` is usually train minus
+    Ids are positions in `data.train` (docs/design.md section 2). `retain_ids` is usually train minus
     forget (`from_forget`); RUM's "shrinking retain" option passes a different retain set, so the
     constructor accepts any retain set disjoint from the forget set.
 

@@ -1,10 +1,10 @@
-"""The built-in unlearning algorithms (DESIGN.md section 2).
+"""The built-in unlearning algorithms (docs/design.md section 2).
 
 Defaults start from the commands in the RUM repository's README (github.com/kairanzhao/RUM, which
 builds on the SalUn code, github.com/OPTML-Group/Unlearn-Saliency, and SCRUB,
 github.com/meghdadk/SCRUB): SGD with momentum 0.9 and weight decay 5e-4, batch size 128. Those
 values were chosen for 3,000-example forget sets and ResNet-18 on CIFAR; where a default here
-differs (mostly learning rates), the algorithm's docstring gives the reason and the measurement.
+differs (mostly learning rates), docs/algorithms.md gives the reason and the measurement.
 Where this implementation differs from that code on purpose, the docstring says so. Differences
 that hold for every iterative algorithm here:
 
@@ -20,20 +20,11 @@ that hold for every iterative algorithm here:
   mask, the influence gradients) always use the plain images.
 - the batch-size rule below.
 
-Batch-size rule (every iterative unlearning algorithm; `retrain` replays the source's recipe
-instead). `batch_size` is an upper bound: an epoch over the retain set (over retain + forget for
-random_label and salun) is cut into at least `MIN_RETAIN_BATCHES` = 64 batches, and an epoch over
-the forget set into at least `MIN_FORGET_BATCHES` = 8, i.e. the effective batch is
-`min(batch_size, max(1, n // min_batches))` (`effective_batch_size`; rounded down so that an
-epoch really has at least that many batches; one example per batch when n < min_batches). At the paper's sizes the 128 applies unchanged; small sets get enough optimiser
-steps instead of a handful (on digits mix:90 at batch 128, finetune, neggrad, neggrad_plus,
-l1_sparse and scrub took 10-50 steps and changed no forget prediction at all). Effective batch x
-batches per epoch at batch_size 128:
-
-    forget / retain         paper: 3,000 / 45,000   digits mix:90: 90 / 1,204   30-example tier: 30 / 1,204
-    retain epoch            128 x 352               18 x 67                     18 x 67
-    forget epoch            128 x 24                11 x 9                      3 x 10
-    retain + forget epoch   128 x 375               20 x 65                     19 x 65
+Batch-size rule (every iterative algorithm; `retrain` replays the source's recipe instead):
+`batch_size` is an upper bound; an epoch over retain (retain + forget for random_label and salun) is
+cut into at least `MIN_RETAIN_BATCHES` = 64 batches and an epoch over forget into at least
+`MIN_FORGET_BATCHES` = 8 (`effective_batch_size`), so small sets get real optimiser steps. The
+table of batches at the paper's and the demo's sizes, and why: docs/algorithms.md.
 
 Budget rule (every built-in but `none` and `retrain`; `mlflow_unlearn.compute`). Given a
 `meter` with a limit (the request's budget, or a plan step's share of it), an algorithm plans its
@@ -48,12 +39,8 @@ never limited. Eval passes (guards, scrub's teacher) are counted and reported, n
 Each run logs its effective batch size and number of optimiser steps as `unlearn/batch_size` and
 `unlearn/steps` (scrub also `unlearn/forget_batch_size`), at step 0.
 
-"The digits setup" in the docstrings below is the one the defaults were measured on (and that
-tests/test_algorithms.py checks every algorithm against): the full sklearn digits train split with
-`DatasetSpec("digits", val_fraction=0.1)` (1,294 train), small_cnn at its default width trained
-15 epochs at lr 0.05, batch 64, seed 0, and the forget set `mix_forget_set(c_proxy, 90)` (90
-forget, 1,204 retain). The retrained reference differs from the original on about 10 of the 90
-forget predictions ("flips"); a default must flip at least one and keep retain accuracy >= 0.95.
+The defaults were measured on "the digits setup" (docs/algorithms.md), which
+tests/test_algorithms.py checks every algorithm against.
 
 Every algorithm has the signature `fn(model, data, *, <hyperparameters>, seed=0, log=None)`, may
 change `model` in place and returns the unlearned model. Use `run_algorithm`, which validates the
@@ -110,10 +97,7 @@ class RetainGuard:
     plain images), against the same sample before unlearning. `holds(model)` is False once it has
     fallen more than `max_drop` (a fraction, 0.02 = 2 points); `max_drop=1` turns the guard off.
 
-    Why: no fixed step size suits every scale. At the CPU CIFAR scale (resnet18 width 32, 2,700
-    train images, mix forget set of 300; bench/README.md) neggrad at its defaults took retain
-    accuracy from 0.987 to 0.48 and influence at its defaults to 0.14, while on digits mix:90 the
-    same defaults keep it >= 0.9975 (where the guard never acts)."""
+    Why (no fixed step size suits every scale) with the measurements: docs/algorithms.md, "RetainGuard"."""
 
     def __init__(self, model: nn.Module, data: UnlearnData, max_drop: float, seed: int):
         self.data, self.max_drop = data, float(max_drop)
@@ -168,15 +152,7 @@ def finetune(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs: in
     """Fine-tune (FT): cross-entropy on the retain set only; forgetting comes from catastrophic
     forgetting. RUM README: `--unlearn FT --unlearn_lr 0.01 --unlearn_epochs 10`.
 
-    Batches (the retain rule, module docstring; batch x batches per epoch x epochs): paper sizes
-    128 x 352 x 10 = 3,520 steps; a 30-example tier on digits (1,204 retain) 18 x 67 x 10 = 670
-    steps.
-
-    Default lr 0.1, not the README's 0.01 (chosen for 3,000 forget examples and ResNet-18): on the
-    digits setup lr 0.01 changed no forget prediction (forget CE 0.011 -> 0.030), lr 0.1 flips 9
-    of the 90 (the retrained reference: 10) with retain accuracy 1.0 and test accuracy 0.994. On
-    10- and 30-example tiers it flips only high-memorisation examples (5 of 10, 9 of 30; the
-    reference: 8, 10) and keeps retain accuracy 1.0."""
+    Batches and the measurements behind the defaults: docs/algorithms.md, "finetune"."""
     return _retain_training(model, data, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
                             weight_decay=weight_decay, alpha_l1=0.0, seed=seed, log=log, desc="finetune", meter=meter)
 
@@ -192,14 +168,7 @@ def l1_sparse(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs: i
     per step. RUM README: `--unlearn FT_prune --alpha ${alpha} --unlearn_lr 0.01 --unlearn_epochs 10`
     leaves the coefficient to a search; 5e-4 is a starting point, not a value taken from the paper.
 
-    Batches (the retain rule): paper sizes 128 x 352 x 10 = 3,520 steps; a 30-example tier on
-    digits 18 x 67 x 10 = 670 steps.
-
-    Default lr 0.1, not the README's 0.01 (chosen for 3,000 forget examples and ResNet-18; the
-    README uses the same rate as finetune, and so does this default): on the digits setup lr 0.01
-    changed no forget prediction, lr 0.1 flips 9 of 90 (the retrained reference: 10) with retain
-    accuracy 1.0 and test 0.994 (lr 0.05: 7 flips). On 10- and 30-example tiers it flips only
-    high-memorisation examples (7 of 10, 9 of 30) and keeps retain accuracy 1.0."""
+    Batches and the measurements behind the defaults: docs/algorithms.md, "l1_sparse"."""
     return _retain_training(model, data, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
                             weight_decay=weight_decay, alpha_l1=alpha_l1, seed=seed, log=log, desc="l1_sparse",
                             meter=meter)
@@ -245,27 +214,11 @@ def neggrad(model: nn.Module, data: UnlearnData, *, lr: float = 2.5e-3, epochs: 
     RUM README: `--unlearn GA --unlearn_lr 0.0001 --unlearn_epochs 5`. Unbounded by nature: with a
     large `lr` it destroys the model, which is what makes `lr` the parameter to search.
 
-    Batches (the forget rule; batch x batches per epoch x epochs): paper sizes 128 x 24 x 5 = 120
-    steps; a 30-example tier 3 x 10 x 5 = 50 steps; digits mix:90 11 x 9 x 5 = 45 steps.
+    The retain guard (`RetainGuard`, `max_retain_drop`, 1 = off) checks a retain sample four times
+    per epoch and at the end; once it has fallen more than `max_retain_drop`, the weights of the last
+    check that passed are returned and the ascent stops (`unlearn/guard_stop_step`).
 
-    Default lr 2.5e-3, not the README's 1e-4 (chosen for 3,000 forget examples and ResNet-18): on
-    the digits setup 1e-4 changed nothing (forget CE stayed 0.011), 2.5e-3 flips 5 of 90 (the
-    retrained reference: 10) with retain accuracy 0.9975 and test 0.983, for seeds 0-2; 2e-3 flips
-    1-2, 3e-3 flips 6 with retain 0.9875, 4e-3 flips 21 with retain 0.93. Each forget example's
-    share of a step grows as the batch shrinks, so on small tiers this default is far too strong:
-    on 30-example tiers (batch 3) retain accuracy fell to 0.58-0.79, on 10-example tiers (batch 1)
-    to 0.72-0.92, and no rate that flips anything on mix:90 kept a 30-example low-memorisation
-    tier's retain accuracy >= 0.95 (5e-4 already gave 0.90). That is the RUM paper's point: use
-    `none` (or neggrad_plus) on low-memorisation tiers and search `lr` per tier.
-
-    The retain guard (`RetainGuard`, `max_retain_drop`, 1 = off): four times per epoch and at the
-    end, the accuracy of a fixed 512-example retain sample is checked; once it is more than
-    `max_retain_drop` below its start, the weights of the last check that passed are returned and
-    the ascent stops (logged as `unlearn/guard_stop_step`). At the CPU CIFAR scale (seed 0's mix
-    forget set of 300, batch 37, 45 steps) the unguarded default took retain accuracy from 0.987
-    to 0.48 (forget accuracy 0.95 -> 0.36, test 0.663 -> 0.37), forget and retain falling together
-    from the ninth step on; guarded it stops there: retain 0.968, forget 0.85, test 0.650. On
-    digits mix:90 the guard never acts."""
+    Batches and the measurements behind the defaults: docs/algorithms.md, "neggrad"."""
     forget = data.forget
     batch = effective_batch_size(len(forget), batch_size, MIN_FORGET_BATCHES)
     steps = _steps(len(forget), batch)
@@ -314,21 +267,7 @@ def neggrad_plus(model: nn.Module, data: UnlearnData, *, lr: float = 0.08, epoch
     the first pass's cached batches). RUM README: `--unlearn NG --alpha ${alpha} --unlearn_lr 0.01
     --unlearn_epochs 5` leaves alpha to a search; 0.99 (retain term dominant) is the starting point.
 
-    Batches: the retain rule for the pass over retain, and each step's forget batch has the same
-    size (at most the whole forget set): paper sizes 128 x 352 x 5 = 1,760 steps; a 30-example
-    tier on digits 18 x 67 x 5 = 335 steps.
-
-    Default lr 0.03, not the README's 0.01 (chosen for 3,000 forget examples and ResNet-18): on the
-    digits setup 0.01 changed no forget prediction, 0.03 flips 10 of 90 (the retrained reference:
-    10; seeds 1, 2: 12, 4) with retain accuracy 1.0 and test 0.989 (0.02: 2 flips, 0.05: 19). On
-    10- and 30-example tiers retain accuracy stays >= 0.967.
-
-    Under a budget (the product's default, 0.1 of the original training) each step costs a retain
-    and a forget batch, so the run has far fewer steps (digits mix:90 at budget 0.1: 53 steps of
-    18 + 18 examples instead of 335); the defaults are lr 0.08 and alpha 0.95 for that regime. Measured
-    on the digits setup at budget 0.1 (retrained reference: 12 flips): the old 0.03 / 0.99 flipped
-    none; 0.06 / 0.95 flips 4, 0.08 / 0.95 flips 11 with retain accuracy 0.998 and test 0.978, 0.1 /
-    0.95 flips 16 with test 0.969; at budget 0.05, 0.08 / 0.95 flips none, at 0.2 it flips 24."""
+    Batches and the measurements behind the defaults: docs/algorithms.md, "neggrad_plus"."""
     retain, forget = data.retain, data.forget
     batch = effective_batch_size(len(retain), batch_size, MIN_RETAIN_BATCHES)
     steps = _steps(len(retain), batch)
@@ -375,24 +314,7 @@ def scrub(model: nn.Module, data: UnlearnData, *, lr: float = 1e-2, epochs: int 
     --msteps 4 --kd_T 4.0 --unlearn_lr 5e-3 --unlearn_epochs 5`; gamma 0.99 and beta (SCRUB's
     `alpha`, the KL weight) 0.001 are SCRUB's own defaults.
 
-    Batches (the forget rule for the max passes, the retain rule for the min passes): paper sizes
-    batch 128, 24 forget and 352 retain batches per epoch, 4 x 24 + 5 x 352 = 1,856 steps; a
-    30-example tier on digits forget batch 3 (10 per pass), retain batch 18 (67 per pass),
-    4 x 10 + 5 x 67 = 375 steps.
-
-    Default lr 1e-3, not the README's 5e-3 (chosen for 3,000 forget examples and ResNet-18, with
-    far fewer steps per example): with the batch rule, 5e-3 flips 21 of 90 on the digits setup and
-    drops test accuracy to 0.975, and 1.5e-3-2e-3 cut a 30-example low-memorisation tier's retain
-    accuracy to 0.88; 1e-3 flips 2 of 90 (the retrained reference: 10; seeds 1, 2: 2 and 0 flips,
-    forget CE 0.011 -> 0.15-0.22) with retain accuracy 1.0 and test 0.989, and keeps retain
-    accuracy >= 0.978 on every 10- and 30-example tier.
-
-    Under a budget both phases shrink by one factor (digits mix:90 at budget 0.1: 2 of 9 forget
-    batches per max epoch and 101 retain steps instead of 335), and the default is lr 1e-2 for that
-    regime. Measured on the digits setup at budget 0.1 (retrained reference: 12 flips): 1e-3 and
-    2e-3 flip none, 5e-3 flips 1, 1e-2 flips 9 with retain accuracy 0.999 and test 0.978, 2e-2
-    flips 19 with test 0.961. Keeping the forget passes whole and cutting only retain (an earlier
-    version) flipped 33 and took retain accuracy to 0.81."""
+    Batches and the measurements behind the defaults: docs/algorithms.md, "scrub"."""
     retain, forget = data.retain, data.forget
     teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
@@ -507,11 +429,7 @@ def random_label(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs
     RUM README: `--unlearn RL_og --unlearn_lr 0.1 --unlearn_epochs 10` (ResNet-18, CIFAR); the
     defaults are the README's.
 
-    Batches (the retain rule over retain + forget): paper sizes 128 x 375 x 10 = 3,750 steps; a
-    30-example tier on digits (1,234 examples) 19 x 65 x 10 = 650 steps. The README's lr 0.1 still
-    suits the smaller batches: on the digits setup it flips 18 of 90 (the retrained reference: 10)
-    with retain accuracy 1.0 and test 0.992; on 10- and 30-example tiers retain accuracy stays 1.0
-    and it flips only the high-memorisation tier's examples."""
+    Batches and the measurements behind the defaults: docs/algorithms.md, "random_label"."""
     return _random_label_training(model, data, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
                                   weight_decay=weight_decay, seed=seed, log=log, desc="random_label", meter=meter)
 
@@ -568,11 +486,10 @@ def salun(model: nn.Module, data: UnlearnData, *, lr: float = 0.1, epochs: int =
     `generate_mask.py` then `--unlearn RL --unlearn_lr 0.1 --unlearn_epochs 10`; 0.5 is SalUn's
     default sparsity. The defaults are the README's.
 
-    Batches: as random_label (the retain rule over retain + forget): paper sizes 128 x 375 x 10 =
-    3,750 steps; a 30-example tier on digits 19 x 65 x 10 = 650 steps. On the digits setup lr 0.1
-    flips 15 of 90 (the retrained reference: 10) with retain accuracy 1.0 and test 0.983; on 10-
-    and 30-example tiers retain accuracy stays 1.0. `batch_size` is also the chunk size of the
-    mask's forget-gradient computation (a memory setting there)."""
+    `batch_size` is also the chunk size of the mask's forget-gradient computation (a memory setting
+    there).
+
+    Batches and the measurements behind the defaults: docs/algorithms.md, "salun"."""
     pool_batch = effective_batch_size(len(data.forget_ids) + len(data.retain_ids), batch_size, MIN_RETAIN_BATCHES)
     ensure_passes(len(data.forget_ids) + pool_batch, meter, algorithm="salun",
                   what="its saliency mask (one gradient pass over forget) and one optimiser step")
@@ -655,28 +572,13 @@ def influence(model: nn.Module, data: UnlearnData, *, scale: float = 2.5, fisher
     taken in eval mode on the plain images; batch-norm statistics are not changed. `batch_size` only
     sets how many examples the mean gradients process at once.
 
-    On a model that fits its training set the per-example gradients are small against N, so the
-    recursion changes v very little (on the digits setup |k - v| / |v| = 0.004): the step is
-    essentially `scale * v`, one gradient step on the forget-minus-retain loss. v is proportional
-    to n_f / n, so the same `scale` does less on a smaller forget set.
+    The retain guard (`RetainGuard`, `max_retain_drop`, 1 = off): when the step at `scale` costs the
+    retain sample more than `max_retain_drop` of accuracy, the step is halved until it does not (at
+    most `GUARD_HALVINGS` times; then no step, the model unchanged); the scale used is logged as
+    `unlearn/scale_used`. Below the guard the step is exactly proportional to `scale`, and v is
+    proportional to n_f / n, so the same `scale` does less on a smaller forget set.
 
-    Default scale 2.5, not the reference's 0.2 (chosen for 3,000 forget examples and ResNet-18): on
-    the digits setup 0.2 changed no forget prediction (step norm 0.004), 2.5 flips 5 of 90 (the
-    retrained reference: 10) with retain accuracy 1.0 and test 0.975, the same for seeds 0-2; 2
-    flips none, 3 flips 10 but costs test accuracy (0.955), 5 cuts retain accuracy to 0.89, 10
-    destroys the model. On 10- and 30-example low/mid tiers it changes nothing; on a 30-example
-    high tier it flips 6.
-
-    The retain guard (`RetainGuard`, `max_retain_drop`, 1 = off): when the step at `scale` costs a
-    fixed 512-example retain sample more than `max_retain_drop` of accuracy, the step is halved
-    until it does not (at most `GUARD_HALVINGS` times; then no step: the model is returned
-    unchanged), and the scale used is logged as `unlearn/scale_used`. Below the guard the step is
-    exactly proportional to `scale`. Why: the step's size follows the model's gradients, not the
-    forget set's size alone. At the CPU CIFAR scale (resnet18 width 32, a fit with train accuracy
-    0.98 instead of digits' 1.0, mix forget set of 300) the unguarded default 2.5 took retain
-    accuracy from 0.987 to 0.14, 0.5 to 0.79, while 0.2 kept 0.97 (forget accuracy 0.95 -> 0.87);
-    guarded, the default gives retain 0.979, forget 0.89, test 0.655 (from 0.663). On digits
-    mix:90 the guard never acts at the default.
+    Batches and the measurements behind the defaults: docs/algorithms.md, "influence".
     """
     n_f, n_r = len(data.forget_ids), len(data.retain_ids)
     n = n_f + n_r

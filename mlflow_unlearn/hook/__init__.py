@@ -1,4 +1,4 @@
-"""The model-registry hook (DESIGN.md section 5): attaching a forget set to a registered model version
+"""The model-registry hook (docs/design.md section 5): attaching a forget set to a registered model version
 (a tag) yields a new, audited, unlearned version of the same registered model, exactly once.
 
     attach.py      validate a forget set against a version's training manifest, log it (role `request`),

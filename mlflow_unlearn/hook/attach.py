@@ -1,4 +1,4 @@
-"""Attach a forget set to a registered model version: the deletion request of DESIGN.md section 5.
+"""Attach a forget set to a registered model version: the deletion request of docs/design.md section 5.
 
     from mlflow_unlearn.hook.attach import attach
     attach("digits-small_cnn", 1, "forget.txt")       # or [3, 14, 15], "random:20", "runs:/<run>/ids.json"

@@ -1,4 +1,4 @@
-"""The registry is the ledger (DESIGN.md section 5): every fact a worker needs to start, resume or skip a
+"""The registry is the ledger (docs/design.md section 5): every fact a worker needs to start, resume or skip a
 job is a tag on a model version, so any worker on any machine can pick up any job.
 
 On the source version (the one a forget set is attached to):

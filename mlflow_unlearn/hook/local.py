@@ -1,7 +1,7 @@
 """Starting the moving parts on one machine: an `mlflow server` with webhooks enabled (SQLite backend)
 and the hook service, as subprocesses. Used by `mlflow-unlearn hook demo` and bench/bench_hook.py.
 
-MLflow's webhook settings for a receiver on localhost (DESIGN.md section 5):
+MLflow's webhook settings for a receiver on localhost (docs/design.md section 5):
 
     MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https     the default allows https only
     MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true         the default refuses 127.0.0.1 and private networks

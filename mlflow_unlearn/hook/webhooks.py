@@ -2,7 +2,7 @@
 `model_version_tag.set` and `model_version.created` events to the hook service.
 
 The MLflow server must run with a SQL backend and, for a receiver on localhost, the environment of
-DESIGN.md section 5 (docs/hook.md, "Running `mlflow server` with webhooks locally"). Each server worker caches its webhook list for 60 s: an
+docs/design.md section 5 (docs/hook.md, "Running `mlflow server` with webhooks locally"). Each server worker caches its webhook list for 60 s: an
 installed or changed webhook takes effect on a running server within a minute.
 """
 from __future__ import annotations
