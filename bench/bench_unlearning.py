@@ -49,7 +49,8 @@ from mlflow_unlearn.gate import NeverSeen, heldout_never_seen, tier_expectation 
 from mlflow_unlearn.data import DatasetSpec, load_dataset  # noqa: E402
 from mlflow_unlearn.memorization import tiers_from_c_proxy
 from mlflow_unlearn.forget_sets import calibration_forget_sets, calibration_pool, mix_forget_set  # noqa: E402
-from mlflow_unlearn.metrics import SplitOutputs, evaluate_unlearning, mean_ci, outputs_for, paired_test  # noqa: E402
+from mlflow_unlearn.metrics import SplitOutputs, evaluate_unlearning, outputs_for  # noqa: E402
+from mlflow_unlearn.statistics import mean_ci, paired_test  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
 from mlflow_unlearn.rum import Plan, single_algorithm_plan  # noqa: E402
 from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model  # noqa: E402

@@ -13,7 +13,9 @@ Array functions (the building blocks, usable on stored predictions without a mod
 - `mia_efficacy(retain_conf, test_conf, forget_conf, *, seed)`, `mia_auc(forget_signal, test_signal)`,
   `mia(...)` (both at once, as a `MIAResult`), `mia_gap(mia_u, mia_r)`
 - `entanglement_score(emb_forget, emb_retain)`
-- `mean_ci(values, confidence)`, `paired_test(a, b)` for several seeds
+
+Statistics over several seeds (`mean_ci`, `paired_test`) are in `mlflow_unlearn.statistics`; the
+input checks every array function runs are in `mlflow_unlearn.arrays`.
 
 Model-level glue: `SplitOutputs` (logits and labels of one split), `outputs_for(model, data,
 forget_ids, retain_ids)` (a `ModelOutputs` dict keyed forget/retain/test), `embeddings(...)` and
@@ -38,89 +40,19 @@ import torch
 from scipy import special, stats
 
 from ._registry import Registry
+from .arrays import MetricInputError, _array, _fraction, _int_labels, _number, _same_length, _to_numpy
 from .ids import train_ids
 from .training import eval_outputs, predict_logits
 
 __all__ = [
     "MetricInputError", "accuracy", "accuracy_gap", "disagreement", "tow", "tow_mia", "tow_pe",
     "MIAResult", "LogisticAttack", "fit_logistic_1d", "mia", "mia_efficacy", "mia_auc", "mia_gap",
-    "entanglement_score", "mean_ci", "paired_test", "SplitOutputs", "ModelOutputs", "SPLITS",
+    "entanglement_score", "SplitOutputs", "ModelOutputs", "SPLITS",
     "SIGNALS", "outputs_for", "embeddings", "evaluate_unlearning", "METRICS", "BUILTIN_METRICS", "objectives",
     "objective",
 ]
 
 SPLITS = ("forget", "retain", "test")
-
-
-class MetricInputError(ValueError):
-    """An input a metric cannot use; the message names the argument and quotes the bad value."""
-
-
-# --------------------------------------------------------------------------------------------
-# validation helpers
-
-
-def _to_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach()
-        if x.dtype == torch.bfloat16 or x.dtype == torch.float16:
-            x = x.float()
-        return x.cpu().numpy()
-    return np.asarray(x)
-
-
-def _array(name: str, x: Any, *, ndim: int = 1, allow_empty: bool = False) -> np.ndarray:
-    """`x` as a numeric numpy array of `ndim` dimensions with only finite values."""
-    a = _to_numpy(x)
-    if a.dtype.kind not in "biuf":
-        raise MetricInputError(f"{name} must be numeric, got dtype {a.dtype} (first value {a.flat[0]!r})"
-                               if a.size else f"{name} must be numeric, got dtype {a.dtype}")
-    if a.ndim != ndim:
-        raise MetricInputError(f"{name} must be a {ndim}-D array, got shape {tuple(a.shape)}")
-    if a.size == 0 and not allow_empty:
-        raise MetricInputError(f"{name} is empty (shape {tuple(a.shape)}); a metric needs at least one example")
-    if a.dtype.kind == "f":
-        bad = ~np.isfinite(a)
-        if bad.any():
-            pos = tuple(int(i) for i in np.argwhere(bad)[0])
-            where = pos[0] if len(pos) == 1 else pos
-            raise MetricInputError(f"{name} contains {float(a[pos])!r} at position {where}; only finite values are allowed")
-    return a
-
-
-def _same_length(name_a: str, a: np.ndarray, name_b: str, b: np.ndarray) -> None:
-    if len(a) != len(b):
-        raise MetricInputError(f"{name_a} has {len(a)} elements but {name_b} has {len(b)}; they must match")
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        if isinstance(value, (np.ndarray, torch.Tensor)) and np.ndim(value) == 0:
-            value = float(value)
-        else:
-            raise MetricInputError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise MetricInputError(f"{name} must be finite, got {value!r}")
-    return value
-
-
-def _fraction(name: str, value: Any) -> float:
-    v = _number(name, value)
-    if not 0.0 <= v <= 1.0:
-        hint = " (fractions, not percentages)" if 1.0 < v <= 100.0 else ""
-        raise MetricInputError(f"{name} must be a fraction in [0, 1]{hint}, got {value!r}")
-    return v
-
-
-def _int_labels(name: str, x: Any, *, allow_empty: bool = False) -> np.ndarray:
-    a = _array(name, x, allow_empty=allow_empty)
-    if a.dtype.kind == "f":
-        frac = a != np.round(a)
-        if frac.any():
-            i = int(np.argmax(frac))
-            raise MetricInputError(f"{name} must hold integer class indices, got {float(a[i])!r} at position {i}")
-    return a.astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,69 +243,6 @@ def entanglement_score(emb_forget: Any, emb_retain: Any, *, weighting: str = "si
     if between == 0.0:
         return float("nan") if within == 0.0 else float("inf")
     return within / between
-
-
-# --------------------------------------------------------------------------------------------
-# several seeds
-
-
-def _confidence(confidence: Any) -> float:
-    c = _number("confidence", confidence)
-    if not 0.0 < c < 1.0:
-        hint = " (a fraction such as 0.95, not a percentage)" if 1.0 < c <= 100.0 else ""
-        raise MetricInputError(f"confidence must be in (0, 1){hint}, got {confidence!r}")
-    return c
-
-
-def mean_ci(values: Any, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and its two-sided Student-t interval at `confidence`.
-
-    One value gives a `nan` interval; values that are all equal give a zero-width interval.
-    """
-    c = _confidence(confidence)
-    v = _array("values", values).astype(np.float64)
-    m = float(v.mean())
-    n = len(v)
-    if n < 2:
-        return m, float("nan"), float("nan")
-    sem = float(v.std(ddof=1)) / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + c / 2.0, n - 1)) * sem
-    return m, m - half, m + half
-
-
-WILCOXON_MIN_N = 6  # below 6 pairs the exact two-sided Wilcoxon p can never go under 0.05
-
-
-def paired_test(a: Any, b: Any, *, confidence: float = 0.95) -> dict[str, float]:
-    """Paired comparison of two methods over the same seeds (a[i] and b[i] share seed i).
-
-    Returns `n`, `mean_diff` (mean of a - b) with its Student-t interval `ci_low`/`ci_high`, the
-    paired t statistic `t` and two-sided p-value `p` (scipy.stats.ttest_rel), and `wilcoxon_p`
-    (signed-rank test; `nan` for fewer than 6 pairs, where it cannot reach 0.05). With one pair the
-    statistics are `nan`; identical differences give t = +-inf and p = 0 (or t = nan and p = 1 when
-    all differences are zero).
-    """
-    a = _array("a", a).astype(np.float64)
-    b = _array("b", b).astype(np.float64)
-    _same_length("a", a, "b", b)
-    d = a - b
-    n = len(d)
-    mean_diff, lo, hi = mean_ci(d, confidence)
-    out = {"n": float(n), "mean_diff": mean_diff, "ci_low": lo, "ci_high": hi,
-           "t": float("nan"), "p": float("nan"), "wilcoxon_p": float("nan")}
-    if n < 2:
-        return out
-    if np.all(d == d[0]):  # zero spread: scipy would divide by zero
-        if d[0] == 0:
-            out.update(t=float("nan"), p=1.0, wilcoxon_p=1.0 if n >= WILCOXON_MIN_N else float("nan"))
-        else:
-            out.update(t=math.copysign(math.inf, d[0]), p=0.0)
-    else:
-        res = stats.ttest_rel(a, b)
-        out.update(t=float(res.statistic), p=float(res.pvalue))
-    if n >= WILCOXON_MIN_N and not np.all(d == 0):
-        out["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
-    return out
 
 
 # --------------------------------------------------------------------------------------------

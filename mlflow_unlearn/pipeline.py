@@ -22,7 +22,8 @@ from . import evaluation, references, request, runs, steps, tracking
 from .algorithms import ALGORITHMS, default_search_algorithms
 from .compute import DEFAULT_BUDGET, break_even_requests, parse_budget
 from .data import validate_dataset_name
-from .metrics import METRICS, paired_test
+from .metrics import METRICS
+from .statistics import paired_test
 from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
 from .memorization import DEFAULT_TIERS

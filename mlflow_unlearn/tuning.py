@@ -59,12 +59,12 @@ from .metrics import (
     BUILTIN_METRICS,
     MetricInputError,
     evaluate_unlearning,
-    mean_ci,
     objective as metric_objective,
     objectives as metric_objectives,
     outputs_for,
 )
 from .rum import ALL_TIER, Plan, PlanStep, run_rum
+from .statistics import mean_ci_row, metric_range
 from .training import TrainConfig, retrain_from_scratch
 
 TOW_COST = "tow+cost"  # two objectives: ToW up, compute (cost/train_fraction) down: a Pareto front
@@ -625,30 +625,6 @@ def trial_counts(study: optuna.Study) -> dict[str, float]:
             "n_scored_enqueued": float(sum(is_enqueued(t) for t in scored)),
             "n_scored_sampled": float(sum(not is_enqueued(t) and not is_copied(t) for t in scored)),
             "n_copied": float(sum(is_copied(t) for t in scored))}
-
-
-def metric_range(key: str) -> tuple[float, float]:
-    """The values a reported metric can take: scores, accuracies and MIA numbers lie in [0, 1],
-    costs and times are >= 0; anything else (a plugin's key) is unbounded."""
-    if key.startswith(("cost/", "time/")):
-        return 0.0, math.inf
-    if key.startswith(("tow", "mia/", "tier/", "gap/")) or key.endswith("acc"):
-        return 0.0, 1.0
-    return -math.inf, math.inf
-
-
-def mean_ci_row(values: Sequence[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float]:
-    """(mean, low, high) of a 95% Student-t interval, cut to `bounds` (the metric's range: with 3
-    seeds a t-interval around a ToW of 0.99 reaches past 1, which no method can score); a single
-    value has no interval (NaN bounds)."""
-
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return float("nan"), float("nan"), float("nan")
-    if len(vals) == 1:
-        return vals[0], float("nan"), float("nan")
-    mean, lo, hi = mean_ci(vals)
-    return mean, max(lo, bounds[0]), min(hi, bounds[1])
 
 
 # --------------------------------------------------------------------------------------------------
