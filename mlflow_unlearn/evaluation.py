@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import tracking
-from .metrics import METRICS, embeddings, entanglement_score, evaluate_unlearning, outputs_for
+from .metrics import METRICS, embeddings, entanglement_score, evaluate_unlearning, outputs_for, shown_keys
 from .plots import tier_accuracy_chart
 from .references import retrain
 from .request import ForgetContext
@@ -126,5 +126,6 @@ def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    keys = ["forget/acc", "retain/acc", "test/acc", "tow", "tow_mia", "tow_pe", "mia/efficacy", "mia/gap", "cost/train_fraction"]
+    """One line: every shown metric key (metrics.Shown) the run has, then its cost."""
+    keys = [*shown_keys(), "cost/train_fraction"]
     return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)

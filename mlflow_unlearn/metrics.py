@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from scipy import special, stats
 
-from ._registry import Registry
+from ._registry import Registry, declare
 from .arrays import MetricInputError, _array, _fraction, _int_labels, _number, _same_length, _to_numpy
 from .ids import train_ids
 from .training import eval_outputs, predict_logits
@@ -49,6 +49,7 @@ __all__ = [
     "MIAResult", "LogisticAttack", "fit_logistic_1d", "mia", "mia_efficacy", "mia_auc", "mia_gap",
     "entanglement_score", "SplitOutputs", "ModelOutputs", "SPLITS",
     "SIGNALS", "outputs_for", "embeddings", "evaluate_unlearning", "METRICS", "BUILTIN_METRICS", "objectives",
+    "Shown", "declare_metric", "shown_keys", "floor_key",
     "objective",
 ]
 
@@ -391,6 +392,48 @@ METRICS = Registry("metric", "mlflow_unlearn.metrics")
 BUILTIN_METRICS = ("accuracy", "mia", "disagreement")
 
 
+@dataclass(frozen=True)
+class Shown:
+    """Where one metric key is reported, declared with its metric (`shown={key: Shown(...)}` in
+    `METRICS.register` or `declare_metric`). Every shown key is a column of `main`'s summary table
+    (`summary_table.json`, per-seed `seed/<key>` metrics on each method run), a headline tag
+    (`mlflow_unlearn.metric.<key>`) on the hook's result versions and part of the one-line summary
+    `evaluate` prints; `table` also makes it a column of the markdown table in the `main` run's
+    description, which stays narrow. Score keys (`higher_is_better`) also get a noise-floor value."""
+
+    label: str  # the column header
+    rank: int = 100  # column order, lower first: the built-ins use 0-9, so a plugin's columns come after
+    table: bool = True
+
+
+def declare_metric(*, higher_is_better: Mapping[str, bool] | None = None, shown: Mapping[str, Shown] | None = None):
+    """Decorator for a plugin's metric (its entry point registers it): the keys a search may optimise
+    and their direction, and where its keys are shown."""
+    declared = {"higher_is_better": higher_is_better, "shown": shown}
+    return declare(**{k: dict(v) for k, v in declared.items() if v})
+
+
+def shown_keys(*, table_only: bool = False) -> dict[str, Shown]:
+    """Every reported metric key -> where it is shown, in column order (registered metrics only)."""
+    found: list[tuple[int, int, str, Shown]] = []
+    seen: set[str] = set()
+    for position, name in enumerate(METRICS.registered()):
+        declared = METRICS.declared(name).get("shown") or {}
+        if not isinstance(declared, Mapping) or not all(isinstance(v, Shown) for v in declared.values()):
+            raise TypeError(f"metric {name!r} declares shown={declared!r}; it must be a dict of metric key -> "
+                            f"metrics.Shown")
+        for key, where in declared.items():
+            if key not in seen and (where.table or not table_only):
+                seen.add(key)
+                found.append((where.rank, position, str(key), where))
+    return {key: where for _, _, key, where in sorted(found, key=lambda f: (f[0], f[1]))}
+
+
+def floor_key(key: str) -> str:
+    """The noise-floor key of a score: `tow` -> `floor/tow`, `mia/gap` -> `floor/mia_gap`."""
+    return "floor/" + key.replace("/", "_")
+
+
 def objectives() -> dict[str, tuple[str, bool]]:
     """Every metric key a search can optimise: key -> (the registered metric that computes it,
     higher_is_better). A metric (built-in or plugin) declares its score keys when it is registered:
@@ -445,7 +488,9 @@ def _acc(o: SplitOutputs) -> float:
     return accuracy(o.pred, o.labels)
 
 
-@METRICS.register("accuracy", higher_is_better={"tow": True})
+@METRICS.register("accuracy", higher_is_better={"tow": True},
+                  shown={"tow": Shown("ToW", 0), "forget/acc": Shown("forget acc", 4),
+                         "retain/acc": Shown("retain acc", 5, table=False), "test/acc": Shown("test acc", 6)})
 def accuracy_metrics(unlearned: ModelOutputs, reference: ModelOutputs | None = None) -> dict[str, float]:
     """`<split>/acc`; with a reference also `gap/<split>` and `tow`."""
     out = {f"{s}/acc": _acc(unlearned[s]) for s in SPLITS}
@@ -460,7 +505,10 @@ def _mia_of(o: ModelOutputs, seed: int, signal: str) -> MIAResult:
     return mia(o["retain"].signal(signal), o["test"].signal(signal), o["forget"].signal(signal), seed=seed)
 
 
-@METRICS.register("mia", higher_is_better={"tow_mia": True, "mia/gap": False})
+@METRICS.register("mia", higher_is_better={"tow_mia": True, "mia/gap": False},
+                  shown={"tow_mia": Shown("ToW-MIA", 1), "mia/gap": Shown("MIA gap", 2),
+                         "mia/efficacy": Shown("MIA efficacy", 7, table=False),
+                         "mia/auc": Shown("MIA AUC", 8, table=False)})
 def mia_metrics(unlearned: ModelOutputs, reference: ModelOutputs | None = None, *, seed: int = 0,
                 signal: str = "confidence") -> dict[str, float]:
     """`mia/efficacy`, `mia/auc`; with a reference also `mia/gap` and `tow_mia`."""
@@ -474,7 +522,7 @@ def mia_metrics(unlearned: ModelOutputs, reference: ModelOutputs | None = None, 
     return out
 
 
-@METRICS.register("disagreement", higher_is_better={"tow_pe": True})
+@METRICS.register("disagreement", higher_is_better={"tow_pe": True}, shown={"tow_pe": Shown("ToW-PE", 3)})
 def disagreement_metrics(unlearned: ModelOutputs, reference: ModelOutputs | None = None) -> dict[str, float]:
     """With a reference: `disagree/<split>` and `tow_pe`; nothing without one."""
     if reference is None:

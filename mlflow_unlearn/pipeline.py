@@ -22,7 +22,7 @@ from . import evaluation, references, request, runs, steps, tracking
 from .algorithms import ALGORITHMS, default_search_algorithms
 from .compute import DEFAULT_BUDGET, break_even_requests, parse_budget
 from .data import validate_dataset_name
-from .metrics import METRICS
+from .metrics import METRICS, floor_key, shown_keys
 from .statistics import paired_test
 from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
@@ -37,11 +37,18 @@ from .tuning import COMPOSED, Reference, check_n_trials, check_strategy, objecti
 # `--baselines default` gives the registry's whole default space.
 DEFAULT_BASELINES = ("finetune", "neggrad_plus", "salun", "scrub")
 
-# (column, metric key, lower is better)
-TABLE_KEYS = (("ToW", "tow"), ("ToW-MIA", "tow_mia"), ("MIA gap", "mia/gap"), ("ToW-PE", "tow_pe"),
-              ("forget acc", "forget/acc"), ("test acc", "test/acc"), ("cost (trainings)", "cost/train_fraction"))
-SUMMARY_KEYS = ("tow", "tow_mia", "mia/gap", "tow_pe", "forget/acc", "retain/acc", "test/acc", "mia/efficacy",
-                "time/unlearn_s", "cost/train_fraction")
+COST_COLUMN = ("cost (trainings)", "cost/train_fraction")
+
+
+def table_keys() -> list[tuple[str, str]]:
+    """(column, metric key) of the markdown summary: what each registered metric declares `table`
+    (metrics.Shown), then the cost."""
+    return [(where.label, key) for key, where in shown_keys(table_only=True).items()] + [COST_COLUMN]
+
+
+def summary_keys() -> list[str]:
+    """Every shown metric key (metrics.Shown), then the time and the cost: summary_table.json's columns."""
+    return [*shown_keys(), "time/unlearn_s", "cost/train_fraction"]
 
 
 def _cell(mean: float, lo: float, hi: float, digits: int = 4) -> str:
@@ -57,13 +64,16 @@ def format_table(reports, floor: dict[str, float], retrain_fraction: float) -> s
     with a retrain's cost (`retrain_fraction` of the original training), and a note on rows whose
     predictions never differ from the original's. Cost is in trainings (cost/train_fraction), never
     a ratio of seconds taken in another process."""
-    head = "| method | " + " | ".join(h for h, _ in TABLE_KEYS) + " |"
-    lines = [head, "|" + "---|" * (len(TABLE_KEYS) + 1)]
+    columns = table_keys()
+    head = "| method | " + " | ".join(h for h, _ in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 1)]
     for r in reports:
         label = r.name + (" (unchanged)" if r.unchanged else "")
-        lines.append(f"| {label} | " + " | ".join(_cell(*r.summary(k)) for _, k in TABLE_KEYS) + " |")
-    lines.append(f"| retrain vs retrain (noise floor) | {floor['floor/tow']:.4f} | {floor['floor/tow_mia']:.4f} | "
-                 f"{floor['floor/mia_gap']:.4f} | {floor['floor/tow_pe']:.4f} | - | - | {retrain_fraction:.4f} |")
+        lines.append(f"| {label} | " + " | ".join(_cell(*r.summary(k)) for _, k in columns) + " |")
+    floor_cells = [f"{retrain_fraction:.4f}" if key == COST_COLUMN[1] else _cell(floor.get(floor_key(key), math.nan),
+                                                                                  math.nan, math.nan)
+                   for _, key in columns]
+    lines.append("| retrain vs retrain (noise floor) | " + " | ".join(floor_cells) + " |")
     return "\n".join(lines)
 
 
@@ -342,20 +352,20 @@ def _request_note(ctx) -> str:
 def summary_table(reports, floor: dict[str, float]) -> dict[str, list]:
     """The summary as columns (mlflow.log_table): one row per method, mean and interval bounds."""
     cols: dict[str, list] = {"method": [], "unchanged": []}
-    for key in SUMMARY_KEYS:
+    keys = summary_keys()
+    for key in keys:
         cols[key], cols[f"{key} ci95_low"], cols[f"{key} ci95_high"] = [], [], []
     for r in reports:
         cols["method"].append(r.name)
         cols["unchanged"].append(bool(r.unchanged))
-        for key in SUMMARY_KEYS:
+        for key in keys:
             mean, lo, hi = r.summary(key)
             for col, v in ((key, mean), (f"{key} ci95_low", lo), (f"{key} ci95_high", hi)):
                 cols[col].append(float(v) if math.isfinite(v) else None)
     cols["method"].append("retrain vs retrain (noise floor)")
     cols["unchanged"].append(False)
-    by_key = {"tow": "floor/tow", "tow_mia": "floor/tow_mia", "mia/gap": "floor/mia_gap", "tow_pe": "floor/tow_pe"}
-    for key in SUMMARY_KEYS:
-        v = floor.get(by_key.get(key, ""), float("nan"))
+    for key in keys:
+        v = floor.get(floor_key(key), float("nan"))
         cols[key].append(float(v) if math.isfinite(v) else None)
         cols[f"{key} ci95_low"].append(None)
         cols[f"{key} ci95_high"].append(None)
@@ -383,11 +393,12 @@ def _log_method(ctx, report, algorithm: str, reference_run: str, tier_reference=
             params.update({f"hp.{k}": v for k, v in report.plan.steps[0].hyperparameters.items()})
         tracking.log_params(params)
         mlflow.log_dict(report.plan.to_dict(), "plan.json")
+        keys = summary_keys()
         for step, row in enumerate(report.per_seed):
-            mlflow.log_metrics(_rounded({f"seed/{k}": v for k, v in row.items() if k in SUMMARY_KEYS and np.isfinite(v)}),
+            mlflow.log_metrics(_rounded({f"seed/{k}": v for k, v in row.items() if k in keys and np.isfinite(v)}),
                                step=step)
         out = {}
-        for key in SUMMARY_KEYS:
+        for key in keys:
             mean, lo, hi = report.summary(key)
             if math.isfinite(mean):
                 out[key] = mean

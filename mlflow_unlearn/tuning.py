@@ -57,8 +57,10 @@ from .algorithms import FloatRange, IntRange, search_space
 from .ids import check_something_retained, train_ids
 from .metrics import (
     BUILTIN_METRICS,
+    METRICS,
     MetricInputError,
     evaluate_unlearning,
+    floor_key,
     objective as metric_objective,
     objectives as metric_objectives,
     outputs_for,
@@ -161,12 +163,12 @@ class Reference:
 
 def noise_floor(second: Reference, first: Reference, data, *, seed: int = 0) -> dict[str, float]:
     """What "as close as retraining" means: a second retrain (another seed, same forget set) scored
-    against the first. Keys `floor/tow`, `floor/tow_pe`, `floor/tow_mia`, `floor/mia_gap`."""
+    against the first. One `floor/<key>` (`metrics.floor_key`) per score key a registered metric
+    declares (`floor/tow`, `floor/tow_pe`, `floor/tow_mia`, `floor/mia_gap`, and a plugin's)."""
     if not np.array_equal(second.forget_ids, first.forget_ids):
         raise SearchError("the noise floor needs two references of the same forget set")
-    m = evaluate_unlearning(second.outputs, first.outputs, seed=seed)
-    return {"floor/tow": m["tow"], "floor/tow_pe": m["tow_pe"], "floor/tow_mia": m["tow_mia"],
-            "floor/mia_gap": m["mia/gap"]}
+    m = evaluate_unlearning(second.outputs, first.outputs, seed=seed, metrics=METRICS.registered())
+    return {floor_key(key): m[key] for key in metric_objectives() if key in m}
 
 
 # --------------------------------------------------------------------------------------------------

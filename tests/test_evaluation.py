@@ -64,4 +64,4 @@ def test_retain_leaves_out_what_earlier_requests_forgot(source_model):
 
 def test_format_metrics_shows_the_headline_keys_in_order():
     line = evaluation.format_metrics({"tow": 0.91234, "forget/acc": 0.5, "custom": 1.0, "cost/train_fraction": 0.25})
-    assert line == "forget/acc=0.5000  tow=0.9123  cost/train_fraction=0.2500"
+    assert line == "tow=0.9123  forget/acc=0.5000  cost/train_fraction=0.2500"  # column order (metrics.Shown)

@@ -318,3 +318,24 @@ def test_embeddings_feed_entanglement(digits, models):
     assert es > 0 and math.isfinite(es)
     with pytest.raises(ValueError, match="embed"):
         M.embeddings(torch.nn.Linear(2, 2), digits, forget)
+
+
+def test_a_metric_declares_where_its_keys_are_shown(monkeypatch):
+    """Column order and the markdown table come from the declarations (metrics.Shown), not from lists
+    kept elsewhere; a malformed declaration names the metric."""
+    reg = M.METRICS
+    monkeypatch.setattr(reg, "_items", dict(reg._items))  # a scratch copy: the registry stays as it was
+    keys = M.shown_keys()
+    assert list(keys)[:4] == ["tow", "tow_mia", "mia/gap", "tow_pe"]
+    assert "retain/acc" in keys and "retain/acc" not in M.shown_keys(table_only=True)
+
+    @M.declare_metric(shown={"x/early": M.Shown("early", rank=-1), "x/hidden": M.Shown("hidden", table=False)})
+    def early(unlearned, reference=None):
+        return {}
+
+    reg.add("early", early)
+    assert list(M.shown_keys())[0] == "x/early" and "x/hidden" not in M.shown_keys(table_only=True)
+    reg.add("broken", M.declare_metric(shown={"y": "a label"})(lambda unlearned, reference=None: {}))
+    with pytest.raises(TypeError, match="metric 'broken' declares shown"):
+        M.shown_keys()
+    assert M.floor_key("mia/gap") == "floor/mia_gap"

@@ -171,10 +171,11 @@ def test_example_plugin_declares_its_search_space_and_is_searched_like_a_builtin
 
 
 @pytest.mark.integration
-def test_a_plugin_dataset_model_and_algorithm_reach_mains_summary(example_plugin, tracking):
+def test_a_plugin_dataset_model_algorithm_and_metric_reach_mains_summary(example_plugin, tracking):
     """Each extension is one function and one entry point (plugins/mlflow-unlearn-example/pyproject.toml):
     `main` trains the plugin's model on the plugin's dataset, tunes and reports the plugin's algorithm
-    beside the built-ins, and registers the result under the dataset's and model's names."""
+    beside the built-ins, shows the plugin's metric where it declared (a summary column, a noise-floor
+    value), and registers the result under the dataset's and model's names."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -188,6 +189,18 @@ def test_a_plugin_dataset_model_and_algorithm_reach_mains_summary(example_plugin
                              n_trials=3, max_epochs=1, unlearn_seeds=1, baselines=(example_plugin,))
     assert f"{example_plugin} (defaults)" in out["table"] and f"{example_plugin} (tuned)" in out["table"]
     assert "RUM (searched plan)" in out["table"]
+    header = out["table"].splitlines()[0]
+    assert "| forget conf gap |" in header and header.index("test acc") < header.index("forget conf gap")
+    assert 0 <= out["floor"]["floor/example_conf_gap"] <= 1  # a score key: the noise floor has it too
+    floor_row = next(line for line in out["table"].splitlines() if line.startswith("| retrain vs retrain"))
+    assert floor_row.count("|") == header.count("|")  # one cell per column, the plugin's included
+    parent = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                filter_string="tags.`mlflow_unlearn.role` = 'pipeline'")[0]
+    summary = mlflow.load_table("summary_table.json", run_ids=[parent.info.run_id])
+    assert summary["example/conf_gap"].notna().all()  # every method and the floor have a value
+    method = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                filter_string=f"attributes.run_name = '{example_plugin} (tuned)'")[0]
+    assert 0 <= method.data.metrics["example/conf_gap"] <= 1
     assert len(out["ctx"].data.train) == 630 and len(out["ctx"].data.flipped_ids) == 63  # 700 - 10% val; 10% noise
     original = mlflow.search_runs(search_all_experiments=True, output_format="list",
                                   filter_string="tags.`mlflow_unlearn.role` = 'original'")[0]

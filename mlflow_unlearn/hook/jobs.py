@@ -46,12 +46,12 @@ from ..data import DatasetError
 from ..forget_sets import ForgetSetError
 from ..memorization import MemorizationError
 from ..models import ModelError
+from ..metrics import shown_keys
 from ..rum import PlanError
 from ..tracking import TAG, MissingArtifactError, ModelURIError, Role, Tag
 
 log = logging.getLogger("mlflow_unlearn.hook")
 
-HEADLINE_TAG_KEYS = ("forget/acc", "retain/acc", "test/acc", "mia/efficacy", "mia/auc", "tow", "tow_mia")
 
 
 def _rejections() -> tuple[type[BaseException], ...]:
@@ -453,7 +453,7 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
     if existing:
         job.client.set_tag(run_id, Tag.SUPERSEDED_BY, f"{job.name}/{existing[0]}")
         return job.finish(ledger.DONE, result=existing[0], digest=digest)
-    headline = {k: (reference or after).get(k) for k in HEADLINE_TAG_KEYS}
+    headline = {k: (reference or after).get(k) for k in shown_keys()}  # what each metric declares (metrics.Shown)
     metrics_json = json.dumps({"after": _finite(after), "before": _finite(before),
                                **({"against_reference": _finite(reference)} if reference else {})})
     tags = {**ctx.tags(Role.UNLEARN), Tag.ALGORITHM: gated.algorithm, ledger.SOURCE_VERSION_TAG: ctx.source.version,

@@ -1,9 +1,11 @@
-"""An example dataset and an example model, registered by entry points in pyproject.toml.
+"""An example dataset, model and metric, registered by entry points in pyproject.toml.
 
 `example-bars[:<rate>]`: 8x8 grey images of one bright bar (5 row positions and 5 column positions:
 10 classes) on noise, generated from a fixed seed (no download); a share of train labels (default
 0.1) is flipped, so the network has mislabelled examples to memorise and a forget set has something
 to unlearn. `example_mlp`: a two-layer perceptron with `embed` (its hidden layer) and logits.
+`example_confidence_gap`: how far the unlearned model's confidence on the forget set is from the
+retrained reference's, shown as a column of `main`'s summary.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 from torch import nn
 
 from mlflow_unlearn.data import DatasetError, DatasetSpec, RawImages, declare_dataset
+from mlflow_unlearn.metrics import Shown, declare_metric
 
 N_TRAIN, N_TEST = 700, 300  # per split, over 10 classes
 DEFAULT_NOISE = 0.1
@@ -68,3 +71,14 @@ class MLP(nn.Module):
 def mlp(num_classes: int, in_channels: int, image_size: int, width: int = 64) -> nn.Module:
     """A builder: class count, channels and image size come from the dataset; `width` is the only option."""
     return MLP(num_classes, in_channels * image_size * image_size, width)
+
+
+@declare_metric(higher_is_better={"example/conf_gap": False},
+                shown={"example/conf_gap": Shown("forget conf gap")})
+def confidence_gap(unlearned, reference=None) -> dict[str, float]:
+    """|mean true-class confidence on the forget set, unlearned - retrained|: 0 = as confident as a
+    model that never saw the forget set. Needs the reference; nothing without one."""
+    if reference is None:
+        return {}
+    mean = lambda outputs: float(np.mean(outputs["forget"].signal("confidence")))
+    return {"example/conf_gap": abs(mean(unlearned) - mean(reference))}
