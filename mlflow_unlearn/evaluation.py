@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import tracking
-from .metrics import METRICS, embeddings, entanglement_score, evaluate_unlearning, outputs_for, shown_keys
+from .metrics import METRICS, embeddings, entanglement_score, evaluate_unlearning, shown_keys, split_outputs
 from .plots import tier_accuracy_chart
 from .references import retrain
 from .request import ForgetContext
@@ -84,11 +84,11 @@ def noise_floor(ctx: ForgetContext, reference: StepResult) -> dict[str, float]:
 
 def outputs_of(ctx: ForgetContext, model: torch.nn.Module) -> dict:
     """Forget / retain / test outputs; retain leaves out what earlier requests forgot (ctx.retain_ids)."""
-    return outputs_for(model, ctx.data, ctx.forget.ids, ctx.retain_ids)
+    return split_outputs(model, ctx.data, ctx.forget.ids, ctx.retain_ids)  # the request's checked ids
 
 
 def _as_reference(ctx: ForgetContext, result: StepResult, outputs: dict):
-    return Reference(np.asarray(ctx.forget.ids), dict(ctx.tiers), result.model, outputs, result.seconds)
+    return Reference(np.asarray(ctx.forget.ids), dict(ctx.tiers), result.model, outputs, result.seconds, task=ctx.task)
 
 
 def evaluate(ctx: ForgetContext, unlearned_run_id: str, reference: StepResult, *, model: torch.nn.Module | None = None,

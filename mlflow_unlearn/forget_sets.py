@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .ids import TrainIds, check_something_retained, checked, train_ids
+from .ids import check_something_retained, train_ids
 from .memorization import (
     DEFAULT_TIERS,
     MemorizationError,
@@ -51,14 +51,24 @@ class ForgetSetError(ValueError):
 
 @dataclass
 class ForgetSet:
-    ids: np.ndarray  # int64, sorted, unique train ids
+    """A checked forget set: sorted, unique train ids of one split with something left to retain.
+    Made by `load_forget_set` (or `ForgetSet.checked`), which run the one id check; the plain
+    constructor trusts its ids (for ids valid by construction, such as a calibration pool)."""
+
+    ids: np.ndarray  # int64, sorted, unique train ids (read-only)
     source: str  # the spec, path or URI it came from
     digest: str = field(init=False)
 
     def __post_init__(self):
-        if not isinstance(self.ids, TrainIds) or self.ids.n_train is None:  # keep checked ids checked (ids.py)
-            self.ids = np.asarray(self.ids, dtype=np.int64)
+        self.ids = np.array(self.ids, dtype=np.int64)
+        self.ids.setflags(write=False)  # shared by every layer below: nobody may edit it
         self.digest = forget_digest(self.ids)
+
+    @classmethod
+    def checked(cls, ids, n_train: int, *, source: str = "ids") -> "ForgetSet":
+        """`ids` checked against a train split of `n_train` examples (`validate_ids`)."""
+        return cls(validate_ids(ids, n_train, source="forget set" if source == "ids" else f"forget set {source!r}"),
+                   source=source)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -79,7 +89,7 @@ def validate_ids(ids, n_train: int, *, source: str = "forget set") -> np.ndarray
     retain; returned sorted."""
     arr = train_ids(ids, n_train, what=source, from_file=True, error=ForgetSetError)
     check_something_retained(arr.size, n_train, what=source, error=ForgetSetError)
-    return checked(np.sort(arr), n_train)  # sorted checked ids are still checked
+    return np.sort(arr)
 
 
 def read_ids_file(path: str | Path) -> np.ndarray:
@@ -207,13 +217,13 @@ def load_forget_set(source, *, labels: np.ndarray, c_proxy: np.ndarray | None = 
     """The one entry point: a spec, a local file, or a sequence of ids -> a validated ForgetSet."""
     n_train = len(labels)
     if isinstance(source, (list, tuple, np.ndarray)):
-        return ForgetSet(validate_ids(source, n_train, source="forget set"), source="ids")
+        return ForgetSet.checked(source, n_train)
     source = str(source)
     if is_spec(source):
         ids = from_spec(source, labels=labels, c_proxy=c_proxy, classes=classes, tier_names=tier_names, seed=seed)
     else:
         ids = read_ids_file(source)
-    return ForgetSet(validate_ids(ids, n_train, source=f"forget set {source!r}"), source=source)
+    return ForgetSet.checked(ids, n_train, source=source)
 
 
 # --------------------------------------------------------------------------------------------------

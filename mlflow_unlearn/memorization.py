@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ids import checked, train_ids
+from .ids import train_ids
 
 DEFAULT_TIERS = ("low", "mid", "high")
 
@@ -128,8 +128,18 @@ def tiers_from_c_proxy(forget_ids, c_proxy, names: Sequence[str] = DEFAULT_TIERS
     (``high``) and the highest-C-proxy group to the first (``low``)."""
     c = _c_proxy_array(c_proxy)
     ids = _forget_ids(forget_ids, len(c))
-    tiers = assign_tiers(c[ids], ids=ids, names=names, higher_is_more_memorised=False)
-    return {t: checked(v, len(c)) for t, v in tiers.items()}  # parts of checked ids: checked
+    names = validate_tier_names(names)
+    if len(ids) < len(names):
+        raise MemorizationError(
+            f"cannot cut {len(ids)} example(s) into {len(names)} tiers {names!r}: need at least one example per tier")
+    return cut_tiers(ids, c[ids], names)
+
+
+def cut_tiers(ids: np.ndarray, c_proxy_of_ids: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """`tiers_from_c_proxy` without its checks, for ids a caller already checked (an
+    `UnlearnTask`'s): at least `len(names)` unique train ids and their C-proxy values."""
+    order = memorization_rank_order(-np.asarray(c_proxy_of_ids, dtype=np.float64), ids)
+    return {name: np.sort(ids[part]) for name, part in zip(names, np.array_split(order, len(names)))}
 
 
 def train_bins_from_c_proxy(c_proxy, names: Sequence[str] = DEFAULT_TIERS) -> dict[str, np.ndarray]:
@@ -154,8 +164,13 @@ def tier_histogram(forget_ids, c_proxy, names: Sequence[str] = DEFAULT_TIERS) ->
     reader can tell at a glance whether it is a low, high or mixed memorisation forget set."""
     names = validate_tier_names(names)
     c = _c_proxy_array(c_proxy)
-    ids = _forget_ids(forget_ids, len(c))
-    bins = train_bins_from_c_proxy(c, names)
+    return train_bin_counts(_forget_ids(forget_ids, len(c)), c, names)
+
+
+def train_bin_counts(ids: np.ndarray, c_proxy: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    """`tier_histogram` without its checks, for checked ids and a checked C-proxy."""
+    bins = train_bins_from_c_proxy(c_proxy, names)
+    c = c_proxy
     bin_of = np.empty(len(c), dtype=np.int64)
     for b, name in enumerate(names):
         bin_of[bins[name]] = b

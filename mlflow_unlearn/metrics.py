@@ -48,7 +48,7 @@ __all__ = [
     "MetricInputError", "accuracy", "accuracy_gap", "disagreement", "tow", "tow_mia", "tow_pe",
     "MIAResult", "LogisticAttack", "fit_logistic_1d", "mia", "mia_efficacy", "mia_auc", "mia_gap",
     "entanglement_score", "SplitOutputs", "ModelOutputs", "SPLITS",
-    "SIGNALS", "outputs_for", "embeddings", "evaluate_unlearning", "METRICS", "BUILTIN_METRICS", "objectives",
+    "SIGNALS", "outputs_for", "split_outputs", "embeddings", "evaluate_unlearning", "METRICS", "BUILTIN_METRICS", "objectives",
     "Shown", "declare_metric", "shown_keys", "floor_key",
     "objective",
 ]
@@ -368,6 +368,13 @@ def outputs_for(model: torch.nn.Module, data, forget_ids: Any, retain_ids: Any =
         retain = np.flatnonzero(keep)
     else:
         retain = _ids("retain_ids", retain_ids, n_train)
+    return split_outputs(model, data, forget, retain, batch_size=batch_size, heldout=heldout)
+
+
+def split_outputs(model: torch.nn.Module, data, forget: np.ndarray, retain: np.ndarray, *, batch_size: int = 1024,
+                  heldout=None) -> dict[str, SplitOutputs]:
+    """`outputs_for` without its checks, for ids of a checked task (`task.UnlearnTask`, a
+    `forget_sets.ForgetSet`): nothing is checked again."""
     splits = {"forget": data.train.subset(forget), "retain": data.train.subset(retain),
               "test": data.test if heldout is None else heldout}
     return {name: SplitOutputs(predict_logits(model, data, split, batch_size=batch_size), split.y)

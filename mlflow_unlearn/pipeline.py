@@ -246,7 +246,8 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         # Per-request constants live once, on the parent: no flat chart on every method run.
         mlflow.log_metrics(_rounded({**floor, "time/retrain_s": reference.seconds,
                                      "entanglement": evaluation.entanglement(ctx)}))
-        held_out = Reference.build(reference.model, ctx.data, ctx.forget.ids, ctx.tiers, seconds=reference.seconds)
+        held_out = Reference.build(reference.model, ctx.data, ctx.forget.ids, ctx.tiers, seconds=reference.seconds,
+                                   task=ctx.task)
         seeds = [seed + i for i in range(unlearn_seeds)]
         methods = [("RUM (searched plan)", found.best_plan, "rum"),
                    ("none (no unlearning)", single_algorithm_plan("none"), "none")]

@@ -21,7 +21,8 @@ from . import tracking
 from .compute import ComputeMeter
 from .forget_sets import ForgetSet, calibration_pool, default_calibration_size
 from .gate import GateError, NeverSeen
-from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
+from .memorization import DEFAULT_TIERS, train_bin_counts
+from .task import UnlearnTask
 from .request import ForgetContext, build_source_architecture, log_forget_set
 from .runs import StepResult, load_run_model
 from .tracking import Role, Tag
@@ -153,9 +154,10 @@ def with_forget_set(ctx: ForgetContext, ids, source: str, names=None) -> ForgetC
     """The same source and data with another forget set, cut into tiers like `ctx` (or `names`)."""
     c_proxy = ctx.source.proxies["c_proxy"]
     names = tuple(names or (ctx.tiers if list(ctx.tiers) != ["all"] else DEFAULT_TIERS))
-    fs = ForgetSet(np.asarray(ids, dtype=np.int64), source=source)
-    tiers = tiers_from_c_proxy(fs.ids, c_proxy, names=names) if len(fs) >= len(names) else {"all": fs.ids}
-    return dataclasses.replace(ctx, forget=fs, tiers=tiers, histogram=tier_histogram(fs.ids, c_proxy, names=names),
+    fs = ForgetSet(np.asarray(ids, dtype=np.int64), source=source)  # ids of this source's train split, none forgotten
+    task = UnlearnTask.from_forget_set(ctx.data, fs.ids, c_proxy, names=names, forgotten=ctx.forgotten_before,
+                                       recipe=ctx.recipe())
+    return dataclasses.replace(ctx, forget=fs, task=task, histogram=train_bin_counts(fs.ids, c_proxy, names),
                                already_forgotten=np.zeros(0, dtype=np.int64), cache={})
 
 

@@ -16,49 +16,62 @@ import numpy as np
 import torch
 
 from . import tracking
-from .algorithms import TrainRecipe, UnlearnData
+from .algorithms import TrainRecipe
+from .data import ImageData
 from .compute import DEFAULT_BUDGET, Budget, parse_budget
-from .forget_sets import ForgetSetError, is_spec, load_forget_set
-from .ids import check_something_retained, checked
+from .forget_sets import ForgetSet, ForgetSetError, is_spec, load_forget_set
+from .ids import check_something_retained
 from .lineage import Lineage
-from .memorization import DEFAULT_TIERS, tier_histogram, tiers_from_c_proxy
+from .memorization import DEFAULT_TIERS, train_bin_counts
 from .models import build_model
 from .rum import Plan, PlanError, default_plan
+from .task import UnlearnTask
 from .tracking import Tag
 from .training import TrainConfig, resolve_device
 
 
 @dataclass
 class ForgetContext:
-    """A source model version, its data on the device, a validated forget set and its tiers."""
+    """A deletion request resolved at the edge: the source version, the checked forget set as the
+    user gave it (its digest names the request) and the task it becomes (`task.UnlearnTask`: the
+    data on the device, the new ids cut into tiers, the ids forgotten before, the source's recipe),
+    built once in `prepare`; every step below takes these and checks nothing again."""
 
     source: tracking.SourceModel
-    data: Any  # ImageData
-    forget: Any  # ForgetSet
-    tiers: dict[str, np.ndarray]  # tier name -> forget ids, by C-proxy rank within the forget set
+    forget: ForgetSet
+    task: UnlearnTask
     histogram: dict[str, int]  # forget examples per train-set memorisation bin
     seed: int
     cache: dict = dataclasses.field(default_factory=dict)  # values derived once per request
-    # Requests accumulate (issue 11): ids earlier requests already removed from the source. They are
-    # never retained; requested ids among them are reported (`already_forgotten`), not unlearned again.
-    forgotten_before: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Requested ids earlier requests on the source's chain already removed: reported, not unlearned
+    # again (requests accumulate; the task's `forgotten` holds every id removed before).
     already_forgotten: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # The most compute this request may use (compute.Budget, in the source's original training
     # passes); None: unlimited (internal uses only; every entry point sets one).
     budget: Budget | None = None
 
     @property
+    def data(self) -> ImageData:
+        return self.task.data
+
+    @property
+    def tiers(self) -> dict[str, np.ndarray]:
+        """Tier name -> the new ids of that tier (C-proxy rank within the request)."""
+        return dict(self.task.tiers)
+
+    @property
+    def forgotten_before(self) -> np.ndarray:
+        return self.task.forgotten
+
+    @property
     def new_ids(self) -> np.ndarray:
         """The requested ids this request removes (the tiers partition them)."""
-        return checked(np.setdiff1d(self.forget.ids, self.already_forgotten), len(self.data.train))
+        return self.task.forget_ids
 
     @property
     def retain_ids(self) -> np.ndarray:
         """Train minus this request minus everything forgotten before: what the model may still learn from."""
-        keep = np.ones(len(self.data.train), dtype=bool)
-        keep[np.asarray(self.forget.ids, dtype=np.int64)] = False
-        keep[self.forgotten_before] = False
-        return checked(np.flatnonzero(keep), len(keep))  # a mask over the train split: valid by construction
+        return self.task.retain_ids(self.forget.ids)
 
     def lineage_after(self, run_id: str, how: str) -> Lineage:
         """The lineage of the model this request produces (logged with it as manifest/lineage.json)."""
@@ -70,16 +83,14 @@ class ForgetContext:
         return f"{self.source.name}/{self.source.version}"
 
     def unlearn_data(self, retain_ids=None):
-        """Forget the request; retain `retain_ids` (default: `self.retain_ids`)."""
-        return UnlearnData(self.data, self.forget.ids, self.retain_ids if retain_ids is None else retain_ids,
-                           recipe=self.recipe())
+        """Forget the request; retain `retain_ids` (default: `self.retain_ids`; ids derived from this
+        request, so nothing is checked again)."""
+        return self.task.unlearn_data(self.forget.ids, self.retain_ids if retain_ids is None else retain_ids)
 
-    def recipe(self):
-        """How the source was made (its architecture, fresh weights per seed, and its TrainConfig):
-        what the `retrain` algorithm replays, the same recipe as the retrained reference."""
-
-        return TrainRecipe(build=lambda seed: build_source_architecture(self, seed).to(self.data.device),
-                           config=TrainConfig(**self.source.model_spec["train_config"]))
+    def recipe(self) -> TrainRecipe:
+        """How the source was made: what the `retrain` algorithm replays, the same recipe as the
+        retrained reference."""
+        return self.task.recipe
 
     def tags(self, role: str) -> dict[str, str]:
         return {Tag.ROLE: role, Tag.SOURCE_MODEL: self.source_tag, Tag.FORGET_DIGEST: self.forget.digest,
@@ -87,7 +98,7 @@ class ForgetContext:
 
     def tier_positions(self) -> dict[str, np.ndarray]:
         """Tier -> positions within the (sorted) forget set, for per-tier metrics."""
-        return {k: np.searchsorted(self.forget.ids, v) for k, v in self.tiers.items()}
+        return {k: np.searchsorted(self.forget.ids, v) for k, v in self.task.tiers.items()}
 
 
 def resolve_forget_source(forget) -> Any:
@@ -120,17 +131,21 @@ def prepare(source_uri: str, forget, *, seed: int = 0, device: str | None = "aut
     c_proxy = None if source.proxies is None else source.proxies["c_proxy"]
     fs = load_forget_set(resolve_forget_source(forget), labels=labels, c_proxy=c_proxy,
                          classes=source.manifest.get("classes"), tier_names=names, seed=seed)
-    new, already = (source.lineage.split(fs.ids) if source.lineage is not None
-                    else (np.asarray(fs.ids, dtype=np.int64), np.zeros(0, dtype=np.int64)))
-    if len(new) == 0:
+    if c_proxy is None:
+        raise ForgetSetError(f"{source.uri} has no C-proxy (its run lacks the confidences/ artifacts the train step "
+                             f"logs), so its forget sets cannot be cut into memorisation tiers; train it with "
+                             f"`mlflow-unlearn train`")
+    already = np.intersect1d(fs.ids, source.forgotten)
+    if len(already) == len(fs):
         raise AlreadyForgotten(source.uri, len(fs), fs.digest)
-    check_something_retained(len(new) + len(source.forgotten), len(labels), what="this request and the earlier ones",
-                             error=ForgetSetError)
+    check_something_retained(len(fs) - len(already) + len(source.forgotten), len(labels),
+                             what="this request and the earlier ones", error=ForgetSetError)  # before loading data
     data = source.load_data(resolve_device(device), data_roots=data_roots)
-    tiers = tiers_from_c_proxy(new, c_proxy, names=names) if len(new) >= len(names) else {"all": new}
-    histogram = tier_histogram(fs.ids, c_proxy, names=names)
-    return ForgetContext(source=source, data=data, forget=fs, tiers=tiers, histogram=histogram, seed=seed,
-                         forgotten_before=source.forgotten, already_forgotten=already,
+    recipe = TrainRecipe(build=lambda s: build_source_architecture(source, s).to(data.device),
+                         config=TrainConfig(**source.model_spec["train_config"]))
+    task = UnlearnTask.from_forget_set(data, fs.ids, c_proxy, names=names, forgotten=source.forgotten, recipe=recipe)
+    return ForgetContext(source=source, forget=fs, task=task, histogram=train_bin_counts(fs.ids, c_proxy, names),
+                         seed=seed, already_forgotten=already,
                          budget=None if budget is None else Budget.of(budget, source.original_passes))
 
 
@@ -159,9 +174,9 @@ def log_forget_set(ctx: ForgetContext) -> None:
     tracking.log_model_input(ctx.source.model_id)
 
 
-def build_source_architecture(ctx: ForgetContext, seed: int) -> torch.nn.Module:
+def build_source_architecture(source: "tracking.SourceModel | ForgetContext", seed: int) -> torch.nn.Module:
     """A freshly initialised model of the source's architecture (what a retrain starts from)."""
-    spec = ctx.source.model_spec
+    spec = (source.source if isinstance(source, ForgetContext) else source).model_spec
     return build_model(spec["name"], num_classes=spec["num_classes"], input_shape=tuple(spec["input_shape"]), seed=seed,
                        **spec["kwargs"])
 

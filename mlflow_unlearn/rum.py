@@ -51,16 +51,15 @@ import torch
 from torch import nn
 
 from ._registry import UnknownComponentError
-from .algorithms import HyperparameterError, TrainRecipe, UnlearnData, is_exact, run_algorithm, validate_hyperparameters
+from .algorithms import HyperparameterError, TrainRecipe, is_exact, run_validated, validate_hyperparameters
 from .compute import Budget, BudgetError, ComputeMeter
 from .data import ImageData
 from .progress import MetricLogger
-from .ids import check_something_retained, train_ids
 from .memorization import DEFAULT_TIERS
+from .task import ALL_TIER, UnlearnTask  # ALL_TIER: the one tier of a whole-set plan
 
 RETAIN_MODES = ("exclude_all", "shrinking")
 DEFAULT_RETAIN_MODE = "exclude_all"
-ALL_TIER = "all"  # the single tier of a vanilla (one-algorithm) run
 PLAN_SUFFIXES = (".json", ".yaml", ".yml")
 
 _PLAN_KEYS = ("name", "retain_mode", "steps")
@@ -120,10 +119,6 @@ class Plan:
     steps: list[PlanStep]
     retain_mode: str = DEFAULT_RETAIN_MODE
     name: str | None = None
-    # Set by `validate` on the copy it returns: the tier names it was checked against (None: none
-    # given). `validate` with the same tiers returns that copy as it is, so a plan resolved once at
-    # the edge is not re-checked by every layer below. Treat a validated plan as immutable.
-    _checked_for: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     # forms ----------------------------------------------------------------------------------------
     @property
@@ -252,9 +247,10 @@ class Plan:
         return cls.from_dict(d)
 
     # validation -----------------------------------------------------------------------------------
-    def validate(self, tiers: Iterable[str] | Mapping[str, Any] | None = None) -> "Plan":
-        """Check the plan in one place and return a copy with every step's hyperparameters complete
-        (defaults filled in, values converted to the defaults' types).
+    def validate(self, tiers: Iterable[str] | Mapping[str, Any] | None = None) -> "ValidatedPlan":
+        """Check the plan in one place and return a `ValidatedPlan`: a copy with every step's
+        hyperparameters complete (defaults filled in, values converted to the defaults' types), the
+        type `execute_plan` takes.
 
         `tiers`: the forget set's tier names, or a mapping tier -> ids (then an empty tier is an
         error too). Checked: a known retain mode, at least one step, no tier twice, known algorithms
@@ -264,9 +260,6 @@ class Plan:
         """
         if tiers is not None:
             tiers = whole_set_tiers(self, tiers)
-        key = (None if tiers is None else tuple(str(t) for t in tiers),)
-        if self._checked_for == key and not (isinstance(tiers, Mapping) and any(_count(v) == 0 for v in tiers.values())):
-            return self  # validated for these tiers already (an empty tier is still the caller's error)
         problems: list[str] = []
         if self.retain_mode not in RETAIN_MODES:
             problems.append(f"unknown retain_mode {self.retain_mode!r}; valid: {', '.join(RETAIN_MODES)}")
@@ -307,9 +300,17 @@ class Plan:
         if problems:
             head = f"plan {self.name!r}" if self.name else "the plan"
             raise PlanError(f"{head} is not valid:\n  - " + "\n  - ".join(problems))
-        out = Plan(resolved, self.retain_mode, self.name)
-        out._checked_for = key
-        return out
+        return ValidatedPlan(resolved, self.retain_mode, self.name,
+                             for_tiers=None if names is None else tuple(names))
+
+
+@dataclass
+class ValidatedPlan(Plan):
+    """A plan `Plan.validate` checked: known algorithms with complete, typed hyperparameters and,
+    when it was given tiers, exactly those tiers (`for_tiers`). What `execute_plan` runs; made only
+    by `validate` (validate the plan again after editing it)."""
+
+    for_tiers: tuple[str, ...] | None = None
 
 
 _FORMS = ("give a path to a .json/.yaml file, a JSON or YAML mapping {retain_mode, steps: [{tier, algorithm, "
@@ -439,9 +440,8 @@ def whole_set_tiers(plan: "Plan", tiers):
     if isinstance(tiers, Mapping):
         if ALL_TIER in tiers:
             return tiers
-        parts = [_tier_ids(v, str(t), 2 ** 62) if not isinstance(v, torch.Tensor) else v.flatten().to("cpu", torch.long)
-                 for t, v in tiers.items()]
-        return {ALL_TIER: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)}
+        parts = [np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v).reshape(-1) for v in tiers.values()]
+        return {ALL_TIER: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)}
     return [ALL_TIER]
 
 
@@ -633,27 +633,38 @@ class RumResult:
                 "train_passes": self.train_passes, "eval_passes": self.eval_passes}
 
 
-def _tier_ids(ids: Any, tier: str, n: int) -> torch.Tensor:
-    """Train ids of one tier as a 1-D CPU long tensor (`ids.train_ids`, the one id check)."""
-    return torch.from_numpy(train_ids(ids, n, what=f"tier {tier!r}", allow_empty=True, error=PlanError))
-
-
 def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: Plan | str | Mapping, *,
             seed: int = 0, callbacks: RumCallbacks | None = None, recipe: TrainRecipe | None = None,
             augment: bool = False, forgotten: Any = None, budget: Budget | None = None) -> RumResult:
-    """Unlearn every tier of `tiers` (name -> train ids) from a copy of `model`, following `plan`.
-
-    The plan is validated against the tiers before anything runs (see `Plan.validate`); the tiers
-    must be disjoint. A plan whose only step is on tier "all" unlearns the union of the tiers in
-    one step, so a whole-set plan runs against any tiering of the same request. Steps run in plan
-    order; step k forgets its tier's ids with its algorithm (through `run_algorithm`, seed
-    `seed + k`) starting from the model step k-1 returned. The retain set follows the plan's retain
-    mode. The caller's model never changes.
+    """Unlearn every tier of `tiers` (name -> train ids) from a copy of `model`, following `plan`:
+    the Python API's edge. The ids are checked once (`task.UnlearnTask.build`: disjoint tiers,
+    none of `forgotten`, something left to retain) and the plan once (`Plan.validate`), then
+    `execute_plan` runs. A plan whose only step is on tier "all" unlearns the union of the tiers in
+    one step, so a whole-set plan runs against any tiering of the same request.
 
     `recipe` (how the source model was trained, a `mlflow_unlearn.algorithms.TrainRecipe`) and
     `augment` (augment unlearning batches; off by default) go into every step's `UnlearnData`.
     `forgotten`: train ids earlier requests already removed from `model` (requests accumulate on
     the served version): never in any step's retain set, and never in a tier.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    plan = Plan.parse(plan)
+    if not isinstance(tiers, Mapping):
+        raise TypeError(f"tiers must be a mapping of tier name -> train ids, got {type(tiers).__name__}")
+    task = UnlearnTask.build(data, whole_set_tiers(plan, tiers), forgotten=forgotten, recipe=recipe, augment=augment,
+                             error=PlanError)
+    return execute_plan(model, task, plan.validate(task.tiers), seed=seed, callbacks=callbacks, budget=budget)
+
+
+def execute_plan(model: nn.Module, task: UnlearnTask, plan: ValidatedPlan, *, seed: int = 0,
+                 callbacks: RumCallbacks | None = None, budget: Budget | None = None) -> RumResult:
+    """Run a validated plan on a checked task from a copy of `model`; nothing is checked again.
+
+    Steps run in plan order; step k forgets its tier's ids with its algorithm (through
+    `algorithms.run_validated`, seed `seed + k`) starting from the model step k-1 returned. The retain set
+    follows the plan's retain mode and never holds `task.forgotten`. A whole-set plan (one step on
+    tier "all") runs on the task's tiers merged into one. The caller's model never changes.
 
     `budget` (a `compute.Budget`; None: unlimited) is divided over the steps as they run: step k may
     spend what is left of the budget times its share of the forget examples still to come
@@ -662,50 +673,27 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
     the budget. Exact steps (`retrain`) are counted but not limited. A step whose share pays for no
     optimiser step raises BudgetError naming about the smallest budget that would.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(data, ImageData):
-        raise TypeError(f"data must be an ImageData (see mlflow_unlearn.data.load_dataset), got {type(data).__name__}")
-    if not isinstance(tiers, Mapping):
-        raise TypeError(f"tiers must be a mapping of tier name -> train ids, got {type(tiers).__name__}")
-    plan = Plan.parse(plan)
+    if not isinstance(plan, ValidatedPlan):
+        raise TypeError(f"execute_plan runs a ValidatedPlan (`plan.validate(task.tiers)`), got {type(plan).__name__}")
+    if plan.tiers == [ALL_TIER]:
+        task = task.merged()
+    if set(plan.tiers) != set(task.tiers):  # a plan validated for another request's tiers
+        raise PlanError(f"the plan has steps for tiers {plan.tiers}, the task has tiers {list(task.tiers)}; validate "
+                        f"it for this task (`plan.validate(task.tiers)`)")
     callbacks = callbacks if callbacks is not None else NullCallbacks()
-    n = len(data.train)
-    ids = {str(t): _tier_ids(v, str(t), n) for t, v in tiers.items()}
-    ids = whole_set_tiers(plan, ids)
-    plan = plan.validate(ids)
-
-    owner = torch.full((n,), -1, dtype=torch.long)  # which tier each train id belongs to
-    names = list(ids)
-    for j, t in enumerate(names):
-        clash = ids[t][owner[ids[t]] >= 0]
-        if len(clash):
-            other = names[int(owner[clash[0]])]
-            raise PlanError(f"tiers {other!r} and {t!r} share ids {clash[:10].tolist()}; tiers must be disjoint")
-        owner[ids[t]] = j
-    earlier = torch.zeros(n, dtype=torch.bool)
-    if forgotten is not None:
-        earlier[_tier_ids(forgotten, "forgotten", n)] = True
-        again = torch.nonzero(earlier & (owner >= 0)).flatten()
-        if len(again):
-            raise PlanError(f"ids {again[:10].tolist()} were forgotten by an earlier request and are in a tier again; "
-                            f"leave them out of the tiers (they are no longer in the model's training data)")
-    forgotten_all = (owner >= 0) | earlier
-    check_something_retained(int(forgotten_all.sum()), n, what="the tiers and earlier requests", error=PlanError)
-
+    n, data = task.n_train, task.data
     started = getattr(callbacks, "step_started", None)
     finished = getattr(callbacks, "step_finished", None)
     current, records = model, []
-    excluded = earlier.clone()
-    sizes = [len(ids[step.tier]) for step in plan.steps]
+    excluded = task.forgotten  # shrinking retain: what is out of retain so far
+    sizes = [len(task.tiers[step.tier]) for step in plan.steps]
     spent = 0
     for k, step in enumerate(plan.steps):
-        forget = ids[step.tier]
-        excluded[forget] = True
-        retain_mask = ~(forgotten_all if plan.retain_mode == "exclude_all" else excluded)
-        retain = torch.nonzero(retain_mask).flatten()
+        forget = task.tiers[step.tier]
+        excluded = np.union1d(excluded, forget)
+        retain = task.retain_ids(None if plan.retain_mode == "exclude_all" else excluded)
         log = started(k, step, len(forget), len(retain)) if started is not None else None
-        unlearn = UnlearnData(data, forget, retain, recipe=recipe, augment=augment)
+        unlearn = task.unlearn_data(forget, retain)
         limit = None
         if budget is not None and not is_exact(step.algorithm):
             left = max(budget.passes - spent, 0)
@@ -713,7 +701,7 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
         meter = ComputeMeter(limit, unit=None if budget is None else budget.original_passes)
         t0 = time.perf_counter()
         try:
-            current = run_algorithm(step.algorithm, current, unlearn, step.hyperparameters, seed=seed + k, log=log,
+            current = run_validated(step.algorithm, current, unlearn, step.hyperparameters, seed=seed + k, log=log,
                                     meter=meter)
             if data.device.type == "cuda":
                 torch.cuda.synchronize(data.device)
@@ -727,8 +715,9 @@ def run_rum(model: nn.Module, data: ImageData, tiers: Mapping[str, Any], plan: P
         seconds = time.perf_counter() - t0
         spent += meter.train_passes
         record = StepRecord(k, step.tier, step.algorithm, dict(step.hyperparameters), seed + k,
-                            forget.clone(), retain, seconds, meter.train_passes, meter.eval_passes, limit,
-                            meter.stopped_at_limit)
+                            torch.as_tensor(np.array(forget), dtype=torch.long),
+                            torch.as_tensor(retain, dtype=torch.long), seconds, meter.train_passes,
+                            meter.eval_passes, limit, meter.stopped_at_limit)
         records.append(record)
         if finished is not None:
             finished(k, step, record, current)

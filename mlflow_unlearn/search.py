@@ -37,7 +37,7 @@ from .algorithms import ALGORITHMS, default_search_algorithms
 from .compute import DEFAULT_BUDGET
 from .forget_sets import calibration_forget_sets
 from .memorization import DEFAULT_TIERS, MemorizationError
-from .metrics import evaluate_unlearning, mia_auc, outputs_for
+from .metrics import evaluate_unlearning, mia_auc, split_outputs
 from .plots import cost_quality
 from .rum import Plan
 from .tracking import TAG, Role, Tag
@@ -205,7 +205,7 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = references.DEFAULT_
     keep[ctx.forgotten_before] = False
     retain = np.flatnonzero(keep)
     refs = [Reference.build(run.model, c.data, c.forget.ids, c.tiers, seconds=run.seconds, heldout=c.data.val,
-                            name=f"calibration-{j + 1}", retain_ids=retain) for j, c in enumerate(contexts)]
+                            name=f"calibration-{j + 1}", retain_ids=retain, task=c.task) for j, c in enumerate(contexts)]
     q = _rank_quantiles(c_proxy)
     distance = float(np.mean([np.mean(np.abs(np.sort(q[ids]) - np.sort(q[ctx.forget.ids]))) for ids in sets]))
     spread = None
@@ -213,7 +213,7 @@ def prepare_calibration(ctx: request.ForgetContext, k: int = references.DEFAULT_
         _, second = references.calibration_reference(ctx, spec, seed=references.CALIBRATION_SEED + 1, progress=True)
         per_set = []
         for ref in refs:
-            again = outputs_for(second.model, ctx.data, ref.forget_ids, retain, heldout=ref.heldout)
+            again = split_outputs(second.model, ctx.data, ref.forget_ids, retain, heldout=ref.heldout)
             tier_pos = ref.tier_positions()
             other = evaluate_unlearning(again, ref.outputs, tiers=tier_pos, seed=ctx.seed)
             same = evaluate_unlearning(ref.outputs, ref.outputs, tiers=tier_pos, seed=ctx.seed)

@@ -27,7 +27,7 @@ from .models import build_model, validate_model_name
 from .plots import c_proxy_histogram
 from .references import build_calibration_reference, retrain
 from .request import ForgetContext, ResolvedPlan, log_forget_set, prepare, resolve_plan
-from .rum import run_rum, single_algorithm_plan
+from .rum import execute_plan, single_algorithm_plan
 from .runs import StepResult, project_run
 from .tracking import TAG, Role, Tag
 from .training import TrainConfig, accuracy, resolve_device, train_model
@@ -187,7 +187,7 @@ def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = N
 def _apply_plan(ctx: ForgetContext, resolved: ResolvedPlan, *, role: str, algorithm: str, run_name: str,
                 model_name: str, params: dict, register: bool, how: str, tier_runs: bool,
                 extra_tags: dict[str, str] | None = None) -> StepResult:
-    """The one executor of `unlearn` and `rum`: a run, `rum.run_rum` over the request's tiers, the
+    """The one executor of `unlearn` and `rum`: a run, `rum.execute_plan` on the request's task, the
     logged model, and (when asked) a registered version tagged with the applied plan."""
 
     plan = resolved.plan
@@ -200,9 +200,8 @@ def _apply_plan(ctx: ForgetContext, resolved: ResolvedPlan, *, role: str, algori
         tracking.log_params(params)
         callbacks = _TierRuns(ctx) if tier_runs else _ThisRun()
         try:
-            result = run_rum(ctx.source.model.to(ctx.data.device), ctx.data, ctx.tiers, plan, seed=ctx.seed,
-                             callbacks=callbacks, recipe=ctx.recipe(), forgotten=ctx.forgotten_before,
-                             budget=ctx.budget)
+            result = execute_plan(ctx.source.model.to(ctx.data.device), ctx.task, plan, seed=ctx.seed,
+                                  callbacks=callbacks, budget=ctx.budget)
         except BaseException:
             callbacks.abort()
             raise

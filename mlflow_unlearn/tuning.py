@@ -61,12 +61,14 @@ from .metrics import (
     MetricInputError,
     evaluate_unlearning,
     floor_key,
+    split_outputs,
     objective as metric_objective,
     objectives as metric_objectives,
     outputs_for,
 )
-from .rum import ALL_TIER, Plan, PlanStep, run_rum
+from .rum import ALL_TIER, Plan, PlanStep, ValidatedPlan, execute_plan
 from .statistics import mean_ci_row, metric_range
+from .task import UnlearnTask
 from .training import TrainConfig, retrain_from_scratch
 
 TOW_COST = "tow+cost"  # two objectives: ToW up, compute (cost/train_fraction) down: a Pareto front
@@ -139,21 +141,36 @@ class Reference:
     heldout: Any = None
     name: str = ""
     retain_ids: np.ndarray | None = None
+    task: UnlearnTask | None = None  # the checked task a plan runs on (`build` makes it)
 
     @classmethod
     def build(cls, model: nn.Module, data, forget_ids, tiers: Mapping[str, Any], *, seconds: float = float("nan"),
-              heldout=None, name: str = "", retain_ids=None) -> "Reference":
+              heldout=None, name: str = "", retain_ids=None, task: UnlearnTask | None = None) -> "Reference":
+        """`tiers` (name -> ids; their union is `forget_ids`) are checked once here
+        (`UnlearnTask.build`) unless `task` is the request's checked task already. `retain_ids`
+        (default: train minus the forget set) comes from the same caller: a calibration pool's
+        complement."""
+        if task is None:
+            task = UnlearnTask.build(data, tiers, error=SearchError)
         ids = np.sort(np.asarray(forget_ids, dtype=np.int64))
-        retain = None if retain_ids is None else np.sort(np.asarray(retain_ids, dtype=np.int64))
-        outputs = outputs_for(model, data, ids, retain, heldout=heldout)
-        return cls(ids, {k: np.asarray(v, dtype=np.int64) for k, v in tiers.items()}, model, outputs, seconds,
-                   heldout, name, retain)
+        retain = task.retain_ids(ids) if retain_ids is None else np.sort(np.asarray(retain_ids, dtype=np.int64))
+        outputs = split_outputs(model, data, ids, retain, heldout=heldout)
+        return cls(ids, dict(task.tiers), model, outputs, seconds, heldout, name, retain, task)
 
     def tier_positions(self) -> dict[str, np.ndarray]:
         return {t: np.searchsorted(self.forget_ids, ids) for t, ids in self.tiers.items()}
 
     def outputs_of(self, model: nn.Module, data) -> dict:
-        return outputs_for(model, data, self.forget_ids, self.retain_ids, heldout=self.heldout)
+        if self.retain_ids is None:  # a Reference made without `build`: its ids go through the check
+            return outputs_for(model, data, self.forget_ids, None, heldout=self.heldout)
+        return split_outputs(model, data, self.forget_ids, self.retain_ids, heldout=self.heldout)
+
+    def run(self, model: nn.Module, data, plan: ValidatedPlan, *, seed: int, recipe=None, budget=None):
+        """`plan` (validated for these tiers) from `model` on this reference's task."""
+        task = self.task if self.task is not None else UnlearnTask.build(data, self.tiers, error=SearchError)
+        if recipe is not None:
+            task = dataclasses.replace(task, recipe=recipe)
+        return execute_plan(model, task, plan, seed=seed, budget=budget)
 
     def evaluate(self, model: nn.Module, data, *, seed: int = 0, metrics: Sequence[str] | None = None) -> dict[str, float]:
         """Every metric of `model` against this reference (see `metrics.evaluate_unlearning`)."""
@@ -326,10 +343,10 @@ class CalibrationScorer:
         `report(j, mean_so_far)` is called after each set (pruning); Diverged on non-finite output."""
         per_set: list[dict[str, float]] = []
         seconds, costs = [], []
+        plan = Plan.parse(plan).validate(self.references[0].tiers)  # once per plan: every set has these tiers
         for j, ref in enumerate(self.references):
             try:
-                result = run_rum(self.model, self.data, ref.tiers, plan, seed=self.seed, recipe=self.recipe,
-                                 budget=self.budget)
+                result = ref.run(self.model, self.data, plan, seed=self.seed, recipe=self.recipe, budget=self.budget)
                 if not _finite_model(result.model):
                     raise Diverged(f"non-finite weights after {plan.to_compact()} on calibration set {j + 1}")
                 m = ref.evaluate(result.model, self.data, seed=self.seed, metrics=self.metrics)
@@ -669,8 +686,9 @@ def report_plan(name: str, model: nn.Module, data, reference: Reference, plan: P
         raise SearchError("report_plan needs at least one unlearning seed")
     original = _predictions(reference.outputs_of(model, data))
     rows, kept, unchanged = [], [], True
+    plan = Plan.parse(plan).validate(reference.tiers)
     for s in seeds:
-        result = run_rum(model, data, reference.tiers, plan, seed=int(s), recipe=recipe, budget=budget)
+        result = reference.run(model, data, plan, seed=int(s), recipe=recipe, budget=budget)
         outputs = reference.outputs_of(result.model, data)
         unchanged = unchanged and all(np.array_equal(p, original[k]) for k, p in _predictions(outputs).items())
         m = evaluate_unlearning(outputs, reference.outputs, tiers=reference.tier_positions(), seed=eval_seed,

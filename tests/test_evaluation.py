@@ -56,7 +56,7 @@ def test_retain_leaves_out_what_earlier_requests_forgot(source_model):
     _, uri = source_model
     ctx = request.prepare(uri, [0, 1, 2])
     earlier = np.arange(10, 40)
-    later = dataclasses.replace(ctx, forgotten_before=earlier, cache={})
+    later = dataclasses.replace(ctx, task=dataclasses.replace(ctx.task, forgotten=earlier), cache={})
     n_train = len(ctx.data.train)
     assert len(evaluation.outputs_of(ctx, ctx.source.model)["retain"].labels) == n_train - 3
     assert len(evaluation.outputs_of(later, ctx.source.model)["retain"].labels) == n_train - 3 - len(earlier)

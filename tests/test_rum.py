@@ -384,14 +384,26 @@ def test_single_algorithm_plan_over_tiers():
     assert plan.validate(TIERS3).retain_mode == "shrinking"
 
 
-def test_a_plan_validated_at_the_edge_is_trusted_below_for_the_same_tiers():
+def test_a_validated_plan_is_its_own_type_and_the_executor_takes_only_that():
+    """`Plan.validate` returns a ValidatedPlan (no check cached on a plain Plan); `execute_plan` runs
+    only that, on a task with the tiers it was validated for."""
+    from mlflow_unlearn.rum import ValidatedPlan, execute_plan
+    from mlflow_unlearn.task import UnlearnTask
+
     plan = Plan.parse("low=none;mid=finetune(epochs=1);high=neggrad_plus")
     checked = plan.validate(["low", "mid", "high"])
-    assert checked.validate(["low", "mid", "high"]) is checked  # run_rum and the steps below: no second check
-    assert checked.validate({"low": [1], "mid": [2], "high": [3]}) is checked
-    assert checked == plan.validate(["low", "mid", "high"]) and plan.validate(["low", "mid", "high"]) is not plan
+    assert isinstance(checked, ValidatedPlan) and not isinstance(plan, ValidatedPlan)
+    assert checked.for_tiers == ("low", "mid", "high") and checked.steps[1].hyperparameters["lr"] > 0  # completed
+    assert checked == plan.validate(["low", "mid", "high"]) and checked.validate(["low", "mid", "high"]) is not checked
     with pytest.raises(PlanError, match="'high'"):
-        checked.validate({"low": [1], "mid": [2], "high": []})  # an empty tier is still the caller's error
-    with pytest.raises(PlanError, match="unknown tier 'high'"):
-        checked.validate(["low", "mid"])  # other tiers: checked again
-    assert Plan.from_dict(checked.to_dict()).validate(["low", "mid", "high"]) == checked  # a read-back plan: checked
+        checked.validate({"low": [1], "mid": [2], "high": []})  # an empty tier is the caller's error
+    assert Plan.from_dict(checked.to_dict()).validate(["low", "mid", "high"]) == checked  # a read-back plan
+    data = load_dataset(DatasetSpec("digits", subset=60))
+    model = build_model("small_cnn", num_classes=10, input_shape=data.input_shape, seed=0, width=4)
+    task = UnlearnTask.build(data, {"low": [1, 2], "mid": [3, 4]})
+    with pytest.raises(TypeError, match="ValidatedPlan"):
+        execute_plan(model, task, plan)
+    with pytest.raises(PlanError, match=r"tiers \['low', 'mid', 'high'\].*validate it for this task"):
+        execute_plan(model, task, checked)
+    ran = execute_plan(model, task, Plan.parse("low=none;mid=none").validate(task.tiers))
+    assert [r.tier for r in ran.steps] == ["low", "mid"]

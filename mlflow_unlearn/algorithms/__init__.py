@@ -60,6 +60,7 @@ from ._base import (
     is_exact,
     progress_enabled,
     run_algorithm,
+    run_validated,
     seeded,
     validate_hyperparameters,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "hyperparameters",
     "progress_enabled",
     "run_algorithm",
+    "run_validated",
     "saliency_mask",
     "seeded",
     "validate_hyperparameters",

@@ -97,6 +97,15 @@ class UnlearnData:
             raise ValueError(f"ids {ids} are in both the forget and the retain set; the two must be disjoint")
 
     @classmethod
+    def trusted(cls, data: ImageData, forget_ids: torch.Tensor, retain_ids: torch.Tensor, *,
+                recipe: TrainRecipe | None = None, augment: bool = False) -> "UnlearnData":
+        """Ids derived from a checked task (`task.UnlearnTask.unlearn_data`): long tensors on the
+        data's device, disjoint, neither empty. Nothing is checked again."""
+        out = cls.__new__(cls)
+        out.data, out.forget_ids, out.retain_ids, out.recipe, out.augment = data, forget_ids, retain_ids, recipe, augment
+        return out
+
+    @classmethod
     def from_forget(cls, data: ImageData, forget_ids, *, recipe: TrainRecipe | None = None,
                     augment: bool = False) -> "UnlearnData":
         """Forget `forget_ids` (positions in `data.train`); retain = every other train example."""
@@ -318,12 +327,19 @@ def run_algorithm(name: str, model: nn.Module, data: UnlearnData, hyperparameter
     completed step is returned (`meter.stopped_at_limit`). Exact algorithms (`retrain`) are counted
     but not limited.
     """
-    fn = ALGORITHMS.get(name)
     params = validate_hyperparameters(name, hyperparameters)
     if not isinstance(data, UnlearnData):
         raise TypeError(f"data must be an UnlearnData (see UnlearnData.from_forget), got {type(data).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return run_validated(name, model, data, params, seed=seed, log=log, meter=meter)
+
+
+def run_validated(name: str, model: nn.Module, data: UnlearnData, params: Mapping[str, Any], *, seed: int = 0,
+                  log: MetricLogger | None = None, meter: ComputeMeter | None = None) -> nn.Module:
+    """`run_algorithm` for hyperparameters already validated and completed (a `rum.ValidatedPlan`'s
+    step) on data from a checked task: nothing is checked again."""
+    fn = ALGORITHMS.get(name)
     meter = meter if meter is not None else ComputeMeter()
     home = _device_of(model, data.device)
     was_training = model.training

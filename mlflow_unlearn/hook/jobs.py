@@ -45,6 +45,7 @@ from .config import HookConfig
 from ..data import DatasetError
 from ..forget_sets import ForgetSetError
 from ..memorization import MemorizationError
+from ..ids import check_no_repeats
 from ..models import ModelError
 from ..metrics import shown_keys
 from ..rum import PlanError
@@ -280,8 +281,6 @@ def _read(uri: str, owner: str | None = None, client: MlflowClient | None = None
     checked here: a merged job's union would hide them). With `owner` (`name/version`): a URI naming
     a request run made for another registered model is refused before it is read (another version of
     the same model may hand its request on, as a version registered with the tag does)."""
-    import numpy as np
-
     if owner is not None and client is not None:
         other = ledger.request_run_owner(client, uri)
         if other is not None and other.rsplit("/", 1)[0] != owner.rsplit("/", 1)[0]:
@@ -296,9 +295,7 @@ def _read(uri: str, owner: str | None = None, client: MlflowClient | None = None
         raise ForgetSetError(f"the forget set does not hold integer ids ({type(exc).__name__})") from None
     if len(req.ids) == 0:
         raise ForgetSetError("the forget set is empty (no ids); attach at least one training-set id")
-    uniq, counts = np.unique(req.ids, return_counts=True)
-    if (counts > 1).any():
-        raise ForgetSetError(f"the forget set repeats ids {uniq[counts > 1][:10].tolist()}; give each id once")
+    check_no_repeats(req.ids, what="the forget set", error=ForgetSetError)  # the range is checked on the union
     return req
 
 
