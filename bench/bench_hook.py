@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from mlflow_unlearn.rum import Plan
     from mlflow_unlearn.tracking import run_model_id
     from mlflow_unlearn.steps import train_step
-    from mlflow_unlearn.tracking import Tag
+    from mlflow_unlearn.tags import Tag
 
     workdir = Path(args.workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)

@@ -15,7 +15,7 @@ from .plots import tier_accuracy_chart
 from .references import retrain
 from .request import ForgetContext
 from .runs import StepResult, load_run_model, step_run
-from .tracking import Role, Tag
+from .tags import Role, Tag
 from .training import predict_logits
 from .tuning import Reference, noise_floor as floor_of
 

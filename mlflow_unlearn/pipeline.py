@@ -28,7 +28,7 @@ from .plots import method_comparison, tier_accuracy_chart
 from .rum import single_algorithm_plan
 from .memorization import DEFAULT_TIERS
 from .search import check_trials, prepare_calibration, search, search_algorithm
-from .tracking import Role, Tag
+from .tags import Role, Tag
 from .tuning import COMPOSED, Reference, check_n_trials, check_strategy, objective_directions, report_plan
 
 # The baselines `main` compares RUM with by default, and so RUM's search space (with `none`): the

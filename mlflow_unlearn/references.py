@@ -25,7 +25,7 @@ from .memorization import DEFAULT_TIERS, train_bin_counts
 from .task import UnlearnTask
 from .request import ForgetContext, build_source_architecture, log_forget_set
 from .runs import StepResult, load_run_model
-from .tracking import Role, Tag
+from .tags import Role, Tag
 from .training import TrainConfig, retrain_from_scratch
 
 

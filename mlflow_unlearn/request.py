@@ -26,7 +26,7 @@ from .memorization import DEFAULT_TIERS, train_bin_counts
 from .models import build_model
 from .rum import Plan, PlanError, default_plan
 from .task import UnlearnTask
-from .tracking import Tag
+from .tags import Tag
 from .training import TrainConfig, resolve_device
 
 

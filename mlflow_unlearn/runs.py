@@ -11,7 +11,7 @@ import mlflow
 import torch
 
 from . import tracking
-from .tracking import Tag
+from .tags import Role, Tag
 
 
 @contextlib.contextmanager
@@ -67,7 +67,7 @@ def methods_view_state(pipeline_run_id: str) -> dict:
     """The run table of one `main` run's methods: one row per method (the nested evaluate runs,
     shown flat by the filter), best ToW first, with ToW, MIA gap, forget accuracy and cost."""
     return {"searchFilter": f"tags.`mlflow.parentRunId` = '{pipeline_run_id}' and "
-                            f"tags.`{Tag.ROLE}` = '{tracking.Role.EVALUATE}'",
+                            f"tags.`{Tag.ROLE}` = '{Role.EVALUATE}'",
             "orderByKey": "metrics.`tow`", "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active",
             "datasetsFilter": [], "modelVersionFilter": "All Runs",
             "selectedColumns": [f"metrics.`{k}`" for k in METHOD_COLUMNS],

@@ -40,7 +40,7 @@ from .memorization import DEFAULT_TIERS, MemorizationError
 from .metrics import evaluate_unlearning, mia_auc, split_outputs
 from .plots import cost_quality
 from .rum import Plan
-from .tracking import TAG, Role, Tag
+from .tags import TAG, Role, Tag, plan_tag_value
 from .compose import KnownTrial, add_known_trials, compose_arms, compose_search
 from .tuning import (
     COMPOSED,
@@ -562,7 +562,7 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
         mlflow.MlflowClient().log_metric(run_id, "cost/tuning_train_fraction", round(tuning_cost, 6))
     if attach:
         client = mlflow.MlflowClient()
-        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, tracking.plan_tag_value(plan.to_dict()))
+        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, plan_tag_value(plan.to_dict()))
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, run_id)
         # the tags are for machines (the hook reads them); the description says the same for people
         readable = plan.to_compact(3).replace(";", "; ").replace(",", ", ")

@@ -29,7 +29,7 @@ from .references import build_calibration_reference, retrain
 from .request import ForgetContext, ResolvedPlan, log_forget_set, prepare, resolve_plan
 from .rum import execute_plan, single_algorithm_plan
 from .runs import StepResult, project_run
-from .tracking import TAG, Role, Tag
+from .tags import TAG, Role, Tag, plan_tag_value
 from .training import TrainConfig, accuracy, resolve_device, train_model
 
 
@@ -191,7 +191,7 @@ def _apply_plan(ctx: ForgetContext, resolved: ResolvedPlan, *, role: str, algori
     logged model, and (when asked) a registered version tagged with the applied plan."""
 
     plan = resolved.plan
-    applied = tracking.plan_tag_value(plan.to_dict())  # too long for a tag: an error now, not a broken tag later
+    applied = plan_tag_value(plan.to_dict())  # too long for a tag: an error now, not a broken tag later
     with mlflow.start_run(run_name=run_name, nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({**ctx.tags(role), Tag.ALGORITHM: algorithm, Tag.PLAN_NAME: plan.name or "",
                          Tag.PLAN_SOURCE: resolved.source[:500], **(extra_tags or {})})

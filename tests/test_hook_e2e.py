@@ -119,7 +119,7 @@ def env(tmp_path_factory, sqlite_template):
     from mlflow_unlearn.hook.webhooks import install_webhook
     from mlflow_unlearn.rum import Plan
     from mlflow_unlearn.steps import train_step
-    from mlflow_unlearn.tracking import Tag
+    from mlflow_unlearn.tags import Tag
 
     workdir = tmp_path_factory.mktemp("hook")
     shutil.copy(sqlite_template, workdir / "mlflow.db")
@@ -489,7 +489,7 @@ def test_requests_accumulate_on_the_served_version(env):
 
     from mlflow_unlearn import tracking
     from mlflow_unlearn.hook.attach import attach
-    from mlflow_unlearn.tracking import Tag
+    from mlflow_unlearn.tags import Tag
 
     client = env.client
     v1 = env.new_version()
@@ -538,7 +538,7 @@ def test_a_request_on_the_serving_alias_follows_it_and_promotes_the_result(env, 
 
     from mlflow_unlearn import tracking
     from mlflow_unlearn.hook.attach import attach
-    from mlflow_unlearn.tracking import Tag
+    from mlflow_unlearn.tags import Tag
 
     served = "hooktiny-served"
     client = env.client
@@ -603,6 +603,7 @@ def test_requests_waiting_on_a_version_are_merged_into_one_job(env, tmp_path):
     import mlflow
 
     from mlflow_unlearn import tracking
+    from mlflow_unlearn.tags import Tag
     from mlflow_unlearn.hook.attach import attach, wait_for
 
     merged_model = "hooktiny-merge"
@@ -629,7 +630,7 @@ def test_requests_waiting_on_a_version_are_merged_into_one_job(env, tmp_path):
     assert state.status == ledger.DONE and ledger.MERGED_TAG not in state.tags
     union = sorted({*range(60, 66), *range(70, 76), 80, 81, 82, 83})
     mv = client.get_model_version(merged_model, result)
-    assert tracking.read_lineage(client, mv)[0].forgotten.tolist() == union and mv.tags[tracking.Tag.N_FORGET] == "16"
+    assert tracking.read_lineage(client, mv)[0].forgotten.tolist() == union and mv.tags[Tag.N_FORGET] == "16"
     assert json.loads(mv.tags[ledger.MERGED_TAG]) == [c_uri, a.uri, b.uri]
     report = json.loads(mlflow.artifacts.load_text(mv.tags[ledger.EVIDENCE_TAG]))
     assert report["forget"]["requests"] == [c_uri, a.uri, b.uri]
@@ -659,7 +660,7 @@ def test_a_result_that_fails_the_gate_escalates_to_an_exact_retrain(env, tmp_pat
     from mlflow_unlearn import tracking
     from mlflow_unlearn.hook.attach import attach
     from mlflow_unlearn.rum import Plan
-    from mlflow_unlearn.tracking import Tag
+    from mlflow_unlearn.tags import Tag
 
     gated = "hooktiny-gated"
     client = env.client
@@ -728,7 +729,7 @@ def test_a_rerun_repairs_what_a_crash_after_registering_left_unwritten(env, tmp_
     import mlflow
 
     from mlflow_unlearn.hook.attach import attach
-    from mlflow_unlearn.tracking import Tag
+    from mlflow_unlearn.tags import Tag
 
     jobs = _in_process_jobs(env, tmp_path, QUIET)
     client = env.client

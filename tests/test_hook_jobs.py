@@ -14,7 +14,7 @@ def test_only_named_or_opted_in_models_are_watched(tracking, tmp_path):
     from mlflow import MlflowClient
 
     from mlflow_unlearn.hook import job_queue, jobs
-    from mlflow_unlearn.tracking import Tag
+    from mlflow_unlearn.tags import Tag
 
     client = MlflowClient()
     for name in ("named", "opted-in", "other"):

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from mlflow_unlearn import references, request
 from mlflow_unlearn.evaluation import forget_tier_accuracy
-from mlflow_unlearn.tracking import Role, Tag
+from mlflow_unlearn.tags import Role, Tag
 
 
 def retrain_runs():

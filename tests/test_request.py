@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 
 from mlflow_unlearn import request
 from mlflow_unlearn.rum import PlanError, default_plan
-from mlflow_unlearn.tracking import Tag
+from mlflow_unlearn.tags import Tag
 
 FORGET = "mix:30"
 

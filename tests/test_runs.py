@@ -4,7 +4,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from mlflow_unlearn import runs
-from mlflow_unlearn.tracking import Role, Tag
+from mlflow_unlearn.tags import Role, Tag
 
 
 def test_outside_mlflow_run_each_step_is_its_own_run_nested_under_an_active_one(tracking):

@@ -16,7 +16,7 @@ from mlflow_unlearn import request
 from mlflow_unlearn import references, search, steps, tuning
 from mlflow_unlearn.algorithms import ALGORITHMS
 from mlflow_unlearn.rum import Plan
-from mlflow_unlearn.tracking import Tag
+from mlflow_unlearn.tags import Tag
 
 FORGET = "mix:30"
 

@@ -87,7 +87,7 @@ def test_the_hook_path_checks_a_requests_ids_once(source_model, monkeypatch, tmp
     from mlflow_unlearn.hook.attach import attach
     from mlflow_unlearn.hook.config import HookConfig
     from mlflow_unlearn.rum import Plan
-    from mlflow_unlearn.tracking import Tag
+    from mlflow_unlearn.tags import Tag
 
     tracking_uri, model_uri = source_model
     name, version = model_uri.split("/")[-2:]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import ledger
 from .. import evaluation, references, steps
 from ..compute import Budget
-from ..tracking import Tag
+from ..tags import Tag
 from .config import HookConfig
 
 log = logging.getLogger("mlflow_unlearn.hook")

@@ -32,7 +32,8 @@ from . import ledger
 from .. import tracking
 from ..forget_sets import ForgetSet, ForgetSetError, forget_digest, is_spec, load_forget_set, read_ids_and_digest
 from ..request import resolve_forget_source
-from ..tracking import MissingArtifactError, Role, Tag
+from ..tracking import MissingArtifactError
+from ..tags import Role, Tag
 
 MANIFEST_PATH = "manifest/train_manifest.json"
 NO_MANIFEST_FIX = ("attach needs a version logged by `mlflow-unlearn train` (or one whose run has "

@@ -49,7 +49,8 @@ from ..ids import check_no_repeats
 from ..models import ModelError
 from ..metrics import shown_keys
 from ..rum import PlanError
-from ..tracking import TAG, MissingArtifactError, ModelURIError, Role, Tag
+from ..tracking import MissingArtifactError, ModelURIError
+from ..tags import TAG, Role, Tag, plan_tag_value
 
 log = logging.getLogger("mlflow_unlearn.hook")
 
@@ -457,7 +458,7 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
             Tag.REQUEST_VERSION: job.version,
             Tag.GATE: gated.path, Tag.GATE_CHECKS: gated.checks_tag(),
             Tag.RUN_ID: run_id, Tag.N_FORGET: str(len(ctx.forget)),
-            Tag.APPLIED_PLAN: tracking.plan_tag_value(plan.to_dict()), Tag.PLAN_SOURCE: plan_source[:500],
+            Tag.APPLIED_PLAN: plan_tag_value(plan.to_dict()), Tag.PLAN_SOURCE: plan_source[:500],
             ledger.METRICS_TAG: metrics_json[:ledger.MAX_TAG_VALUE], ledger.REQUEST_TAG: job.uri[:ledger.MAX_TAG_VALUE],
             ledger.EVIDENCE_TAG: f"runs:/{run_id}/evidence/report.json", **steps.cost_tags(result.cost),
             **({ledger.MERGED_TAG: _merged_list_tag(job.all_requests())} if job.merged else {}),

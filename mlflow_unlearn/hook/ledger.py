@@ -42,7 +42,9 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from ..tracking import TAG, Tag, retry_transient as _retry
+from ..tracking import retry_transient as _retry
+
+from ..tags import TAG, Tag
 
 FORGET_SET_TAG = Tag.FORGET_SET
 STATUS_TAG = Tag.STATUS

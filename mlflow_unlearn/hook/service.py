@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse
 
 from . import deliveries, job_queue, jobs, ledger
 from .. import tracking
+from ..tags import Tag
 from .config import HookConfig, is_redis
 from .reconcile import Reconciler
 from .signature import SignatureError, verify
@@ -186,7 +187,7 @@ def serve(config: HookConfig, *, host: str = "127.0.0.1", port: int = 8765, log_
         log.warning(warning)
     if not config.models:
         log.warning("no --models: only registered models tagged %s=true are watched (--models '*' watches all)",
-                    tracking.Tag.HOOK_WATCH)
+                    Tag.HOOK_WATCH)
     h = jobs.configure(config)
     tracking.connect(config.tracking_uri)
     consumer = job_queue.make_consumer(h, config)
