@@ -23,7 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 
-from .rum import ALL_TIER, Plan, PlanStep
+from .plans import Plan, PlanStep
+from .task import ALL_TIER
 from .tuning import (
     CalibrationScorer,
     TrialObserver,

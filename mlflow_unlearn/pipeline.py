@@ -25,7 +25,7 @@ from .data import validate_dataset_name
 from .metrics import METRICS, floor_key, shown_keys
 from .statistics import paired_test
 from .plots import method_comparison, tier_accuracy_chart
-from .rum import single_algorithm_plan
+from .plans import single_algorithm_plan
 from .memorization import DEFAULT_TIERS
 from .search import check_trials, prepare_calibration, search, search_algorithm
 from .tags import Role, Tag

@@ -24,7 +24,7 @@ from .ids import check_something_retained
 from .lineage import Lineage
 from .memorization import DEFAULT_TIERS, train_bin_counts
 from .models import build_model
-from .rum import Plan, PlanError, default_plan
+from .plans import Plan, PlanError, default_plan
 from .task import UnlearnTask
 from .tags import Tag
 from .training import TrainConfig, resolve_device
@@ -185,7 +185,7 @@ def build_source_architecture(source: "tracking.SourceModel | ForgetContext", se
 class ResolvedPlan:
     """A plan checked against the request's tiers, and where it came from (tagged on the result)."""
 
-    plan: Any  # rum.Plan
+    plan: Any  # plans.ValidatedPlan
     source: str
 
 
@@ -195,7 +195,7 @@ PLAN_POLICIES = ("error", "default")
 def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") -> ResolvedPlan:
     """The one plan resolution, for the CLI, `main` and the registry hook alike.
 
-    `spec`: a `Plan`; `default` (`rum.default_plan` for the request's tiers); `registered` (the
+    `spec`: a `Plan`; `default` (`plans.default_plan` for the request's tiers); `registered` (the
     searched plan on the source's registered model, tag `mlflow_unlearn.searched_plan`); `auto`
     (registered if the model has one, else default); or a file / JSON / YAML / compact string.
 

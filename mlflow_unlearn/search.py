@@ -39,7 +39,7 @@ from .forget_sets import calibration_forget_sets
 from .memorization import DEFAULT_TIERS, MemorizationError
 from .metrics import evaluate_unlearning, mia_auc, split_outputs
 from .plots import cost_quality
-from .rum import Plan
+from .plans import Plan
 from .tags import TAG, Role, Tag, plan_tag_value
 from .compose import KnownTrial, add_known_trials, compose_arms, compose_search
 from .tuning import (

@@ -27,7 +27,8 @@ from .models import build_model, validate_model_name
 from .plots import c_proxy_histogram
 from .references import build_calibration_reference, retrain
 from .request import ForgetContext, ResolvedPlan, log_forget_set, prepare, resolve_plan
-from .rum import execute_plan, single_algorithm_plan
+from .plans import single_algorithm_plan
+from .rum import execute_plan
 from .runs import StepResult, project_run
 from .tags import TAG, Role, Tag, plan_tag_value
 from .training import TrainConfig, accuracy, resolve_device, train_model

@@ -53,7 +53,7 @@ class Tag:
     UNCHANGED = TAG + "unchanged"  # a method whose predictions equal the original's
     DATASET_INPUT_ERROR = TAG + "dataset_input_error"
     # plans: the searched plan lives on the registered model, the applied plan on a version or run
-    # (both `rum.Plan.to_dict()` JSON, readable by `Plan.from_dict`)
+    # (both `plans.Plan.to_dict()` JSON, readable by `Plan.from_dict`)
     SEARCHED_PLAN = TAG + "searched_plan"  # on a registered model: what `search` found, reused by later requests
     SEARCHED_PLAN_RUN = TAG + "searched_plan_run"  # the search run that found it
     APPLIED_PLAN = TAG + "applied_plan"  # on a version: the plan that produced it

@@ -23,7 +23,7 @@ from .data import ImageData
 from .ids import check_something_retained, train_ids
 from .memorization import DEFAULT_TIERS, cut_tiers
 
-ALL_TIER = "all"  # the one tier of a whole-set plan (rum.ALL_TIER)
+ALL_TIER = "all"  # the one tier of a whole-set plan
 
 
 def _frozen(ids: np.ndarray) -> np.ndarray:

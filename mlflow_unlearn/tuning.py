@@ -66,7 +66,9 @@ from .metrics import (
     objectives as metric_objectives,
     outputs_for,
 )
-from .rum import ALL_TIER, Plan, PlanStep, ValidatedPlan, execute_plan
+from .plans import Plan, PlanStep, ValidatedPlan
+from .rum import execute_plan
+from .task import ALL_TIER
 from .statistics import mean_ci_row, metric_range
 from .task import UnlearnTask
 from .training import TrainConfig, retrain_from_scratch

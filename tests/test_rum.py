@@ -11,9 +11,9 @@ from mlflow_unlearn.algorithms import ALGORITHMS, UnlearnData, hyperparameters, 
 from mlflow_unlearn.data import DatasetSpec, load_dataset
 from mlflow_unlearn.models import build_model
 from mlflow_unlearn.progress import ListLogger
+from mlflow_unlearn.memorization import DEFAULT_TIERS
 from mlflow_unlearn.rum import (
     ALL_TIER,
-    DEFAULT_TIERS,
     Plan,
     PlanError,
     PlanStep,

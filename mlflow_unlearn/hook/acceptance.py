@@ -83,7 +83,7 @@ def gated_unlearning(job, cfg: HookConfig, ctx, resolved, before: dict, request_
     run (tagged mlflow_unlearn.gate); the last one's run is the job run."""
     from ..gate import GateThresholds
     from ..request import ResolvedPlan
-    from ..rum import single_algorithm_plan, stronger_plan
+    from ..plans import single_algorithm_plan, stronger_plan
 
     thresholds = GateThresholds.from_dict(cfg.gate)
     never_seen = references.never_seen_estimate(ctx)

@@ -15,7 +15,7 @@ A job for (model name, version):
 4. sets status running, loads the source version, validates the ids against its training manifest
    (a bad request ends as status rejected with the reason in mlflow_unlearn.error), and picks the
    plan: `request.resolve_plan(ctx, "auto", on_unfit="default")`: the registered model's searched plan
-   (tag mlflow_unlearn.searched_plan) when it fits the forget set's tiers, else `rum.default_plan`;
+   (tag mlflow_unlearn.searched_plan) when it fits the forget set's tiers, else `plans.default_plan`;
 5. unlearns with RUM (one MLflow run, role rum), evaluates the source and the unlearned model
    without a retrain (forget/retain/test accuracy, MIA efficacy and AUC against test, their change,
    disagreement with the source) plus ToW etc. when a cached retrained reference exists;
@@ -26,7 +26,6 @@ Any other exception ends as status failed with the error.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import traceback
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from . import acceptance, evidence, job_queue, ledger
+from . import acceptance, evidence, job_queue, ledger, promotion, repair, results
 from .job_locks import JobLocked, acquire_job_lock
 from .job_queue import current_config, enqueue
 from .. import evaluation, references, request, steps, tracking
@@ -48,7 +47,7 @@ from ..memorization import MemorizationError
 from ..ids import check_no_repeats
 from ..models import ModelError
 from ..metrics import shown_keys
-from ..rum import PlanError
+from ..plans import PlanError
 from ..tracking import MissingArtifactError, ModelURIError
 from ..tags import TAG, Role, Tag, plan_tag_value
 
@@ -342,8 +341,8 @@ def _run_locked(job: _Job, cfg: HookConfig, req) -> str:
         return f"skipped: already {state.status}"
     existing = ledger.find_results(job.client, job.name, job.version, digest)
     if existing:
-        repair_result(job, existing[0], digest)
-        promote(job, existing[0])
+        repair.repair_result(job, existing[0], digest)
+        promotion.promote(job, existing[0])
         return job.finish(ledger.DONE, result=existing[0], digest=digest)
     _end_orphan_runs(job, digest)
     # started_at before the status: a receiver's late `queued` write then always sees a started_at it
@@ -390,7 +389,7 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
 
 
     digest = req.digest
-    source_version = follow_alias(job)  # the tagged version, or the one its alias names now
+    source_version = promotion.follow_alias(job)  # the tagged version, or the one its alias names now
     # the ids read once by read_request, validated here against the source's training manifest
     ctx = request.prepare(f"models:/{job.name}/{source_version}", req.ids, seed=cfg.seed, device=cfg.device,
                           data_roots=list(cfg.data_roots),
@@ -442,8 +441,8 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
         reference=reference, reference_run=reference_run, times=times, reference_tier_acc=reference_tier_acc,
         cost=cost)
     report = evidence.build_report(**report_args, result={"version": None, "run_id": run_id})
-    _log_report(job.client, run_id, report)
-    _log_job_metrics(job.client, run_id, before, after, against_source, reference, times,
+    results.log_report(job.client, run_id, report)
+    results.log_job_metrics(job.client, run_id, before, after, against_source, reference, times,
                      {"cost/attempts_train_fraction": cost["attempts_train_fraction"]})
 
     # Register, exactly once per job key (see ledger.py).
@@ -452,8 +451,8 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
         job.client.set_tag(run_id, Tag.SUPERSEDED_BY, f"{job.name}/{existing[0]}")
         return job.finish(ledger.DONE, result=existing[0], digest=digest)
     headline = {k: (reference or after).get(k) for k in shown_keys()}  # what each metric declares (metrics.Shown)
-    metrics_json = json.dumps({"after": _finite(after), "before": _finite(before),
-                               **({"against_reference": _finite(reference)} if reference else {})})
+    metrics_json = json.dumps({"after": results.finite(after), "before": results.finite(before),
+                               **({"against_reference": results.finite(reference)} if reference else {})})
     tags = {**ctx.tags(Role.UNLEARN), Tag.ALGORITHM: gated.algorithm, ledger.SOURCE_VERSION_TAG: ctx.source.version,
             Tag.REQUEST_VERSION: job.version,
             Tag.GATE: gated.path, Tag.GATE_CHECKS: gated.checks_tag(),
@@ -474,10 +473,10 @@ def _unlearn_and_register(job: _Job, cfg: HookConfig, req) -> str:
         job.client.set_tag(run_id, Tag.SUPERSEDED_BY, f"{job.name}/{keep}")
         return job.finish(ledger.DONE, result=keep, digest=digest)
     job.client.set_tag(run_id, Tag.REGISTERED_VERSION, f"{job.name}/{mine}")
-    _describe(job, mine, ctx, plan, headline, run_id)
-    promote(job, mine)
+    results.describe(job, mine, ctx, plan, headline, run_id)
+    promotion.promote(job, mine)
     report["result"]["version"] = mine
-    _log_report(job.client, run_id, report)
+    results.log_report(job.client, run_id, report)
     return job.finish(ledger.DONE, result=mine, digest=digest)
 
 
@@ -488,71 +487,6 @@ def _merged_list_tag(uris: list[str]) -> str:
         return f"{len(uris)} requests; see the evidence, forget.requests"
 
 
-def follow_alias(job: _Job) -> str:
-    """The version a request applies to: the tagged one, or (tag mlflow_unlearn.follow_alias) the one
-    that alias names now, so a request attached to the serving alias accumulates on what is served
-    when the job runs, not when it was attached."""
-    alias = ledger.read_state(job.client, job.name, job.version).tags.get(Tag.FOLLOW_ALIAS)
-    if not alias:
-        return job.version
-    try:
-        served = job.client.get_model_version_by_alias(job.name, alias)
-    except MlflowException:
-        raise ForgetSetError(f"the request follows an alias that registered model {job.name!r} no longer has; set the "
-                             f"alias again, or attach to a version") from None
-    # Forgetting is monotone: an alias moved back to a version the hook moved it away from (a
-    # rollback) would serve again what a later version forgot. The hook tagged that version
-    # still_contains when it moved the alias; only the version number is read from the tag.
-    newest, seen = None, {str(served.version)}
-    tags = served.tags or {}
-    while (left := re.search(r"forgotten in version (\d+)", tags.get(Tag.STILL_CONTAINS, ""))) and left.group(1) not in seen:
-        newest = left.group(1)  # follow the alias's moves to the last version it was moved to
-        seen.add(newest)
-        try:
-            tags = job.client.get_model_version(job.name, newest).tags or {}
-        except MlflowException:
-            break
-    if newest is not None:
-        raise ForgetSetError(
-            f"the request follows the alias to version {served.version}, but the hook moved that alias from there on "
-            f"to version {newest}, which forgot examples version {served.version} still holds (the alias was moved "
-            f"back); attach the request to version {newest} or move the alias to it, or attach it to version "
-            f"{served.version} by --version to unlearn from that version on purpose")
-    return str(served.version)
-
-
-def promote(job: _Job, result: str) -> str | None:
-    """With tags follow_alias + promote=true: move the alias to `result` and tag the version it leaves
-    (which still contains the forgotten examples). Idempotent (a re-run finds the alias moved); an
-    alias someone moved elsewhere meanwhile is left alone. Returns what was done."""
-    tags = ledger.read_state(job.client, job.name, job.version).tags
-    alias = tags.get(Tag.FOLLOW_ALIAS)
-    if not alias or tags.get(Tag.PROMOTE) != "true":
-        return None
-    try:
-        mv = job.client.get_model_version(job.name, result)
-        source = (mv.tags or {}).get(Tag.SOURCE_VERSION)
-        try:
-            current = str(job.client.get_model_version_by_alias(job.name, alias).version)
-        except MlflowException:
-            current = None
-        if current == str(result):
-            return "already promoted"
-        if current not in (None, source):
-            log.warning("job %s/%s: alias %r moved to version %s meanwhile; not moving it to %s", job.name, job.version,
-                        alias, current, result)
-            return f"alias {alias} left on version {current}"
-        job.client.set_registered_model_alias(job.name, alias, str(result))
-        if source:
-            job.client.set_model_version_tag(job.name, source, Tag.STILL_CONTAINS, (
-                f"{_newly_forgotten(job.client, mv)} examples forgotten in version {result} (forget digest "
-                f"{(mv.tags or {}).get(Tag.FORGET_DIGEST, '')[:12]}...): alias {alias} moved there"))
-        return f"alias {alias} -> version {result}"
-    except MlflowException as exc:
-        log.warning("job %s/%s: could not promote alias %r to %s: %s", job.name, job.version, alias, result, exc)
-        return None
-
-
 def _how(plan, path: str) -> str:
     """What produced the version, as its lineage records it: an exact retrain, a stronger plan than
     the one resolved (the gate failed the first attempt), or the resolved RUM plan."""
@@ -561,111 +495,3 @@ def _how(plan, path: str) -> str:
     return "rum (stronger plan: the gate failed the first attempt)" if path == "escalated" else "rum"
 
 
-def _newly_forgotten(client: MlflowClient, mv) -> str:
-    """How many ids the result forgot that its source version still holds (its lineage's last entry:
-    ids an earlier request already removed are not counted again)."""
-    try:
-        return str(int(tracking.read_lineage(client, mv)[0].requests[-1]["n_new"]))
-    except Exception:  # a result without a readable lineage: the request's size, as tagged
-        return (mv.tags or {}).get(Tag.N_FORGET, "?")
-
-
-def repair_result(job: _Job, version: str, digest: str) -> list[str]:
-    """A worker killed between registering a result and finishing leaves the version registered (with
-    its tags: it is created in one call) but the rest unwritten: the job run's registered_version tag,
-    the evidence report (still `result.version: null`), the description and the `unlearned` alias.
-    The re-run that finds the version writes what is missing; returns what it repaired. Only a version
-    whose run is this job's (source model and forget digest match) is touched, and the report is JSON
-    (never unpickled)."""
-    import json
-
-    repaired = []
-    try:
-        mv = job.client.get_model_version(job.name, version)
-        run_id = (mv.tags or {}).get(Tag.RUN_ID)
-        if not run_id:
-            return repaired
-        run_tags = job.client.get_run(run_id).data.tags
-        made_from = (mv.tags or {}).get(Tag.SOURCE_VERSION, job.version)  # another version when an alias was followed
-        if (run_tags.get(Tag.SOURCE_MODEL) != f"{job.name}/{made_from}" or run_tags.get(Tag.FORGET_DIGEST) != digest
-                or run_tags.get(Tag.SUPERSEDED_BY)):
-            return repaired
-        if run_tags.get(Tag.REGISTERED_VERSION) != f"{job.name}/{version}":
-            job.client.set_tag(run_id, Tag.REGISTERED_VERSION, f"{job.name}/{version}")
-            repaired.append("run tag registered_version")
-        try:
-            import mlflow
-
-            text = mlflow.artifacts.load_text(f"runs:/{run_id}/evidence/report.json")
-            report = json.loads(text) if len(text) < 5_000_000 else None
-        except (MlflowException, OSError, ValueError):
-            report = None
-        if isinstance(report, dict) and isinstance(report.get("result"), dict) and report["result"].get("version") is None:
-            report["result"]["version"] = version
-            _log_report(job.client, run_id, report)
-            repaired.append("evidence result.version")
-        if not mv.description:
-            tags = mv.tags or {}
-            metrics = ", ".join(f"{k[len(TAG + 'metric.'):]} {v}" for k, v in sorted(tags.items())
-                                if k.startswith(TAG + "metric."))
-            text = (f"Version {job.version} with {tags.get(Tag.N_FORGET, '?')} training examples unlearned (forget digest "
-                    f"{digest[:12]}...) by the registry hook: RUM. {metrics}. Evidence: "
-                    f"runs:/{run_id}/evidence/report.json (run {run_id}). Finished by a re-run after an interrupted job.")
-            try:  # the alias goes to the newest result: leave it where a later request moved it
-                newer = int(job.client.get_model_version_by_alias(job.name, "unlearned").version) > int(version)
-            except MlflowException:
-                newer = False
-            tracking.describe_version(job.name, version, text, () if newer else ("unlearned",))
-            repaired.append("description" if newer else "description and alias")
-    except MlflowException as exc:  # cosmetic next to the ledger: the request is still answered
-        log.warning("could not repair %s/%s: %s", job.name, version, exc)
-    if repaired:
-        log.warning("job %s/%s: result version %s was registered by an interrupted run; repaired %s", job.name,
-                    job.version, version, ", ".join(repaired))
-    return repaired
-
-
-def _describe(job, version: str, ctx, plan, headline: dict, run_id: str) -> None:
-    """The result version's description (what was forgotten, how, headline metrics, the evidence)
-    and the `unlearned` alias. Cosmetic next to the tags the ledger relies on: a failure is logged,
-    not raised, so a registered result is never lost over its description."""
-    import numpy as np
-
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None and np.isfinite(v))
-    text = (f"Version {job.version} with {len(ctx.forget)} training examples unlearned (forget digest "
-            f"{ctx.forget.digest[:12]}..., per memorisation tier {ctx.histogram}) by the registry hook: RUM, plan "
-            f"{plan.to_compact()[:300]}. {metrics}. Evidence: runs:/{run_id}/evidence/report.json (run {run_id}).")
-    try:
-        tracking.describe_version(job.name, version, text, ("unlearned",))
-    except MlflowException as exc:
-        logging.getLogger(__name__).warning("could not describe %s/%s: %s", job.name, version, exc)
-
-
-def _finite(d: dict | None) -> dict:
-    import math
-
-    return {k: round(float(v), 6) for k, v in (d or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
-
-
-def _log_report(client: MlflowClient, run_id: str, report: dict) -> None:
-    client.log_dict(run_id, report, "evidence/report.json")
-    client.log_text(run_id, evidence.to_markdown(report), "evidence/report.md")
-    client.log_text(run_id, evidence.to_html(report), "evidence/report.html")
-    fig = evidence.tier_figure(report)
-    if fig is not None:
-        client.log_figure(run_id, fig, "evidence/tiers.png")
-
-
-def _log_job_metrics(client, run_id, before, after, against_source, reference, times, extra=None) -> None:
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    metrics = {**after, **{f"before/{k}": v for k, v in before.items()},
-               **{f"change/{k}": after[k] - before[k] for k in after if k in before and not k.startswith("tier/")},
-               **{f"vs_source/{k}": v for k, v in against_source.items()},
-               **({k: v for k, v in reference.items()} if reference else {}),
-               **{f"time/{k}": v for k, v in times.items() if k != "unlearn_s"}, **(extra or {})}
-    clean = _finite(metrics)
-    items = [Metric(k, v, ts, 0) for k, v in clean.items()]
-    for i in range(0, len(items), 500):
-        client.log_batch(run_id, metrics=items[i:i + 500])
