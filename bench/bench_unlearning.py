@@ -554,7 +554,7 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
     """The RUM plan and one tuned setting per baseline algorithm, each from a study of
     `scale.trials` trials on the calibration sets: the product's search (`mlflow_unlearn.search`),
     without MLflow. `composed` (default): the baselines' tunings first, then the per-tier coordinate
-    search over their settings (`tuning.compose_search`), with each tuned setting copied in; its
+    search over their settings (`compose.compose_search`), with each tuned setting copied in; its
     cost is the composition's trials plus every tuning's. `joint`: one study over every tier's
     algorithm and hyperparameters, before the tunings. `values` (optional) receives each space's
     best calibration ToW (selection only, never reported as a result)."""

@@ -1,4 +1,7 @@
-"""Choosing plans and hyperparameters without peeking: the MLflow-free core of the search.
+"""Optuna studies over plans: the MLflow-free core of the search. Scoring (`Reference`,
+`CalibrationScorer`) is in `scoring.py`, the spaces (`rum_candidates`, `algorithm_candidates`) in
+`candidates.py`, held-out reports (`report_plan`) in `reporting.py`; their names are re-exported
+here, where the search reads them.
 
 docs/design.md section 2, "Selection is not reporting": anything chosen by looking at scores is chosen
 on *calibration* forget sets (same tier composition as the request, disjoint from it and from each
@@ -45,33 +48,41 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-import numpy as np
 import optuna
-import torch
-from torch import nn
 
-from .algorithms import FloatRange, IntRange, search_space
-from .ids import check_something_retained, train_ids
 from .metrics import (
     BUILTIN_METRICS,
-    METRICS,
     MetricInputError,
-    evaluate_unlearning,
-    floor_key,
-    split_outputs,
     objective as metric_objective,
     objectives as metric_objectives,
-    outputs_for,
 )
-from .plans import Plan, PlanStep, ValidatedPlan
-from .rum import execute_plan
-from .task import ALL_TIER
-from .statistics import mean_ci_row, metric_range
-from .task import UnlearnTask
-from .training import TrainConfig, retrain_from_scratch
+from .plans import Plan
+from .candidates import (  # noqa: F401 (re-exported)
+    COMPOSED,
+    DEFAULTS_KEY,
+    JOINT,
+    STRATEGIES,
+    WHOLE,
+    algorithm_candidates,
+    algorithm_default_trials,
+    check_n_trials,
+    check_strategy,
+    rum_candidates,
+    rum_default_trials,
+    suggest_step,
+)
+from .reporting import MethodReport, report_plan  # noqa: F401 (re-exported)
+from .scoring import (  # noqa: F401 (re-exported)
+    CalibrationScorer,
+    Diverged,
+    NoCompletedTrial,
+    Reference,
+    SearchError,
+    noise_floor,
+    train_reference,
+)
 
 TOW_COST = "tow+cost"  # two objectives: ToW up, compute (cost/train_fraction) down: a Pareto front
 
@@ -92,209 +103,9 @@ def objective_directions(objective: str) -> tuple[list[str], str | None]:
 def objective_names() -> list[str]:
     """The valid objectives, for help texts: declared metric keys and `tow+cost`."""
     return [*metric_objectives(), TOW_COST]
-DEFAULTS_KEY = "defaults"  # the categorical that says "this step runs at the algorithm's defaults"
-WHOLE = "whole"  # Optuna parameter prefix of whole-set candidates (tier names may include "all")
-
-
-class SearchError(ValueError):
-    """A search setting that cannot work; the message names it and the fix."""
-
-
-class NoCompletedTrial(SearchError):
-    """Every trial of a study was pruned or diverged: it has no plan to offer."""
-
-
-class Diverged(RuntimeError):
-    """A candidate produced non-finite weights or outputs: the trial fails, the study goes on."""
-
 
 # --------------------------------------------------------------------------------------------------
-# References: a forget set, the model retrained without it, and its outputs
-
-
-def train_reference(build: Callable[[int], nn.Module], config: TrainConfig, data, forget_ids, *,
-                    seed: int) -> tuple[nn.Module, float]:
-    """Retrain from scratch on train minus `forget_ids` with the source's recipe (`build(seed)` a
-    fresh model, `config` with its seed replaced): the exact answer. Returns (model, seconds)."""
-    forget = train_ids(forget_ids, len(data.train), what="the reference's forget set", error=SearchError)
-    check_something_retained(len(forget), len(data.train), error=SearchError)
-    keep = np.ones(len(data.train), dtype=bool)
-    keep[forget] = False
-    t0 = time.perf_counter()
-    net = retrain_from_scratch(build, config, data, np.flatnonzero(keep), seed=seed)
-    if data.device.type == "cuda":
-        torch.cuda.synchronize(data.device)
-    return net, time.perf_counter() - t0
-
-
-@dataclass
-class Reference:
-    """A forget set cut into tiers and the model retrained without it, with the reference's outputs
-    on forget, retain and the held-out split (`heldout`: the validation split during selection,
-    `None` = the test split when reporting). `retain_ids` (default: train minus the forget set) is
-    where retain accuracy is compared: a calibration reference retrained without the union of
-    several calibration sets compares retain on train minus that union, the examples it saw."""
-
-    forget_ids: np.ndarray
-    tiers: dict[str, np.ndarray]
-    model: nn.Module
-    outputs: dict
-    seconds: float
-    heldout: Any = None
-    name: str = ""
-    retain_ids: np.ndarray | None = None
-    task: UnlearnTask | None = None  # the checked task a plan runs on (`build` makes it)
-
-    @classmethod
-    def build(cls, model: nn.Module, data, forget_ids, tiers: Mapping[str, Any], *, seconds: float = float("nan"),
-              heldout=None, name: str = "", retain_ids=None, task: UnlearnTask | None = None) -> "Reference":
-        """`tiers` (name -> ids; their union is `forget_ids`) are checked once here
-        (`UnlearnTask.build`) unless `task` is the request's checked task already. `retain_ids`
-        (default: train minus the forget set) comes from the same caller: a calibration pool's
-        complement."""
-        if task is None:
-            task = UnlearnTask.build(data, tiers, error=SearchError)
-        ids = np.sort(np.asarray(forget_ids, dtype=np.int64))
-        retain = task.retain_ids(ids) if retain_ids is None else np.sort(np.asarray(retain_ids, dtype=np.int64))
-        outputs = split_outputs(model, data, ids, retain, heldout=heldout)
-        return cls(ids, dict(task.tiers), model, outputs, seconds, heldout, name, retain, task)
-
-    def tier_positions(self) -> dict[str, np.ndarray]:
-        return {t: np.searchsorted(self.forget_ids, ids) for t, ids in self.tiers.items()}
-
-    def outputs_of(self, model: nn.Module, data) -> dict:
-        if self.retain_ids is None:  # a Reference made without `build`: its ids go through the check
-            return outputs_for(model, data, self.forget_ids, None, heldout=self.heldout)
-        return split_outputs(model, data, self.forget_ids, self.retain_ids, heldout=self.heldout)
-
-    def run(self, model: nn.Module, data, plan: ValidatedPlan, *, seed: int, recipe=None, budget=None):
-        """`plan` (validated for these tiers) from `model` on this reference's task."""
-        task = self.task if self.task is not None else UnlearnTask.build(data, self.tiers, error=SearchError)
-        if recipe is not None:
-            task = dataclasses.replace(task, recipe=recipe)
-        return execute_plan(model, task, plan, seed=seed, budget=budget)
-
-    def evaluate(self, model: nn.Module, data, *, seed: int = 0, metrics: Sequence[str] | None = None) -> dict[str, float]:
-        """Every metric of `model` against this reference (see `metrics.evaluate_unlearning`)."""
-        return evaluate_unlearning(self.outputs_of(model, data), self.outputs, tiers=self.tier_positions(), seed=seed,
-                                   metrics=metrics)
-
-
-def noise_floor(second: Reference, first: Reference, data, *, seed: int = 0) -> dict[str, float]:
-    """What "as close as retraining" means: a second retrain (another seed, same forget set) scored
-    against the first. One `floor/<key>` (`metrics.floor_key`) per score key a registered metric
-    declares (`floor/tow`, `floor/tow_pe`, `floor/tow_mia`, `floor/mia_gap`, and a plugin's)."""
-    if not np.array_equal(second.forget_ids, first.forget_ids):
-        raise SearchError("the noise floor needs two references of the same forget set")
-    m = evaluate_unlearning(second.outputs, first.outputs, seed=seed, metrics=METRICS.registered())
-    return {floor_key(key): m[key] for key in metric_objectives() if key in m}
-
-
-# --------------------------------------------------------------------------------------------------
-# Candidates
-
-def suggest_step(trial: optuna.Trial, prefix: str, algorithm: str, max_epochs: int) -> dict[str, Any]:
-    """Hyperparameters of one plan step: `{}` (the algorithm's defaults) when the trial's
-    `<prefix><algorithm>.defaults` is True, else values from the space the algorithm declared when
-    it was registered (`algorithms.search_space`; hyperparameters it does not declare stay at
-    their defaults)."""
-    space = search_space(algorithm)
-    if not space:
-        return {}
-    if trial.suggest_categorical(f"{prefix}{algorithm}.{DEFAULTS_KEY}", [True, False]):
-        return {}
-    out: dict[str, Any] = {}
-    for name, rng in space.items():
-        key = f"{prefix}{algorithm}.{name}"
-        if isinstance(rng, FloatRange):
-            out[name] = trial.suggest_float(key, rng.low, rng.high, log=rng.log)
-        elif isinstance(rng, IntRange):
-            low, high = rng.bounds(max_epochs)
-            out[name] = trial.suggest_int(key, low, high, log=rng.log)
-        else:
-            out[name] = trial.suggest_categorical(key, list(rng.values))
-    return out
-
-
-def rum_candidates(tiers: Sequence[str], algorithms: Sequence[str], *, max_epochs: int,
-                   retain_mode: str = "exclude_all") -> Callable[[optuna.Trial], Plan]:
-    """The RUM search space: a whole-set plan or a per-tier plan (see the module docstring)."""
-    tiers, algorithms = list(tiers), list(algorithms)
-    whole = [a for a in algorithms if a != "none"]
-
-    def candidate(trial: optuna.Trial) -> Plan:
-        shape = trial.suggest_categorical("shape", ["per_tier", "whole"] if whole else ["per_tier"])
-        if shape == "whole":
-            algorithm = trial.suggest_categorical(f"{WHOLE}.algorithm", whole)
-            return Plan([PlanStep(ALL_TIER, algorithm, suggest_step(trial, f"{WHOLE}.", algorithm, max_epochs))],
-                        retain_mode=retain_mode, name=f"whole-{algorithm}")
-        steps = []
-        for tier in tiers:
-            algorithm = trial.suggest_categorical(f"{tier}.algorithm", algorithms)
-            steps.append(PlanStep(tier, algorithm, suggest_step(trial, f"{tier}.", algorithm, max_epochs)))
-        return Plan(steps, retain_mode=retain_mode, name="per-tier")
-
-    return candidate
-
-
-def rum_default_trials(tiers: Sequence[str], algorithms: Sequence[str]) -> list[dict[str, Any]]:
-    """The known-good first trials of a RUM search, as Optuna params to enqueue: `none` on every
-    tier, then every algorithm at its defaults on the whole set, then every algorithm at its
-    defaults on each tier in turn."""
-    out = []
-    if "none" in algorithms:
-        out.append({"shape": "per_tier", **{f"{t}.algorithm": "none" for t in tiers}})
-    for a in algorithms:
-        if a != "none":
-            out.append({"shape": "whole", f"{WHOLE}.algorithm": a, **_defaults_flag(f"{WHOLE}.", a)})
-    for a in algorithms:
-        if a != "none":
-            params = {"shape": "per_tier"}
-            for t in tiers:
-                params.update({f"{t}.algorithm": a, **_defaults_flag(f"{t}.", a)})
-            out.append(params)
-    return out
-
-
-COMPOSED = "composed"  # the default RUM search: per-tier arms built from each algorithm's tuned setting
-JOINT = "joint"  # the earlier RUM search: every tier's algorithm and hyperparameters sampled together
-STRATEGIES = (COMPOSED, JOINT)
-
-
-def check_n_trials(n_trials) -> int:
-    """The one check of a trial budget (CLI, `main`, `search` and `optimize` all call it)."""
-    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials <= 0:
-        raise SearchError(f"n_trials must be a positive number of trials, got {n_trials!r}")
-    return n_trials
-
-
-def check_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        raise SearchError(f"unknown search strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-    return strategy
-
-
-def algorithm_candidates(algorithm: str, *, max_epochs: int,
-                         retain_mode: str = "exclude_all") -> Callable[[optuna.Trial], Plan]:
-    """One algorithm on the whole forget set, its hyperparameters searched: a tuned baseline."""
-
-    def candidate(trial: optuna.Trial) -> Plan:
-        return Plan([PlanStep(ALL_TIER, algorithm, suggest_step(trial, "", algorithm, max_epochs))],
-                    retain_mode=retain_mode, name=f"tuned-{algorithm}")
-
-    return candidate
-
-
-def algorithm_default_trials(algorithm: str) -> list[dict[str, Any]]:
-    return [_defaults_flag("", algorithm)] if search_space(algorithm) else [{}]
-
-
-def _defaults_flag(prefix: str, algorithm: str) -> dict[str, Any]:
-    return {f"{prefix}{algorithm}.{DEFAULTS_KEY}": True} if search_space(algorithm) else {}
-
-
-# --------------------------------------------------------------------------------------------------
-# Scoring a candidate on the calibration sets
+# Studies
 
 
 class TrialObserver(Protocol):
@@ -313,68 +124,6 @@ def _notify(observer, name: str, *args, **kwargs) -> None:
     fn = getattr(observer, name, None) if observer is not None else None
     if fn is not None:
         fn(*args, **kwargs)
-
-
-def _finite_model(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
-@dataclass
-class CalibrationScorer:
-    """Scores a plan: run it from `model` on every calibration reference's forget set (seed `seed`),
-    evaluate against that reference (held-out term from the validation split), average over sets.
-    `metrics`: extra registered metric names computed with the built-ins."""
-
-    model: nn.Module
-    data: Any
-    references: Sequence[Reference]
-    seed: int = 0
-    metrics: Sequence[str] | None = None
-    recipe: Any = None  # algorithms.TrainRecipe: how the source was trained (the `retrain` algorithm replays it)
-    budget: Any = None  # compute.Budget every plan runs under (None: unlimited)
-    original_passes: int | None = None  # the unit of cost/train_fraction when there is no budget
-
-    def __post_init__(self):
-        if not self.references:
-            raise SearchError("the search needs at least one calibration reference")
-        self.spent_passes = 0  # example passes of every plan this scorer ran, pruned trials included
-
-    def run(self, plan: Plan, *, report: Callable[[int, dict], None] | None = None) -> dict[str, float]:
-        """Mean metrics over the calibration sets, plus `time/unlearn_s` (mean seconds per set) and
-        the `cost/*` metrics (mean per set; `cost/train_fraction` needs a budget or `original_passes`).
-        `report(j, mean_so_far)` is called after each set (pruning); Diverged on non-finite output."""
-        per_set: list[dict[str, float]] = []
-        seconds, costs = [], []
-        plan = Plan.parse(plan).validate(self.references[0].tiers)  # once per plan: every set has these tiers
-        for j, ref in enumerate(self.references):
-            try:
-                result = ref.run(self.model, self.data, plan, seed=self.seed, recipe=self.recipe, budget=self.budget)
-                if not _finite_model(result.model):
-                    raise Diverged(f"non-finite weights after {plan.to_compact()} on calibration set {j + 1}")
-                m = ref.evaluate(result.model, self.data, seed=self.seed, metrics=self.metrics)
-            except (MetricInputError, FloatingPointError) as exc:
-                raise Diverged(f"{type(exc).__name__}: {exc}") from None
-            self.spent_passes += result.train_passes
-            per_set.append(m)
-            seconds.append(result.seconds)
-            costs.append(result.cost(self.original_passes))
-            if report is not None:
-                report(j, _mean(per_set))
-        out = _mean(per_set)
-        out["time/unlearn_s"] = float(np.mean(seconds))
-        out.update(_mean(costs))
-        for j, m in enumerate(per_set):
-            out[f"calibration/{j}/tow"] = m.get("tow", float("nan"))
-        return out
-
-
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = [k for k in rows[0] if all(k in r for r in rows)]
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys}
-
-
-# --------------------------------------------------------------------------------------------------
-# Studies
 
 
 def make_study(name: str | None, storage, *, seed: int = 0, objective: str = "tow",
@@ -648,56 +397,3 @@ def trial_counts(study: optuna.Study) -> dict[str, float]:
             "n_copied": float(sum(is_copied(t) for t in scored))}
 
 
-# --------------------------------------------------------------------------------------------------
-# Reporting on a held-out request
-
-
-@dataclass
-class MethodReport:
-    """A plan run on a held-out request with several unlearning seeds, each scored against the
-    request's reference. `unchanged`: every seed's predictions on forget, retain and test equal the
-    original model's (the method did nothing visible, whatever its metrics say)."""
-
-    name: str
-    plan: Plan
-    per_seed: list[dict[str, float]]
-    seeds: list[int]
-    unchanged: bool
-    models: list[nn.Module]
-
-    def values(self, key: str) -> list[float]:
-        return [m.get(key, float("nan")) for m in self.per_seed]
-
-    def summary(self, key: str) -> tuple[float, float, float]:
-        """Mean and 95% interval over seeds, the interval cut to the metric's range (metric_range)."""
-        return mean_ci_row(self.values(key), metric_range(key))
-
-
-def _predictions(outputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    return {split: o.pred for split, o in outputs.items()}
-
-
-def report_plan(name: str, model: nn.Module, data, reference: Reference, plan: Plan, *, seeds: Sequence[int],
-                eval_seed: int = 0, metrics: Sequence[str] | None = None, keep_models: bool = False,
-                recipe=None, budget=None, original_passes: int | None = None) -> MethodReport:
-    """Run `plan` from `model` on the reference's forget set once per unlearning seed and score each
-    result against the reference (MIA member sample: `eval_seed`, the same for every method). Every
-    run spends at most `budget` (a compute.Budget; None: unlimited) and logs its `cost/*` metrics
-    (fractions need the budget or `original_passes`)."""
-    if not seeds:
-        raise SearchError("report_plan needs at least one unlearning seed")
-    original = _predictions(reference.outputs_of(model, data))
-    rows, kept, unchanged = [], [], True
-    plan = Plan.parse(plan).validate(reference.tiers)
-    for s in seeds:
-        result = reference.run(model, data, plan, seed=int(s), recipe=recipe, budget=budget)
-        outputs = reference.outputs_of(result.model, data)
-        unchanged = unchanged and all(np.array_equal(p, original[k]) for k, p in _predictions(outputs).items())
-        m = evaluate_unlearning(outputs, reference.outputs, tiers=reference.tier_positions(), seed=eval_seed,
-                                metrics=metrics)
-        m["time/unlearn_s"] = result.seconds
-        m.update(result.cost(original_passes))
-        rows.append(m)
-        if keep_models:
-            kept.append(result.model)
-    return MethodReport(name, plan, rows, [int(s) for s in seeds], unchanged, kept)

@@ -13,7 +13,7 @@ import import_graph  # noqa: E402
 
 PKG = Path(mlflow_unlearn.__file__).parent
 CORE = ["data", "ids", "models", "training", "compute", "confidences", "progress", "_registry", "memorization", "memorization_estimate", "algorithms", "rum", "metrics",
-        "arrays", "statistics", "task", "plans", "forget_sets", "tuning", "compose", "plots", "lineage", "gate", "image_input"]
+        "arrays", "statistics", "task", "plans", "scoring", "candidates", "reporting", "forget_sets", "tuning", "compose", "plots", "lineage", "gate", "image_input"]
 
 
 def is_core(module: str) -> bool:
@@ -75,6 +75,10 @@ def test_importing_the_core_does_not_load_mlflow():
 TESTED_ELSEWHERE = {
     "mlflow_unlearn": "test_packaging.py (version, entry points, what a wheel holds)",
     "mlflow_unlearn.plans": "test_rum.py (plans were part of rum.py; their schema, grammar and validation tests sit beside the executor's)",
+    # split out of tuning.py (whose tests exercise them through the search core)
+    "mlflow_unlearn.scoring": "test_tuning.py (references, the calibration scorer and the noise floor, beside the studies)",
+    "mlflow_unlearn.candidates": "test_tuning.py and test_search.py (the spaces as trials sample them)",
+    "mlflow_unlearn.reporting": "test_tuning.py and test_pipeline.py (held-out reports over seeds)",
     "mlflow_unlearn.arrays": "test_metrics.py and test_statistics.py (every check is reached through a metric or statistic)",
     "mlflow_unlearn._registry": "test_plugins.py (the registries as plugins reach them, entry points included)",
     "mlflow_unlearn.algorithms._base": "test_algorithms.py (the interface _base defines is the package's API)",
