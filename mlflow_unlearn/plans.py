@@ -464,14 +464,10 @@ def default_plan(tier_names: Sequence[str] = DEFAULT_TIERS) -> Plan:
     Why gentle: it is what the registry hook runs when nothing was searched, and its result must pass
     the acceptance gate (retain and test within 0.05 of the source, each tier's forget accuracy near
     what a model that never saw it gets); where that needs more, the hook escalates (stronger plan,
-    then an exact retrain). Chosen on selection data only (a digits small_cnn trained with seed 1, ten
-    `random:30` requests drawn with seeds 1000-1009, budget 0.1, the gate's defaults): this plan passed
-    9 of 10; the earlier default (finetune 2 epochs, neggrad_plus lr 0.08 alpha 0.95, alpha 0.9 on the
-    highest tier) passed 1 of 10, failing retain (5), test (7) and the highest tier, forgotten far
-    below never-seen accuracy (9). The reported numbers (another model and requests) are in the
-    docs/hook.md ("The acceptance gate, and escalation"). The retain mode is the default `exclude_all`.
-    These are heuristics, not searched values: a plan searched on the model's own data (the search
-    step) replaces them.
+    then an exact retrain). Chosen on selection data only; the selection and the reported pass rates
+    are in docs/hook.md ("The acceptance gate, and escalation"). The retain mode is the default
+    `exclude_all`. These are heuristics, not searched values: a plan searched on the model's own data
+    (the search step) replaces them.
     """
     names = [str(t) for t in tier_names]
     if not names:
