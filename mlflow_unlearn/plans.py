@@ -512,6 +512,14 @@ def single_algorithm_plan(algorithm: str, hyperparameters: Mapping[str, Any] | N
     return Plan([PlanStep(t, algorithm, dict(params)) for t in names], retain_mode, name)
 
 
+def algorithm_plan(algorithm: str, hyperparameters: Mapping[str, Any] | None = None) -> ValidatedPlan:
+    """One algorithm on the whole forget set (tier "all"), validated: its hyperparameters checked
+    once by `validate_hyperparameters`, whose own errors (HyperparameterError, an unknown algorithm)
+    reach the caller as they are. What `unlearn` runs."""
+    params = validate_hyperparameters(algorithm, hyperparameters or {})
+    return ValidatedPlan([PlanStep(ALL_TIER, algorithm, params)], DEFAULT_RETAIN_MODE, algorithm, for_tiers=(ALL_TIER,))
+
+
 def all_tier(forget_ids) -> dict[str, Any]:
     """The whole forget set as one tier named "all" (for `single_algorithm_plan`)."""
     return {ALL_TIER: forget_ids}

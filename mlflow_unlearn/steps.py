@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from . import tracking
-from .algorithms import validate_hyperparameters
 from .compute import DEFAULT_BUDGET, ComputeMeter
 from .confidences import ConfidenceRecorder
 from .data import DatasetSpec, check_dataset, load_dataset
@@ -27,7 +26,7 @@ from .models import build_model, validate_model_name
 from .plots import c_proxy_histogram
 from .references import build_calibration_reference, retrain
 from .request import ForgetContext, ResolvedPlan, log_forget_set, prepare, resolve_plan
-from .plans import single_algorithm_plan
+from .plans import ValidatedPlan, algorithm_plan
 from .rum import execute_plan
 from .runs import StepResult, project_run
 from .tags import TAG, Role, Tag, plan_tag_value
@@ -171,15 +170,16 @@ def register_unlearned(ctx: ForgetContext, run_id: str, model_uri: str, extra_ta
     return str(mv.version)
 
 
-def unlearn(ctx: ForgetContext, algorithm: str, hyperparameters: dict | None = None, *, register: bool = False,
-            run_name: str | None = None) -> StepResult:
+def unlearn(ctx: ForgetContext, algorithm: str | ValidatedPlan, hyperparameters: dict | None = None, *,
+            register: bool = False, run_name: str | None = None) -> StepResult:
     """Apply one algorithm to the whole forget set: the one-step plan `all=<algorithm>` through the
     same executor as `rum` (a run with role `unlearn`, per-epoch metrics on it, no tier runs); log
-    the model (and register it when asked)."""
+    the model (and register it when asked). `algorithm` may be that plan already validated
+    (`plans.algorithm_plan`, as `unlearn_step` builds it before any work)."""
 
-    params = validate_hyperparameters(algorithm, hyperparameters or {})  # before any run exists
-    plan = single_algorithm_plan(algorithm, params)
-    return _apply_plan(ctx, ResolvedPlan(plan.validate(ctx.tiers), "given"), role=Role.UNLEARN, algorithm=algorithm,
+    plan = algorithm if isinstance(algorithm, ValidatedPlan) else algorithm_plan(algorithm, hyperparameters)
+    algorithm, params = plan.steps[0].algorithm, plan.steps[0].hyperparameters
+    return _apply_plan(ctx, ResolvedPlan(plan, "given"), role=Role.UNLEARN, algorithm=algorithm,
                        run_name=run_name or f"unlearn-{algorithm}", model_name=f"unlearn-{algorithm}",
                        params={"algorithm": algorithm, **{f"hp.{k}": v for k, v in params.items()}},
                        register=register, how=f"{algorithm} {params}", tier_runs=False)
@@ -282,10 +282,10 @@ def retrain_step(model_uri: str, forget, *, seed: int = 0, epochs: int | None = 
 def unlearn_step(model_uri: str, forget, algorithm: str, hyperparameters=None, *, seed: int = 0, register: bool = False,
                  evaluate_against_retrain: bool = False, device: str | None = "auto", experiment: str | None = None,
                  budget: float | None = DEFAULT_BUDGET) -> StepResult:
-    params = validate_hyperparameters(algorithm, parse_hyperparameters(hyperparameters))
+    plan = algorithm_plan(algorithm, parse_hyperparameters(hyperparameters))  # the one check, before any work
     ctx = prepare(model_uri, forget, seed=seed, device=device, budget=budget)
     tracking.use_experiment(experiment)
-    result = unlearn(ctx, algorithm, params, register=register)
+    result = unlearn(ctx, plan, register=register)
     line = f"unlearn {algorithm}: run {result.run_id}, {cost_text(result.cost)}, {result.seconds:.1f} s"
     if result.version:
         line += f", registered models:/{ctx.source.name}/{result.version}"

@@ -100,3 +100,25 @@ def test_the_hook_path_checks_a_requests_ids_once(source_model, monkeypatch, tmp
     calls = spy_on_forget_checks(monkeypatch, forget)
     assert jobs.run_job(name, version).startswith("done -> version ")
     assert len(calls) == 1, calls  # was 9 (the union, tiers twice, the histogram, five outputs) before UnlearnTask
+
+
+@pytest.mark.integration
+def test_the_unlearn_path_checks_hyperparameters_once(source_model, monkeypatch):
+    """`mlflow-unlearn unlearn --hyperparameters ...`: checked once, before any work (was 3 times:
+    the step, `unlearn`, and the plan's validation)."""
+    from mlflow_unlearn import steps
+    from mlflow_unlearn.algorithms import _base
+
+    original, calls = _base.validate_hyperparameters, []
+
+    def spy(name, hyperparameters=None, *args, **kwargs):
+        calls.append(traceback.extract_stack(limit=2)[0].name)
+        return original(name, hyperparameters, *args, **kwargs)
+
+    for module in list(sys.modules.values()):
+        if (getattr(module, "__name__", "").startswith("mlflow_unlearn")
+                and getattr(module, "validate_hyperparameters", None) is original):
+            monkeypatch.setattr(module, "validate_hyperparameters", spy)
+    _, model_uri = source_model
+    steps.unlearn_step(model_uri, list(range(40, 70)), "finetune", {"lr": "0.05", "epochs": "1"}, device="cpu")
+    assert calls == ["algorithm_plan"], calls
