@@ -1,9 +1,11 @@
 """The README tells the truth about the demo: `main` at its defaults (what `make demo` runs, in this
 process instead of `mlflow run`, with as many torch threads) selects the kind of plan the README
 quotes and reaches the same calls (RUM against doing nothing and against the best baseline at equal
-compute). The exact plan is not stable across thread counts (other float sums: with the joint
-search, one torch thread chose `all=salun` where two chose finetune per tier), so the README names
-the plan it printed and this test holds the kind and the calls."""
+compute). The exact plan is not stable across thread counts or CPUs (other float sums: with the
+joint search, one torch thread chose `all=salun` where two chose finetune per tier; with the composed
+search an AVX-512 machine chose a per-tier mix where an AVX2 one chose tuned finetune on the whole
+set), so the README names the plan it printed and this test holds the calls and that the plan is a
+composed one."""
 import re
 from pathlib import Path
 
@@ -51,8 +53,12 @@ def test_main_at_its_defaults_says_what_the_readme_says(tracking, capsys, monkey
     printed = capsys.readouterr().out
     verdict = next(line for line in printed.splitlines() if line.startswith("Verdict: "))
     got, quoted = calls(verdict), calls(readme_verdict())
-    assert (got["kind"], got["vs nothing"], got["vs best"][0]) == (quoted["kind"], quoted["vs nothing"],
-                                                                    quoted["vs best"][0]), verdict
+    # Which composed kind wins depends on the CPU's float sums (README: AVX-512 chose a per-tier mix,
+    # AVX2 tuned finetune on the whole set); the calls the README makes must hold on both.
+    from mlflow_unlearn.pipeline import PLAN_KINDS
+
+    assert got["kind"] in [PLAN_KINDS[k] for k in ("tuned", "uniform", "per-tier")], verdict
+    assert (got["vs nothing"], got["vs best"][0]) == (quoted["vs nothing"], quoted["vs best"][0]), verdict
     assert "the retrained reference 1.00/1.00/0.00" in printed, printed[-3000:]  # the tiers, as the README says
 
 
