@@ -34,7 +34,8 @@ def evaluation_metrics(ctx: ForgetContext, model: torch.nn.Module, reference: to
 def forget_tier_accuracy(ctx: ForgetContext, model: torch.nn.Module) -> dict[str, float]:
     """Accuracy of `model` on each tier of the forget set, and on all of it (`all`)."""
 
-    ids = torch.as_tensor(ctx.forget.ids, device=ctx.data.device)
+    # a copy: the checked ids are a read-only array, which torch warns about when it shares memory
+    ids = torch.tensor(ctx.forget.ids, device=ctx.data.device)
     split = ctx.data.train.subset(ids)
     correct = (predict_logits(model.to(ctx.data.device), ctx.data, split).argmax(1) == split.y).cpu().numpy()
     positions = ctx.tier_positions()

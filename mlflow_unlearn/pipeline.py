@@ -25,9 +25,9 @@ from .data import validate_dataset_name
 from .metrics import METRICS, floor_key, shown_keys
 from .statistics import paired_test
 from .plots import method_comparison, tier_accuracy_chart
-from .plans import single_algorithm_plan
+from .experiment import NONE_LABEL, RUM_LABEL, compared_methods
 from .memorization import DEFAULT_TIERS
-from .search import check_trials, prepare_calibration, search, search_algorithm
+from .search import check_trials, prepare_calibration, search
 from .tags import Role, Tag
 from .tuning import COMPOSED, Reference, check_n_trials, check_strategy, objective_directions, report_plan
 
@@ -88,7 +88,7 @@ def verdict(reports, floor: dict[str, float] | None = None, *, plan: str | None 
     request against doing nothing, the retrain noise floor and the best baseline at the same budget
     (paired tests over unlearning seeds), and what the request cost (`costs`: cost_summary's metrics)."""
     by = {r.name: r for r in reports}
-    rum, none = by.get("RUM (searched plan)"), by.get("none (no unlearning)")
+    rum, none = by.get(RUM_LABEL), by.get(NONE_LABEL)
     if rum is None or none is None:
         return ""
     tow, lo, hi = rum.summary("tow")
@@ -135,7 +135,7 @@ def compute_matched(reports) -> list[str]:
     budget: the paired ToW difference over unlearning seeds with its 95% interval; a call only when
     the interval excludes 0."""
     by = {r.name: r for r in reports}
-    rum = by.get("RUM (searched plan)")
+    rum = by.get(RUM_LABEL)
     if rum is None:
         return []
     lines = []
@@ -216,21 +216,19 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
 
         # Selection: calibration sets only (their references, the validation split).
         calibration = prepare_calibration(ctx, calibration_sets, noise=calibration_noise, size=calibration_size)
-        # The baselines are tuned first: a composed RUM search builds its per-tier arms on these
-        # tunings (same calibration sets, budget and trials), and the first request's cost counts them.
-        tuned = {}
-        for algorithm in baselines:
-            tuned[algorithm] = search_algorithm(ctx, calibration, algorithm, n_trials=n_trials, max_epochs=max_epochs,
-                                                objective=objective, storage=storage, trial_runs=trial_runs)
-            print(f"tuned {algorithm}: {tuned[algorithm].best_plan.to_compact(3)}  (calibration {tuned[algorithm].best_value:.4f})")
+        # The baselines are tuned first (experiment.select_plans, the benchmark's order too): a composed
+        # RUM search builds its per-tier arms on these tunings (same calibration sets, budget and
+        # trials), and the first request's cost counts them.
         found = search(ctx, calibration, n_trials=n_trials, max_epochs=max_epochs, objective=objective,
-                       algorithms=algorithms, storage=storage, trial_runs=trial_runs, strategy=strategy,
-                       tuned={a: r for a, r in tuned.items() if a in algorithms})
+                       algorithms=algorithms, baselines=baselines, storage=storage, trial_runs=trial_runs,
+                       strategy=strategy)
+        tuned = found.tunings
+        for algorithm, result in tuned.items():
+            print(f"tuned {algorithm}: {result.best_plan.to_compact(3)}  (calibration {result.best_value:.4f})")
         print(f"searched plan: {found.best_plan.to_compact(3)}  (calibration {objective} {found.best_value:.4f}: a "
               f"selection score, not a result)")
         # what the RUM plan's selection cost: its own study, plus the tunings it built on
-        tunings_cost = found.tuning_cost_train_fraction + (
-            sum(tuned[a].cost_train_fraction for a in tuned if a in algorithms) if strategy == COMPOSED else 0.0)
+        tunings_cost = found.tuning_cost_train_fraction
         rum_search_cost = found.cost_train_fraction + tunings_cost
 
         # Reporting: the request itself, its own reference and the test split; nothing here chooses anything.
@@ -249,15 +247,12 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
         held_out = Reference.build(reference.model, ctx.data, ctx.forget.ids, ctx.tiers, seconds=reference.seconds,
                                    task=ctx.task)
         seeds = [seed + i for i in range(unlearn_seeds)]
-        methods = [("RUM (searched plan)", found.best_plan, "rum"),
-                   ("none (no unlearning)", single_algorithm_plan("none"), "none")]
-        for algorithm in baselines:
-            methods.append((f"{algorithm} (defaults)", single_algorithm_plan(algorithm), algorithm))
-            methods.append((f"{algorithm} (tuned)", tuned[algorithm].best_plan, algorithm))
+        methods = compared_methods(found.best_plan, baselines, {a: r.best_plan for a, r in tuned.items()})
         source = ctx.source.model.to(ctx.data.device)
         reports = []
-        for label, plan, algorithm in methods:
-            report = report_plan(label, source, ctx.data, held_out, plan, seeds=seeds, eval_seed=ctx.seed,
+        for method in methods:
+            label, algorithm = method.label, method.algorithm
+            report = report_plan(label, source, ctx.data, held_out, method.plan, seeds=seeds, eval_seed=ctx.seed,
                                  recipe=ctx.recipe(), metrics=METRICS.registered(), budget=ctx.budget)
             reports.append(report)
             _log_method(ctx, report, algorithm, reference.run_id, tier_reference=reference.model)

@@ -24,7 +24,7 @@ import re
 import socket
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -41,17 +41,15 @@ from .metrics import evaluate_unlearning, mia_auc, split_outputs
 from .plots import cost_quality
 from .plans import Plan
 from .tags import TAG, Role, Tag, plan_tag_value
-from .compose import KnownTrial, add_known_trials, compose_arms, compose_search
+from .compose import KnownTrial, add_known_trials, compose_search
+from .experiment import Study, select_plans, tuning_study
 from .tuning import (
     COMPOSED,
     JOINT,
     TOW_COST,
     CalibrationScorer,
-    NoCompletedTrial,
     Reference,
     SearchError,
-    algorithm_candidates,
-    algorithm_default_trials,
     check_n_trials,
     check_strategy,
     cheapest_within,
@@ -61,7 +59,6 @@ from .tuning import (
     make_study,
     objective_directions,
     optimize,
-    rum_candidates,
     rum_default_trials,
     trial_counts,
 )
@@ -316,8 +313,10 @@ class SearchResult:
     # the selected plan's mean calibration metrics (what a composed search copies instead of rescoring)
     metrics: dict | None = None
     # a composed RUM search: what the per-algorithm tunings it builds on cost, in trainings (0 when it
-    # reused tunings already paid for, e.g. `main`'s tuned baselines, which are then counted there)
+    # reused tunings already paid for, passed in as `tuned`)
     tuning_cost_train_fraction: float = 0.0
+    # a RUM search: every tuning it ran or was given, by algorithm (its own and the baselines')
+    tunings: dict = field(default_factory=dict)
 
 
 def _check_algorithms(algorithms: Sequence[str]) -> None:
@@ -503,21 +502,23 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
            algorithms: Sequence[str] | None = None, max_epochs: int = 3, storage: str | None = None,
            study_name: str | None = None, retain_mode: str = "exclude_all", attach: bool = True,
            timeout_s: float | None = None, trial_runs: bool = False, strategy: str = COMPOSED,
-           tuned: Mapping[str, SearchResult] | None = None) -> SearchResult:
+           baselines: Sequence[str] = (), tuned: Mapping[str, SearchResult] | None = None) -> SearchResult:
     """Search RUM plans on the calibration sets; attach the best to the registered model so later
     requests (and the registry hook) reuse it. `algorithms`: the search space (default: the
-    registry's, `default_search_algorithms()`).
+    registry's, `default_search_algorithms()`). The order of studies is `experiment.select_plans`'s,
+    the one the CIFAR benchmark runs too; each study is its own search run.
 
     `strategy` `composed` (default): every algorithm but `none` is tuned on the whole calibration
-    forget sets first (`search_algorithm`, `n_trials` each; `tuned` passes tunings already run on
-    these calibration sets, as `main` does for its tuned baselines), then a study of `n_trials`
-    picks one arm per tier (`none`, an algorithm at its defaults or at its tuned setting), with
-    the tuned whole-set settings copied in as scored trials. The selected plan is never worse on
-    calibration than the best tuned algorithm. `joint`: one study samples every tier's algorithm
-    and hyperparameters together (fewer trials in all, but at 10-16 trials it found less than
-    tuning one algorithm did)."""
+    forget sets first (`search_algorithm`, `n_trials` each), then a study of `n_trials` picks one
+    arm per tier (`none`, an algorithm at its defaults or at its tuned setting), with the tuned
+    whole-set settings copied in as scored trials. The selected plan is never worse on calibration
+    than the best tuned algorithm. `joint`: one study samples every tier's algorithm and
+    hyperparameters together (fewer trials in all, but at 10-16 trials it found less than tuning
+    one algorithm did). `baselines` are tuned as well, whatever the strategy (`main`'s tuned
+    baselines: the result's `tunings` holds every tuning, by algorithm); `tuned` passes tunings
+    already run on these calibration sets."""
     algorithms = tuple(algorithms or default_search_algorithms())
-    _check_algorithms(algorithms)
+    _check_algorithms([*algorithms, *baselines])
     check_strategy(strategy)
     # a composed search runs its tunings first: everything its last study needs is checked before them
     _check_settings(n_trials, objective, max_epochs)
@@ -526,52 +527,47 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
         open_storage(storage)
     if not calibration.references:
         raise SearchError("the search needs at least one calibration reference")
-    tiers = list(ctx.tiers)
-    if strategy == COMPOSED:
-        tuned = dict(tuned or {})
-        tuning_cost = 0.0
-        for a in algorithms:
-            if a != "none" and a not in tuned:
-                try:
-                    # workers sharing a named study share its tunings too (each with its own sampler seed)
-                    tuned[a] = search_algorithm(ctx, calibration, a, n_trials=n_trials, objective=objective,
-                                                max_epochs=max_epochs, storage=storage, timeout_s=timeout_s,
-                                                trial_runs=trial_runs,
-                                                study_name=None if study_name is None else f"{study_name}-tuned-{a}")
-                except NoCompletedTrial as exc:  # every setting diverged: the composition offers its defaults only
-                    print(f"tuning {a}: {exc}; the per-tier search offers {a} at its defaults only")
-                    continue
-                tuning_cost += tuned[a].cost_train_fraction
-        arms = compose_arms(algorithms, {a: r.best_plan for a, r in tuned.items()})
-        known = [KnownTrial(r.best_plan, r.metrics, r.study_name) for a, r in tuned.items()
-                 if a in algorithms and r.metrics]
-        candidates, enqueue = None, []
-        extra = {"algorithms": ",".join(algorithms), "strategy": strategy,
-                 "arms": "; ".join(f"{name}={_arm_label(step)}" for name, step in arms.items()),
-                 "tuned_studies": ",".join(r.study_name for r in tuned.values())}
-    else:
-        enqueue = rum_default_trials(tiers, algorithms)  # optimize() refuses fewer trials than these
-        candidates = rum_candidates(tiers, algorithms, max_epochs=max_epochs, retain_mode=retain_mode)
-        known, tuning_cost, arms = [], 0.0, None
+    reused = set(tuned or {})
+
+    def run(study: Study) -> SearchResult:
+        if not study.is_rum:
+            # workers sharing a named study share its tunings too (each with its own sampler seed)
+            return search_algorithm(ctx, calibration, study.algorithm, n_trials=n_trials, objective=objective,
+                                    max_epochs=max_epochs, storage=storage, timeout_s=timeout_s, trial_runs=trial_runs,
+                                    study_name=None if study_name is None else f"{study_name}-tuned-{study.algorithm}")
         extra = {"algorithms": ",".join(algorithms), "strategy": strategy}
-    plan, value, run_id, name, spent, metrics = _search_run(
-        ctx, calibration, f"search-{ctx.source_tag}", "rum" if strategy == JOINT else "rum-composed", candidates,
-        enqueue, n_trials=n_trials, objective=objective, max_epochs=max_epochs, storage=storage, study_name=study_name,
-        timeout_s=timeout_s, extra_params=extra, trial_runs=trial_runs, known=known, arms=arms, retain_mode=retain_mode)
+        if study.arms is not None:
+            extra.update({"arms": "; ".join(f"{name}={_arm_label(step)}" for name, step in study.arms.items()),
+                          "tuned_studies": ",".join(k.source for k in study.known)})
+        plan, value, run_id, name, spent, metrics = _search_run(
+            ctx, calibration, f"search-{ctx.source_tag}", study.space, study.candidates, study.enqueue,
+            n_trials=n_trials, objective=objective, max_epochs=max_epochs, storage=storage, study_name=study_name,
+            timeout_s=timeout_s, extra_params=extra, trial_runs=trial_runs, known=study.known, arms=study.arms,
+            retain_mode=retain_mode)
+        return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests,
+                            spent, metrics)
+
+    selection = select_plans(list(ctx.tiers), algorithms, run, baselines=baselines, strategy=strategy,
+                             max_epochs=max_epochs, retain_mode=retain_mode, tuned=tuned)
+    found = selection.rum
+    # what the tunings the RUM search built on cost (those paid here, not tunings passed in `tuned`)
+    found.tuning_cost_train_fraction = sum(r.cost_train_fraction for a, r in selection.rum_tunings().items()
+                                           if a not in reused)
+    found.tunings = selection.tuned
     if strategy == COMPOSED:
-        mlflow.MlflowClient().log_metric(run_id, "cost/tuning_train_fraction", round(tuning_cost, 6))
+        mlflow.MlflowClient().log_metric(found.run_id, "cost/tuning_train_fraction",
+                                         round(found.tuning_cost_train_fraction, 6))
     if attach:
         client = mlflow.MlflowClient()
-        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, plan_tag_value(plan.to_dict()))
-        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, run_id)
+        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, plan_tag_value(found.best_plan.to_dict()))
+        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, found.run_id)
         # the tags are for machines (the hook reads them); the description says the same for people
-        readable = plan.to_compact(3).replace(";", "; ").replace(",", ", ")
+        readable = found.best_plan.to_compact(3).replace(";", "; ").replace(",", ", ")
         client.update_registered_model(ctx.source.name, description=(
             f"RUM plan for deletion requests (searched for version {ctx.source.version} on {len(calibration.digests)} "
-            f"calibration forget set(s), mean calibration {objective} {value:.3f}, search run {run_id}): {readable}. "
-            f"Requests use it with `--plan registered` and through the registry hook."))
-    return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent,
-                        metrics, tuning_cost)
+            f"calibration forget set(s), mean calibration {objective} {found.best_value:.3f}, search run "
+            f"{found.run_id}): {readable}. Requests use it with `--plan registered` and through the registry hook."))
+    return found
 
 
 def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algorithm: str, *, n_trials: int = 20,
@@ -581,11 +577,11 @@ def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algor
     """Tune one algorithm on the whole forget set with the same calibration sets, budget and space
     rules as the RUM search (its defaults are the first trial): the tuned baseline."""
     _check_algorithms([algorithm])
+    study = tuning_study(algorithm, max_epochs=max_epochs)
     plan, value, run_id, name, spent, metrics = _search_run(
-        ctx, calibration, f"search-{algorithm}", f"tuned-{algorithm}", algorithm_candidates(algorithm, max_epochs=max_epochs),
-        algorithm_default_trials(algorithm), n_trials=n_trials, objective=objective, max_epochs=max_epochs,
-        storage=storage, study_name=study_name, timeout_s=timeout_s, extra_params={"algorithm": algorithm},
-        trial_runs=trial_runs)
+        ctx, calibration, f"search-{algorithm}", study.space, study.candidates, study.enqueue, n_trials=n_trials,
+        objective=objective, max_epochs=max_epochs, storage=storage, study_name=study_name, timeout_s=timeout_s,
+        extra_params={"algorithm": algorithm}, trial_runs=trial_runs)
     return SearchResult(name, storage or default_storage(), plan, value, run_id, n_trials, calibration.digests, spent,
                         metrics)
 
