@@ -54,7 +54,7 @@ from mlflow_unlearn.statistics import mean_ci, paired_test  # noqa: E402
 from mlflow_unlearn.models import build_model  # noqa: E402
 from mlflow_unlearn.rum import Plan, single_algorithm_plan  # noqa: E402
 from mlflow_unlearn.training import TrainConfig, accuracy, predict_logits, train_model  # noqa: E402
-from mlflow_unlearn import compose, tuning  # noqa: E402  (the search core, the same one `mlflow-unlearn search` runs)
+from mlflow_unlearn import compose, experiment, tuning  # noqa: E402  (the search core, the same one `mlflow-unlearn search` runs)
 
 DEFAULT_DATA = str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 T0 = time.perf_counter()  # process start: --stop-after-s counts from here
@@ -551,34 +551,47 @@ def counted(study) -> int:
                and tuning.counts_against_budget(t) for t in study.trials)
 
 
+@dataclass
+class Searched:
+    """One study's selection, as `experiment.select_plans` reads it (the product's SearchResult has
+    the same fields)."""
+
+    best_plan: Plan
+    best_value: float
+    metrics: dict | None
+    study_name: str
+
+
+class _Stopped(Exception):
+    """A study stopped by the time limit with trials left: the next run continues it."""
+
+
 def search_plans(original, data, calibration: list, scale: Scale, seed: int, algorithms, *,
                  timeout_s: float | None = None, values: dict | None = None, storage: str | None = None,
                  spent: dict | None = None, strategy: str = tuning.COMPOSED) -> dict[str, Plan] | None:
     """The RUM plan and one tuned setting per baseline algorithm, each from a study of
-    `scale.trials` trials on the calibration sets: the product's search (`mlflow_unlearn.search`),
-    without MLflow. `composed` (default): the baselines' tunings first, then the per-tier coordinate
-    search over their settings (`compose.compose_search`), with each tuned setting copied in; its
-    cost is the composition's trials plus every tuning's. `joint`: one study over every tier's
-    algorithm and hyperparameters, before the tunings. `values` (optional) receives each space's
-    best calibration ToW (selection only, never reported as a result)."""
+    `scale.trials` trials on the calibration sets: the product's experiment
+    (`experiment.select_plans`, the studies `main` runs, in the same order), each study run here in
+    this seed's Optuna storage instead of an MLflow run, so a killed run resumes trial by trial.
+    `composed` (default): the baselines' tunings first, then the per-tier coordinate search over
+    their settings, with each tuned setting copied in; its cost is the composition's trials plus
+    every tuning's. `joint`: the tunings, then one study over every tier's algorithm and
+    hyperparameters. `values` (optional) receives each space's best calibration ToW (selection
+    only, never reported as a result). Returns None when `timeout_s` stopped a study early."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     scorer = tuning.CalibrationScorer(original.model, data, [t.as_reference() for t in calibration], seed=seed,
                                       recipe=recipe(data, scale, seed), budget=original.budget(scale.budget))
     searched = ["none", *[a for a in algorithms if a != "none"]]  # the RUM space: none plus the compared algorithms
-    tunings = [(a, tuning.algorithm_candidates(a, max_epochs=scale.max_epochs), tuning.algorithm_default_trials(a))
-               for a in algorithms]
-    if strategy == tuning.JOINT:
-        enqueue = tuning.rum_default_trials(TIERS, searched)
-        n_trials = max(scale.trials, len(enqueue))  # the same budget for RUM and for every tuned baseline
-        spaces = [("rum", tuning.rum_candidates(TIERS, searched, max_epochs=scale.max_epochs), enqueue), *tunings]
-    else:
-        n_trials = scale.trials
-        spaces = [*tunings, ("rum-composed", None, [])]
-    best, known_metrics = {}, {}
+    n_trials = scale.trials
+    if strategy == tuning.JOINT:  # the same budget for RUM and for every tuned baseline
+        n_trials = max(scale.trials, len(tuning.rum_default_trials(TIERS, searched)))
     t0 = time.perf_counter()
-    for space, candidates, first in spaces:
+
+    def run(spec: experiment.Study) -> Searched:
+        # this cache's study names (studies.db of earlier runs): the algorithm for a tuning
+        space = spec.algorithm or spec.space
         study = tuning.make_study(None if storage is None else space, storage, seed=seed)
         stale = requeue_stale_trials(study)  # a trial a killed run left RUNNING: failed, its point queued again
         done = counted(study)
@@ -586,43 +599,44 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
             say(f"  search {space}: resuming, {done} trial(s) stored" + (f", {stale} stale re-queued" if stale else ""))
         if (storage is not None and timeout_s is not None and time.perf_counter() - t0 >= timeout_s
                 and counted(study) < n_trials and not tuning.budget_spent(study, n_trials + failed_stale(study))):
-            return None
+            raise _Stopped(space)
         left = None if timeout_s is None else max(1.0, timeout_s - (time.perf_counter() - t0))
         if storage is None:
-            left = None if timeout_s is None else timeout_s / len(spaces)
+            left = None if timeout_s is None else timeout_s / (len(algorithms) + 1)
         before = scorer.spent_passes
-        if candidates is None:  # the composed RUM search: one arm per tier from the tunings above
-            tuned = {a: best[a] for a in algorithms if a in best}
-            arms = compose.compose_arms(searched, tuned)
-            compose.add_known_trials(study, [compose.KnownTrial(p, known_metrics[a], a) for a, p in tuned.items()])
-            compose.compose_search(study, TIERS, arms, scorer, n_trials=n_trials, observer=_PrintTrials(space),
+        if spec.arms is not None:  # the composed RUM search: one arm per tier from the tunings
+            compose.add_known_trials(study, list(spec.known))
+            compose.compose_search(study, TIERS, spec.arms, scorer, n_trials=n_trials, observer=_PrintTrials(space),
                                   timeout_s=left)
         elif storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
-            tuning.optimize(study, candidates, scorer, n_trials=n_trials + failed_stale(study), enqueue=first,
-                            observer=_PrintTrials(space), timeout_s=left)
+            tuning.optimize(study, spec.candidates, scorer, n_trials=n_trials + failed_stale(study),
+                            enqueue=spec.enqueue, observer=_PrintTrials(space), timeout_s=left)
         if spent is not None and scorer.spent_passes > before:  # what this space's trials cost, in trainings
             spent[space] = spent.get(space, 0.0) + (scorer.spent_passes - before) / original.passes
-        if (storage is not None and candidates is not None and counted(study) < n_trials
+        if (storage is not None and spec.arms is None and counted(study) < n_trials
                 and not tuning.budget_spent(study, n_trials + failed_stale(study))):
             say(f"  search {space}: stopped with {counted(study)} of {n_trials} trials; run the same command again to "
                 "continue")
-            return None
-        try:
-            plan, value = tuning.best_plan(study)
-        except tuning.SearchError:
-            say(f"  search {space}: no completed trial")
-            continue
-        key = "rum" if space.startswith("rum") else space
-        best[key] = plan
-        if space not in ("rum", "rum-composed"):
-            known_metrics[space] = dict(tuning.completed_with_plan(study, plan.to_dict()).user_attrs["metrics"])
+            raise _Stopped(space)
+        # the product's rule with no noise estimate: the best, the cheapest among equals (raises
+        # NoCompletedTrial when every trial diverged: select_plans leaves that tuning out)
+        plan, value, _ = tuning.cheapest_within(study)
+        key = "rum" if spec.is_rum else space
         if values is not None:
             values[key] = value
-        say(f"  search {space}: best calibration ToW {value:.4f} (selection only) after {counted(study)} scored plans ({len(study.trials)} trials, repeats free): "
-            f"{plan.to_compact()}")
+        say(f"  search {space}: best calibration ToW {value:.4f} (selection only) after {counted(study)} scored plans "
+            f"({len(study.trials)} trials, repeats free): {plan.to_compact()}")
+        metrics = None if spec.is_rum else dict(tuning.completed_with_plan(study, plan.to_dict()).user_attrs["metrics"])
+        return Searched(plan, value, metrics, space)
+
+    try:
+        selection = experiment.select_plans(TIERS, searched, run, baselines=list(algorithms), strategy=strategy,
+                                            max_epochs=scale.max_epochs, note=lambda line: say(f"  {line}"))
+    except _Stopped:
+        return None
     if strategy == tuning.COMPOSED and spent is not None:  # RUM's selection: its composition and every tuning
         spent["rum"] = spent.get("rum-composed", 0.0) + sum(spent.get(a, 0.0) for a in algorithms)
-    return best
+    return {"rum": selection.rum.best_plan, **selection.tuned_plans()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -840,29 +854,24 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     # Every method runs under a compute budget and reports its cost in trainings (example passes /
     # the original's): at the main budget for the table, and at each budget of the curve. `none`
     # costs nothing and runs once. Seconds are kept as measured, never divided by another run's.
-    methods = [("RUM, searched plan", plans.get("rum")), ("none (no unlearning)", single_algorithm_plan("none"))]
-    for a in args.algorithms:
-        methods += [(f"{a} (defaults)", single_algorithm_plan(a)), (f"{a} (tuned)", plans.get(a))]
-    budgets = sorted({scale.budget, *scale.curve})
+    methods = experiment.compared_methods(plans.get("rum"), args.algorithms, plans)
     rows, curve, done = [], [], cache.reports()
-    for label, plan in methods:
-        if plan is None:
-            continue
-        for fraction in ([scale.budget] if label.startswith("none") else budgets):
-            r = done.get((label, fraction, plan.to_compact()))
-            if r is None:
-                if budget is not None and not budget.allows(target.retrain_s * fraction * 1.5):
-                    say(f"  {label:<34} at budget {fraction:g} skipped: {budget.left():.0f} s left")
-                    continue
-                report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
-                                            recipe=recipe(data, scale, seed), budget=original.budget(fraction))
-                r = dict(report.per_seed[0], method=label, budget=fraction, plan=plan.to_compact(),
-                         unchanged=report.unchanged, machine=machine(device))
-                cache.save_report(r)
-            curve.append(r)
-            if fraction == scale.budget:
-                show(r)
-                rows.append(r)
+    for method, fraction in experiment.method_budgets(methods, scale.budget, scale.curve):
+        label, plan = method.label, method.plan
+        r = done.get((label, fraction, plan.to_compact()))
+        if r is None:
+            if budget is not None and not budget.allows(target.retrain_s * fraction * 1.5):
+                say(f"  {label:<34} at budget {fraction:g} skipped: {budget.left():.0f} s left")
+                continue
+            report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
+                                        recipe=recipe(data, scale, seed), budget=original.budget(fraction))
+            r = dict(report.per_seed[0], method=label, budget=fraction, plan=plan.to_compact(),
+                     unchanged=report.unchanged, machine=machine(device))
+            cache.save_report(r)
+        curve.append(r)
+        if fraction == scale.budget:
+            show(r)
+            rows.append(r)
     retrain_fraction = (len(data.train) - len(forget)) / len(data.train)  # a retrain: epochs x retain
     union = np.unique(np.concatenate(calibration_ids)) if len(calibration_ids) else np.zeros(0, dtype=np.int64)
     spent = (search_record or {}).get("search_cost") or {}
@@ -1004,10 +1013,10 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
                  fmt(float(np.mean(retrain_cost)), 4) if retrain_cost else "-"])
 
     tests = []
-    rum = "RUM, searched plan"
-    pairs = [(rum, "none (no unlearning)")]
-    pairs += [(rum, f"{a} ({kind})") for a in args.algorithms for kind in ("tuned", "defaults")]
-    pairs += [(f"{a} (tuned)", f"{a} (defaults)") for a in args.algorithms]
+    rum = experiment.RUM_LABEL
+    pairs = [(rum, experiment.NONE_LABEL)]
+    pairs += [(rum, name_of(a)) for a in args.algorithms for name_of in (experiment.tuned_label, experiment.defaults_label)]
+    pairs += [(experiment.tuned_label(a), experiment.defaults_label(a)) for a in args.algorithms]
     for a, b in pairs:
         both = [(ra, rb) for ra, rb in zip(per.get(a, []), per.get(b, [])) if ra is not None and rb is not None]
         if not both:
@@ -1091,8 +1100,8 @@ def curve_lines(args, results: list[dict], floors: list[dict]) -> list[str]:
         return fmt(mean) if len(vals) < 2 else f"{fmt(mean)} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
 
     rows = [[m] + [cell(v.get(b, [])) for b in budgets] for m, v in by.items() if not m.startswith("none")]
-    none = by.get("none (no unlearning)", {})
-    rows.append(["none (no unlearning), cost 0"] + [cell(sum(none.values(), []))] * len(budgets))
+    none = by.get(experiment.NONE_LABEL, {})
+    rows.append([f"{experiment.NONE_LABEL}, cost 0"] + [cell(sum(none.values(), []))] * len(budgets))
     rows.append(["retrain vs retrain, about one training"] + [cell([f["floor/tow"] for f in floors])] * len(budgets))
     plot = write_curve_plot(args, budgets, by, floors)
     return ["Cost-quality curve (held-out ToW; each method run within each budget, as a fraction of the original "
@@ -1140,7 +1149,7 @@ def cost_lines(results: list[dict]) -> list[str]:
     out = []
     for res in results:
         c = res.get("costs")
-        rum = next((r for r in res["rows"] if r["method"] == "RUM, searched plan"), None)
+        rum = next((r for r in res["rows"] if r["method"] == experiment.RUM_LABEL), None)
         if not c or rum is None:
             continue
         request = float(rum.get("cost/train_fraction", float("nan")))
@@ -1166,7 +1175,7 @@ def verdict_lines(per: dict, pairs: list[tuple[str, str]], floors: list[dict]) -
     tests table: a comparison is called only when the 95% interval of the mean ToW difference over
     seeds excludes 0; otherwise it says the seeds cannot tell (with how many seeds each side won).
     Several comparisons at a few seeds and no multiplicity correction: a call is a lead, not a proof."""
-    rum = "RUM, searched plan"
+    rum = experiment.RUM_LABEL
     out = []
     for a, b in pairs:
         if a != rum:

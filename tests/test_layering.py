@@ -13,7 +13,7 @@ import import_graph  # noqa: E402
 
 PKG = Path(mlflow_unlearn.__file__).parent
 CORE = ["data", "ids", "models", "training", "compute", "confidences", "progress", "_registry", "memorization", "memorization_estimate", "algorithms", "rum", "metrics",
-        "arrays", "statistics", "task", "plans", "scoring", "candidates", "reporting", "forget_sets", "tuning", "compose", "plots", "lineage", "gate", "image_input"]
+        "arrays", "statistics", "task", "plans", "scoring", "candidates", "reporting", "forget_sets", "tuning", "compose", "experiment", "plots", "lineage", "gate", "image_input"]
 
 
 def is_core(module: str) -> bool:
