@@ -84,7 +84,7 @@ def test_example_plugin_is_found_by_name_and_runs(example_plugin, tmp_path):
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["module"] == "mlflow_unlearn_example"
     assert example_plugin in res["names"] and "neggrad_plus" in res["names"]
-    assert res["hyperparameters"] == {"ascent_steps": 8, "ascent_lr": 0.05, "repair_epochs": 1, "repair_lr": 0.01,
+    assert res["hyperparameters"] == {"ascent_steps": 16, "ascent_lr": 0.05, "repair_epochs": 1, "repair_lr": 0.01,
                                       "batch_size": 128}
     assert res["cls"] == "SmallCNN"
     assert res["caller_unchanged"] and res["changed"] and res["reproducible"]

@@ -207,7 +207,7 @@ def _retain_training(model, data, *, lr, epochs, batch_size, momentum, weight_de
 
 @ALGORITHMS.register("neggrad", default_search=True,
                      search_space={"lr": FloatRange(1e-5, 1e-2, log=True), "epochs": EPOCHS, "batch_size": SMALL_BATCHES})
-def neggrad(model: nn.Module, data: UnlearnData, *, lr: float = 2.5e-3, epochs: int = 5, batch_size: int = 128,
+def neggrad(model: nn.Module, data: UnlearnData, *, lr: float = 3.5e-3, epochs: int = 5, batch_size: int = 128,
             momentum: float = 0.9, weight_decay: float = 5e-4, max_retain_drop: float = 0.02, seed: int = 0,
             log: MetricLogger | None = None, meter: ComputeMeter | None = None) -> nn.Module:
     """NegGrad (gradient ascent, GA): maximise cross-entropy on the forget set, nothing else.
