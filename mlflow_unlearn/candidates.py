@@ -97,6 +97,34 @@ def rum_default_trials(tiers: Sequence[str], algorithms: Sequence[str]) -> list[
     return out
 
 
+AUTO_EPOCHS = "auto"  # max_epochs bounded by the budget (budget_epochs), the default of search and main
+FALLBACK_MAX_EPOCHS = 3  # `auto` without a budget to bound it: the bound before budgets existed
+
+
+def budget_epochs(budget_passes: int, n_retain: int) -> int:
+    """The epochs over retain a budget pays for, rounded up (at least 1): the search space's bound on
+    `epochs` at `max_epochs auto`. A retain-driven algorithm (finetune, neggrad_plus, salun, scrub,
+    ...) asked for more is cut to the budget anyway, so a trial never asks for epochs it cannot get,
+    and a tuned setting can spend the whole budget. A fixed bound could not: with 3 epochs a request
+    on a model trained 40 epochs spends at most 0.075 of a budget of 0.1 and one trained 182 epochs
+    0.016 (finetune's epoch is one pass over retain, about 1/epochs of the original training)."""
+    if not isinstance(budget_passes, int) or budget_passes < 1:
+        raise SearchError(f"the budget's example passes must be a whole number >= 1, got {budget_passes!r}")
+    if not isinstance(n_retain, int) or n_retain < 1:
+        raise SearchError(f"the retain set's size must be a whole number >= 1, got {n_retain!r}")
+    return max(1, -(-budget_passes // n_retain))
+
+
+def check_max_epochs(max_epochs) -> int | str:
+    """`auto` or a whole number >= 1 (the bound on searched `epochs`)."""
+    if max_epochs == AUTO_EPOCHS:
+        return max_epochs
+    if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
+        raise SearchError(f"max_epochs must be {AUTO_EPOCHS!r} (bounded by the budget) or a whole number >= 1, "
+                          f"got {max_epochs!r}")
+    return max_epochs
+
+
 COMPOSED = "composed"  # the default RUM search: per-tier arms built from each algorithm's tuned setting
 JOINT = "joint"  # the earlier RUM search: every tier's algorithm and hyperparameters sampled together
 STRATEGIES = (COMPOSED, JOINT)

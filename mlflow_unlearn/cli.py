@@ -17,6 +17,7 @@ from .cli_types import dataset as _dataset  # noqa: E402
 from .cli_types import dataset_help, model_help  # noqa: E402
 from .cli_types import model_name as _model  # noqa: E402
 from .cli_types import device as _device  # noqa: E402
+from .cli_types import max_epochs as _max_epochs  # noqa: E402
 from .cli_types import none_or as _none_or  # noqa: E402
 from .cli_types import positive_whole_number, whole_number as _int  # noqa: E402
 from .cli_types import strategy as _strategy  # noqa: E402
@@ -193,7 +194,9 @@ def _add_search(sub):
     p.add_argument("--algorithms", type=_algorithm_list, default=None,
                    help="comma-separated search space, or `default` (none plus every registered algorithm declared "
                         "for the default search; `mlflow-unlearn algorithms` lists them)")
-    p.add_argument("--max-epochs", type=_int, default=3)
+    p.add_argument("--max-epochs", type=_max_epochs, default="auto",
+                   help="bound on the searched epochs: auto (default: the epochs over retain the budget pays for, "
+                        "so a tuned setting can spend the whole budget) or a whole number")
     p.add_argument("--storage", type=_none_or(str), default=None, help="Optuna RDB URL (default: sqlite optuna.db beside mlflow.db)")
     p.add_argument("--study-name", type=_none_or(str), default=None, help="join this study (several workers share one)")
     p.add_argument("--trial-runs", type=_bool, default=False,
@@ -259,7 +262,9 @@ def _add_main(sub):
                         "algorithm) or joint (one study samples every tier's algorithm and hyperparameters)")
     p.add_argument("--calibration-sets", type=_int, default=2)
     p.add_argument("--unlearn-seeds", type=_int, default=3, help="unlearning seeds per reported method (mean, 95%% interval)")
-    p.add_argument("--max-epochs", type=_int, default=3)
+    p.add_argument("--max-epochs", type=_max_epochs, default="auto",
+                   help="bound on the searched epochs: auto (default: the epochs over retain the budget pays for, "
+                        "so a tuned setting can spend the whole budget) or a whole number")
     p.add_argument("--objective", default="tow")
     p.add_argument("--baselines", type=_algorithm_list, default="finetune,neggrad_plus,salun,scrub",
                    help="comma-separated algorithms reported at defaults and tuned beside RUM (default: the CIFAR "

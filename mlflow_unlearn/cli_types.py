@@ -41,6 +41,19 @@ def positive_whole_number(value: str) -> int:
 positive_whole_number.__name__ = "int"
 
 
+def max_epochs(value: str) -> int | str:
+    """`auto` (the bound the budget sets) or a whole number >= 1."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_whole_number(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 1, got {value!r}") from None
+
+
+max_epochs.__name__ = "max_epochs"
+
+
 def budget(value: str) -> float:
     """A budget: a fraction in (0, 1] of the original training's compute."""
     from .compute import BudgetError, parse_budget

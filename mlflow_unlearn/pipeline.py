@@ -25,6 +25,7 @@ from .data import validate_dataset_name
 from .metrics import METRICS, floor_key, shown_keys
 from .statistics import paired_test
 from .plots import method_comparison, tier_accuracy_chart
+from .candidates import AUTO_EPOCHS, check_max_epochs
 from .experiment import NONE_LABEL, RUM_LABEL, compared_methods
 from .memorization import DEFAULT_TIERS
 from .search import check_trials, prepare_calibration, search
@@ -172,7 +173,7 @@ def cost_summary(*, reference: float, search: float, request: float, retrain: fl
 
 def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs: int = 30, lr: float = 0.05, batch_size: int = 64,
               width: int | None = None, subset: int | None = None, val_fraction: float = 0.1, forget: str = "mix:90",
-              n_trials: int = 16, calibration_sets: int = 2, max_epochs: int = 3, objective: str = "tow",
+              n_trials: int = 16, calibration_sets: int = 2, max_epochs: int | str = AUTO_EPOCHS, objective: str = "tow",
               baselines: Sequence[str] | None = DEFAULT_BASELINES, algorithms: Sequence[str] | None = None,
               unlearn_seeds: int = 3, seed: int = 0, registered_model_name: str | None = None,
               storage: str | None = None, device: str | None = "auto", experiment: str | None = None,
@@ -189,6 +190,7 @@ def main_step(*, dataset: str = "digits-noisy", model: str = "small_cnn", epochs
     if unknown:
         raise ValueError(ALGORITHMS.unknown_message(unknown))
     check_n_trials(n_trials)
+    check_max_epochs(max_epochs)
     check_strategy(strategy)
     check_trials(n_trials, strategy, DEFAULT_TIERS, algorithms)
     if not isinstance(unlearn_seeds, int) or unlearn_seeds < 1:

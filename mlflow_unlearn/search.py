@@ -62,6 +62,7 @@ from .tuning import (
     rum_default_trials,
     trial_counts,
 )
+from .candidates import AUTO_EPOCHS, FALLBACK_MAX_EPOCHS, budget_epochs, check_max_epochs
 
 CALIBRATION_TAG = Tag.CALIBRATION_DIGESTS
 
@@ -330,11 +331,20 @@ def _arm_label(step) -> str:
     return Plan([step]).to_compact().split("=", 1)[1]
 
 
-def _check_settings(n_trials: int, objective: str, max_epochs: int) -> None:
+def _check_settings(n_trials: int, objective: str, max_epochs: int | str) -> None:
     check_n_trials(n_trials)
     objective_directions(objective)  # an unknown objective lists the valid ones
-    if not isinstance(max_epochs, int) or max_epochs < 1:
-        raise SearchError(f"max_epochs must be a whole number >= 1, got {max_epochs!r}")
+    check_max_epochs(max_epochs)
+
+
+def resolve_max_epochs(ctx: request.ForgetContext, max_epochs: int | str) -> int:
+    """The bound on searched `epochs` for this request: `auto` -> the epochs over its retain set its
+    budget pays for (`candidates.budget_epochs`), a number as given."""
+    if check_max_epochs(max_epochs) != AUTO_EPOCHS:
+        return max_epochs
+    if ctx.budget is None:
+        return FALLBACK_MAX_EPOCHS
+    return budget_epochs(ctx.budget.passes, len(ctx.retain_ids))
 
 
 def check_trials(n_trials: int, strategy: str, tiers: Sequence[str], algorithms: Sequence[str]) -> None:
@@ -499,7 +509,7 @@ def log_study_plots(study, objective: str, budget: float | None = None) -> None:
 
 
 def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: int = 20, objective: str = "tow",
-           algorithms: Sequence[str] | None = None, max_epochs: int = 3, storage: str | None = None,
+           algorithms: Sequence[str] | None = None, max_epochs: int | str = AUTO_EPOCHS, storage: str | None = None,
            study_name: str | None = None, retain_mode: str = "exclude_all", attach: bool = True,
            timeout_s: float | None = None, trial_runs: bool = False, strategy: str = COMPOSED,
            baselines: Sequence[str] = (), tuned: Mapping[str, SearchResult] | None = None) -> SearchResult:
@@ -527,6 +537,7 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
         open_storage(storage)
     if not calibration.references:
         raise SearchError("the search needs at least one calibration reference")
+    max_epochs = resolve_max_epochs(ctx, max_epochs)
     reused = set(tuned or {})
 
     def run(study: Study) -> SearchResult:
@@ -571,12 +582,13 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
 
 
 def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algorithm: str, *, n_trials: int = 20,
-                     objective: str = "tow", max_epochs: int = 3, storage: str | None = None,
+                     objective: str = "tow", max_epochs: int | str = AUTO_EPOCHS, storage: str | None = None,
                      timeout_s: float | None = None, trial_runs: bool = False,
                      study_name: str | None = None) -> SearchResult:
     """Tune one algorithm on the whole forget set with the same calibration sets, budget and space
     rules as the RUM search (its defaults are the first trial): the tuned baseline."""
     _check_algorithms([algorithm])
+    max_epochs = resolve_max_epochs(ctx, max_epochs)
     study = tuning_study(algorithm, max_epochs=max_epochs)
     plan, value, run_id, name, spent, metrics = _search_run(
         ctx, calibration, f"search-{algorithm}", study.space, study.candidates, study.enqueue, n_trials=n_trials,
@@ -587,8 +599,8 @@ def search_algorithm(ctx: request.ForgetContext, calibration: Calibration, algor
 
 
 def search_step(model_uri: str, forget, *, n_trials: int = 20, objective: str = "tow", algorithms: Sequence[str] | None = None,
-                max_epochs: int = 3, storage: str | None = None, study_name: str | None = None, seed: int = 0,
-                calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None,
+                max_epochs: int | str = AUTO_EPOCHS, storage: str | None = None, study_name: str | None = None,
+                seed: int = 0, calibration_sets: int = 2, device: str | None = "auto", experiment: str | None = None,
                 budget: float | None = DEFAULT_BUDGET, calibration_noise: bool = False,
                 calibration_size: int | None = None, trial_runs: bool = False, strategy: str = COMPOSED) -> SearchResult:
     algorithms = tuple(algorithms or default_search_algorithms())

@@ -13,6 +13,8 @@ from mlflow_unlearn import cli_types
     (cli_types.boolean, "maybe", "'maybe'"),
     (cli_types.device, "tpu", "unknown device 'tpu'"),
     (cli_types.algorithm_list, "finetune,sgd", "unknown algorithm 'sgd'"),
+    (cli_types.max_epochs, "0", "expected auto or a whole number >= 1, got '0'"),
+    (cli_types.max_epochs, "lots", "got 'lots'"),
 ])
 def test_argument_types_name_the_bad_value(parse, value, needle):
     with pytest.raises(argparse.ArgumentTypeError) as info:
@@ -27,6 +29,7 @@ def test_argument_types_accept_mlflow_run_spellings():
     assert cli_types.algorithm_list("default") is None
     assert cli_types.algorithm_list("none,finetune") == ["none", "finetune"]
     assert cli_types.device("cuda:1") == "cuda:1"
+    assert cli_types.max_epochs("AUTO") == "auto" and cli_types.max_epochs("4.0") == 4
 
 
 def test_none_or_keeps_the_cast_and_its_name():

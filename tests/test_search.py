@@ -15,6 +15,7 @@ from mlflow_unlearn import request
 
 from mlflow_unlearn import references, search, steps, tuning
 from mlflow_unlearn.algorithms import ALGORITHMS
+from mlflow_unlearn.candidates import budget_epochs
 from mlflow_unlearn.rum import Plan
 from mlflow_unlearn.tags import Tag
 
@@ -288,6 +289,7 @@ def test_a_request_too_large_for_calibration_names_sizes_and_fix(source_model):
 @pytest.mark.parametrize("kw,needle", [({"n_trials": 0}, "n_trials"), ({"objective": "accuracy"}, "accuracy"),
                                        ({"algorithms": ("none", "frob")}, "frob"), ({"n_trials": 2, "strategy": "joint"}, "known-good"),
                                        ({"strategy": "greedy"}, "composed, joint"), ({"max_epochs": 0}, "max_epochs"),
+                                       ({"max_epochs": "most"}, "'auto' (bounded by the budget)"),
                                        ({"storage": "notadb://x"}, "notadb://x")])
 def test_bad_search_settings(source_model, kw, needle):
     _, uri = source_model
@@ -349,3 +351,20 @@ def test_multi_objective_search_returns_a_pareto_plan(source_model, tmp_path):
     assert costs and all(0 <= c <= ctx.budget.fraction for c in costs), costs
     assert 0.0 in costs and max(costs) > 0
     assert found.best_value == max(t.values[0] for t in study.best_trials)
+
+
+def test_max_epochs_auto_is_the_epochs_over_retain_the_budget_pays_for(source_model, tmp_path):
+    """The default bound on searched epochs comes from the request's budget: every study of the
+    search logs it, no trial asks for more, and a tuned setting may reach it."""
+    _, uri = source_model
+    ctx = request.prepare(uri, FORGET, budget=0.5)
+    bound = budget_epochs(ctx.budget.passes, len(ctx.retain_ids))
+    assert bound == -(-ctx.budget.passes // len(ctx.retain_ids)) and bound > 3  # more than the old fixed bound
+    calibration = search.prepare_calibration(ctx, 1)
+    found = search.search(ctx, calibration, n_trials=3, algorithms=("none", "finetune"), attach=False,
+                          storage=f"sqlite:///{tmp_path}/auto.db")
+    tuning_run = MlflowClient().get_run(found.tunings["finetune"].run_id)
+    assert tuning_run.data.params["max_epochs"] == str(bound)
+    study = optuna.load_study(study_name=found.tunings["finetune"].study_name, storage=f"sqlite:///{tmp_path}/auto.db")
+    epochs = [t.params["finetune.epochs"] for t in study.trials if "finetune.epochs" in t.params]
+    assert epochs and max(epochs) <= bound

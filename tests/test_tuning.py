@@ -306,3 +306,19 @@ def test_the_registered_plan_is_the_cheapest_within_the_calibration_noise_of_the
     assert tuning.cheapest_within(low, 0.01)[0].name == "p1" and tuning.cheapest_within(low, 0.0)[0].name == "p0"
     with pytest.raises(tuning.SearchError, match="tolerance must be a finite number >= 0, got -0.1"):
         tuning.cheapest_within(study, -0.1)
+
+
+def test_budget_epochs_is_the_retain_passes_a_budget_pays_for_rounded_up():
+    from mlflow_unlearn.candidates import budget_epochs, check_max_epochs
+
+    # the demo: 0.1 of 30 epochs x 1,294 train images = 3,882 example passes over a retain set of 1,204
+    assert budget_epochs(3882, 1204) == 4
+    assert budget_epochs(2408, 1204) == 2 and budget_epochs(10, 1204) == 1
+    # the CPU CIFAR benchmark: 0.1 of 40 x 2,700 over 2,400 retain images (its fixed bound was 2)
+    assert budget_epochs(10800, 2400) == 5
+    with pytest.raises(tuning.SearchError, match="retain set's size must be a whole number >= 1, got 0"):
+        budget_epochs(100, 0)
+    assert check_max_epochs("auto") == "auto" and check_max_epochs(2) == 2
+    for bad in (0, 2.5, True, "many"):
+        with pytest.raises(tuning.SearchError, match="max_epochs must be 'auto'"):
+            check_max_epochs(bad)
