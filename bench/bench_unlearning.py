@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe  # noqa: E402
+from mlflow_unlearn.candidates import AUTO_EPOCHS, budget_epochs  # noqa: E402
 from mlflow_unlearn.compute import Budget, break_even_requests, original_train_passes  # noqa: E402
 from mlflow_unlearn.confidences import ConfidenceRecorder, heldout_c_proxy  # noqa: E402
 from mlflow_unlearn.gate import NeverSeen, heldout_never_seen, tier_expectation  # noqa: E402
@@ -74,7 +75,7 @@ class Scale:
     augment: bool  # crop+flip for the original and every retrain (unlearning: off, as the papers' --no_aug)
     forget: int  # size of the mix forget set (and of the calibration forget set)
     trials: int  # Optuna trials per study (RUM and each tuned baseline alike)
-    max_epochs: int  # search space: epochs per step at most
+    max_epochs: int | str  # search space: epochs per step at most, or `auto` (what the budget pays for over retain)
     seeds: tuple[int, ...]
     val_fraction: float = 0.1  # held out of training; the search's stand-in for the test split
     calibration_sets: int = 2
@@ -581,6 +582,9 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
     n_trials = scale.trials
     if strategy == tuning.JOINT:  # the same budget for RUM and for every tuned baseline
         n_trials = max(scale.trials, len(tuning.rum_default_trials(TIERS, searched)))
+    # `auto`: the product's default bound (candidates.budget_epochs), over the evaluated set's retain size
+    max_epochs = (budget_epochs(original.budget(scale.budget).passes, len(data.train) - scale.forget)
+                  if scale.max_epochs == AUTO_EPOCHS else scale.max_epochs)
     t0 = time.perf_counter()
 
     def run(spec: experiment.Study) -> Searched:
@@ -625,7 +629,7 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
 
     try:
         selection = experiment.select_plans(TIERS, searched, run, baselines=list(algorithms), strategy=strategy,
-                                            max_epochs=scale.max_epochs, note=lambda line: say(f"  {line}"))
+                                            max_epochs=max_epochs, note=lambda line: say(f"  {line}"))
     except _Stopped:
         return None
     if strategy == tuning.COMPOSED and spent is not None:  # RUM's selection: its composition and every tuning
@@ -1277,7 +1281,9 @@ def main(argv=None) -> int:
                    "for the CPU scale)")
     p.add_argument("--forget", type=int, help="size of the mix forget set")
     p.add_argument("--trials", type=int, help="Optuna trials per search space (0: no search)")
-    p.add_argument("--max-epochs", type=int, help="search space: epochs per step at most")
+    p.add_argument("--max-epochs", type=lambda v: v if v == AUTO_EPOCHS else int(v),
+                   help="search space: epochs per step at most, or auto (the product's default: the epochs over "
+                        "retain the budget pays for)")
     p.add_argument("--algorithms", nargs="+", default=None, help="baselines, each at its defaults and tuned; the RUM "
                    f"search space is none plus these (default: {' '.join(COMPARED)}; smoke: neggrad_plus)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default 1: fastest on the shared 2-core machines)")
