@@ -109,3 +109,35 @@ def test_the_cost_summary_on_fixed_inputs():
     assert cheap["cost/break_even_requests"] == 1 and "from the first request on" in text
     text, _ = pipeline.cost_summary(reference=0.86, search=7.7, request=0.09, retrain=0.93, tunings=6.0)
     assert "RUM search 7.700 [the tunings it builds on 6.000 + the per-tier search 1.700] + the request" in text
+
+
+class _Report:
+    """A method's per-seed ToW and cost, as verdict() reads a MethodReport."""
+
+    def __init__(self, name, plan, tows, cost=0.09):
+        from mlflow_unlearn.plans import Plan
+
+        self.name, self.plan, self.tows, self.cost = name, Plan.parse(plan), tows, cost
+
+    def values(self, key):
+        return self.tows if key == "tow" else [self.cost] * len(self.tows)
+
+    def summary(self, key):
+        from mlflow_unlearn.statistics import mean_ci
+
+        return mean_ci(self.values(key))
+
+
+def test_the_verdict_says_when_rum_kept_a_baselines_plan_and_compares_with_the_best_other_plan():
+    rum_plan = "all=finetune(lr=0.0244,epochs=3)"
+    reports = [_Report("RUM (searched plan)", rum_plan, [0.98, 0.985, 0.975]),
+               _Report("none (no unlearning)", "all=none", [0.66, 0.66, 0.66]),
+               _Report("finetune (tuned)", rum_plan, [0.98, 0.985, 0.975]),
+               _Report("salun (tuned)", "all=salun", [0.96, 0.965, 0.962])]
+    text = pipeline.verdict(reports, {"floor/tow": 0.989}, plan=rum_plan)
+    assert "not distinguishable from the best baseline, finetune (tuned)" in text
+    assert "That baseline runs the RUM plan itself" in text
+    assert "it is better than salun (tuned) (ToW 0.962" in text and "+0.018" in text
+    # a RUM plan of its own: no such sentence
+    reports[2] = _Report("finetune (tuned)", "all=finetune(lr=0.01,epochs=2)", [0.95, 0.955, 0.95])
+    assert "runs the RUM plan itself" not in pipeline.verdict(reports, {"floor/tow": 0.989}, plan=rum_plan)
