@@ -32,7 +32,7 @@ def calls(verdict: str) -> dict:
 
 def test_the_readme_verdict_parses():
     quoted = calls(readme_verdict())
-    assert quoted["plan"].startswith("low=neggrad_plus(") and quoted["kind"] == "a per-tier mix of tuned algorithms"
+    assert quoted["plan"].startswith("all=finetune(") and quoted["kind"].startswith("a tuned algorithm on the whole set")
     assert quoted["vs best"] == ("not distinguishable from", "finetune (tuned)")
 
 
@@ -53,8 +53,8 @@ def test_main_at_its_defaults_says_what_the_readme_says(tracking, capsys, monkey
     printed = capsys.readouterr().out
     verdict = next(line for line in printed.splitlines() if line.startswith("Verdict: "))
     got, quoted = calls(verdict), calls(readme_verdict())
-    # Which composed kind wins depends on the CPU's float sums (README: AVX-512 chose a per-tier mix,
-    # AVX2 tuned finetune on the whole set); the calls the README makes must hold on both.
+    # Which composed kind wins depends on the CPU's float sums (an AMD EPYC chose a per-tier mix, an
+    # Intel Xeon tuned finetune on the whole set); the calls the README makes must hold on every one.
     from mlflow_unlearn.pipeline import PLAN_KINDS
 
     assert got["kind"] in [PLAN_KINDS[k] for k in ("tuned", "uniform", "per-tier")], verdict
