@@ -221,31 +221,25 @@ def train_original(data, scale: Scale, seed: int) -> Original:
 
 
 @dataclass
-class Target:
-    """A forget set cut into memorisation tiers, and the model retrained without it."""
+class Target(tuning.Reference):
+    """A forget set cut into memorisation tiers and the model retrained without it: the product's
+    `Reference` (what the scorer, `report_plan` and the noise floor take, as `main` passes them),
+    plus what the benchmark's tables and cache keep beside it."""
 
-    name: str
-    forget_ids: np.ndarray
-    tiers: dict[str, np.ndarray]
-    reference: torch.nn.Module
-    reference_outputs: dict
-    retrain_s: float
-    eval_batch: int
+    eval_batch: int = 1024
     tier_acc: dict | None = None  # the reference's accuracy on each tier of the forget set
-    heldout: object = None  # the split standing in for test (validation while selecting; None = test)
-    retrained_here: bool = True  # False: loaded from the seed cache (retrain_s was measured by an earlier run)
-    retain_ids: np.ndarray | None = None  # where retain is compared (None: train minus the forget set)
+    retrained_here: bool = True  # False: loaded from the seed cache (`seconds` measured by an earlier run)
 
-    def tier_positions(self) -> dict[str, np.ndarray]:
-        return {t: np.searchsorted(self.forget_ids, ids) for t, ids in self.tiers.items()}
+    @property
+    def retrain_s(self) -> float:
+        return self.seconds
 
-    def evaluate(self, model, data, seed: int) -> dict[str, float]:
-        u = outputs_for(model, data, self.forget_ids, self.retain_ids, batch_size=self.eval_batch, heldout=self.heldout)
-        return evaluate_unlearning(u, self.reference_outputs, tiers=self.tier_positions(), seed=seed)
+    @property
+    def reference_outputs(self) -> dict:
+        return self.outputs
 
     def as_reference(self) -> tuning.Reference:
-        return tuning.Reference(self.forget_ids, self.tiers, self.reference, self.reference_outputs, self.retrain_s,
-                                self.heldout, self.name, self.retain_ids)
+        return self
 
 
 def make_target(name: str, data, original: Original, forget_ids, scale: Scale, seed: int, *, heldout=None,
@@ -256,9 +250,9 @@ def make_target(name: str, data, original: Original, forget_ids, scale: Scale, s
     reference, retrain_s = tuning.train_reference(lambda s: new_model(data, scale, s), train_config(scale, init_seed),
                                                   data, forget_ids, seed=init_seed)
     eval_batch = 4096 if data.device.type == "cuda" else 1024
-    target = Target(name, forget_ids, tiers_from_c_proxy(forget_ids, original.c_proxy, TIERS), reference,
+    target = Target(forget_ids, tiers_from_c_proxy(forget_ids, original.c_proxy, TIERS), reference,
                     outputs_for(reference, data, forget_ids, batch_size=eval_batch, heldout=heldout), retrain_s,
-                    eval_batch, heldout=heldout)
+                    heldout=heldout, name=name, eval_batch=eval_batch)
     r = evaluate_unlearning(target.reference_outputs, None, tiers=target.tier_positions(), seed=seed)
     target.tier_acc = {t: r[f"tier/{t}/forget_acc"] for t in TIERS}
     say(f"{name} forget set: {len(forget_ids)} ids ({', '.join(f'{t} {len(v)}' for t, v in target.tiers.items())}); "
@@ -339,9 +333,10 @@ class SeedCache:
                 meta = json.loads(str(z["meta"]))
                 outputs = {k: SplitOutputs(z[f"logits_{k}"], z[f"labels_{k}"]) for k in meta["splits"]}
                 tiers = {t: z[f"tier_{t}"] for t in meta["tiers"]}
-                target = Target(name, z["forget_ids"], tiers, None, outputs, meta["retrain_s"], meta["eval_batch"],
-                                tier_acc=meta["tier_acc"], heldout=data.val if meta["heldout_is_val"] else None,
-                                retrained_here=False, retain_ids=z["retain_ids"] if "retain_ids" in z.files else None)
+                target = Target(z["forget_ids"], tiers, None, outputs, meta["retrain_s"],
+                                heldout=data.val if meta["heldout_is_val"] else None, name=name,
+                                retain_ids=z["retain_ids"] if "retain_ids" in z.files else None,
+                                eval_batch=meta["eval_batch"], tier_acc=meta["tier_acc"], retrained_here=False)
             say(f"{name}: cached ({path.name}; retrained {meta['retrain_s']:.1f} s in an earlier run); per tier "
                 f"{'/'.join(fmt(a, 2) for a in target.tier_acc.values())}")
             return target
@@ -464,9 +459,9 @@ def calibration_targets(cache, data, original: Original, sets: list[np.ndarray],
     targets = []
     for name, ids in zip(names, sets):
         ids = np.sort(np.asarray(ids, dtype=np.int64))
-        t = Target(name, ids, tiers_from_c_proxy(ids, original.c_proxy, TIERS), model,
-                   outputs_for(model, data, ids, retain, batch_size=eval_batch, heldout=data.val), retrain_s, eval_batch,
-                   heldout=data.val, retain_ids=retain)
+        t = Target(ids, tiers_from_c_proxy(ids, original.c_proxy, TIERS), model,
+                   outputs_for(model, data, ids, retain, batch_size=eval_batch, heldout=data.val), retrain_s,
+                   heldout=data.val, name=name, retain_ids=retain, eval_batch=eval_batch)
         r = evaluate_unlearning(t.reference_outputs, None, tiers=t.tier_positions(), seed=seed)
         t.tier_acc = {tier: r[f"tier/{tier}/forget_acc"] for tier in TIERS}
         targets.append(cache.target(name, lambda t=t: t, data))

@@ -21,7 +21,7 @@ def stored_target(name: str) -> "bench.Target":
 
     outputs = {k: SplitOutputs(np.zeros((3, 10), dtype=np.float32), np.zeros(3, dtype=np.int64))
                for k in ("forget", "retain", "test")}
-    return bench.Target(name, np.arange(3), {"low": np.arange(3)}, None, outputs, 1.0, 8, tier_acc={"low": 0.5})
+    return bench.Target(np.arange(3), {"low": np.arange(3)}, None, outputs, 1.0, name=name, eval_batch=8, tier_acc={"low": 0.5})
 
 
 def test_a_reference_from_another_recipe_is_retrained_not_used(tmp_path):
