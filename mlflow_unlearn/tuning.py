@@ -127,14 +127,17 @@ def _notify(observer, name: str, *args, **kwargs) -> None:
 
 
 def make_study(name: str | None, storage, *, seed: int = 0, objective: str = "tow",
-               load_if_exists: bool = True) -> optuna.Study:
+               load_if_exists: bool = True, startup_trials: int = 10) -> optuna.Study:
     """A study with a seeded multivariate TPE sampler and the median pruner, in the direction the
     objective's metric declared (`tow+cost`: two directions, no pruning). `storage`: an Optuna
-    storage object or URL, or None (in memory)."""
+    storage object or URL, or None (in memory). `startup_trials`: trials drawn at random before TPE
+    models the scores (Optuna's default, 10; at 10-16 trials a study is mostly random search:
+    bench/bench_sampler.py measures what fewer buys)."""
     directions, _ = objective_directions(objective)
     with warnings.catch_warnings():  # multivariate/group TPE are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = ExploreAfterRepeat(optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True), seed=seed)
+        sampler = ExploreAfterRepeat(optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                                                n_startup_trials=startup_trials), seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner, directions=directions,
                                load_if_exists=load_if_exists)
