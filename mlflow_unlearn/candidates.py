@@ -9,8 +9,8 @@
 - `algorithm_candidates`: one algorithm on the whole set, defaults first: the tuned baseline.
 
 Hyperparameter spaces are declared by each algorithm when it is registered
-(`mlflow_unlearn.algorithms.search_space`): epochs at most `max_epochs`, plus the batch-size bound
-for the ascent-based methods. An algorithm that declares no space is tried at its defaults.
+(`mlflow_unlearn.algorithms.search_space`): epochs at most `max_epochs` (by default `auto`: what the
+budget pays for over retain, `budget_epochs`), plus the batch-size bound for the ascent-based methods. An algorithm that declares no space is tried at its defaults.
 No mlflow here.
 """
 from __future__ import annotations
