@@ -537,7 +537,12 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
         open_storage(storage)
     if not calibration.references:
         raise SearchError("the search needs at least one calibration reference")
-    max_epochs = resolve_max_epochs(ctx, max_epochs)
+    asked, max_epochs = max_epochs, resolve_max_epochs(ctx, max_epochs)
+    if asked == AUTO_EPOCHS:
+        why = ("auto without a budget: the fixed bound" if ctx.budget is None else
+               f"auto: the passes over the {len(ctx.retain_ids)} retain examples a budget of {ctx.budget.fraction:g} "
+               f"pays for")
+        print(f"search space: epochs at most {max_epochs} ({why})")
     reused = set(tuned or {})
 
     def run(study: Study) -> SearchResult:
