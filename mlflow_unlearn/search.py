@@ -60,6 +60,7 @@ from .tuning import (
     objective_directions,
     optimize,
     rum_default_trials,
+    spent_train_passes,
     trial_counts,
 )
 from .candidates import AUTO_EPOCHS, FALLBACK_MAX_EPOCHS, budget_epochs, check_max_epochs
@@ -416,7 +417,8 @@ def _search_run(ctx, calibration: Calibration, run_name: str, space: str, candid
         mlflow.log_dict(plan.to_dict(), "best_plan.json")
         chosen = completed_with_plan(study, plan.to_dict())
         chosen_metrics = dict(chosen.user_attrs.get("metrics", {})) if chosen is not None else {}
-        spent = scorer.spent_passes / ctx.source.original_passes
+        # the study's record, not this process's counter: a resumed or shared study counts every trial
+        spent = spent_train_passes(study) / ctx.source.original_passes
         mlflow.log_metrics({f"calibration/best_{key}": best, f"calibration/selected_{key}": value,
                             f"calibration/noise_{key}": tolerance, **trial_counts(study), "cost/train_fraction": spent,
                             **({} if calibration.quantile_distance is None else

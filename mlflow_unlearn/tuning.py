@@ -231,6 +231,7 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
                 raise optuna.TrialPruned(f"{objective} {mean_so_far[objective]:.4f} after calibration set {j + 1}")
 
         earlier = completed_with_plan(trial.study, trial.user_attrs["plan"])
+        passes_before = getattr(scorer, "spent_passes", 0)  # (a stand-in scorer that runs nothing spends nothing)
         try:
             if earlier is not None:  # the sampler drew a plan already scored: the score is deterministic
                 trial.set_user_attr("repeat_of", earlier.number)
@@ -251,6 +252,8 @@ def optimize(study: optuna.Study, candidates: Callable[[optuna.Trial], Plan], sc
         except BaseException as exc:  # an error in a plan or an interrupt: close what the observer opened
             _notify(observer, "trial_finished", trial, plan, {}, "failed", f"{type(exc).__name__}: {exc}")
             raise
+        finally:  # what scoring this trial cost, however it ended: the study is the record of a search's cost
+            _record_spent(trial, getattr(scorer, "spent_passes", 0) - passes_before)
         _notify(observer, "trial_finished", trial, plan, metrics, "complete")
         if multi:
             return metrics["tow"], metrics.get("cost/train_fraction", metrics["cost/train_passes"])
@@ -304,6 +307,26 @@ REPEAT_ALLOWANCE = 1
 # counting those duplicates would stop both workers after one trial each.
 _STARTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
             optuna.trial.TrialState.RUNNING)
+
+
+# The trial user attribute holding the training-mode example passes scoring the trial spent, over
+# every calibration set it ran (a pruned trial: the sets before it was cut; a repeat: 0).
+SPENT_PASSES_ATTR = "spent_train_passes"
+
+
+def _record_spent(trial: optuna.Trial, passes: int) -> None:
+    try:
+        trial.set_user_attr(SPENT_PASSES_ATTR, int(passes))
+    except optuna.exceptions.UpdateFinishedTrialError:  # another worker finished it: its record stands
+        pass
+
+
+def spent_train_passes(study: optuna.Study) -> int:
+    """What scoring the study's trials cost, in training-mode example passes: the sum of every
+    trial's `spent_train_passes` (complete, pruned, diverged or failed; every worker's, every run's).
+    Copied and repeated trials cost nothing. A search's cost read from its study, not from one
+    process's counter, so a resumed or shared study counts all of it."""
+    return sum(int(t.user_attrs.get(SPENT_PASSES_ATTR, 0)) for t in study.get_trials(deepcopy=False))
 
 
 def counts_against_budget(trial: optuna.trial.FrozenTrial) -> bool:

@@ -181,6 +181,32 @@ def test_a_plan_drawn_again_is_not_scored_again(setup):
     assert len(study.trials) == 5
 
 
+class _PruneAfterFirstSet(optuna.pruners.BasePruner):
+    """Cut every trial but the first after its first calibration set."""
+
+    def prune(self, study, trial):
+        return trial.number > 0
+
+
+def test_every_trial_records_what_scoring_it_cost_so_a_study_holds_its_search_cost(setup):
+    """The cost of a search is read from its study (a resumed or shared study, a bench stopped
+    mid-run): a complete trial records its passes over every set, a pruned one those of the sets
+    it ran before the cut, a repeat nothing; the sum is what the scorer spent."""
+    data, build, config, model, c, forget, calibration = setup
+    scorer = tuning.CalibrationScorer(model, data, [calibration, calibration])
+    plans = ["all=finetune(epochs=1)", "all=neggrad(epochs=1)", "all=finetune(epochs=1)", "all=neggrad(epochs=2)"]
+    study = optuna.create_study(direction="maximize", pruner=_PruneAfterFirstSet())
+    tuning.optimize(study, lambda trial: tuning.Plan.parse(plans[trial.number]), scorer, n_trials=3)
+    complete, pruned, repeat, _ = sorted(study.trials, key=lambda t: t.number)
+    assert (complete.state, pruned.state, "repeat_of" in repeat.user_attrs) == (
+        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, True)
+    spent = [t.user_attrs[tuning.SPENT_PASSES_ATTR] for t in (complete, pruned, repeat)]
+    # finetune for one epoch over retain, once per calibration set (the same set twice here)
+    assert spent[0] == 2 * complete.user_attrs["metrics"]["cost/train_passes"] > 0
+    assert spent[1] > 0 and spent[2] == 0
+    assert tuning.spent_train_passes(study) == scorer.spent_passes > sum(spent)  # + the last pruned trial
+
+
 def test_a_space_smaller_than_the_budget_stops_after_its_repeat_allowance(setup):
     """A space with one plan can never reach 3 scored plans: the study stops once it holds
     REPEAT_ALLOWANCE x n_trials repeats, having scored the plan once."""
