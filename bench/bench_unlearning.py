@@ -402,15 +402,6 @@ class SeedCache:
         """Optuna storage for this seed's studies (None: in memory)."""
         return None if self.dir is None else f"sqlite:///{self.dir / 'studies.db'}"
 
-    def search_cost(self) -> dict:
-        """What scoring each space's trials has cost so far, in trainings, over every run of this seed."""
-        path = None if self.dir is None else self.dir / "search_cost.json"
-        return json.loads(path.read_text()) if path is not None and path.exists() else {}
-
-    def save_search_cost(self, spent: dict) -> None:
-        if self.dir is not None:
-            (self.dir / "search_cost.json").write_text(json.dumps(spent, indent=1) + "\n")
-
 
 def _recipe_difference(stored: dict | None, current: dict) -> str:
     if stored is None:
@@ -555,13 +546,38 @@ class Searched:
     study_name: str
 
 
+def study_cost_passes(study, budget_passes: int) -> tuple[int, int]:
+    """What scoring a stored study's trials cost, in training-mode example passes: (counted, estimated).
+    Counted: each trial's `spent_train_passes` (recorded by `tuning.optimize` since 2026-12-06), or,
+    for a complete trial stored before that, its mean `cost/train_passes` times the calibration sets
+    it scored. Estimated: a pruned or failed trial stored before that recorded no passes, so each
+    calibration set it finished is counted at the full budget (a run stops at its budget, so this is
+    at most a batch short of an upper bound); a set a killed run left half done is not counted at all.
+    Copied and repeated trials cost nothing."""
+    counted_passes = estimated = 0
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if tuning.SPENT_PASSES_ATTR in attrs:
+            counted_passes += int(attrs[tuning.SPENT_PASSES_ATTR])
+        elif "repeat_of" in attrs or "copied_from" in attrs:
+            continue
+        elif t.state == _optuna.trial.TrialState.COMPLETE and "metrics" in attrs:
+            metrics = attrs["metrics"]
+            sets = sum(1 for k in metrics if k.startswith("calibration/") and k.endswith("/tow"))
+            counted_passes += round(metrics["cost/train_passes"] * sets)
+        else:
+            estimated += len(t.intermediate_values) * budget_passes
+    return counted_passes, estimated
+
+
 class _Stopped(Exception):
     """A study stopped by the time limit with trials left: the next run continues it."""
 
 
 def search_plans(original, data, calibration: list, scale: Scale, seed: int, algorithms, *,
                  timeout_s: float | None = None, values: dict | None = None, storage: str | None = None,
-                 spent: dict | None = None, strategy: str = tuning.COMPOSED) -> dict[str, Plan] | None:
+                 spent: dict | None = None, estimates: dict | None = None,
+                 strategy: str = tuning.COMPOSED) -> dict[str, Plan] | None:
     """The RUM plan and one tuned setting per baseline algorithm, each from a study of
     `scale.trials` trials on the calibration sets: the product's experiment
     (`experiment.select_plans`, the studies `main` runs, in the same order), each study run here in
@@ -570,7 +586,9 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
     their settings, with each tuned setting copied in; its cost is the composition's trials plus
     every tuning's. `joint`: the tunings, then one study over every tier's algorithm and
     hyperparameters. `values` (optional) receives each space's best calibration ToW (selection
-    only, never reported as a result). Returns None when `timeout_s` stopped a study early."""
+    only, never reported as a result); `spent` what each space's trials cost in trainings, read from
+    its study (`study_cost_passes`), and `estimates` the part of it that is an estimate. Returns
+    None when `timeout_s` stopped a study early."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -584,6 +602,15 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
     max_epochs = (budget_epochs(original.budget(scale.budget).passes, len(data.train) - scale.forget)
                   if scale.max_epochs == AUTO_EPOCHS else scale.max_epochs)
     t0 = time.perf_counter()
+
+    def _score_space(study, spec: experiment.Study, space: str, left: float | None) -> None:
+        if spec.arms is not None:  # the composed RUM search: one arm per tier from the tunings
+            compose.add_known_trials(study, list(spec.known))
+            compose.compose_search(study, TIERS, spec.arms, scorer, n_trials=n_trials, observer=_PrintTrials(space),
+                                  timeout_s=left)
+        elif storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
+            tuning.optimize(study, spec.candidates, scorer, n_trials=n_trials + failed_stale(study),
+                            enqueue=spec.enqueue, observer=_PrintTrials(space), timeout_s=left)
 
     def run(spec: experiment.Study) -> Searched:
         # this cache's study names (studies.db of earlier runs): the algorithm for a tuning
@@ -599,16 +626,14 @@ def search_plans(original, data, calibration: list, scale: Scale, seed: int, alg
         left = None if timeout_s is None else max(1.0, timeout_s - (time.perf_counter() - t0))
         if storage is None:
             left = None if timeout_s is None else timeout_s / (len(algorithms) + 1)
-        before = scorer.spent_passes
-        if spec.arms is not None:  # the composed RUM search: one arm per tier from the tunings
-            compose.add_known_trials(study, list(spec.known))
-            compose.compose_search(study, TIERS, spec.arms, scorer, n_trials=n_trials, observer=_PrintTrials(space),
-                                  timeout_s=left)
-        elif storage is None or counted(study) < n_trials:  # (optimize runs one trial before its budget check)
-            tuning.optimize(study, spec.candidates, scorer, n_trials=n_trials + failed_stale(study),
-                            enqueue=spec.enqueue, observer=_PrintTrials(space), timeout_s=left)
-        if spent is not None and scorer.spent_passes > before:  # what this space's trials cost, in trainings
-            spent[space] = spent.get(space, 0.0) + (scorer.spent_passes - before) / original.passes
+        try:
+            _score_space(study, spec, space, left)
+        finally:  # the cost so far, read from the study (a stopped or killed run loses nothing)
+            if spent is not None:
+                exact, estimated = study_cost_passes(study, original.budget(scale.budget).passes)
+                spent[space] = (exact + estimated) / original.passes
+                if estimated and estimates is not None:
+                    estimates[space] = estimated / original.passes
         if (storage is not None and spec.arms is None and counted(study) < n_trials
                 and not tuning.budget_spent(study, n_trials + failed_stale(study))):
             say(f"  search {space}: stopped with {counted(study)} of {n_trials} trials; run the same command again to "
@@ -828,13 +853,13 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
             if args.stop_after_s is not None:  # a run cut to fit a session: stop starting trials in time
                 left = args.stop_after_s - (time.perf_counter() - T0)
                 timeout = max(1.0, left if timeout is None else min(timeout, left))
-            values, spent = {}, cache.search_cost()
+            values, spent, estimates = {}, {}, {}
             plans = search_plans(original, data, calibration, scale, seed, args.algorithms, timeout_s=timeout,
-                                 values=values, storage=cache.storage(), spent=spent, strategy=args.strategy)
-            cache.save_search_cost(spent)
+                                 values=values, storage=cache.storage(), spent=spent, estimates=estimates,
+                                 strategy=args.strategy)
             if plans is None:  # stopped by --stop-after-s with trials left: the next run continues the studies
                 return None
-            search_record = save_search(args, scale, seed, plans, values, calibration, device, spent)
+            search_record = save_search(args, scale, seed, plans, values, calibration, device, spent, estimates)
     target = cache.target("evaluated", lambda: make_target("evaluated", data, original, forget, scale, seed), data)
     second = cache.target("evaluated (second retrain)", lambda: make_target(
         "evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000), data)
@@ -871,6 +896,8 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     spent = (search_record or {}).get("search_cost") or {}
     costs = {"calibration_reference": (len(data.train) - len(union)) / len(data.train),
              "rum_search": spent.get("rum", float("nan")), "rum_composition": spent.get("rum-composed"),
+             # the part of those costs estimated for trials stored before each trial recorded its passes
+             "estimated": (search_record or {}).get("search_cost_estimated") or {},
              "baseline_searches": {k: v for k, v in spent.items() if k not in ("rum", "rum-composed")},
              "retrain": retrain_fraction}
     return {"seed": seed, "machine": machine(device), "n_train": len(data.train), "n_test": len(data.test), "train_acc": original.train_acc,
@@ -921,14 +948,15 @@ def search_path(args, seed: int) -> Path:
 
 
 def save_search(args, scale: Scale, seed: int, plans: dict, values: dict, calibration: list, device,
-                spent: dict | None = None) -> dict:
+                spent: dict | None = None, estimates: dict | None = None) -> dict:
     """The selection half of a seed (calibration references + studies: about two thirds of a CPU
     seed's hours), stored before the reporting half runs, so a run cut short resumes from it. The
     reporting half never reads anything but the plans."""
     record = {"config": config_key(args, scale), "seed": seed, "machine": machine(device), "command": command_line(),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "plans": {k: v.to_compact() for k, v in plans.items()},
-              "calibration_tow": values, "search_cost": spent or {}, "strategy": args.strategy,
+              "calibration_tow": values, "search_cost": spent or {},
+              "search_cost_estimated": estimates or {}, "strategy": args.strategy,
               "calibration": [{"retrain_s": t.retrain_s, "tier_acc": t.tier_acc} for t in calibration]}
     if args.results_dir is not None:
         path = search_path(args, seed)
@@ -1136,6 +1164,15 @@ def write_curve_plot(args, budgets, by, floors) -> str | None:
     return name
 
 
+def _estimated_note(costs: dict) -> str:
+    estimated = costs.get("estimated") or {}
+    if not estimated:
+        return ""
+    parts = ", ".join(f"{k} {fmt(v, 3)}" for k, v in estimated.items())
+    return (f"; of the searches' cost, {parts} is estimated: pruned trials stored before trials recorded their "
+            "passes, each calibration set they scored counted at the full budget")
+
+
 def cost_lines(results: list[dict]) -> list[str]:
     """The first request's cost (the calibration reference + the RUM search + the request) and each
     later one's (the request alone), in trainings, and after how many requests unlearning costs less
@@ -1160,7 +1197,7 @@ def cost_lines(results: list[dict]) -> list[str]:
         out.append(f"- seed {res['seed']}: first request {fmt(first, 3)} trainings (calibration reference "
                    f"{fmt(c['calibration_reference'], 3)} + RUM search {fmt(c['rum_search'], 3)} + the request "
                    f"{fmt(request, 4)}); each later request {fmt(request, 4)}; a retrain {fmt(c['retrain'], 3)}; "
-                   f"cheaper than retraining every time {when} ({search})")
+                   f"cheaper than retraining every time {when} ({search})" + _estimated_note(c))
     return ["Cost per request, in trainings (example passes / the original training's):", "", *out] if out else []
 
 

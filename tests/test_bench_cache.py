@@ -46,3 +46,33 @@ def test_report_rows_resume(tmp_path):
     cache.save_report({"method": "finetune (tuned)", "budget": 0.1, "plan": "all=finetune", "tow": np.float64(0.9)})
     rows = bench.SeedCache(str(tmp_path), 0, key(40)).reports()
     assert rows[("finetune (tuned)", 0.1, "all=finetune")]["tow"] == 0.9
+
+
+def test_a_studys_search_cost_is_read_from_its_trials_and_old_pruned_ones_are_estimated():
+    """The bench reads what a seed's searches cost from the stored studies (a stopped or killed run
+    loses nothing): a trial's recorded passes; an older complete trial's mean cost times its sets;
+    an older pruned trial's finished sets at the full budget (estimated); repeats and copies free."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from mlflow_unlearn import tuning
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"x": FloatDistribution(0, 1)}
+
+    def add(state, user_attrs, steps=()):
+        study.add_trial(create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None,
+                                     params={"x": 0.1}, distributions=dist, user_attrs=user_attrs,
+                                     intermediate_values={j: 0.5 for j in steps}))
+
+    add(TrialState.COMPLETE, {tuning.SPENT_PASSES_ATTR: 700, "metrics": {"cost/train_passes": 1.0}})
+    add(TrialState.PRUNED, {tuning.SPENT_PASSES_ATTR: 300}, steps=[0])
+    add(TrialState.COMPLETE, {"metrics": {"cost/train_passes": 250.0, "calibration/0/tow": 0.9,
+                                          "calibration/1/tow": 0.8}}, steps=[0, 1])  # older: 2 sets x 250
+    add(TrialState.PRUNED, {}, steps=[0])  # older, pruned after one set: counted at the budget
+    add(TrialState.FAIL, {}, steps=[])  # killed before finishing a set: nothing known, nothing counted
+    add(TrialState.COMPLETE, {"repeat_of": 0, "metrics": {"cost/train_passes": 1e6}})
+    add(TrialState.COMPLETE, {"copied_from": "finetune#3", "metrics": {"cost/train_passes": 1e6,
+                                                                       "calibration/0/tow": 0.9}})
+    assert bench.study_cost_passes(study, budget_passes=400) == (700 + 300 + 500, 400)
