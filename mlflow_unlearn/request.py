@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,9 @@ class ResolvedPlan:
 
     plan: Any  # plans.ValidatedPlan
     source: str
+    # The budget to run under when it is not the request's: a plan chosen under a smaller budget
+    # than the request's runs at its own (what was scored); None: the request's.
+    budget: Budget | None = None
 
 
 PLAN_POLICIES = ("error", "default")
@@ -209,7 +213,7 @@ def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") ->
     if on_unfit not in PLAN_POLICIES:
         raise ValueError(f"unknown plan policy on_unfit={on_unfit!r}; valid: {', '.join(PLAN_POLICIES)}")
     if isinstance(spec, Plan):
-        return ResolvedPlan(spec.validate(ctx.tiers), "given")
+        return at_plan_budget(ctx, spec.validate(ctx.tiers), "given")
     text = str(spec or "auto").strip()
     default = lambda why: ResolvedPlan(default_plan(tuple(ctx.tiers)).validate(ctx.tiers), why)
     if text in ("auto", "registered"):
@@ -217,7 +221,14 @@ def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") ->
         try:
             registered = registered_plan(ctx.source.name)
             if registered is not None:
-                return ResolvedPlan(registered.validate(ctx.tiers), f"registered ({where})")
+                return at_plan_budget(ctx, registered.validate(ctx.tiers), f"registered ({where})")
+        except PlanBudgetError as exc:
+            if on_unfit == "error":
+                raise PlanBudgetError(f"the searched plan of registered model {ctx.source.name!r} {exc}; pass --budget "
+                                      f"{exc.plan_budget:g} (the budget it was searched at), search again with "
+                                      f"--budget {exc.request_budget:g}, or pass --plan default",
+                                      exc.plan_budget, exc.request_budget) from None
+            return default(f"default (the registered plan {exc})")
         except PlanError as exc:
             if on_unfit == "error":
                 raise PlanError(f"the searched plan of registered model {ctx.source.name!r} cannot be used for this "
@@ -230,7 +241,37 @@ def resolve_plan(ctx: ForgetContext, spec="auto", *, on_unfit: str = "error") ->
         return default("default (no plan registered on the model)")
     if text == "default":
         return default("default")
-    return ResolvedPlan(Plan.parse(text).validate(ctx.tiers), "given")
+    try:
+        return at_plan_budget(ctx, Plan.parse(text).validate(ctx.tiers), "given")
+    except PlanBudgetError as exc:
+        raise PlanBudgetError(f"the plan {exc}; pass --budget {exc.plan_budget:g}, or drop the plan's budget key to "
+                              f"run it cut to --budget {exc.request_budget:g}", exc.plan_budget, exc.request_budget) from None
+
+
+class PlanBudgetError(PlanError):
+    """A plan chosen under a larger budget than the request's (`at_plan_budget`)."""
+
+    def __init__(self, message: str, plan_budget: float, request_budget: float):
+        super().__init__(message)
+        self.plan_budget, self.request_budget = plan_budget, request_budget
+
+
+def at_plan_budget(ctx: ForgetContext, plan, source: str) -> ResolvedPlan:
+    """The rule for a plan that says the budget it was chosen under (`Plan.budget`, which `search`
+    records): the hyperparameters were scored with the algorithms' steps cut to that budget, so
+    - within the request's budget, the plan runs at its own: the run that was scored, and no more
+      compute than the request allows (the source says so);
+    - above it, cut to the request's budget the plan would be another run that nobody scored:
+      `PlanBudgetError` (the caller's policy decides between the error and the default plan).
+    A plan without a budget, or a request without one, runs as before."""
+    if plan.budget is None or ctx.budget is None or math.isclose(plan.budget, ctx.budget.fraction):
+        return ResolvedPlan(plan, source)
+    if plan.budget > ctx.budget.fraction:
+        raise PlanBudgetError(f"was chosen under budget {plan.budget:g}, above this request's {ctx.budget.fraction:g}: "
+                              f"cut to it, its steps would not be the run that was scored",
+                              plan.budget, ctx.budget.fraction)
+    return ResolvedPlan(plan, f"{source}; at its searched budget {plan.budget:g} (request budget "
+                              f"{ctx.budget.fraction:g})", Budget(plan.budget, ctx.budget.original_passes))
 
 
 def registered_plan(model_name: str):

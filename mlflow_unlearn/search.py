@@ -19,6 +19,7 @@ with `mlflow_unlearn.diverged`.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -577,13 +578,16 @@ def search(ctx: request.ForgetContext, calibration: Calibration, *, n_trials: in
                                          round(found.tuning_cost_train_fraction, 6))
     if attach:
         client = mlflow.MlflowClient()
-        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, plan_tag_value(found.best_plan.to_dict()))
+        # the budget travels with the plan (one tag, written at once): the steps it scored were cut to it
+        attached = dataclasses.replace(found.best_plan, budget=None if ctx.budget is None else ctx.budget.fraction)
+        client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN, plan_tag_value(attached.to_dict()))
         client.set_registered_model_tag(ctx.source.name, Tag.SEARCHED_PLAN_RUN, found.run_id)
         # the tags are for machines (the hook reads them); the description says the same for people
         readable = found.best_plan.to_compact(3).replace(";", "; ").replace(",", ", ")
+        at_budget = "" if ctx.budget is None else f" at budget {ctx.budget.fraction:g}"
         client.update_registered_model(ctx.source.name, description=(
             f"RUM plan for deletion requests (searched for version {ctx.source.version} on {len(calibration.digests)} "
-            f"calibration forget set(s), mean calibration {objective} {found.best_value:.3f}, search run "
+            f"calibration forget set(s){at_budget}, mean calibration {objective} {found.best_value:.3f}, search run "
             f"{found.run_id}): {readable}. Requests use it with `--plan registered` and through the registry hook."))
     return found
 

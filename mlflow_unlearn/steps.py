@@ -3,6 +3,7 @@ MLproject entry points are thin wrappers around these. Inputs are validated befo
 so bad input never leaves a half-created run or registered model."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
@@ -346,6 +347,8 @@ def rum(ctx: ForgetContext, plan, *, register: bool = False, run_name: str | Non
     """Unlearn tier by tier with `plan` (resolved by `request.resolve_plan` with policy `on_unfit`),
     one nested run per tier; log the model and, when asked, register it as a new version."""
     resolved = plan if isinstance(plan, ResolvedPlan) else resolve_plan(ctx, plan, on_unfit=on_unfit)  # before any run
+    if resolved.budget is not None:  # a plan chosen under a smaller budget runs at its own (request.at_plan_budget)
+        ctx = dataclasses.replace(ctx, budget=resolved.budget)
     p = resolved.plan
     return _apply_plan(ctx, resolved, role=Role.RUM, algorithm="rum", run_name=run_name or f"rum-{p.name or 'plan'}",
                        model_name="rum", params={"algorithm": "rum", "plan": p.to_compact()[:500],

@@ -264,6 +264,22 @@ def test_compact_form():
     assert Plan.parse(named.to_compact()) == Plan(named.steps, named.retain_mode)
 
 
+def test_a_plan_carries_the_budget_it_was_chosen_under_in_json_and_yaml_not_the_compact_form():
+    plan = Plan.from_dict(dict(EXAMPLE, budget=0.05))
+    assert plan.budget == 0.05 and plan.to_dict()["budget"] == 0.05
+    assert Plan.parse(plan.to_json()) == plan and Plan.parse(plan.to_yaml()) == plan
+    assert plan.validate(TIERS3).budget == 0.05  # the executor's type keeps it
+    assert "budget" not in plan.to_compact() and Plan.parse(plan.to_compact()).budget is None
+    assert "budget" not in Plan.from_dict(EXAMPLE).to_dict()  # no key when the plan does not say
+
+
+@pytest.mark.parametrize("budget", [0, -0.1, 1.5, float("nan"), "0.1", True])
+def test_a_plan_budget_outside_0_1_is_named(budget):
+    with pytest.raises(PlanError, match=r"plan budget must be a number in \(0, 1\].*got") as info:
+        Plan.from_dict(dict(EXAMPLE, budget=budget))
+    assert "drop the key" in str(info.value)
+
+
 @pytest.mark.parametrize("text, message", [
     ("", "empty"),
     ("low=finetune(lr=0.01", "unbalanced"),

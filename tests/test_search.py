@@ -82,8 +82,11 @@ def test_search_selects_on_calibration_sets_and_attaches_the_plan(source_model, 
     registered = MlflowClient().get_registered_model("digits-src")
     tags = registered.tags
     assert "low=none; mid=none; high=test_oracle" in registered.description  # readable, beside the JSON tag
-    assert json.loads(tags[Tag.SEARCHED_PLAN]) == found.best_plan.to_dict()
-    assert request.resolve_plan(ctx, "registered").plan.to_dict() == found.best_plan.validate(ctx.tiers).to_dict()
+    # the plan travels with the budget its trials were cut to (request.at_plan_budget)
+    assert json.loads(tags[Tag.SEARCHED_PLAN]) == dict(found.best_plan.to_dict(), budget=ctx.budget.fraction)
+    assert f"at budget {ctx.budget.fraction:g}" in registered.description
+    resolved = request.resolve_plan(ctx, "registered")
+    assert resolved.plan.steps == found.best_plan.validate(ctx.tiers).steps and resolved.budget is None
     trials = runs(f"tags.`mlflow_unlearn.role` = 'trial' and tags.`mlflow_unlearn.study` = '{found.study_name}'")
     assert not [t for t in trials if t.info.status == "FAILED"], "pruned trials must not look like crashes"
     study = optuna.load_study(study_name=found.study_name, storage=found.storage)
