@@ -1127,7 +1127,9 @@ def curve_lines(args, results: list[dict], floors: list[dict]) -> list[str]:
     rows.append(["retrain vs retrain, about one training"] + [cell([f["floor/tow"] for f in floors])] * len(budgets))
     plot = write_curve_plot(args, budgets, by, floors)
     return ["Cost-quality curve (held-out ToW; each method run within each budget, as a fraction of the original "
-            "training; plans selected at the main budget and applied at each):", "",
+            "training; plans selected at the main budget and applied at each, so a tuned row at another budget "
+            "shows what the same settings do when cut to it or given more; the product runs a searched plan at its "
+            "own budget when a request allows more, and refuses it when less: `request.at_plan_budget`):", "",
             table(["method"] + [f"budget {b:g}" for b in budgets], rows), "",
             *([f"![cost-quality curve]({plot})", ""] if plot else [])]
 
