@@ -48,6 +48,7 @@ LOOSE_GATE = "retain_drop=0.3,heldout_drop=0.3,mia_tolerance=0.3"
 # test_compute.py, test_algorithms_defaults.py and, for the hook at its default,
 # test_a_result_that_fails_the_gate_escalates_to_an_exact_retrain.
 TEST_BUDGET = "1"
+PLAN_BUDGET = 0.5  # the budget the registered plan says it was searched at
 
 
 class Hook:
@@ -135,7 +136,9 @@ def env(tmp_path_factory, sqlite_template):
                                  registered_model_name=MODEL, progress=False, device="cpu")
             client = mlflow.MlflowClient(url)
             plan = Plan.parse(TINY_PLAN).to_json(indent=None)
-            client.set_registered_model_tag(MODEL, Tag.SEARCHED_PLAN, plan)
+            # as `search` attaches it: with the budget its trials ran under (below the service's, so
+            # jobs run it at its own: request.at_plan_budget)
+            client.set_registered_model_tag(MODEL, Tag.SEARCHED_PLAN, json.dumps(dict(json.loads(plan), budget=PLAN_BUDGET)))
             mlflow.register_model(f"models:/{run_model_id(trained.run_id)}", QUIET)
             client.set_registered_model_tag(QUIET, Tag.SEARCHED_PLAN, plan)
             yield Env(workdir, url, hook, trained.run_id, trained.version)
@@ -200,6 +203,7 @@ def test_attach_yields_one_audited_version_and_duplicates_change_nothing(env):
     assert tags["mlflow_unlearn.n_forget"] == "24" and tags["mlflow_unlearn.request"] == res.uri
     assert json.loads(tags["mlflow_unlearn.applied_plan"])["steps"][2]["algorithm"] == "neggrad_plus"
     assert tags["mlflow_unlearn.plan_source"].startswith("registered")
+    assert tags["mlflow_unlearn.plan_source"].endswith(f"at its searched budget {PLAN_BUDGET:g} (request budget {TEST_BUDGET})")
     metrics = json.loads(tags["mlflow_unlearn.metrics"])
     for key in ("forget/acc", "retain/acc", "test/acc", "mia/efficacy", "mia/auc"):
         assert 0.0 <= metrics["after"][key] <= 1.0 and key in metrics["before"]
@@ -212,9 +216,11 @@ def test_attach_yields_one_audited_version_and_duplicates_change_nothing(env):
     assert sum(report["forget"]["tier_histogram"].values()) == 24
     assert report["metrics"]["against_reference"] is None  # no cached retrain: no ToW
     assert report["time"]["original_train_s"] > 0 and "mlflow" in report["software"]
-    # compute in trainings: the result's own run, under the service's budget, and the job's attempts together
+    # compute in trainings: the result's own run, under the plan's budget (within the service's), and the
+    # job's attempts together
     cost = report["cost"]
-    assert 0 < cost["cost/train_fraction"] <= cost["cost/budget"] == float(TEST_BUDGET)
+    assert 0 < cost["cost/train_fraction"] <= cost["cost/budget"] == PLAN_BUDGET < float(TEST_BUDGET)
+    assert tags["mlflow_unlearn.budget"] == f"{PLAN_BUDGET:g}"
     assert cost["attempts_train_fraction"] == pytest.approx(cost["cost/train_fraction"])  # one attempt
     assert float(tags["mlflow_unlearn.cost_train_fraction"]) == pytest.approx(cost["cost/train_fraction"], abs=1e-4)
     run_id = tags["mlflow_unlearn.run_id"]
