@@ -59,6 +59,7 @@ from mlflow_unlearn import compose, experiment, tuning  # noqa: E402  (the searc
 
 DEFAULT_DATA = str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz")
 T0 = time.perf_counter()  # process start: --stop-after-s counts from here
+LOAD0 = os.getloadavg()[0]  # the machine's load when this run started: seconds are read against it
 TIERS = ("low", "mid", "high")
 COMPARED = ("finetune", "neggrad_plus", "salun", "scrub")  # baselines: defaults and tuned; RUM searches none + these
 
@@ -818,7 +819,10 @@ def mode_algorithms(args, scale: Scale, device) -> None:
         "- ToW, ToW-MIA, ToW-PE: 1 = retrain-equivalent; MIA gap = |MIA efficacy - that of retrain|; "
         f"gap high tier = forget-accuracy gap on the most memorised third; every algorithm within a budget of "
         f"{scale.budget:g} of the original training; cost = its example passes / the original's (a retrain: "
-        "epochs x retain); seconds as measured on this machine, never divided by a retrain timed elsewhere", "",
+        "epochs x retain); seconds as measured on this machine, never divided by a retrain timed elsewhere",
+        f"- load while it ran: 1-minute load average {LOAD0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end, on "
+        f"{os.cpu_count()} cores (above about one per core, other processes shared the cores and the seconds are "
+        "longer than idle ones; the cost column does not depend on it)", "",
         table(header, body), "",
         *([f"Not run (--stop-after-s {args.stop_after_s:g} reached): {', '.join(skipped)}", ""] if skipped else []),
         *never_seen_lines([(seed, gate_check)] if gate_check else []),
