@@ -21,6 +21,11 @@ searches that are subsets of the one that ran:
 - `tune <a> only`: the stored tuning of one algorithm, nothing else; cost = the 2-set reference +
   that study's cost + the request; held-out ToW = `<a> (tuned)`. Every algorithm is listed: which
   one to tune alone is itself a choice the first request cannot make without a search.
+- `tune the top m by defaults`: rank the algorithms by their defaults' mean calibration ToW (the
+  first trial of every tuning), tune only the m best, register the tuned plan with the best
+  calibration ToW among them (the study's best, `seed<N>.json` search.calibration_tow); cost = the
+  2-set reference + the m studies' costs + the request. m = all is the four tunings without the
+  per-tier composition. A candidate for a cheaper default search, priced on data no choice of m saw.
 - `full search`: what ran (the four tunings and the per-tier composition): RUM's row and cost.
 
 Selection read calibration scores only; every ToW printed is on the evaluated forget set and the
@@ -104,6 +109,20 @@ def seed_sizes(result: dict, cache: Path, budget: float) -> list[dict]:
                     + (f" (study cost {costs['baseline_searches'][a]:.2f}, {estimated:.2f} of it estimated)"
                        if estimated else ""),
                     "first": full_reference + costs["baseline_searches"][a] + row["cost/train_fraction"],
+                    "tow": row["tow"]})
+    # successive halving over algorithms: the defaults' calibration ranks them, only the top m are tuned
+    by_defaults = sorted(algorithms, key=lambda a: -np.mean([defaults[a][f"calibration/{j}/tow"]
+                                                             for j in range(len(calibration))]))
+    tuned_score = (result.get("search") or {}).get("calibration_tow") or {}
+    for m in range(1, len(algorithms) + 1):
+        top = by_defaults[:m]
+        if not all(a in tuned_score for a in top):
+            break  # a seed stored before its search recorded each tuning's best calibration ToW
+        chosen = max(top, key=lambda a: tuned_score[a])
+        row = rows[f"{chosen} (tuned)"]
+        out.append({"size": f"tune the top {m} by defaults" + (" (all, no composition)" if m == len(algorithms) else ""),
+                    "choice": f"tuned {', '.join(top)}; {chosen} chosen (calibration ToW {tuned_score[chosen]:.3f})",
+                    "first": full_reference + sum(costs["baseline_searches"][a] for a in top) + row["cost/train_fraction"],
                     "tow": row["tow"]})
     rum = rows[RUM]
     out.append({"size": "full search (what ran)", "choice": f"`{rum['plan']}`",

@@ -44,6 +44,7 @@ def store_seed(tmp_path, seed=1):
             {"method": "salun (tuned)", "budget": 0.1, "tow": 0.95, "cost/train_fraction": 0.09,
              "plan": "all=salun(lr=0.5)"}]
     result = {"seed": seed, "n_train": 100, "rows": rows, "floor": {"floor/tow": 0.97},
+              "search": {"calibration_tow": {"finetune": 0.99, "salun": 0.95}},
               "costs": {"rum_search": 3.0, "baseline_searches": {"finetune": 1.0, "salun": 1.2},
                         "estimated": {"finetune": 0.25}}}
     (tmp_path / f"seed{seed}.json").write_text(json.dumps({"result": result}))
@@ -65,6 +66,11 @@ def test_smaller_searches_choose_on_calibration_and_report_held_out(tmp_path):
     assert "0.25 of it estimated" in sizes["tune finetune only"]["choice"]
     assert sizes["tune salun only"]["tow"] == 0.95
     assert sizes["full search (what ran)"]["first"] == pytest.approx(0.82 + 3.0 + 0.09)
+    # the defaults rank salun first (mean 0.80): tuning it alone; tuning both registers finetune,
+    # the better tuned one on calibration (0.99 > 0.95), whose held-out row is worse
+    top1, top2 = sizes["tune the top 1 by defaults"], sizes["tune the top 2 by defaults (all, no composition)"]
+    assert top1["tow"] == 0.95 and top1["first"] == pytest.approx(0.82 + 1.2 + 0.09)
+    assert top2["tow"] == 0.90 and top2["first"] == pytest.approx(0.82 + 1.2 + 1.0 + 0.1)
     text = bench.report(tmp_path, 0.1)
     assert "| defaults, 1 calibration set | 1.100 | 0.700 |" in text and "noise floor) 0.970" in text
 
