@@ -1204,6 +1204,9 @@ def cost_lines(results: list[dict]) -> list[str]:
                    f"{fmt(c['calibration_reference'], 3)} + RUM search {fmt(c['rum_search'], 3)} + the request "
                    f"{fmt(request, 4)}); each later request {fmt(request, 4)}; a retrain {fmt(c['retrain'], 3)}; "
                    f"cheaper than retraining every time {when} ({search})" + _estimated_note(c))
+    if out:  # the first request is what a smaller search trades against ToW: say where that is priced
+        out.append("- smaller searches priced from these seeds' stored trials (defaults only, one tuning, the top m "
+                   "tunings): `bench/bench_search_size_cifar.py --results-dir <this results dir>`, in bench/README.md")
     return ["Cost per request, in trainings (example passes / the original training's):", "", *out] if out else []
 
 
