@@ -879,7 +879,7 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     # costs nothing and runs once. Seconds are kept as measured, never divided by another run's.
     methods = experiment.compared_methods(plans.get("rum"), args.algorithms, plans)
     rows, curve, done = [], [], cache.reports()
-    for method, fraction in experiment.method_budgets(methods, scale.budget, scale.curve):
+    for method, fraction in main_budget_first(experiment.method_budgets(methods, scale.budget, scale.curve), scale.budget):
         label, plan = method.label, method.plan
         r = done.get((label, fraction, plan.to_compact()))
         if r is None:
@@ -912,6 +912,15 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
             "search": None if search_record is None else {k: search_record.get(k) for k in (
                 "finished", "machine", "calibration_tow", "calibration", "original", "note")},
             "search_resumed": resumed}
+
+
+def main_budget_first(pairs: list[tuple], budget: float) -> list[tuple]:
+    """The reporting half's (method, budget) pairs with every method at the main budget first, then
+    the cost-quality curve's other budgets, each group in the given method order. A CPU seed's rows
+    take hours and a session may stop part way; rows are cached by (method, budget, plan), so this
+    order only decides which rows a stopped run has: the main-budget comparison (the table and the
+    target line) before the curve."""
+    return sorted(pairs, key=lambda pair: pair[1] != budget)  # stable: method order kept within a group
 
 
 # ------------------------------------------------------------------------------------------------

@@ -75,3 +75,13 @@ def test_the_target_line_says_no_when_rum_is_further_than_001_below_the_floor(tm
                        "--results-dir", str(results), "--out-dir", str(tmp_path / "docs")]) == 0
     text = (tmp_path / "docs" / "bench_rum.md").read_text()
     assert "within 0.01 of the floor no (RUM - floor = -0.0175 [" in text
+
+
+def test_the_reporting_half_runs_every_method_at_the_main_budget_before_the_curve():
+    methods = ["RUM", "none", "finetune (defaults)"]
+    pairs = [(m, b) for m in methods for b in ([0.1] if m == "none" else [0.02, 0.05, 0.1, 0.2])]
+    ordered = bench.main_budget_first(pairs, 0.1)
+    assert ordered[:3] == [("RUM", 0.1), ("none", 0.1), ("finetune (defaults)", 0.1)]
+    assert ordered[3:] == [("RUM", 0.02), ("RUM", 0.05), ("RUM", 0.2),
+                           ("finetune (defaults)", 0.02), ("finetune (defaults)", 0.05), ("finetune (defaults)", 0.2)]
+    assert sorted(ordered) == sorted(pairs)  # the same rows, only reordered
