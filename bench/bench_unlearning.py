@@ -42,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe  # noqa: E402
+from mlflow_unlearn.algorithms import ALGORITHMS, TrainRecipe, hyperparameters  # noqa: E402
 from mlflow_unlearn.candidates import AUTO_EPOCHS, budget_epochs  # noqa: E402
 from mlflow_unlearn.compute import Budget, break_even_requests, original_train_passes  # noqa: E402
 from mlflow_unlearn.confidences import ConfidenceRecorder, heldout_c_proxy  # noqa: E402
@@ -882,13 +882,18 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     for method, fraction in main_budget_first(experiment.method_budgets(methods, scale.budget, scale.curve), scale.budget):
         label, plan = method.label, method.plan
         r = done.get((label, fraction, plan.to_compact()))
+        settings = plan_settings(plan)
+        if r is not None and r.get("settings", settings) != settings:
+            say(f"  {label:<34} at budget {fraction:g}: the stored row ran other settings "
+                f"({_settings_difference(r['settings'], settings)}); run again")
+            r = None
         if r is None:
             if budget is not None and not budget.allows(target.retrain_s * fraction * 1.5):
                 say(f"  {label:<34} at budget {fraction:g} skipped: {budget.left():.0f} s left")
                 continue
             report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
                                         recipe=recipe(data, scale, seed), budget=original.budget(fraction))
-            r = dict(report.per_seed[0], method=label, budget=fraction, plan=plan.to_compact(),
+            r = dict(report.per_seed[0], method=label, budget=fraction, plan=plan.to_compact(), settings=settings,
                      unchanged=report.unchanged, machine=machine(device))
             cache.save_report(r)
         curve.append(r)
@@ -912,6 +917,30 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
             "search": None if search_record is None else {k: search_record.get(k) for k in (
                 "finished", "machine", "calibration_tow", "calibration", "original", "note")},
             "search_resumed": resumed}
+
+
+def plan_settings(plan: Plan) -> list[dict]:
+    """Every step of `plan` with every hyperparameter it runs with, the algorithm's defaults filled in.
+    Report rows are cached by the compact plan, which names no defaults ("all=finetune"): a row keeps
+    these settings so that a later run whose defaults changed scores it again instead of reusing a
+    row that ran other settings. Rows stored before rows kept them (seed 1 and seed 0's first, all
+    written after the last change to these algorithms' defaults) are taken as they are."""
+    return json.loads(json.dumps([{"tier": step.tier, "algorithm": step.algorithm,
+                                   "hyperparameters": {**hyperparameters(step.algorithm), **step.hyperparameters}}
+                                  for step in plan.steps], default=_jsonable))
+
+
+def _settings_difference(stored: list[dict], current: list[dict]) -> str:
+    if len(stored) != len(current):
+        return f"{len(stored)} step(s) stored, {len(current)} now"
+    out = []
+    for a, b in zip(stored, current):
+        ha, hb = a.get("hyperparameters", {}), b.get("hyperparameters", {})
+        out += [f"{b['tier']} {b['algorithm']} {k} {ha.get(k)!r} here {hb.get(k)!r}"
+                for k in sorted(set(ha) | set(hb)) if ha.get(k) != hb.get(k)]
+        if a.get("algorithm") != b.get("algorithm"):
+            out.append(f"{b['tier']} algorithm {a.get('algorithm')!r} here {b['algorithm']!r}")
+    return ", ".join(out) or "the same values in another form"
 
 
 def main_budget_first(pairs: list[tuple], budget: float) -> list[tuple]:

@@ -85,3 +85,20 @@ def test_the_reporting_half_runs_every_method_at_the_main_budget_before_the_curv
     assert ordered[3:] == [("RUM", 0.02), ("RUM", 0.05), ("RUM", 0.2),
                            ("finetune (defaults)", 0.02), ("finetune (defaults)", 0.05), ("finetune (defaults)", 0.2)]
     assert sorted(ordered) == sorted(pairs)  # the same rows, only reordered
+
+
+def test_a_report_row_keeps_the_defaults_it_ran_so_a_changed_default_is_scored_again():
+    from mlflow_unlearn.algorithms import hyperparameters
+    defaults = bench.single_algorithm_plan("finetune")
+    assert defaults.to_compact() == "all=finetune"  # the cache key names no defaults...
+    settings = bench.plan_settings(defaults)
+    assert settings[0]["hyperparameters"] == json.loads(json.dumps(hyperparameters("finetune")))  # ...the row does
+    json.dumps(settings)  # stored in reports.jsonl as it is
+
+    stored = copy.deepcopy(settings)
+    stored[0]["hyperparameters"]["lr"] = 0.5  # a row written before the default lr changed
+    assert stored != settings
+    assert bench._settings_difference(stored, settings) == f"all finetune lr 0.5 here {settings[0]['hyperparameters']['lr']!r}"
+
+    tuned = bench.single_algorithm_plan("finetune", {"lr": 0.02})
+    assert bench.plan_settings(tuned)[0]["hyperparameters"]["lr"] == 0.02  # explicit values win over defaults
