@@ -923,8 +923,9 @@ def plan_settings(plan: Plan) -> list[dict]:
     """Every step of `plan` with every hyperparameter it runs with, the algorithm's defaults filled in.
     Report rows are cached by the compact plan, which names no defaults ("all=finetune"): a row keeps
     these settings so that a later run whose defaults changed scores it again instead of reusing a
-    row that ran other settings. Rows stored before rows kept them (seed 1 and seed 0's first, all
-    written after the last change to these algorithms' defaults) are taken as they are."""
+    row that ran other settings. Rows stored without them (rum-cpu-auto's seed 1 and seed 0's first
+    two, all written after the last change to these algorithms' defaults, 2026-12-06 15:16) are taken
+    as they are."""
     return json.loads(json.dumps([{"tier": step.tier, "algorithm": step.algorithm,
                                    "hyperparameters": {**hyperparameters(step.algorithm), **step.hyperparameters}}
                                   for step in plan.steps], default=_jsonable))
