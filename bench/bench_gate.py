@@ -87,6 +87,11 @@ def main(argv=None) -> int:
     estimates = {"held-out": heldout_never_seen(c_proxy, heldout_c_proxy(heldout_recorder.true_class_prob()),
                                                 source_out["test"].correct, heldout_conf=source_out["test"].true_conf,
                                                 test_conf=source_test.true_conf),
+                 # the same examples with the source's true-class probability in place of its 0/1
+                 # correctness (bench_reference_free.py: less optimistic in the middle tier on CIFAR)
+                 "held-out soft": heldout_never_seen(c_proxy, heldout_c_proxy(heldout_recorder.true_class_prob()),
+                                                     source_out["test"].true_conf, heldout_conf=source_out["test"].true_conf,
+                                                     test_conf=source_test.true_conf),
                  "none": None}
     labels = data.train.y.cpu().numpy()
     recipe = TrainRecipe(build, config)

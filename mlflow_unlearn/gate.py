@@ -70,7 +70,9 @@ class GateThresholds:
 @dataclass(frozen=True)
 class NeverSeen:
     """Never-seen correctness of calibration examples (1 = a reference that did not train on it
-    classifies it correctly) with their C-proxy, and the references' forget-vs-held-out AUC."""
+    classifies it correctly) with their C-proxy, and the references' forget-vs-held-out AUC.
+    `correct` may also be an expected correctness in [0, 1] (a probability of being classified
+    correctly): heldout_never_seen can take the source's true-class probability."""
 
     c_proxy: np.ndarray
     correct: np.ndarray
@@ -83,8 +85,9 @@ class NeverSeen:
         c, y = np.asarray(self.c_proxy, dtype=np.float64), np.asarray(self.correct, dtype=np.float64)
         if c.ndim != 1 or c.shape != y.shape or len(c) == 0:
             raise GateError(f"never-seen data needs equal-length, non-empty c_proxy and correct (got {c.shape}, {y.shape})")
-        if not np.all(np.isfinite(c)) or not np.all((y == 0) | (y == 1)):
-            raise GateError("never-seen data: c_proxy must be finite and correct 0/1")
+        if not np.all(np.isfinite(c)) or not np.all((y >= 0) & (y <= 1)):
+            raise GateError("never-seen data: c_proxy must be finite and correct in [0, 1] (0/1 outcomes or "
+                            "probabilities of being classified correctly)")
         order = np.argsort(c, kind="stable")
         object.__setattr__(self, "c_proxy", c[order])
         object.__setattr__(self, "correct", y[order])
