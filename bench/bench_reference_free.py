@@ -104,13 +104,41 @@ def compare(trials: list[dict], estimate: ReferenceAccuracies, truth: ReferenceA
             "chosen_rank": int(np.sum(stored > stored[chosen])) + 1}
 
 
+def rank_matched_mean(train_c_proxy, heldout_c_proxy, heldout_values, c_values, neighbours: int = 50) -> float:
+    """The mean over examples with C-proxy `c_values` of `heldout_values` (one per held-out example)
+    at the same rank: held-out example j at quantile q of the held-out C-proxy stands for a train
+    example at quantile q of the train C-proxy, and each example takes the mean of its `neighbours`
+    nearest held-out stand-ins. With 0/1 correctness it is the gate's never-seen expectation
+    (gate.heldout_never_seen + tier_expectation; tested equal); with the original's true-class
+    probability it is the soft variant."""
+    from mlflow_unlearn.gate import heldout_never_seen
+
+    values = np.asarray(heldout_values, dtype=np.float64).reshape(-1)
+    # the gate's windows over the rank-matched stand-ins, with 0/1 placeholders: only positions are used
+    windows = heldout_never_seen(train_c_proxy, heldout_c_proxy, np.zeros_like(values))
+    held = np.asarray(heldout_c_proxy, dtype=np.float64).reshape(-1)
+    rank = np.argsort(np.argsort(held, kind="stable"), kind="stable")
+    c_equivalent = np.quantile(np.asarray(train_c_proxy, dtype=np.float64), (rank + 0.5) / len(held))
+    ordered = values[np.argsort(c_equivalent, kind="stable")]  # the order NeverSeen sorts its examples in
+    prefix = np.concatenate([[0.0], np.cumsum(ordered)])
+    start, k = windows._windows(c_values, neighbours)
+    return float(np.mean((prefix[start + k] - prefix[start]) / k))
+
+
+ESTIMATES = {
+    "hard": "the gate's: the original's 0/1 correctness on rank-matched validation examples",
+    "soft": "the original's true-class probability on rank-matched validation examples",
+}
+
+
 def seed_references(results_dir: Path, seed: int, data_path: str):
-    """(estimate, truth, per-tier lines) for one stored seed: the original from `original.pt`, the
-    calibration references' outputs from their cached targets."""
+    """({estimate name: ReferenceAccuracies}, truth, per-tier lines) for one stored seed: the
+    original from `original.pt`, the calibration references' outputs from their cached targets.
+    Both estimates take retain and validation as the original's own accuracies; they differ in the
+    forget estimate (ESTIMATES)."""
     import torch
 
     import bench_unlearning as bu
-    from mlflow_unlearn.gate import heldout_never_seen, tier_expectation
     from mlflow_unlearn.training import predict_logits
 
     cache_dir = results_dir / f"seed{seed}-cache"
@@ -125,57 +153,67 @@ def seed_references(results_dir: Path, seed: int, data_path: str):
     if original.heldout_c_proxy is None:
         raise SystemExit(f"{cache_dir / 'original.pt'} has no validation C-proxy: the estimate needs one")
     c = np.asarray(original.c_proxy, dtype=np.float64)
-    val_correct = (predict_logits(original.model, data, data.val).argmax(1) == data.val.y).cpu().numpy()
-    never_seen = heldout_never_seen(c, original.heldout_c_proxy, val_correct)
+    val_logits = predict_logits(original.model, data, data.val)
+    val_y = data.val.y
+    per_example = {"hard": (val_logits.argmax(1) == val_y).double().cpu().numpy(),
+                   "soft": torch.softmax(val_logits.double(), 1)[torch.arange(len(val_y)), val_y].cpu().numpy()}
     targets = [t for j in range(scale.calibration_sets) if (t := cache.cached_target(f"calibration {j + 1} (pool)", data))]
     if len(targets) != scale.calibration_sets:
         raise SystemExit(f"{cache_dir}: {len(targets)} of {scale.calibration_sets} calibration references stored")
-    est_f, true_f, est_r, true_r, true_v, lines = [], [], [], [], [], []
+    est_f = {name: [] for name in per_example}
+    est_r, true_f, true_r, true_v, lines = [], [], [], [], []
     for j, target in enumerate(targets):
         n = sum(len(ids) for ids in target.tiers.values())
-        expected = {tier: tier_expectation(never_seen, c[ids])[0] for tier, ids in target.tiers.items()}
-        est_f.append(sum(expected[tier] * len(ids) for tier, ids in target.tiers.items()) / n)
+        tier_text = []
+        for name, values in per_example.items():
+            expected = {tier: rank_matched_mean(c, original.heldout_c_proxy, values, c[ids]) for tier, ids in target.tiers.items()}
+            est_f[name].append(sum(expected[tier] * len(ids) for tier, ids in target.tiers.items()) / n)
+            tier_text.append(f"{name} " + "/".join(f"{expected[t]:.2f}" for t in target.tiers))
         true_f.append(float(target.reference_outputs["forget"].correct.mean()))
         retain = data.train.subset(torch.as_tensor(target.retain_ids))
         est_r.append(float((predict_logits(original.model, data, retain).argmax(1) == retain.y).float().mean()))
         true_r.append(float(target.reference_outputs["retain"].correct.mean()))
         true_v.append(float(target.reference_outputs["test"].correct.mean()))
         lines.append(f"- seed {seed}, calibration set {j + 1}: forget accuracy per tier (low/mid/high) estimated "
-                     + "/".join(f"{expected[t]:.2f}" for t in target.tiers) + ", the reference "
-                     + "/".join(f"{a:.2f}" for a in target.tier_acc.values()))
-    estimate = ReferenceAccuracies(float(np.mean(est_f)), float(np.mean(est_r)), float(val_correct.mean()))
+                     + ", ".join(tier_text) + "; the reference " + "/".join(f"{a:.2f}" for a in target.tier_acc.values()))
+    validation = float(per_example["hard"].mean())
+    estimates = {name: ReferenceAccuracies(float(np.mean(f)), float(np.mean(est_r)), validation) for name, f in est_f.items()}
     truth = ReferenceAccuracies(float(np.mean(true_f)), float(np.mean(true_r)), float(np.mean(true_v)))
-    return estimate, truth, lines
+    return estimates, truth, lines
 
 
 def report(results_dir: Path, seeds: list[int], data_path: str) -> str:
     out = [f"Read from `{results_dir}` (seeds {', '.join(map(str, seeds))}): every complete trial of every "
-           "stored study; calibration data only.", ""]
+           "stored study; calibration data only. Forget estimates: "
+           + "; ".join(f"{name}, {what}" for name, what in ESTIMATES.items()) + ".", ""]
     acc_rows, sel_rows, tier_lines = [], [], []
     for seed in seeds:
         trials = complete_trials(results_dir / f"seed{seed}-cache" / "studies.db")
         if not trials:
             raise SystemExit(f"{results_dir}/seed{seed}-cache/studies.db: no complete trial")
-        estimate, truth, lines = seed_references(results_dir, seed, data_path)
+        estimates, truth, lines = seed_references(results_dir, seed, data_path)
         tier_lines += lines
-        acc_rows.append(f"| {seed} | {estimate.forget:.3f} / {truth.forget:.3f} | {estimate.retain:.3f} / {truth.retain:.3f} "
-                        f"| {estimate.validation:.3f} / {truth.validation:.3f} |")
+        acc_rows.append(f"| {seed} | " + " / ".join(f"{e.forget:.3f}" for e in estimates.values()) + f" / {truth.forget:.3f} "
+                        f"| {estimates['hard'].retain:.3f} / {truth.retain:.3f} "
+                        f"| {estimates['hard'].validation:.3f} / {truth.validation:.3f} |")
         groups = {"every study": trials, **{s: [t for t in trials if t["study"] == s] for s in sorted({t["study"] for t in trials})}}
-        for name, group in groups.items():
-            r = compare(group, estimate, truth)
-            sel_rows.append(f"| {seed} | {name} | {r['n']} | {r['spearman']:+.2f} | `{plan_text(r['best']['plan'])}` "
-                            f"{r['best_tow']:.3f} | `{plan_text(r['chosen']['plan'])}` {r['chosen_tow']:.3f} "
-                            f"(rank {r['chosen_rank']}) | {r['best_tow'] - r['chosen_tow']:.3f} | {r['recomputed_error']:.3f} |")
+        for group_name, group in groups.items():
+            for name, estimate in estimates.items():
+                r = compare(group, estimate, truth)
+                sel_rows.append(f"| {seed} | {group_name} | {name} | {r['n']} | {r['spearman']:+.2f} | "
+                                f"`{plan_text(r['best']['plan'])}` {r['best_tow']:.3f} | `{plan_text(r['chosen']['plan'])}` "
+                                f"{r['chosen_tow']:.3f} (rank {r['chosen_rank']}) | {r['best_tow'] - r['chosen_tow']:.3f} | "
+                                f"{r['recomputed_error']:.3f} |")
     out += ["Reference accuracies, estimated from the original alone / the calibration reference's (mean over "
-            "the calibration sets):", "",
+            "the calibration sets; forget: " + " / ".join(ESTIMATES) + " / the reference):", "",
             "| seed | forget | retain | validation |", "|---|---|---|---|", *acc_rows, "", *tier_lines, "",
             "Choosing by the estimate: Spearman = rank correlation of the estimated ToW with the stored "
             "calibration ToW over the group's trials; the reference's choice and the estimate's choice, each "
             "with its stored calibration ToW (against the real reference); loss = the difference; recomputed "
             "= the largest distance between the formula on mean accuracies with the true reference and the "
             "stored mean of per-set ToW (how exact the re-scoring is).", "",
-            "| seed | trials of | n | Spearman | the reference chose | the estimate would choose | loss | recomputed |",
-            "|---|---|---|---|---|---|---|---|", *sel_rows]
+            "| seed | trials of | estimate | n | Spearman | the reference chose | the estimate would choose | loss | recomputed |",
+            "|---|---|---|---|---|---|---|---|---|", *sel_rows]
     return "\n".join(out)
 
 

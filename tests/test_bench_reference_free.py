@@ -40,3 +40,22 @@ def test_the_estimate_chooses_and_the_stored_calibration_tow_scores_the_choice(t
     assert r["spearman"] == pytest.approx(-0.5)  # estimated ranks 1, 3, 2 against stored ranks 3, 2, 1
 
     assert bench.compare(trials, truth, truth)["chosen"]["plan"] == r["best"]["plan"]  # an exact estimate agrees
+
+
+def test_the_rank_matched_mean_of_correctness_is_the_gates_estimate_and_probabilities_soften_it():
+    import numpy as np
+
+    from mlflow_unlearn.gate import heldout_never_seen, tier_expectation
+
+    rng = np.random.default_rng(0)
+    train_c = rng.uniform(0, 1, 500)
+    held_c = rng.uniform(0, 0.8, 120)  # another scale: matched by rank
+    prob = np.clip(held_c + rng.normal(0, 0.1, 120), 0, 1)  # the original's true-class probability
+    correct = (prob > 0.5).astype(float)
+    tier = np.sort(train_c)[200:260]  # a middle tier
+    gate = tier_expectation(heldout_never_seen(train_c, held_c, correct), tier)[0]
+    assert bench.rank_matched_mean(train_c, held_c, correct, tier) == pytest.approx(gate)
+    soft = bench.rank_matched_mean(train_c, held_c, prob, tier)
+    assert abs(soft - 0.5) < abs(gate - 0.5)  # probabilities near 0.5 in the middle: less sharp than 0/1
+    with pytest.raises(ValueError):
+        bench.rank_matched_mean(train_c, held_c, prob[:10], tier)  # one value per held-out example
