@@ -159,3 +159,15 @@ def test_the_heldout_estimate_refuses_bad_input_by_name(args, needle):
     with pytest.raises(GateError) as e:
         heldout_never_seen(*args)
     assert needle in str(e.value)
+
+
+def test_a_never_seen_estimate_takes_probabilities_of_being_right_and_refuses_values_outside_0_1():
+    c = np.linspace(0, 1, 100)
+    soft = np.where(c < 0.5, 0.2, 0.9)  # e.g. a source's true-class probabilities on held-out examples
+    ns = NeverSeen(c, soft)
+    assert ns.accuracy_at([0.1], 10)[0] == pytest.approx(0.2) and ns.accuracy_at([0.9], 10)[0] == pytest.approx(0.9)
+    expected, band = tier_expectation(ns, c[80:95])  # its 50-neighbour windows all above 0.5
+    assert expected == pytest.approx(0.9) and band > 0.1
+    for bad in (1.5, -0.1, np.nan):
+        with pytest.raises(GateError, match=r"correct in \[0, 1\]"):
+            NeverSeen(c, np.full(100, bad))
