@@ -105,24 +105,15 @@ def compare(trials: list[dict], estimate: ReferenceAccuracies, truth: ReferenceA
 
 
 def rank_matched_mean(train_c_proxy, heldout_c_proxy, heldout_values, c_values, neighbours: int = 50) -> float:
-    """The mean over examples with C-proxy `c_values` of `heldout_values` (one per held-out example)
-    at the same rank: held-out example j at quantile q of the held-out C-proxy stands for a train
-    example at quantile q of the train C-proxy, and each example takes the mean of its `neighbours`
-    nearest held-out stand-ins. With 0/1 correctness it is the gate's never-seen expectation
-    (gate.heldout_never_seen + tier_expectation; tested equal); with the original's true-class
-    probability it is the soft variant."""
-    from mlflow_unlearn.gate import heldout_never_seen
+    """The gate's never-seen expectation for examples with C-proxy `c_values` (gate.heldout_never_seen
+    + tier_expectation): held-out example j at quantile q of the held-out C-proxy stands for a train
+    example at quantile q of the train C-proxy, and each example takes the mean of `heldout_values`
+    over its `neighbours` nearest stand-ins. With the original's 0/1 correctness it is what the gate
+    uses today (`hard`); with its true-class probability, the `soft` variant."""
+    from mlflow_unlearn.gate import GateThresholds, heldout_never_seen, tier_expectation
 
-    values = np.asarray(heldout_values, dtype=np.float64).reshape(-1)
-    # the gate's windows over the rank-matched stand-ins, with 0/1 placeholders: only positions are used
-    windows = heldout_never_seen(train_c_proxy, heldout_c_proxy, np.zeros_like(values))
-    held = np.asarray(heldout_c_proxy, dtype=np.float64).reshape(-1)
-    rank = np.argsort(np.argsort(held, kind="stable"), kind="stable")
-    c_equivalent = np.quantile(np.asarray(train_c_proxy, dtype=np.float64), (rank + 0.5) / len(held))
-    ordered = values[np.argsort(c_equivalent, kind="stable")]  # the order NeverSeen sorts its examples in
-    prefix = np.concatenate([[0.0], np.cumsum(ordered)])
-    start, k = windows._windows(c_values, neighbours)
-    return float(np.mean((prefix[start + k] - prefix[start]) / k))
+    never_seen = heldout_never_seen(train_c_proxy, heldout_c_proxy, heldout_values)
+    return tier_expectation(never_seen, c_values, GateThresholds(neighbours=neighbours))[0]
 
 
 ESTIMATES = {
@@ -176,6 +167,21 @@ def seed_references(results_dir: Path, seed: int, data_path: str):
         true_v.append(float(target.reference_outputs["test"].correct.mean()))
         lines.append(f"- seed {seed}, calibration set {j + 1}: forget accuracy per tier (low/mid/high) estimated "
                      + ", ".join(tier_text) + "; the reference " + "/".join(f"{a:.2f}" for a in target.tier_acc.values()))
+    evaluated = cache.cached_target("evaluated", data)
+    if evaluated is not None:  # the gate's own question on the request: would it refuse an exact retrain?
+        from mlflow_unlearn.gate import heldout_never_seen, tier_expectation
+
+        parts = []
+        for name, values in per_example.items():
+            never_seen = heldout_never_seen(c, original.heldout_c_proxy, values)
+            cells = []
+            for tier, ids in evaluated.tiers.items():
+                expected, band = tier_expectation(never_seen, c[ids])
+                ok = abs(evaluated.tier_acc[tier] - expected) <= band
+                cells.append(f"{expected:.2f} +- {band:.2f}{'' if ok else ' (reject)'}")
+            parts.append(f"{name} " + " / ".join(cells))
+        lines.append(f"- seed {seed}, the evaluated set (the gate's check of its exact retrain, per tier low/mid/high): "
+                     + "; ".join(parts) + "; the retrain " + "/".join(f"{a:.2f}" for a in evaluated.tier_acc.values()))
     validation = float(per_example["hard"].mean())
     estimates = {name: ReferenceAccuracies(float(np.mean(f)), float(np.mean(est_r)), validation) for name, f in est_f.items()}
     truth = ReferenceAccuracies(float(np.mean(true_f)), float(np.mean(true_r)), float(np.mean(true_v)))
