@@ -16,6 +16,8 @@ Each candidate gets verdicts with the same thresholds (gate.py's defaults):
   search, no retrain);
 - gate (held-out): with the estimate from validation examples of the same C-proxy rank
   (`gate.heldout_never_seen`, what the hook decides for a model that was never searched);
+- gate (held-out soft): the same with the source's true-class probabilities in place of its 0/1
+  correctness (bench_reference_free.py; not what the hook uses: docs/hook.md says why);
 - gate (none): with no estimate (per-tier checks not checked, MIA against 0.5), what the hook did
   for an unsearched model before the held-out estimate;
 - truth: the same checks with the request's own reference as the never-seen model (its per-tier
