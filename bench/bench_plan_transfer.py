@@ -52,9 +52,18 @@ def stored_plans(results_dir: Path) -> dict[int, dict[str, str]]:
 
 
 def pairs(plans: dict[int, dict[str, str]], targets: list[int], keys: list[str]) -> list[tuple[int, int, str, str]]:
-    """(target, source, key, plan) for every target and every *other* source seed that stored `key`.
-    A seed's own plans are never transferred to itself: its own row is the comparison."""
-    return [(t, s, k, plans[s][k]) for t in targets for s in sorted(plans) if s != t for k in keys if k in plans[s]]
+    """(target, source, keys, plan) for every target and every *other* source seed that stored one of
+    `keys`; keys naming the same plan share one run (a search that registered its tuned salun names
+    it twice: "rum, salun"). A seed's own plans are never transferred to itself: its own row is the
+    comparison."""
+    out: dict[tuple, list[str]] = {}
+    for t in targets:
+        for s in sorted(plans):
+            if s != t:
+                for k in keys:
+                    if k in plans[s]:
+                        out.setdefault((t, s, plans[s][k]), []).append(k)
+    return [(t, s, ", ".join(k), plan) for (t, s, plan), k in out.items()]
 
 
 def cached_rows(path: Path) -> dict[tuple, dict]:
@@ -71,24 +80,31 @@ def own_rows(results_dir: Path, seed: int, budget: float) -> dict[str, dict]:
     return {r["method"]: r for r in rows if r["budget"] == budget}
 
 
-def best_baseline(own: dict[str, dict]) -> tuple[str, float] | None:
-    """The best plan at the budget other than the seed's own searched plan and `none`."""
-    others = [(label, r["tow"]) for label, r in own.items() if label != OWN and not label.startswith("none")]
-    return max(others, key=lambda item: item[1]) if others else None
+def best_of(own: dict[str, dict], kind: str) -> tuple[str, float] | None:
+    """The target's best row at the budget among its algorithms' `kind` rows ("defaults" or
+    "tuned"), tuned rows that ran the seed's own searched plan left out (the same run twice). Picked
+    by the held-out score itself, so for defaults it is an oracle: what the best single algorithm
+    at its defaults could do with no search, an upper bound on choosing one without looking."""
+    mine = own.get(OWN, {}).get("plan")
+    rows = [(label.split(" (")[0], r["tow"]) for label, r in own.items()
+            if label.endswith(f"({kind})") and not (kind == "tuned" and r.get("plan") == mine)]
+    return max(rows, key=lambda item: item[1]) if rows else None
 
 
 def comparison_rows(results_dir: Path, rows: list[dict], floors: dict[int, float]) -> list[str]:
     out = []
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"
+    named = lambda best: "-" if best is None else f"{best[0]} {best[1]:.4f}"
     for r in rows:
         own = own_rows(results_dir, r["target"], r["budget"])
         mine = own.get(OWN)
-        best = best_baseline(own)
         none = next((x["tow"] for label, x in own.items() if label.startswith("none")), None)
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"
         minus = "-" if mine is None else f"{r['tow'] - mine['tow']:+.4f}"
-        other = "-" if best is None else f"{best[0]} {best[1]:.4f}"
+        defaults = best_of(own, "defaults")
+        over_defaults = "-" if defaults is None else f"{r['tow'] - defaults[1]:+.4f}"
         out.append(f"| {r['target']} | {r['source']} ({r['key']}) | `{r['plan']}` | {r['tow']:.4f} | "
-                   f"{r['cost/train_fraction']:.3f} | {fmt(mine and mine['tow'])} | {minus} | {other} | "
+                   f"{r['cost/train_fraction']:.3f} | {fmt(mine and mine['tow'])} | {minus} | "
+                   f"{named(best_of(own, 'tuned'))} | {named(defaults)} | {over_defaults} | "
                    f"{fmt(none)} | {fmt(floors.get(r['target']))} |")
     return out
 
@@ -141,16 +157,17 @@ def run(args) -> str:
                 report = tuning.report_plan(f"seed {source} {plan_key}", original.model, data, evaluated.as_reference(),
                                             plan, seeds=[target], eval_seed=target, recipe=bu.recipe(data, scale, target),
                                             budget=original.budget(scale.budget))
-                r = dict(report.per_seed[0], target=target, source=source, key=plan_key, plan=compact,
+                r = dict(report.per_seed[0], target=target, source=source, plan=compact,
                          budget=scale.budget, settings=settings, machine=bu.machine(torch.device("cpu")),
                          finished=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
                 with open(cache_path, "a") as f:
                     f.write(json.dumps(r, default=bu._jsonable) + "\n")
                 bu.say(f"  seed {source}'s {plan_key} on seed {target}: held-out ToW {r['tow']:.4f}, cost "
                        f"{r['cost/train_fraction']:.3f} of a training, {time.perf_counter() - t0:.0f} s")
-            rows.append(r)
+            rows.append({**r, "key": plan_key})  # the keys asked for now (a cached row may have run under another)
     header = ("| target seed | plan from seed | plan | held-out ToW | cost (trainings) | the target's own searched plan "
-              "| transferred minus own | the target's best other plan at the budget | none | floor (second retrain) |")
+              "| transferred minus own | the target's best other tuned algorithm | the best algorithm at its defaults "
+              "(oracle) | transferred minus that | none | floor (second retrain) |")
     lines = [f"Read from and written to `{results_dir}` (`transfer.jsonl`); budget "
              f"{rows[0]['budget'] if rows else '-'}; machine: {rows[0]['machine'] if rows else '-'}.", "",
              header, "|" + "---|" * (header.count("|") - 1), *comparison_rows(results_dir, rows, floors)]
