@@ -1095,8 +1095,8 @@ def summary_text(args, scale: Scale, device, results: list[dict], title: str) ->
         search = res.get("search") or {}
         if res.get("search_resumed"):
             plans.append(f"  (seed {res['seed']}: selected in an earlier run, finished {search.get('finished')} on "
-                         f"{search.get('machine')}, stored in seed{res['seed']}-search.json; this run retrained the "
-                         f"original with the same recipe and seed and only reported; "
+                         f"{search.get('machine')}, stored in seed{res['seed']}-search.json; reported by a later "
+                         f"run from the same original (seed{res['seed']}-cache/original.pt); "
                          f"{search.get('note') or 'the stored plans were applied unchanged'})")
         if search.get("calibration_tow"):
             plans.append(f"  (seed {res['seed']} best calibration ToW, selection only: " + ", ".join(
