@@ -24,7 +24,8 @@ searches that are subsets of the one that ran:
 - `tune the top m by defaults`: rank the algorithms by their defaults' mean calibration ToW (the
   first trial of every tuning), tune only the m best, register the tuned plan with the best
   calibration ToW among them (the study's best, `seed<N>.json` search.calibration_tow); cost = the
-  2-set reference + the m studies' costs + the request. m = all is the four tunings without the
+  2-set reference + the m studies' costs + the other algorithms' defaults on each calibration set
+  (the ranking needs them) + the request. m = all is the four tunings without the
   per-tier composition. A candidate for a cheaper default search, priced on data no choice of m saw.
 - `full search`: what ran (the four tunings and the per-tier composition): RUM's row and cost.
 
@@ -122,7 +123,11 @@ def seed_sizes(result: dict, cache: Path, budget: float) -> list[dict]:
         row = rows[f"{chosen} (tuned)"]
         out.append({"size": f"tune the top {m} by defaults" + (" (all, no composition)" if m == len(algorithms) else ""),
                     "choice": f"tuned {', '.join(top)}; {chosen} chosen (calibration ToW {tuned_score[chosen]:.3f})",
-                    "first": full_reference + sum(costs["baseline_searches"][a] for a in top) + row["cost/train_fraction"],
+                    # ranking needs every algorithm's defaults scored: the tuned ones' are their studies'
+                    # first trials; the others' cost one run per calibration set each
+                    "first": full_reference + sum(costs["baseline_searches"][a] for a in top) + sum(
+                        len(calibration) * defaults[a]["cost/train_fraction"] for a in algorithms if a not in top)
+                    + row["cost/train_fraction"],
                     "tow": row["tow"]})
     rum = rows[RUM]
     out.append({"size": "full search (what ran)", "choice": f"`{rum['plan']}`",
