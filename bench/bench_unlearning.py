@@ -313,46 +313,59 @@ class SeedCache:
         path = self._target_path(name)
         return self.target(name, None, data) if self._stored(path) else None
 
-    def _stored(self, path: Path | None) -> bool:
+    def _stored(self, path: Path | None, *, quiet: bool = False) -> bool:
         """Whether `path` holds a reference retrained under this cache's recipe."""
         if path is None or not path.exists():
             return False
         with np.load(path) as z:
             stored = json.loads(str(z["meta"])).get("recipe")
         if stored != self.recipe:
-            say(f"{path.name}: stored under another recipe ({_recipe_difference(stored, self.recipe)}); retrained")
+            if not quiet:
+                say(f"{path.name}: stored under another recipe ({_recipe_difference(stored, self.recipe)}); retrained")
             return False
         return True
 
     def target(self, name: str, make, data) -> "Target":
-        """The Target `name` from the cache (reference weights not kept: None), else `make()` stored."""
+        """The Target `name` from the cache (reference weights not kept: None), else `make()` stored.
+        A second process on this seed (`--reverse`) that needs the same reference while this one
+        retrains it waits for it (`_claim`) instead of retraining it too."""
         path = self._target_path(name)
         if self._stored(path):
-            from mlflow_unlearn.metrics import SplitOutputs
+            return self._load_target(path, name, data)
+        if path is None:
+            return make()
+        with _claim(path, lambda: self._stored(path, quiet=True)) as mine:
+            if not mine or self._stored(path, quiet=True):  # the other process stored it meanwhile
+                return self._load_target(path, name, data)
+            return self._make_target(path, make)
 
-            with np.load(path) as z:
-                meta = json.loads(str(z["meta"]))
-                outputs = {k: SplitOutputs(z[f"logits_{k}"], z[f"labels_{k}"]) for k in meta["splits"]}
-                tiers = {t: z[f"tier_{t}"] for t in meta["tiers"]}
-                target = Target(z["forget_ids"], tiers, None, outputs, meta["retrain_s"],
-                                heldout=data.val if meta["heldout_is_val"] else None, name=name,
-                                retain_ids=z["retain_ids"] if "retain_ids" in z.files else None,
-                                eval_batch=meta["eval_batch"], tier_acc=meta["tier_acc"], retrained_here=False)
-            say(f"{name}: cached ({path.name}; retrained {meta['retrain_s']:.1f} s in an earlier run); per tier "
-                f"{'/'.join(fmt(a, 2) for a in target.tier_acc.values())}")
-            return target
+    def _load_target(self, path: Path, name: str, data) -> "Target":
+        from mlflow_unlearn.metrics import SplitOutputs
+
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            outputs = {k: SplitOutputs(z[f"logits_{k}"], z[f"labels_{k}"]) for k in meta["splits"]}
+            tiers = {t: z[f"tier_{t}"] for t in meta["tiers"]}
+            target = Target(z["forget_ids"], tiers, None, outputs, meta["retrain_s"],
+                            heldout=data.val if meta["heldout_is_val"] else None, name=name,
+                            retain_ids=z["retain_ids"] if "retain_ids" in z.files else None,
+                            eval_batch=meta["eval_batch"], tier_acc=meta["tier_acc"], retrained_here=False)
+        say(f"{name}: cached ({path.name}; retrained {meta['retrain_s']:.1f} s in an earlier run); per tier "
+            f"{'/'.join(fmt(a, 2) for a in target.tier_acc.values())}")
+        return target
+
+    def _make_target(self, path: Path, make) -> "Target":
         target = make()
-        if path is not None:
-            meta = {"splits": list(target.reference_outputs), "tiers": list(target.tiers), "retrain_s": target.retrain_s,
-                    "eval_batch": target.eval_batch, "tier_acc": target.tier_acc,
-                    "heldout_is_val": target.heldout is not None, "recipe": self.recipe}
-            arrays = {f"logits_{k}": np.asarray(o.logits, dtype=np.float32) for k, o in target.reference_outputs.items()}
-            arrays.update({f"labels_{k}": np.asarray(o.labels) for k, o in target.reference_outputs.items()})
-            arrays.update({f"tier_{t}": ids for t, ids in target.tiers.items()})
-            if target.retain_ids is not None:
-                arrays["retain_ids"] = target.retain_ids
-            with _replacing(path) as tmp:
-                np.savez_compressed(tmp, meta=json.dumps(meta), forget_ids=target.forget_ids, **arrays)
+        meta = {"splits": list(target.reference_outputs), "tiers": list(target.tiers), "retrain_s": target.retrain_s,
+                "eval_batch": target.eval_batch, "tier_acc": target.tier_acc,
+                "heldout_is_val": target.heldout is not None, "recipe": self.recipe}
+        arrays = {f"logits_{k}": np.asarray(o.logits, dtype=np.float32) for k, o in target.reference_outputs.items()}
+        arrays.update({f"labels_{k}": np.asarray(o.labels) for k, o in target.reference_outputs.items()})
+        arrays.update({f"tier_{t}": ids for t, ids in target.tiers.items()})
+        if target.retain_ids is not None:
+            arrays["retain_ids"] = target.retain_ids
+        with _replacing(path) as tmp:
+            np.savez_compressed(tmp, meta=json.dumps(meta), forget_ids=target.forget_ids, **arrays)
         return target
 
     def original(self, train, data, scale: Scale, seed: int, where: str) -> Original:
@@ -420,6 +433,52 @@ def _replacing(path: Path):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+CLAIM_POLL_S = 30.0  # a CPU retrain takes half an hour: checking twice a minute costs nothing
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _claim(path: Path, ready, *, poll_s: float | None = None):
+    """Hold `<path>.claim` (this host and pid) while this process makes `path`: two processes sharing
+    a seed (`--reverse`) that both need it make it once. Yields True when this process holds the
+    claim (it makes the file; the claim goes on exit, whatever happens), False when `ready()` (the
+    file is stored, and usable) while another process holds it. A claim whose process is gone (a run killed when a
+    session ended) is taken over; one held from another host is waited for."""
+    claim = path.with_name(path.name + ".claim")
+    me = f"{platform.node()} {os.getpid()}"
+    while True:
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = claim.read_text().split() if claim.exists() else []
+            if ready():
+                yield False
+                return
+            if len(owner) == 2 and owner[0] == platform.node() and owner[1].isdigit() and not _pid_alive(int(owner[1])):
+                say(f"{claim.name}: its process {owner[1]} is gone; taken over")
+                claim.unlink(missing_ok=True)
+                continue
+            say(f"{path.name}: being made by another process ({' '.join(owner) or 'unknown'}); waiting for it")
+            time.sleep(CLAIM_POLL_S if poll_s is None else poll_s)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        try:
+            yield True
+        finally:
+            claim.unlink(missing_ok=True)
+        return
 
 
 def forget_sets(original: Original, n: int, seed: int, k: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -847,6 +906,10 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     if scale.trials > 0:
         search_record = stored_search(args, scale, seed)
         resumed = search_record is not None
+        if args.reverse and search_record is None:
+            raise SystemExit(f"--reverse shares seed {seed}'s reporting half (its retrains and rows) with another "
+                             f"process, but its selection half is not stored yet ({search_path(args, seed)}): run "
+                             "the seed without --reverse until it is, then start the second process")
         if search_record is not None:  # selection done in an earlier run: only the reporting half runs now
             plans = {k: Plan.parse(v) for k, v in search_record["plans"].items()}
             say(f"  search: stored in {search_path(args, seed)} ({search_record.get('finished', '?')}); plans "
@@ -864,9 +927,13 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
             if plans is None:  # stopped by --stop-after-s with trials left: the next run continues the studies
                 return None
             search_record = save_search(args, scale, seed, plans, values, calibration, device, spent, estimates)
-    target = cache.target("evaluated", lambda: make_target("evaluated", data, original, forget, scale, seed), data)
-    second = cache.target("evaluated (second retrain)", lambda: make_target(
-        "evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000), data)
+    references = {"evaluated": lambda: make_target("evaluated", data, original, forget, scale, seed),
+                  "evaluated (second retrain)": lambda: make_target(
+                      "evaluated (second retrain)", data, original, forget, scale, seed, init_seed=seed + 2000)}
+    # --reverse (a second process on this seed) retrains them in the other order: each makes one
+    made = {name: cache.target(name, make, data)
+            for name, make in (reversed(references.items()) if args.reverse else references.items())}
+    target, second = made["evaluated"], made["evaluated (second retrain)"]
     calibration = calibration or [t for j in range(scale.calibration_sets)
                                    if (t := cache.cached_target(f"calibration {j + 1} (pool)", data))]
     gate_check = never_seen_check(original, data, target, calibration)
@@ -878,10 +945,13 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
     # the original's): at the main budget for the table, and at each budget of the curve. `none`
     # costs nothing and runs once. Seconds are kept as measured, never divided by another run's.
     methods = experiment.compared_methods(plans.get("rum"), args.algorithms, plans)
-    rows, curve, done = [], [], cache.reports()
-    for method, fraction in main_budget_first(experiment.method_budgets(methods, scale.budget, scale.curve), scale.budget):
+    pairs = main_budget_first(experiment.method_budgets(methods, scale.budget, scale.curve), scale.budget)
+
+    def row(method, fraction) -> dict | None:
+        """The stored row (looked up now: another process on this seed may have stored it since
+        this one started), else the row run and stored; None: skipped for the wall-clock budget."""
         label, plan = method.label, method.plan
-        r = done.get((label, fraction, plan.to_compact()))
+        r = cache.reports().get((label, fraction, plan.to_compact()))
         settings = plan_settings(plan)
         if r is not None and r.get("settings", settings) != settings:
             say(f"  {label:<34} at budget {fraction:g}: the stored row ran other settings "
@@ -890,16 +960,18 @@ def run_seed(args, scale: Scale, seed: int, device, budget: "WallClock | None" =
         if r is None:
             if budget is not None and not budget.allows(target.retrain_s * fraction * 1.5):
                 say(f"  {label:<34} at budget {fraction:g} skipped: {budget.left():.0f} s left")
-                continue
+                return None
             report = tuning.report_plan(label, original.model, data, reference, plan, seeds=[seed], eval_seed=seed,
                                         recipe=recipe(data, scale, seed), budget=original.budget(fraction))
             r = dict(report.per_seed[0], method=label, budget=fraction, plan=plan.to_compact(), settings=settings,
                      unchanged=report.unchanged, machine=machine(device))
             cache.save_report(r)
-        curve.append(r)
         if fraction == scale.budget:
             show(r)
-            rows.append(r)
+        return r
+
+    curve = walk_rows(pairs, row, reverse=args.reverse)
+    rows = [r for r in curve if r["budget"] == scale.budget]
     retrain_fraction = (len(data.train) - len(forget)) / len(data.train)  # a retrain: epochs x retain
     union = np.unique(np.concatenate(calibration_ids)) if len(calibration_ids) else np.zeros(0, dtype=np.int64)
     spent = (search_record or {}).get("search_cost") or {}
@@ -942,6 +1014,19 @@ def _settings_difference(stored: list[dict], current: list[dict]) -> str:
         if a.get("algorithm") != b.get("algorithm"):
             out.append(f"{b['tier']} algorithm {a.get('algorithm')!r} here {b['algorithm']!r}")
     return ", ".join(out) or "the same values in another form"
+
+
+def walk_rows(pairs: list[tuple], row, *, reverse: bool = False) -> list[dict]:
+    """`row(*pair)` for every pair (it takes a stored row or runs and stores one; None: skipped),
+    from the last pair with `reverse`; the rows come back in the pairs' order either way. Two
+    processes on one seed, one of them reversed, share its rows and meet in the middle: each looks
+    a row up just before running it, so at most the row both reach at once runs twice."""
+    ran = {}
+    for i in (reversed(range(len(pairs))) if reverse else range(len(pairs))):
+        r = row(*pairs[i])
+        if r is not None:
+            ran[i] = r
+    return [ran[i] for i in sorted(ran)]
 
 
 def main_budget_first(pairs: list[tuple], budget: float) -> list[tuple]:
@@ -1420,6 +1505,10 @@ def main(argv=None) -> int:
                    "continues it (a CPU seed takes more hours than one session); algorithms mode: start no new "
                    "algorithm after it (the table lists those not run)")
     p.add_argument("--rerun", action="store_true", help="rum mode: run the requested seeds even if stored")
+    p.add_argument("--reverse", action="store_true", help="rum mode: a second process on the same seeds (start it "
+                   "beside the first once a seed's selection half is stored): it retrains the two references in the "
+                   "other order and walks the report rows from the end, taking the rows and references the other "
+                   "process stored, so the two share the seed's reporting half (about half the wall time on 2 cores)")
     p.add_argument("--strategy", choices=tuning.STRATEGIES, default=tuning.COMPOSED,
                    help="how the RUM plan is searched (as `mlflow-unlearn search --strategy`): composed (default: "
                         "the baselines' tunings, then one tuned algorithm per tier) or joint")
